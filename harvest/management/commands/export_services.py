@@ -1,0 +1,30 @@
+"""python manage.py export_services --format jsonl [--output FILE]"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from harvest.services import service_export_rows
+
+
+class Command(BaseCommand):
+    help = "Write every stored service, one JSON object per line."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--format", choices=["jsonl"], default="jsonl")
+        parser.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+
+    def handle(self, *args: object, **options: object) -> None:
+        to_stdout = options["output"] == "-"
+        out = sys.stdout if to_stdout else open(options["output"], "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            for row in service_export_rows():
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        except BrokenPipeError:  # `| head` closed the pipe: not an error
+            sys.stderr.close()
+        finally:
+            if not to_stdout:
+                out.close()

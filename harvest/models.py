@@ -1,0 +1,144 @@
+"""What a harvest stores: hosts, their services, banner history and the runs that saw them."""
+
+from django.db import models
+
+
+class HarvestRun(models.Model):
+    class Source(models.TextChoices):
+        SEARCH = "search", "Shodan search (query plan)"
+        FILE = "file", "Shodan download file"
+        HOSTS = "hosts", "Host lookups file"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        STOPPED = "stopped", "Stopped (can be resumed)"
+        FAILED = "failed", "Failed"
+
+    source = models.CharField(max_length=16, choices=Source.choices)
+    plan = models.CharField(max_length=100, blank=True, help_text="Query plan name for search runs.")
+    target = models.TextField(blank=True, help_text="The file path, or the plan's queries.")
+    country = models.CharField(max_length=2, blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    message = models.TextField(blank=True, help_text="Why the run stopped or failed.")
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Where to resume: written in the same transaction as the batch it follows.
+    checkpoint = models.JSONField(default=dict, blank=True)
+    seen = models.PositiveBigIntegerField(default=0, help_text="Records read, valid or not.")
+    accepted = models.PositiveBigIntegerField(default=0)
+    new = models.PositiveBigIntegerField(default=0)
+    updated = models.PositiveBigIntegerField(default=0)
+    unchanged = models.PositiveBigIntegerField(default=0)
+    rejected = models.JSONField(default=dict, blank=True, help_text="Rejected records by reason.")
+    credits_spent = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["running", "completed", "stopped", "failed"]),
+                name="harvestrun_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.source}, {self.status})"
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def is_resumable(self) -> bool:
+        return self.status != self.Status.COMPLETED
+
+
+class Rejection(models.Model):
+    """One rejected input record: why, and where it was. Only the first few per reason keep a row."""
+
+    run = models.ForeignKey(HarvestRun, on_delete=models.CASCADE, related_name="rejections")
+    position = models.CharField(max_length=100, help_text="Line number, or query/page/item.")
+    reason = models.CharField(max_length=40)
+    detail = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+        indexes = [models.Index(fields=["run", "reason"])]
+
+    def __str__(self) -> str:
+        return f"{self.position}: {self.reason}"
+
+
+class Host(models.Model):
+    ip = models.GenericIPAddressField(unique=True, unpack_ipv4=False)
+    org = models.CharField(max_length=255, blank=True)
+    isp = models.CharField(max_length=255, blank=True)
+    asn = models.PositiveBigIntegerField(null=True, blank=True)
+    country = models.CharField(max_length=2, blank=True)
+    hostnames = models.JSONField(default=list, blank=True)
+    os = models.CharField(max_length=255, blank=True)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        ordering = ["ip"]
+        indexes = [models.Index(fields=["asn"]), models.Index(fields=["last_seen"])]
+
+    def __str__(self) -> str:
+        return self.ip
+
+
+class Service(models.Model):
+    """A listening service: the same address, port and transport is always the same service."""
+
+    class Transport(models.TextChoices):
+        TCP = "tcp", "TCP"
+        UDP = "udp", "UDP"
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="services")
+    port = models.PositiveIntegerField()
+    transport = models.CharField(max_length=3, choices=Transport.choices, default=Transport.TCP)
+    product = models.CharField(max_length=255, blank=True)
+    version = models.CharField(max_length=255, blank=True)
+    module = models.CharField(max_length=64, blank=True, help_text="Shodan's crawler module.")
+    # The banner for display and search; NUL characters are shown as U+2400 because PostgreSQL
+    # text cannot hold them. The exact bytes are in `raw`, the record kept verbatim.
+    banner = models.TextField(blank=True)
+    raw = models.TextField(help_text="The latest Shodan record, verbatim JSON.")
+    banner_hash = models.CharField(max_length=32)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    banner_since = models.DateTimeField(help_text="When the current banner was first seen.")
+    last_run = models.ForeignKey(HarvestRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["host__ip", "port"]
+        constraints = [
+            models.UniqueConstraint(fields=["host", "port", "transport"], name="service_unique_endpoint"),
+            models.CheckConstraint(condition=models.Q(port__gte=0, port__lte=65535), name="service_port_range"),
+        ]
+        indexes = [models.Index(fields=["port"]), models.Index(fields=["last_seen"])]
+
+    def __str__(self) -> str:
+        return f"{self.host_id}:{self.port}/{self.transport}"
+
+
+class ServiceBanner(models.Model):
+    """A banner that a service showed before it changed (the current one lives on Service)."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="history")
+    banner = models.TextField(blank=True)
+    raw = models.TextField()
+    banner_hash = models.CharField(max_length=32)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    run = models.ForeignKey(HarvestRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["service", "-last_seen"]
+
+    def __str__(self) -> str:
+        return f"{self.service_id} until {self.last_seen:%Y-%m-%d}"

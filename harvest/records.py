@@ -1,0 +1,280 @@
+"""Turn one Shodan banner (a JSON object written by strangers) into a validated BannerRecord.
+
+Pure functions, no I/O and no ORM. Ingest is lenient about everything except what it needs to
+identify a service (address, port, transport); every other field is cleaned and bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+MAX_RECORD_BYTES = 1024 * 1024  # a line longer than this is rejected, not read into memory
+MAX_HOSTNAMES = 64
+MAX_FIELD = 255
+
+
+class Reason:
+    """Why a record was rejected. Stable codes: they are shown to users and counted per run."""
+
+    TOO_LARGE = "too_large"
+    NUL_BYTE = "nul_byte"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    MISSING_ADDRESS = "missing_address"
+    INVALID_ADDRESS = "invalid_address"
+    MISSING_PORT = "missing_port"
+    INVALID_PORT = "invalid_port"
+    INVALID_TRANSPORT = "invalid_transport"
+    DUPLICATE = "duplicate"
+    NO_BANNERS = "no_banners"
+    TRUNCATED_FILE = "truncated_file"
+    CORRUPT_FILE = "corrupt_file"
+
+    DESCRIPTIONS = {
+        TOO_LARGE: f"record larger than {MAX_RECORD_BYTES // 1024} KiB",
+        NUL_BYTE: "raw NUL byte in the line (not valid JSON text)",
+        NOT_UTF8: "line is not valid UTF-8",
+        NOT_JSON: "line is not valid JSON",
+        NOT_OBJECT: "JSON value is not an object",
+        MISSING_ADDRESS: "no ip, ip_str or ipv6 field",
+        INVALID_ADDRESS: "address is not a valid IPv4 or IPv6 address",
+        MISSING_PORT: "no port field",
+        INVALID_PORT: "port is not an integer from 0 to 65535",
+        INVALID_TRANSPORT: "transport is not tcp or udp",
+        DUPLICATE: "the same banner was already read in this run",
+        NO_BANNERS: "host lookup without a data[] list of banners",
+        TRUNCATED_FILE: "the file ends in the middle of compressed data",
+        CORRUPT_FILE: "the compressed data is corrupt",
+    }
+
+
+class RecordError(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or Reason.DESCRIPTIONS.get(reason, reason)
+
+
+@dataclass(slots=True, frozen=True)
+class BannerRecord:
+    ip: str
+    port: int
+    transport: str
+    timestamp: datetime | None
+    banner: str  # display form: NUL shown as U+2400, invalid surrogates replaced
+    banner_hash: str
+    raw: str  # the record as JSON text, verbatim when it came as a line of its own
+    product: str
+    version: str
+    module: str
+    org: str
+    isp: str
+    asn: int | None
+    country: str
+    hostnames: tuple[str, ...]
+    os: str
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.ip, self.port, self.transport)
+
+
+def clean_text(value: object, limit: int = MAX_FIELD) -> str:
+    """A string safe for any database: no NUL, no lone surrogates, at most `limit` characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = str(value) if isinstance(value, int | float) else ""
+    if len(value) > limit:
+        value = value[:limit]
+    if "\x00" in value:
+        value = value.replace("\x00", "\u2400")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def banner_hash(data: str) -> str:
+    return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def parse_line(line: bytes) -> dict:
+    """Decode one line of a download file into a JSON object, or raise RecordError."""
+    if len(line) > MAX_RECORD_BYTES:
+        raise RecordError(Reason.TOO_LARGE, f"record of {len(line)} bytes, limit {MAX_RECORD_BYTES}")
+    if b"\x00" in line:
+        raise RecordError(Reason.NUL_BYTE)
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise RecordError(Reason.NOT_UTF8, f"invalid UTF-8 at byte {uexc.start}") from None
+        obj = _parse_lenient(line, exc)
+    if not isinstance(obj, dict):
+        raise RecordError(Reason.NOT_OBJECT, f"JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def _parse_lenient(line: bytes, first_error: Exception) -> object:
+    # orjson refuses lone surrogate escapes ("\ud800") that real banners of binary junk contain
+    # and that Python's json accepts; clean_text() makes them safe afterwards.
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise RecordError(Reason.NOT_JSON, _short(str(first_error))) from None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_address(obj: dict) -> str:
+    candidates = [obj.get("ip_str"), obj.get("ipv6"), obj.get("ip")]
+    present = [c for c in candidates if c not in (None, "")]
+    if not present:
+        raise RecordError(Reason.MISSING_ADDRESS)
+    value = present[0]
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            address = ipaddress.ip_address(value)
+        elif isinstance(value, str) and len(value) <= 64:
+            address = ipaddress.ip_address(value.strip())
+        else:
+            raise ValueError
+    except ValueError:
+        raise RecordError(Reason.INVALID_ADDRESS, f"address {_short(repr(value), 80)}") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.compressed
+
+
+def parse_port(obj: dict) -> int:
+    if "port" not in obj or obj["port"] is None:
+        raise RecordError(Reason.MISSING_PORT)
+    value = obj["port"]
+    if isinstance(value, str) and value.strip().isdigit() and len(value) < 7:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise RecordError(Reason.INVALID_PORT, f"port {_short(repr(value), 80)}")
+    return value
+
+
+def parse_transport(obj: dict) -> str:
+    value = obj.get("transport") or "tcp"
+    if not isinstance(value, str) or value.lower() not in ("tcp", "udp"):
+        raise RecordError(Reason.INVALID_TRANSPORT, f"transport {_short(repr(value), 40)}")
+    return value.lower()
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def parse_asn(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < 2**32 else None
+    if isinstance(value, str):
+        digits = value.strip().upper().removeprefix("AS")
+        if digits.isdigit() and len(digits) <= 10:
+            number = int(digits)
+            return number if number < 2**32 else None
+    return None
+
+
+def _hostnames(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    names = []
+    for item in value[:MAX_HOSTNAMES]:
+        if isinstance(item, str) and item:
+            names.append(clean_text(item, 253))
+    return tuple(names)
+
+
+def _country(obj: dict) -> str:
+    location = obj.get("location")
+    code = location.get("country_code") if isinstance(location, dict) else None
+    if isinstance(code, str) and len(code) == 2 and code.isalpha():
+        return code.upper()
+    return ""
+
+
+def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> BannerRecord:
+    """Validate a banner object. `inherited` holds host-level fields of a host lookup."""
+    if inherited:
+        obj = {**inherited, **obj}
+    ip = parse_address(obj)
+    port = parse_port(obj)
+    transport = parse_transport(obj)
+    data = obj.get("data")
+    if not isinstance(data, str):
+        data = "" if data is None else json.dumps(data, ensure_ascii=True)[:MAX_RECORD_BYTES]
+    shodan_meta = obj.get("_shodan")
+    module = shodan_meta.get("module") if isinstance(shodan_meta, dict) else ""
+    return BannerRecord(
+        ip=ip,
+        port=port,
+        transport=transport,
+        timestamp=parse_timestamp(obj.get("timestamp")),
+        banner=clean_text(data, MAX_RECORD_BYTES),
+        banner_hash=banner_hash(data),
+        raw=raw,
+        product=clean_text(obj.get("product")),
+        version=clean_text(obj.get("version")),
+        module=clean_text(module, 64),
+        org=clean_text(obj.get("org")),
+        isp=clean_text(obj.get("isp")),
+        asn=parse_asn(obj.get("asn")),
+        country=_country(obj),
+        hostnames=_hostnames(obj.get("hostnames")),
+        os=clean_text(obj.get("os")),
+    )
+
+
+def record_from_line(line: bytes) -> BannerRecord:
+    """One line of a `shodan download` file: the raw record is the line itself, verbatim."""
+    obj = parse_line(line)
+    return record_from_object(obj, line.decode("utf-8").rstrip("\r\n"))
+
+
+HOST_FIELDS = ("ip", "ip_str", "ipv6", "org", "isp", "asn", "hostnames", "os", "location")
+
+
+def records_from_host_line(line: bytes) -> tuple[list[BannerRecord], list[tuple[int, RecordError]]]:
+    """One host lookup (`/shodan/host/{ip}` shape): its banners, and the ones that failed by index."""
+    obj = parse_line(line)
+    banners = obj.get("data")
+    if not isinstance(banners, list):
+        raise RecordError(Reason.NO_BANNERS)
+    inherited = {k: obj[k] for k in HOST_FIELDS if k in obj}
+    good: list[BannerRecord] = []
+    bad: list[tuple[int, RecordError]] = []
+    for index, item in enumerate(banners):
+        try:
+            if not isinstance(item, dict):
+                raise RecordError(Reason.NOT_OBJECT, f"data[{index}] is {type(item).__name__}")
+            good.append(record_from_object(item, json.dumps(item, ensure_ascii=True), inherited))
+        except RecordError as exc:
+            bad.append((index, exc))
+    return good, bad

@@ -1,0 +1,166 @@
+"""Harvest services: start, drive and resume runs; read what was stored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from harvest.ingest import BatchWriter, Checkpoint
+from harvest.models import HarvestRun, Service
+from harvest.readers import file_events, file_identity
+
+
+class HarvestError(Exception):
+    """A run cannot start or resume; the message is for the user."""
+
+
+class HarvestStopped(Exception):  # noqa: N818 - a normal outcome, not an error
+    """A source stopped on purpose (credits spent, invalid key); the run can be resumed later."""
+
+
+ProgressFn = Callable[[int], None]
+
+# Sources register how to produce events for a run: (run, progress) -> events.
+EventSource = Callable[[HarvestRun, ProgressFn | None], Iterable]
+SOURCES: dict[str, EventSource] = {}
+
+
+def register_source(name: str) -> Callable[[EventSource], EventSource]:
+    def decorator(fn: EventSource) -> EventSource:
+        SOURCES[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_source(HarvestRun.Source.FILE)
+def _file_source(run: HarvestRun, progress: ProgressFn | None) -> Iterator:
+    return file_events(Path(run.target), run.checkpoint, hosts=False, progress=progress)
+
+
+@register_source(HarvestRun.Source.HOSTS)
+def _hosts_source(run: HarvestRun, progress: ProgressFn | None) -> Iterator:
+    return file_events(Path(run.target), run.checkpoint, hosts=True, progress=progress)
+
+
+def harvest_file_start(*, path: str | Path, hosts: bool = False, country: str = "") -> HarvestRun:
+    """Create a run for a `shodan download` file (or a file of host lookups with `hosts`)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise HarvestError(f"no such file: {path}")
+    return HarvestRun.objects.create(
+        source=HarvestRun.Source.HOSTS if hosts else HarvestRun.Source.FILE,
+        target=str(path),
+        country=country,
+        options={"file": file_identity(path)},
+    )
+
+
+def harvest_run_get_resumable(*, run_id: int) -> HarvestRun:
+    try:
+        run = HarvestRun.objects.get(pk=run_id)
+    except HarvestRun.DoesNotExist:
+        raise HarvestError(f"there is no harvest run {run_id}") from None
+    if not run.is_resumable:
+        raise HarvestError(f"run {run_id} has completed; start a new run instead")
+    if run.source in (HarvestRun.Source.FILE, HarvestRun.Source.HOSTS):
+        path = Path(run.target)
+        if not path.is_file():
+            raise HarvestError(f"run {run_id} read {path}, which is gone")
+        if file_identity(path)["size"] != run.options.get("file", {}).get("size"):
+            raise HarvestError(f"run {run_id}: {path} has changed since the run started; start a new run")
+    return run
+
+
+def harvest_execute(
+    *, run: HarvestRun, progress: ProgressFn | None = None, batch_size: int | None = None
+) -> HarvestRun:
+    """Drive a new or resumed run to its end. Each batch commits with its checkpoint."""
+    _mark(run, HarvestRun.Status.RUNNING, "")
+    writer = BatchWriter(run, batch_size or settings.HARVEST_BATCH_SIZE)
+    last = Checkpoint(run.checkpoint)
+    marks = writer.mark()
+    try:
+        for event in SOURCES[run.source](run, progress):
+            kind = event[0]
+            if kind == "record":
+                writer.add(event[1], event[2])
+            elif kind == "reject":
+                writer.reject(event[1], event[2], event[3])
+            elif kind == "error":
+                writer.note_error(event[1], event[2], event[3])
+            else:
+                last = event[1]
+                writer.maybe_flush(last)
+                marks = writer.mark()
+        writer.flush(last)
+    except HarvestStopped as stop:
+        writer.rewind(marks)
+        writer.flush(last)
+        return _mark(run, HarvestRun.Status.STOPPED, str(stop))
+    except KeyboardInterrupt:
+        writer.rewind(marks)
+        writer.flush(last)
+        _mark(run, HarvestRun.Status.STOPPED, "interrupted; resume with --resume")
+        raise
+    except Exception as exc:
+        _mark(run, HarvestRun.Status.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    return _mark(run, HarvestRun.Status.COMPLETED, "")
+
+
+def _mark(run: HarvestRun, status: str, message: str) -> HarvestRun:
+    run.status = status
+    run.message = message[:2000]
+    run.finished_at = None if status == HarvestRun.Status.RUNNING else timezone.now()
+    run.save(update_fields=["status", "message", "finished_at", "updated_at"])
+    return run
+
+
+def harvest_run_summary(*, run: HarvestRun, examples: int = 5) -> dict:
+    """What a run did, as JSON-able data: counts, rejections by reason with example positions."""
+    run.refresh_from_db()
+    reasons = {}
+    for reason, count in run.rejected.items():
+        rows = run.rejections.filter(reason=reason).values_list("position", "detail")[:examples]
+        reasons[reason] = {"count": count, "examples": [{"position": p, "detail": d} for p, d in rows]}
+    return {
+        "run": run.pk,
+        "source": run.source,
+        "target": run.target,
+        "status": run.status,
+        "message": run.message,
+        "seen": run.seen,
+        "accepted": run.accepted,
+        "new": run.new,
+        "updated": run.updated,
+        "unchanged": run.unchanged,
+        "rejected": dict(run.rejected),
+        "rejections": reasons,
+        "credits_spent": run.credits_spent,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def service_export_rows(*, chunk_size: int = 2000) -> Iterator[dict]:
+    """Every stored service as a plain dict, streamed in primary-key order."""
+    queryset = Service.objects.select_related("host").order_by("pk")
+    for service in queryset.iterator(chunk_size=chunk_size):
+        yield {
+            "ip": service.host.ip,
+            "port": service.port,
+            "transport": service.transport,
+            "product": service.product,
+            "version": service.version,
+            "module": service.module,
+            "org": service.host.org,
+            "asn": service.host.asn,
+            "country": service.host.country,
+            "hostnames": service.host.hostnames,
+            "first_seen": service.first_seen.isoformat(),
+            "last_seen": service.last_seen.isoformat(),
+        }

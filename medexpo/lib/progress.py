@@ -1,0 +1,53 @@
+"""A progress bar on a terminal, silence elsewhere (pipes, --json, cron)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+class Progress:
+    def __init__(
+        self,
+        *,
+        total: int | None,
+        unit: str,
+        desc: str,
+        enabled: bool | None = None,
+        stream: TextIO | None = None,
+        unit_scale: bool = False,
+    ) -> None:
+        stream = stream or sys.stderr
+        if enabled is None:
+            enabled = stream.isatty()
+        self._bar = tqdm(
+            total=total,
+            unit=unit,
+            desc=desc,
+            disable=not enabled,
+            file=stream,
+            unit_scale=unit_scale,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        self._position = 0
+
+    def moved_to(self, position: int) -> None:
+        if position > self._position:
+            self._bar.update(position - self._position)
+            self._position = position
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.update(n)
+        self._position += n
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
