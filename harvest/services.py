@@ -146,21 +146,45 @@ def harvest_run_summary(*, run: HarvestRun, examples: int = 5) -> dict:
     }
 
 
+# Other parts (classification, disclosure's owners) add columns to the export by registering a
+# function that fills a batch of rows in place: fn(services, rows). Registered in AppConfig.ready().
+ExportEnricher = Callable[[list[Service], list[dict]], None]
+EXPORT_ENRICHERS: list[ExportEnricher] = []
+
+
+def register_export_enricher(fn: ExportEnricher) -> ExportEnricher:
+    if fn not in EXPORT_ENRICHERS:
+        EXPORT_ENRICHERS.append(fn)
+    return fn
+
+
 def service_export_rows(*, chunk_size: int = 2000) -> Iterator[dict]:
-    """Every stored service as a plain dict, streamed in primary-key order."""
-    queryset = Service.objects.select_related("host").order_by("pk")
-    for service in queryset.iterator(chunk_size=chunk_size):
-        yield {
-            "ip": service.host.ip,
-            "port": service.port,
-            "transport": service.transport,
-            "product": service.product,
-            "version": service.version,
-            "module": service.module,
-            "org": service.host.org,
-            "asn": service.host.asn,
-            "country": service.host.country,
-            "hostnames": service.host.hostnames,
-            "first_seen": service.first_seen.isoformat(),
-            "last_seen": service.last_seen.isoformat(),
-        }
+    """Every stored service as a plain dict, streamed in primary-key order, in batches."""
+    last_pk = 0
+    while True:
+        batch = list(Service.objects.select_related("host").filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
+        if not batch:
+            return
+        rows = [_export_row(service) for service in batch]
+        for enrich in EXPORT_ENRICHERS:
+            enrich(batch, rows)
+        yield from rows
+        last_pk = batch[-1].pk
+
+
+def _export_row(service: Service) -> dict:
+    host = service.host
+    return {
+        "ip": host.ip,
+        "port": service.port,
+        "transport": service.transport,
+        "product": service.product,
+        "version": service.version,
+        "module": service.module,
+        "org": host.org,
+        "asn": host.asn,
+        "country": host.country,
+        "hostnames": host.hostnames,
+        "first_seen": service.first_seen.isoformat(),
+        "last_seen": service.last_seen.isoformat(),
+    }
