@@ -102,6 +102,7 @@ WSGI_APPLICATION = "medexpo.wsgi.application"
 _default_db = f"sqlite:///{DATA_DIR / 'medexpo.sqlite3'}"
 DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or _default_db, conn_max_age=60)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets the admin read while a harvest writes; IMMEDIATE avoids lock-upgrade deadlocks.
