@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class HarvestConfig(AppConfig):
     name = "harvest"
     verbose_name = "Harvest"
+
+    def ready(self) -> None:
+        # Modules that register harvest sources and export columns are imported here.
+        pass
