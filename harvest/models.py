@@ -142,3 +142,50 @@ class ServiceBanner(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service_id} until {self.last_seen:%Y-%m-%d}"
+
+
+class Classification(models.Model):
+    """One verdict of the classification engine on a service's banner, under one rules version.
+
+    Verdicts are kept per rules version so any of them can be reproduced; `current` marks the
+    one that counts (at most one per service, enforced by a partial unique constraint).
+    """
+
+    class Cls(models.TextChoices):
+        MEDICAL = "medical", "Medical"
+        NON_MEDICAL = "non_medical", "Non-medical"
+        UNKNOWN = "unknown", "Unknown"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="classifications")
+    rules_version = models.CharField(max_length=64)
+    cls = models.CharField("class", max_length=16, choices=Cls.choices)
+    category = models.CharField(max_length=32, blank=True)
+    segment = models.CharField(max_length=32, blank=True)
+    evidence = models.JSONField(default=list, blank=True, help_text="[{rule, field, excerpt}, ...]")
+    confidence = models.FloatField(default=0.0)
+    honeypot = models.BooleanField(default=False)
+    honeypot_evidence = models.JSONField(default=list, blank=True)
+    product = models.CharField(max_length=255, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    # The banner that was judged: a service whose banner changed since is classified again.
+    banner_hash = models.CharField(max_length=32)
+    current = models.BooleanField(default=True)
+    classified_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["service", "-classified_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["service", "rules_version"], name="classification_unique_version"),
+            models.UniqueConstraint(
+                fields=["service"], condition=models.Q(current=True), name="classification_one_current"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cls__in=["medical", "non_medical", "unknown"]), name="classification_cls_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["cls", "category"], condition=models.Q(current=True), name="classification_current"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service_id}: {self.cls}/{self.category} ({self.rules_version})"
