@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 MAX_RECORD_BYTES = 1024 * 1024  # a line longer than this is rejected, not read into memory
 MAX_HOSTNAMES = 64
@@ -99,7 +102,7 @@ def clean_text(value: object, limit: int = MAX_FIELD) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        value = value.encode("utf-8", "replace").decode("utf-8")
+        value = _SURROGATES.sub("\ufffd", value)
     return value
 
 

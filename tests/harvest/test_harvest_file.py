@@ -1,0 +1,207 @@
+"""Ingest of download and host-lookup files through the real services and command, on the real database."""
+
+import gzip
+import json
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from harvest import services
+from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
+from harvest.records import Reason
+from tests.factories import banner, line, many, write_lines
+
+pytestmark = pytest.mark.django_db
+
+
+def harvest(path: Path, *, hosts: bool = False, batch_size: int | None = None) -> HarvestRun:
+    run = services.harvest_file_start(path=path, hosts=hosts)
+    return services.harvest_execute(run=run, batch_size=batch_size)
+
+
+def endpoints() -> set[tuple[str, int, str]]:
+    return set(Service.objects.values_list("host__ip", "port", "transport"))
+
+
+def test_it_ingests_every_real_shodan_file(shared_data) -> None:
+    run = harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
+    assert (run.status, run.seen, run.new, run.rejected) == ("completed", 7, 7, {})
+    lookup = harvest(shared_data / "shodan" / "sner4-host-lookup.jsonl", hosts=True)
+    assert (lookup.status, lookup.new, lookup.rejected) == ("completed", 3, {})
+    assert Service.objects.count() == 10
+    ldap = Service.objects.get(port=389)
+    assert ldap.module == "ldap-tcp" and ldap.host.country == "EE"
+    assert json.loads(ldap.raw)["port"] == 389
+
+
+def test_seeing_a_service_again_never_duplicates_it(shared_data) -> None:
+    path = shared_data / "shodan" / "intelmq-parser-tests.jsonl"
+    harvest(path)
+    again = harvest(path)
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 7)
+    assert Service.objects.count() == 7 and Host.objects.count() == 5  # one host has three services
+    assert set(Service.objects.values_list("last_run", flat=True)) == {again.pk}
+
+
+def test_a_newer_banner_updates_the_service_and_keeps_the_old_one_as_history(tmp_path) -> None:
+    old = banner("192.0.2.1", 104, data="old banner", timestamp="2026-01-01T00:00:00")
+    new = banner("192.0.2.1", 104, data="new banner", timestamp="2026-02-01T00:00:00")
+    harvest(write_lines(tmp_path / "a.json", [line(old)]))
+    run = harvest(write_lines(tmp_path / "b.json", [line(new)]))
+    assert run.updated == 1
+    service = Service.objects.get()
+    assert service.banner == "new banner"
+    assert (service.first_seen.month, service.last_seen.month, service.banner_since.month) == (1, 2, 2)
+    history = ServiceBanner.objects.get()
+    assert history.banner == "old banner" and history.last_seen.month == 1
+    assert json.loads(history.raw)["data"] == "old banner"
+
+
+def test_an_older_record_only_widens_the_window(tmp_path) -> None:
+    harvest(write_lines(tmp_path / "a.json", [line(banner(timestamp="2026-03-01T00:00:00"))]))
+    harvest(write_lines(tmp_path / "b.json", [line(banner(timestamp="2026-01-01T00:00:00"))]))
+    service = Service.objects.get()
+    assert (service.first_seen.month, service.last_seen.month) == (1, 3)
+    assert ServiceBanner.objects.count() == 0  # same banner: no history
+
+
+def test_an_unchanged_banner_writes_no_history(tmp_path) -> None:
+    harvest(write_lines(tmp_path / "a.json", [line(banner(timestamp="2026-01-01T00:00:00"))]))
+    run = harvest(write_lines(tmp_path / "b.json", [line(banner(timestamp="2026-02-01T00:00:00"))]))
+    assert run.updated == 1 and ServiceBanner.objects.count() == 0
+    assert Service.objects.get().last_seen.month == 2
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 1000])
+def test_the_result_does_not_depend_on_batch_boundaries(tmp_path, batch_size: int) -> None:
+    records = [
+        banner("192.0.2.1", 80, data="v1", timestamp="2026-01-01T00:00:00"),
+        banner("192.0.2.1", 80, data="v2", timestamp="2026-01-03T00:00:00"),
+        banner("192.0.2.1", 80, data="v0", timestamp="2026-01-02T00:00:00"),
+        banner("192.0.2.1", 443, data="tls", timestamp="2026-01-01T00:00:00"),
+        banner("192.0.2.2", 80, data="other", timestamp="2026-01-01T00:00:00"),
+        banner("192.0.2.1", 80, data="v2", timestamp="2026-01-03T00:00:00"),
+    ]
+    run = harvest(write_lines(tmp_path / "f.json", [line(r) for r in records]), batch_size=batch_size)
+    assert (run.new, run.updated, run.rejected) == (3, 2, {Reason.DUPLICATE: 1})
+    service = Service.objects.get(port=80, host__ip="192.0.2.1")
+    assert service.banner == "v2" and service.first_seen.day == 1 and service.last_seen.day == 3
+    assert sorted(ServiceBanner.objects.values_list("banner", flat=True)) == ["v0", "v1"]
+
+
+BAD_LINES = {
+    Reason.NOT_JSON: b"{this is not json\n",
+    Reason.NOT_OBJECT: b"[1, 2]\n",
+    Reason.MISSING_ADDRESS: b'{"port": 80, "data": "x"}\n',
+    Reason.INVALID_ADDRESS: line(banner() | {"ip_str": "300.1.2.3"}),
+    Reason.MISSING_PORT: b'{"ip_str": "192.0.2.200", "data": "x"}\n',
+    Reason.INVALID_PORT: line(banner(port=65536)),
+    Reason.NUL_BYTE: b'{"ip_str": "192.0.2.201", "port": 80, "data": "\x00"}\n',
+    Reason.NOT_UTF8: b'{"ip_str": "192.0.2.202", "port": 80, "data": "\xff\xfe"}\n',
+    Reason.INVALID_TRANSPORT: line(banner(transport="quic")),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_LINES))
+def test_a_bad_record_is_counted_with_its_line_and_its_neighbours_are_kept(tmp_path, reason: str) -> None:
+    good = many(4)
+    lines = [line(good[0]), line(good[1]), BAD_LINES[reason], line(good[2]), line(good[3])]
+    run = harvest(write_lines(tmp_path / "f.json", lines))
+    assert run.status == "completed"
+    assert run.rejected == {reason: 1}
+    assert run.accepted == 4 and Service.objects.count() == 4
+    rejection = Rejection.objects.get(run=run)
+    assert (rejection.position, rejection.reason) == ("line 3", reason)
+    assert rejection.detail
+
+
+def test_a_five_megabyte_banner_is_rejected_without_losing_the_rest(tmp_path) -> None:
+    good = many(3)
+    huge = line(banner("192.0.2.99", data="A" * (5 * 1024 * 1024)))
+    run = harvest(write_lines(tmp_path / "f.json.gz", [line(good[0]), huge, line(good[1]), line(good[2])], gz=True))
+    assert run.rejected == {Reason.TOO_LARGE: 1}
+    assert Rejection.objects.get().position == "line 2"
+    assert endpoints() == {(r["ip_str"], 80, "tcp") for r in good}
+
+
+def test_duplicate_lines_are_counted_once(tmp_path) -> None:
+    record = line(banner())
+    run = harvest(write_lines(tmp_path / "f.json", [record, record, record]))
+    assert (run.new, run.rejected) == (1, {Reason.DUPLICATE: 2})
+    assert [r.position for r in Rejection.objects.order_by("id")] == ["line 2", "line 3"]
+
+
+def test_a_truncated_gzip_keeps_what_came_before(tmp_path) -> None:
+    full = tmp_path / "full.json.gz"
+    write_lines(full, [line(r) for r in many(2000)], gz=True)
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    run = harvest(cut)
+    assert run.status == "completed"
+    assert Reason.TRUNCATED_FILE in run.rejected
+    assert 0 < Service.objects.count() < 2000
+    # every stored service is one that the file really had
+    assert endpoints() <= {(r["ip_str"], 80, "tcp") for r in many(2000)}
+
+
+def test_blank_lines_are_not_records(tmp_path) -> None:
+    run = harvest(write_lines(tmp_path / "f.json", [b"\n", line(banner()), b"   \n"]))
+    assert (run.seen, run.accepted, run.rejected) == (1, 1, {})
+
+
+def test_a_host_lookup_reports_each_bad_banner_by_index(tmp_path) -> None:
+    host = {
+        "ip_str": "192.0.2.50",
+        "org": "Host Org",
+        "data": [
+            {"port": 22, "data": "SSH-2.0-OpenSSH_9.6"},
+            {"port": 99999, "data": "bad port"},
+            "not an object",
+        ],
+    }
+    run = harvest(
+        write_lines(tmp_path / "h.json", [json.dumps(host).encode() + b"\n", b'{"ip_str": "192.0.2.51"}\n']), hosts=True
+    )
+    assert run.rejected == {Reason.INVALID_PORT: 1, Reason.NOT_OBJECT: 1, Reason.NO_BANNERS: 1}
+    assert set(Rejection.objects.values_list("position", flat=True)) == {"line 1 data[1]", "line 1 data[2]", "line 2"}
+    service = Service.objects.get()
+    assert (service.port, service.host.org) == (22, "Host Org")  # host fields are inherited
+
+
+def test_the_command_prints_a_summary_and_json(tmp_path) -> None:
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(3)] + [b"oops\n"])
+    out = StringIO()
+    call_command("harvest", file=str(path), stdout=out)
+    text = out.getvalue()
+    assert "accepted" in text and "not_json" in text and "line 4" in text
+    out = StringIO()
+    call_command("harvest", file=str(path), json=True, stdout=out)
+    result = json.loads(out.getvalue())
+    assert result["accepted"] == 3 and result["rejected"] == {"not_json": 1}
+    assert result["run"] == HarvestRun.objects.order_by("-pk").first().pk
+
+
+def test_export_services_writes_one_object_per_service(tmp_path, shared_data) -> None:
+    harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
+    out_file = tmp_path / "out.jsonl"
+    call_command("export_services", format="jsonl", output=str(out_file))
+    rows = [json.loads(x) for x in out_file.read_text().splitlines()]
+    assert len(rows) == 7
+    assert {"ip", "port", "transport", "product", "first_seen", "last_seen"} <= rows[0].keys()
+    assert {(r["ip"], r["port"]) for r in rows} == {(ip, p) for ip, p, _ in endpoints()}
+
+
+def test_a_completed_run_cannot_be_resumed(shared_data) -> None:
+    run = harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
+    with pytest.raises(services.HarvestError, match="completed"):
+        services.harvest_run_get_resumable(run_id=run.pk)
+
+
+def test_the_gzip_reader_streams(tmp_path) -> None:
+    path = tmp_path / "f.json.gz"
+    with gzip.open(path, "wb") as fh:
+        for r in many(10):
+            fh.write(line(r))
+    assert harvest(path).new == 10

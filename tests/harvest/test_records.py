@@ -1,0 +1,122 @@
+"""The pure parsing of one banner: lenient about everything but address, port and transport."""
+
+import json
+
+import pytest
+
+from harvest.records import (
+    MAX_RECORD_BYTES,
+    Reason,
+    RecordError,
+    clean_text,
+    record_from_line,
+    records_from_host_line,
+)
+from tests.factories import banner, line
+
+
+def test_it_reads_the_real_intelmq_banners(shared_data) -> None:
+    lines = (shared_data / "shodan" / "intelmq-parser-tests.jsonl").read_bytes().splitlines()
+    records = [record_from_line(raw) for raw in lines]
+    assert [(r.port, r.transport) for r in records] == [
+        (21, "tcp"),
+        (8888, "tcp"),
+        (500, "udp"),
+        (5683, "udp"),
+        (636, "tcp"),
+        (389, "tcp"),
+        (22, "tcp"),
+    ]
+    first = records[0]
+    assert first.ip == "240.15.82.82"  # from the integer 4027535954
+    assert first.asn == 64496
+    assert first.country == "AT"
+    assert first.hostnames == ("mail.example.at",)
+    assert first.module == "ftp"
+    assert first.raw == lines[0].decode()  # verbatim
+
+
+def test_it_reads_the_real_host_lookup(shared_data) -> None:
+    raw = (shared_data / "shodan" / "sner4-host-lookup.jsonl").read_bytes().splitlines()[0]
+    good, bad = records_from_host_line(raw)
+    assert bad == []
+    assert sorted((r.port, r.transport) for r in good) == [(161, "udp"), (179, "tcp"), (443, "tcp")]
+    assert len({r.ip for r in good}) == 1
+    assert all(json.loads(r.raw)["port"] == r.port for r in good)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", Reason.NOT_JSON),
+        (b"[1, 2, 3]", Reason.NOT_OBJECT),
+        (b'"a string"', Reason.NOT_OBJECT),
+        (line({"port": 80, "data": ""}), Reason.MISSING_ADDRESS),
+        (line(banner("192.0.2.1") | {"ip_str": "999.1.1.1"}), Reason.INVALID_ADDRESS),
+        (line(banner("192.0.2.1") | {"ip_str": "not-an-ip"}), Reason.INVALID_ADDRESS),
+        (line({k: v for k, v in banner().items() if k != "port"}), Reason.MISSING_PORT),
+        (line(banner(port=70000)), Reason.INVALID_PORT),
+        (line(banner(port=-1)), Reason.INVALID_PORT),
+        (line(banner() | {"port": "http"}), Reason.INVALID_PORT),
+        (line(banner() | {"port": True}), Reason.INVALID_PORT),
+        (line(banner(transport="sctp")), Reason.INVALID_TRANSPORT),
+        (b'{"ip_str": "192.0.2.1", "port": 80, "data": "a\x00b"}', Reason.NUL_BYTE),
+        (b'{"ip_str": "192.0.2.1", "port": 80, "data": "caf\xe9"}', Reason.NOT_UTF8),
+    ],
+)
+def test_it_rejects_bad_records_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(RecordError) as exc:
+        record_from_line(raw)
+    assert exc.value.reason == reason
+    assert exc.value.detail
+
+
+def test_it_rejects_a_record_over_the_size_limit() -> None:
+    huge = line(banner(data="A" * (MAX_RECORD_BYTES + 10)))
+    with pytest.raises(RecordError) as exc:
+        record_from_line(huge)
+    assert exc.value.reason == Reason.TOO_LARGE
+
+
+def test_it_keeps_escaped_nuls_and_binary_as_characters() -> None:
+    pdu = "\x02\x00\x00\x00\x00\xb1\x00\x01ANY-SCP"
+    record = record_from_line(line(banner(port=104, data=pdu)))
+    assert "\x00" not in record.banner  # safe for PostgreSQL text
+    assert record.banner.startswith("\x02\u2400")
+    assert json.loads(record.raw)["data"] == pdu  # the exact bytes survive in the raw record
+
+
+def test_it_accepts_lone_surrogate_escapes_and_cleans_them() -> None:
+    raw = b'{"ip_str": "192.0.2.7", "port": 389, "data": "x\\ud800y", "org": "\\udfff Org"}'
+    record = record_from_line(raw)
+    record.banner.encode("utf-8")  # would raise on a lone surrogate
+    record.org.encode("utf-8")
+    assert record.banner == "x\ufffdy"
+
+
+def test_it_normalises_addresses() -> None:
+    assert record_from_line(line(banner() | {"ip_str": "::ffff:192.0.2.5"})).ip == "192.0.2.5"
+    assert record_from_line(line(banner("2001:0db8:0000::0001"))).ip == "2001:db8::1"
+    assert record_from_line(line({"ip": 3221225985, "port": 1})).ip == "192.0.2.1"
+
+
+def test_it_is_lenient_about_everything_else() -> None:
+    odd = banner() | {
+        "location": "nowhere",
+        "hostnames": "not-a-list",
+        "asn": {"x": 1},
+        "timestamp": "garbage",
+        "_shodan": None,
+        "data": None,
+        "org": 12,
+    }
+    record = record_from_line(line(odd))
+    assert record.country == "" and record.hostnames == () and record.asn is None and record.timestamp is None
+    assert record.banner == "" and record.org == "12"
+
+
+def test_clean_text_bounds_and_sanitises() -> None:
+    assert clean_text("a" * 1000, 10) == "a" * 10
+    assert clean_text("a\x00b") == "a\u2400b"
+    assert clean_text(None) == ""
+    assert clean_text(["x"]) == ""
