@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_q",
+    "simple_history",
     "harvest",
     "disclosure",
 ]
@@ -78,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "simple_history.middleware.HistoryRequestMiddleware",
 ]
 
 ROOT_URLCONF = "medexpo.urls"
@@ -152,6 +154,15 @@ MEDEXPO_COUNTRY = os.environ.get("MEDEXPO_COUNTRY", "NL").upper()
 
 # Ingest batch size: a checkpoint is written after every batch.
 HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000)
+
+# Owners (RDAP/ASN through ipwhois). RDAP_BASE_URL sends every registry request to one server
+# (a mirror, or the stand-in in tests); empty means the registries themselves.
+RDAP_BASE_URL = os.environ.get("RDAP_BASE_URL", "")
+RDAP_DNS_SERVER = os.environ.get("RDAP_DNS_SERVER", "")  # "host:port" for the ASN step; empty: system
+RDAP_TIMEOUT = float(os.environ.get("RDAP_TIMEOUT", "10"))
+RDAP_CACHE_DAYS = envint("RDAP_CACHE_DAYS", 30)
+RDAP_REQUESTS_PER_SECOND = float(os.environ.get("RDAP_REQUESTS_PER_SECOND", "1.0"))  # per registry; 0: no limit
+RDAP_CONCURRENCY = envint("RDAP_CONCURRENCY", 4)
 
 # Background work: the ORM broker on a single machine, Redis when REDIS_URL is set.
 REDIS_URL = os.environ.get("REDIS_URL", "")
