@@ -1,0 +1,319 @@
+"""Shodan's REST API through the official `shodan` package, isolated behind plain functions.
+
+Each function is one upstream call and returns our own small dataclasses. Everything that can go
+wrong becomes a `ShodanError` that says whether trying again can help (`permanent`) and what
+kind of problem it is (`kind`), so callers never see the library's exceptions.
+
+Pacing and retries are ours: the library's own rate limiter is switched off (it sleeps in a busy
+loop and knows nothing of retries), requests are spaced by `SHODAN_REQUEST_INTERVAL` seconds
+(Shodan allows 1 request per second), and rate limits (429), server errors (5xx), timeouts and
+cut connections are retried `SHODAN_MAX_RETRIES` times with exponential backoff.
+
+The API key is a secret: it is sent as Shodan requires (`?key=`), and scrubbed from every
+message this module produces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import requests
+import shodan
+from django.conf import settings
+
+from medexpo.lib.http import Session, backoff_delays, scrub
+
+PAGE_SIZE = 100  # Shodan returns search results in pages of 100
+MAX_BANNER_CHARS = 1024 * 1024  # a banner bigger than this is not kept (see records.MAX_RECORD_BYTES)
+NO_CREDITS_TEXT = "insufficient query credits"
+
+T = TypeVar("T")
+
+
+class ShodanError(Exception):
+    """A failed Shodan call. `permanent` errors will fail again if retried as they are."""
+
+    INVALID_KEY = "invalid_key"
+    NO_KEY = "no_key"
+    NO_CREDITS = "no_credits"
+    ACCESS_DENIED = "access_denied"
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    SERVER = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    BAD_RESPONSE = "bad_response"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+
+    def __init__(self, message: str, *, kind: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class ApiInfo:
+    plan: str
+    query_credits: int
+    scan_credits: int
+
+
+@dataclass(frozen=True, slots=True)
+class FacetValue:
+    value: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    query: str
+    total: int
+    facets: dict[str, tuple[FacetValue, ...]]
+
+    @property
+    def pages(self) -> int:
+        return pages_for(self.total)
+
+
+@dataclass(frozen=True, slots=True)
+class RawBanner:
+    """One search match as Shodan sent it: the parsed value and its JSON text. A match over
+    MAX_BANNER_CHARS keeps only its size (`value` None, `raw` empty), for the caller to reject."""
+
+    value: object
+    raw: str
+    size: int
+
+    @property
+    def too_large(self) -> bool:
+        return self.size > MAX_BANNER_CHARS
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    query: str
+    page: int
+    total: int
+    banners: tuple[RawBanner, ...]
+
+    @property
+    def pages(self) -> int:
+        return pages_for(self.total)
+
+
+@dataclass(frozen=True, slots=True)
+class HostLookup:
+    ip: str
+    ports: tuple[int, ...]
+    raw: str  # the whole lookup as JSON text, the shape `harvest --hosts` reads
+
+
+def pages_for(total: int) -> int:
+    return math.ceil(max(total, 0) / PAGE_SIZE)
+
+
+# --- the calls --------------------------------------------------------------------------------
+
+
+def api_info() -> ApiInfo:
+    """The plan and the query and scan credits left on the key. Free.
+
+    # Reference: https://developer.shodan.io/api (API Plan Information: GET /api-info)
+    """
+    data = _call(lambda api: api.info())
+    if not isinstance(data, dict):
+        raise ShodanError("/api-info did not answer with an object", kind=ShodanError.BAD_RESPONSE, permanent=False)
+    return ApiInfo(
+        plan=str(data.get("plan") or "")[:40],
+        query_credits=_int(data.get("query_credits")),
+        scan_credits=_int(data.get("scan_credits")),
+    )
+
+
+def count(query: str, facets: list[str] | None = None) -> CountResult:
+    """The number of results of a search, with summary facets (e.g. port, org, product). Free:
+    it costs no query credits whatever the query.
+
+    # Reference: https://developer.shodan.io/api (Search Shodan without Results: GET /shodan/host/count)
+    """
+    data = _call(lambda api: api.count(query, facets=facets or None))
+    if not isinstance(data, dict):
+        raise ShodanError("count did not answer with an object", kind=ShodanError.BAD_RESPONSE, permanent=False)
+    return CountResult(query=query, total=_int(data.get("total")), facets=_facets(data.get("facets")))
+
+
+def search_page(query: str, page: int) -> SearchPage:
+    """One page (up to 100 banners, full records) of a search.
+
+    Costs 1 query credit when the query has a filter (ours always have `country:`) or the page is
+    beyond the first.
+    # Reference: https://developer.shodan.io/api (Shodan Search: GET /shodan/host/search)
+    """
+    if page < 1:
+        raise ValueError("Shodan pages start at 1")
+    data = _call(lambda api: api.search(query, page=page, minify=False))
+    if not isinstance(data, dict) or not isinstance(data.get("matches", []), list):
+        raise ShodanError(
+            "search did not answer with a list of matches", kind=ShodanError.BAD_RESPONSE, permanent=False
+        )
+    banners = tuple(_raw_banner(item) for item in data.get("matches", []))
+    return SearchPage(query=query, page=page, total=_int(data.get("total")), banners=banners)
+
+
+def host(ip: str) -> HostLookup:
+    """Every banner Shodan holds for one address (its current services).
+
+    # Reference: https://developer.shodan.io/api (Host Information: GET /shodan/host/{ip})
+    """
+    data = _call(lambda api: api.host(ip))
+    if not isinstance(data, dict):
+        raise ShodanError("host lookup did not answer with an object", kind=ShodanError.BAD_RESPONSE, permanent=False)
+    ports = tuple(p for p in data.get("ports", []) if isinstance(p, int) and not isinstance(p, bool))
+    return HostLookup(ip=ip, ports=ports, raw=json.dumps(data, ensure_ascii=True))
+
+
+# --- plumbing ---------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_last_request = 0.0
+_cached: tuple[tuple, shodan.Shodan] | None = None
+
+
+def _api() -> shodan.Shodan:
+    global _cached
+    key = settings.SHODAN_API_KEY
+    if not key:
+        raise ShodanError(
+            "no Shodan API key: set SHODAN_API_KEY (or SHODAN_API_KEY_FILE)", kind=ShodanError.NO_KEY, permanent=True
+        )
+    identity = (key, settings.SHODAN_API_URL, settings.SHODAN_TIMEOUT)
+    if _cached is None or _cached[0] != identity:
+        api = shodan.Shodan(key)
+        if settings.SHODAN_API_URL:
+            api.base_url = settings.SHODAN_API_URL.rstrip("/")
+        api.api_rate_limit = 0  # we pace and retry ourselves
+        # The library offers no timeout; its requests session is replaced by ours, which has one.
+        api._session = Session(timeout=settings.SHODAN_TIMEOUT)
+        _cached = (identity, api)
+    return _cached[1]
+
+
+def _pace() -> None:
+    """Wait so that requests are at least SHODAN_REQUEST_INTERVAL seconds apart (per process)."""
+    global _last_request
+    interval = settings.SHODAN_REQUEST_INTERVAL
+    with _lock:
+        wait = _last_request + interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        _last_request = time.monotonic()
+
+
+def _call(fn: Callable[[shodan.Shodan], T]) -> T:
+    api = _api()
+    retries = settings.SHODAN_MAX_RETRIES
+    delays = backoff_delays(retries=retries, base=_backoff_base())
+    while True:
+        _pace()
+        try:
+            return fn(api)
+        except shodan.APIError as exc:
+            error = _classify(exc, api)
+        if error.permanent:
+            raise error
+        delay = next(delays, None)
+        if delay is None:
+            raise ShodanError(
+                f"{error} (gave up after {retries} retries)", kind=ShodanError.RETRIES_EXHAUSTED, permanent=False
+            ) from None
+        time.sleep(delay)
+
+
+def _backoff_base() -> float:
+    # The first retry waits this long, then twice as long each time. Shodan's own limit is
+    # 1 request/second, so waiting at least that long is the least a retry should do.
+    return float(getattr(settings, "SHODAN_BACKOFF", max(1.0, settings.SHODAN_REQUEST_INTERVAL)))
+
+
+def _classify(exc: shodan.APIError, api: shodan.Shodan) -> ShodanError:
+    session: Session = api._session
+    status = session.last_status
+    text = scrub(str(exc), api.api_key)[:300]
+    cause = exc.__context__
+    if NO_CREDITS_TEXT in text.lower():
+        return ShodanError(f"Shodan: no query credits left ({text})", kind=ShodanError.NO_CREDITS, permanent=True)
+    if status is None:
+        if isinstance(cause, requests.Timeout):
+            return ShodanError(
+                f"Shodan did not answer within {session.timeout:g} s", kind=ShodanError.TIMEOUT, permanent=False
+            )
+        what = type(cause).__name__ if cause is not None else "no answer"
+        return ShodanError(f"connection to Shodan failed ({what})", kind=ShodanError.CONNECTION, permanent=False)
+    if status == 401:
+        return ShodanError(
+            f"Shodan refused the API key (401: {text}); check SHODAN_API_KEY",
+            kind=ShodanError.INVALID_KEY,
+            permanent=True,
+        )
+    if status == 429:
+        return ShodanError("Shodan rate limit (429)", kind=ShodanError.RATE_LIMITED, permanent=False)
+    if status >= 500:
+        return ShodanError(f"Shodan server error ({status})", kind=ShodanError.SERVER, permanent=False)
+    if status == 403:
+        return ShodanError(
+            f"Shodan denied access (403): the key's plan does not allow this call ({text})",
+            kind=ShodanError.ACCESS_DENIED,
+            permanent=True,
+        )
+    if status == 404:
+        return ShodanError(f"Shodan has no information ({text})", kind=ShodanError.NOT_FOUND, permanent=True)
+    if 200 <= status < 300:
+        # A 2xx whose body is not the JSON we expect: usually a body cut short; worth a retry.
+        return ShodanError(f"unreadable answer from Shodan ({text})", kind=ShodanError.BAD_RESPONSE, permanent=False)
+    return ShodanError(f"Shodan refused the request ({status}: {text})", kind=ShodanError.BAD_REQUEST, permanent=True)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and math.isfinite(value):
+        return max(int(value), 0)
+    return 0
+
+
+def _facets(value: object) -> dict[str, tuple[FacetValue, ...]]:
+    if not isinstance(value, dict):
+        return {}
+    facets = {}
+    for name, items in list(value.items())[:20]:
+        if not isinstance(items, list):
+            continue
+        facets[str(name)[:40]] = tuple(
+            FacetValue(value=str(item.get("value"))[:255], count=_int(item.get("count")))
+            for item in items[:100]
+            if isinstance(item, dict)
+        )
+    return facets
+
+
+def _raw_banner(item: object) -> RawBanner:
+    raw = json.dumps(item, ensure_ascii=True)
+    if len(raw) > MAX_BANNER_CHARS:
+        return RawBanner(value=None, raw="", size=len(raw))
+    return RawBanner(value=item, raw=raw, size=len(raw))
+
+
+def reset() -> None:
+    """Forget the cached client and the pacing clock (settings changed, tests)."""
+    global _cached, _last_request
+    _cached = None
+    _last_request = 0.0
