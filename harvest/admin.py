@@ -1,0 +1,445 @@
+"""Staff views of what the harvest stored: hosts, services, banner history, runs and rejections.
+
+Everything here is read-only: a row says what Shodan reported, and staff cannot edit that. Banners,
+hostnames, organisations, titles and rejection details are written by strangers, so every value
+reaches the page through Django's escaping (`format_html`, `format_html_join`, plain strings);
+nothing from the data is ever marked safe.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import Count, QuerySet
+from django.db.models.functions import Length, Substr
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from harvest.ingest import REJECTION_ROWS_PER_REASON
+from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
+from harvest.records import Reason
+
+BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service page
+HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
+RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the pretty-printed raw record
+PREVIEW_LIMIT = 80  # banner column of the service list
+
+PRE_STYLE = (
+    "white-space: pre-wrap; overflow-wrap: anywhere; max-height: 40em; overflow: auto; "
+    "margin: 0; padding: 6px; background: var(--darkened-bg); color: var(--body-fg)"
+)
+
+# One character class (plus a lookahead for a lone CR), so matching stays linear in the input.
+# C0 controls except TAB and LF, DEL and C1 controls, lone surrogates, and the invisible format
+# characters that can reorder or hide text (bidi overrides, zero-width spaces, tag characters).
+_INVISIBLE = re.compile(
+    "\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u2064\u2066-\u206f\u2400\ud800-\udfff\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
+
+
+def _show_char(char: str) -> str:
+    code = ord(char)
+    if code == 0x2400:
+        return char  # ingest's stand-in for NUL: already visible, marked like the other controls
+    if code < 0x20:
+        return chr(0x2400 + code)  # Unicode control pictures: U+0000 -> ␀, U+001B -> ␛
+    if code == 0x7F:
+        return "\u2421"  # ␡
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def visible_segments(text: str) -> Iterator[tuple[str, bool]]:
+    """Split text into (segment, is_control) pairs, controls replaced by a visible form.
+
+    CR LF stays a line break (banners are mostly CRLF protocols); the exact bytes are in the
+    raw record. The ␀ that ingest stores for NUL is kept, and marked as a control.
+    """
+    start = 0
+    for match in _INVISIBLE.finditer(text):
+        if match.start() > start:
+            yield text[start : match.start()], False
+        yield _show_char(match.group()), True
+        start = match.end()
+    if start < len(text):
+        yield text[start:], False
+
+
+def visible_text(text: str) -> str:
+    """The text with every control or invisible character replaced by a visible form."""
+    return "".join(segment for segment, _ in visible_segments(text))
+
+
+def text_block(text: str, *, limit: int, total: int | None = None) -> SafeString:
+    """Hostile text as an escaped <pre>, controls marked, cut at `limit` with a note of the full size."""
+    total = len(text) if total is None else total
+    shown = text[:limit]
+    body = format_html_join(
+        "",
+        "{}",
+        (
+            (format_html('<span class="medexpo-ctl" style="color: var(--error-fg)">{}</span>', s) if ctl else s,)
+            for s, ctl in visible_segments(shown)
+        ),
+    )
+    note = ""
+    if total > len(shown):
+        note = format_html(
+            '<p class="help medexpo-cut">Showing the first {} of {} characters.</p>',
+            f"{len(shown):,}",
+            f"{total:,}",
+        )
+    return format_html('<pre class="medexpo-text" style="{}">{}</pre>{}', PRE_STYLE, body, note)
+
+
+def pretty_json(raw: str) -> str:
+    """A JSON record indented for reading; text that is not JSON is returned as it is."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def _link(viewname: str, pk: int | None, label: object) -> SafeString | str:
+    if pk is None:
+        return "-"
+    return format_html('<a href="{}">{}</a>', reverse(viewname, args=[pk]), label)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Staff may look and search, never add, edit or delete: the rows are what a source said."""
+
+    list_per_page = 100
+    # The full count is another COUNT(*) over tables of millions of rows on every page.
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ReadOnlyTabularInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+# --- hosts ---------------------------------------------------------------------------------
+
+
+class ServiceInline(ReadOnlyTabularInline):
+    model = Service
+    fields = ("port", "transport", "product", "version", "module", "first_seen", "last_seen", "banner_since")
+    readonly_fields = fields
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
+        # Banners can be a megabyte each; the inline shows none of them.
+        return super().get_queryset(request).defer("banner", "raw")
+
+
+@admin.register(Host)
+class HostAdmin(ReadOnlyAdmin):
+    list_display = ("ip", "org", "isp", "asn", "country", "hostnames_list", "os", "first_seen", "last_seen", "services")
+    search_fields = ("ip", "org", "hostnames")
+    list_filter = ("country", "asn")
+    fieldsets = (
+        (None, {"fields": ("ip", "org", "isp", "asn", "country", "hostnames_list", "os")}),
+        ("Seen", {"fields": ("first_seen", "last_seen", "services")}),
+    )
+    readonly_fields = (
+        "ip",
+        "org",
+        "isp",
+        "asn",
+        "country",
+        "hostnames_list",
+        "os",
+        "first_seen",
+        "last_seen",
+        "services",
+    )
+    inlines = (ServiceInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
+        return super().get_queryset(request).annotate(service_count=Count("services"))
+
+    @admin.display(description="hostnames")
+    def hostnames_list(self, obj: Host) -> str:
+        names = obj.hostnames if isinstance(obj.hostnames, list) else []
+        return visible_text(", ".join(str(n) for n in names))
+
+    @admin.display(description="services", ordering="service_count")
+    def services(self, obj: Host) -> int:
+        return obj.service_count  # type: ignore[attr-defined]
+
+
+# --- services ------------------------------------------------------------------------------
+
+
+class ServiceBannerInline(ReadOnlyTabularInline):
+    model = ServiceBanner
+    verbose_name = "earlier banner"
+    verbose_name_plural = "banner history"
+    fields = ("first_seen", "last_seen", "run_link", "banner_text")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ServiceBanner]:
+        return (
+            super()
+            .get_queryset(request)
+            .defer("banner", "raw")
+            .annotate(banner_head=Substr("banner", 1, HISTORY_DISPLAY_LIMIT), banner_length=Length("banner"))
+        )
+
+    @admin.display(description="run")
+    def run_link(self, obj: ServiceBanner) -> SafeString | str:
+        return _link("admin:harvest_harvestrun_change", obj.run_id, obj.run_id)
+
+    @admin.display(description="banner")
+    def banner_text(self, obj: ServiceBanner) -> SafeString:
+        return text_block(obj.banner_head, limit=HISTORY_DISPLAY_LIMIT, total=obj.banner_length)  # type: ignore[attr-defined]
+
+
+class ServiceChangeList(ChangeList):
+    """The list shows only the start of each banner: banners and raw records stay in the database."""
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: list[str] | None = None) -> QuerySet[Service]:
+        queryset = super().get_queryset(request, exclude_parameters)
+        return queryset.defer("banner", "raw").annotate(banner_head=Substr("banner", 1, PREVIEW_LIMIT + 1))
+
+
+@admin.register(Service)
+class ServiceAdmin(ReadOnlyAdmin):
+    list_display = (
+        "host_ip",
+        "port",
+        "transport",
+        "product",
+        "version",
+        "module",
+        "org",
+        "first_seen",
+        "last_seen",
+        "banner_since",
+        "banner_preview",
+    )
+    list_select_related = ("host",)
+    search_fields = ("host__ip", "product", "banner", "host__org")
+    list_filter = ("port", "transport", "module")
+    fieldsets = (
+        (None, {"fields": ("host_link", "port", "transport", "product", "version", "module", "org")}),
+        ("Seen", {"fields": ("first_seen", "last_seen", "banner_since", "last_run_link")}),
+        ("Banner", {"fields": ("banner_text",)}),
+        ("Raw record", {"fields": ("raw_record",), "classes": ("collapse",)}),
+    )
+    readonly_fields = (
+        "host_link",
+        "port",
+        "transport",
+        "product",
+        "version",
+        "module",
+        "org",
+        "first_seen",
+        "last_seen",
+        "banner_since",
+        "last_run_link",
+        "banner_text",
+        "raw_record",
+    )
+    inlines = (ServiceBannerInline,)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
+        return ServiceChangeList
+
+    @admin.display(description="host", ordering="host__ip")
+    def host_ip(self, obj: Service) -> str:
+        return obj.host.ip
+
+    @admin.display(description="org", ordering="host__org")
+    def org(self, obj: Service) -> str:
+        return visible_text(obj.host.org)
+
+    @admin.display(description="banner")
+    def banner_preview(self, obj: Service) -> str:
+        head = obj.banner_head  # type: ignore[attr-defined]
+        text = visible_text(head[:PREVIEW_LIMIT].replace("\r\n", "\n").replace("\n", " ↵ "))
+        return text + ("…" if len(head) > PREVIEW_LIMIT else "")
+
+    @admin.display(description="host")
+    def host_link(self, obj: Service) -> SafeString | str:
+        return _link("admin:harvest_host_change", obj.host_id, obj.host.ip)
+
+    @admin.display(description="last run")
+    def last_run_link(self, obj: Service) -> SafeString | str:
+        return _link("admin:harvest_harvestrun_change", obj.last_run_id, obj.last_run_id)
+
+    @admin.display(description="banner")
+    def banner_text(self, obj: Service) -> SafeString:
+        return text_block(obj.banner, limit=BANNER_DISPLAY_LIMIT)
+
+    @admin.display(description="raw record (JSON)")
+    def raw_record(self, obj: Service) -> SafeString:
+        return text_block(pretty_json(obj.raw), limit=RAW_DISPLAY_LIMIT)
+
+
+# --- runs and rejections -------------------------------------------------------------------
+
+
+class RunFilter(admin.SimpleListFilter):
+    """Rejections of one run; the run page links here with ?run=<id>."""
+
+    title = "run"
+    parameter_name = "run"
+    recent = 20
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        runs = HarvestRun.objects.only("id", "source", "status")[: self.recent]
+        return [(str(run.pk), str(run)) for run in runs]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Rejection]) -> QuerySet[Rejection]:
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(run_id=int(value)) if value.isdigit() else queryset.none()
+
+
+@admin.register(Rejection)
+class RejectionAdmin(ReadOnlyAdmin):
+    list_display = ("run_link", "position", "reason", "description", "detail_text")
+    list_select_related = ("run",)
+    list_filter = (RunFilter, "reason")
+    search_fields = ("position", "detail")
+    fields = ("run_link", "position", "reason", "description", "detail_text")
+    readonly_fields = fields
+
+    @admin.display(description="run", ordering="run")
+    def run_link(self, obj: Rejection) -> SafeString | str:
+        return _link("admin:harvest_harvestrun_change", obj.run_id, obj.run)
+
+    @admin.display(description="what it means")
+    def description(self, obj: Rejection) -> str:
+        return Reason.DESCRIPTIONS.get(obj.reason, "")
+
+    @admin.display(description="detail")
+    def detail_text(self, obj: Rejection) -> str:
+        return visible_text(obj.detail)
+
+
+@admin.register(HarvestRun)
+class HarvestRunAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "source",
+        "plan",
+        "target_short",
+        "country",
+        "status",
+        "started_at",
+        "finished_at",
+        "seen",
+        "accepted",
+        "new",
+        "updated",
+        "unchanged",
+        "rejected_count",
+        "credits_spent",
+    )
+    list_filter = ("source", "status", "country")
+    search_fields = ("plan", "target", "message")
+    fieldsets = (
+        (None, {"fields": ("source", "plan", "target", "country", "status", "message")}),
+        ("Time", {"fields": ("started_at", "updated_at", "finished_at")}),
+        ("Counts", {"fields": ("seen", "accepted", "new", "updated", "unchanged", "credits_spent")}),
+        ("Rejected", {"fields": ("rejected_table",)}),
+        ("Resume", {"fields": ("checkpoint_json", "options_json"), "classes": ("collapse",)}),
+    )
+    readonly_fields = (
+        "source",
+        "plan",
+        "target",
+        "country",
+        "status",
+        "message",
+        "started_at",
+        "updated_at",
+        "finished_at",
+        "seen",
+        "accepted",
+        "new",
+        "updated",
+        "unchanged",
+        "credits_spent",
+        "rejected_table",
+        "checkpoint_json",
+        "options_json",
+    )
+
+    @admin.display(description="target")
+    def target_short(self, obj: HarvestRun) -> str:
+        return obj.target if len(obj.target) <= 60 else "…" + obj.target[-59:]
+
+    @admin.display(description="rejected")
+    def rejected_count(self, obj: HarvestRun) -> int:
+        return obj.rejected_total
+
+    @admin.display(description="rejected by reason")
+    def rejected_table(self, obj: HarvestRun) -> SafeString | str:
+        if not obj.rejected:
+            return "none"
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td style="text-align: right">{}</td></tr>',
+            (
+                (self._rejections_url(obj, reason), reason, Reason.DESCRIPTIONS.get(reason, ""), count)
+                for reason, count in sorted(obj.rejected.items(), key=lambda item: (-item[1], item[0]))
+            ),
+        )
+        return format_html(
+            '<table class="medexpo-rejected"><thead><tr><th>reason</th><th>what it means</th>'
+            '<th style="text-align: right">records</th></tr></thead><tbody>{}</tbody>'
+            '<tfoot><tr><td colspan="2">total</td><td style="text-align: right">{}</td></tr></tfoot></table>'
+            '<p class="help">Each reason links to its rejected records (the first {} per reason are kept).</p>',
+            rows,
+            obj.rejected_total,
+            f"{REJECTION_ROWS_PER_REASON:,}",
+        )
+
+    @admin.display(description="checkpoint")
+    def checkpoint_json(self, obj: HarvestRun) -> SafeString:
+        return text_block(json.dumps(obj.checkpoint, indent=2, ensure_ascii=False), limit=RAW_DISPLAY_LIMIT)
+
+    @admin.display(description="options")
+    def options_json(self, obj: HarvestRun) -> SafeString:
+        return text_block(json.dumps(obj.options, indent=2, ensure_ascii=False), limit=RAW_DISPLAY_LIMIT)
+
+    @staticmethod
+    def _rejections_url(run: HarvestRun, reason: str) -> str:
+        query = urlencode({"run": run.pk, "reason__exact": reason})
+        return reverse("admin:harvest_rejection_changelist") + "?" + query

@@ -1,0 +1,395 @@
+"""The harvest admin: read-only, searchable, hostile text escaped, no N+1 on the lists.
+
+Data comes from the real ingest (harvest_file_start + harvest_execute on a JSON-lines file).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from harvest import services
+from harvest.admin import BANNER_DISPLAY_LIMIT, text_block, visible_text
+from harvest.models import HarvestRun, Host, Service
+
+HOSTILE_BANNER = (
+    "HTTP/1.1 200 OK\r\nServer: <script>alert(1)</script>\r\n"
+    "X-Pad: \x00\x01\x1b[31m<img src=x onerror=alert(2)>\u202eevil\x7f\x85 end\r\n"
+)
+HOSTILE = {
+    "ip_str": "192.0.2.66",
+    "port": 8080,
+    "transport": "tcp",
+    "data": HOSTILE_BANNER,
+    "org": "<b onmouseover=alert(4)>Evil BV</b>",
+    "isp": "<marquee>isp</marquee>",
+    "hostnames": ["<svg onload=alert(5)>.example"],
+    "product": "<i>PACS</i>",
+    "http": {"title": "<script>alert(3)</script>"},
+    "timestamp": "2026-01-02T03:04:05.000000",
+    "_shodan": {"module": "http"},
+    "location": {"country_code": "NL"},
+    "asn": "AS1103",
+}
+
+
+def banner(ip: str, port: int, data: str, **extra: object) -> dict:
+    return {
+        "ip_str": ip,
+        "port": port,
+        "transport": "tcp",
+        "data": data,
+        "timestamp": "2026-01-02T03:04:05.000000",
+        "_shodan": {"module": "dicom" if port == 104 else "http"},
+        "location": {"country_code": "NL"},
+        **extra,
+    }
+
+
+def ingest(tmp_path: Path, lines: list[dict | bytes], name: str = "banners.json") -> HarvestRun:
+    """Run the real file ingest over records (dicts become JSON lines; bytes are written as they are)."""
+    path = tmp_path / name
+    with path.open("wb") as out:
+        for line in lines:
+            out.write((json.dumps(line).encode() if isinstance(line, dict) else line) + b"\n")
+    run = services.harvest_file_start(path=path)
+    return services.harvest_execute(run=run)
+
+
+def many(count: int, offset: int = 0) -> list[dict]:
+    return [
+        banner(
+            f"198.51.{(offset + i) // 200}.{(offset + i) % 200 + 1}",
+            [104, 11112, 443][i % 3],
+            f"banner {offset + i}",
+            org=f"Org {i % 7}",
+            asn=64500 + i % 5,
+            hostnames=[f"h{offset + i}.example.nl"],
+            product=f"Product {i % 4}",
+        )
+        for i in range(count)
+    ]
+
+
+def change_url(obj: object) -> str:
+    return reverse(f"admin:harvest_{type(obj)._meta.model_name}_change", args=[obj.pk])
+
+
+def changelist_url(model: type) -> str:
+    return reverse(f"admin:harvest_{model._meta.model_name}_changelist")
+
+
+def results(html: str) -> str:
+    """The result table of a changelist page, so that search boxes and filters do not count."""
+    match = re.search(r'<table id="result_list".*?</table>', html, re.S)
+    return match.group(0) if match else ""
+
+
+# --- pure display helpers ------------------------------------------------------------------
+
+
+def test_it_makes_control_and_invisible_characters_visible() -> None:
+    text = "a\x00b\x01c\x1bd\x7fe\x85f\u202eg\u200bh\r\ni\rj\tk\u2400"
+    assert visible_text(text) == "a␀b␁c␛d␡e\\x85f\\u202eg\\u200bh\r\ni␍j\tk\u2400"
+
+
+def test_it_escapes_and_bounds_a_text_block() -> None:
+    html = text_block("<script>alert(1)</script>\x00" + "x" * 100, limit=30)
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert '<span class="medexpo-ctl"' in html and "␀</span>" in html
+    assert "Showing the first 30 of 126 characters." in html
+    assert "␀</span>" + "x" * 4 + "</pre>" in html
+
+
+# --- services ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_it_shows_a_hostile_service_escaped(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [HOSTILE])
+    service = Service.objects.get()
+
+    html = admin_client.get(change_url(service)).content.decode()
+
+    for hostile in ("<script>alert", "<img src=x", "<svg onload", "<b onmouseover", "<i>PACS", "<marquee>"):
+        assert hostile not in html, hostile
+    assert "Server: &lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "&lt;b onmouseover=alert(4)&gt;Evil BV&lt;/b&gt;" in html
+    assert "&lt;i&gt;PACS&lt;/i&gt;" in html
+    # NUL is stored as ␀; the other controls are made visible on the way out.
+    assert "X-Pad: " in html and "␀</span>" in html and "␁</span>" in html and "␛</span>" in html
+    assert "\\u202e</span>" in html and "\u202e" not in html
+    assert "\x01" not in html and "\x1b" not in html
+    # The raw record, pretty-printed: the title escaped, the NUL as its JSON escape.
+    assert "&quot;title&quot;: &quot;&lt;script&gt;alert(3)&lt;/script&gt;&quot;" in html
+    assert "\\\\u0000" in html or "\\u0000" in html
+
+
+@pytest.mark.django_db
+def test_it_bounds_a_long_banner_and_gives_its_full_size(tmp_path: Path, admin_client: Client) -> None:
+    data = "A" * (BANNER_DISPLAY_LIMIT + 5000) + "THE-END"
+    ingest(tmp_path, [banner("192.0.2.7", 104, data)])
+
+    html = admin_client.get(change_url(Service.objects.get())).content.decode()
+
+    assert f"Showing the first {BANNER_DISPLAY_LIMIT:,} of {len(data):,} characters." in html
+    banner_pre = re.search(r'<pre class="medexpo-text"[^>]*>(A+)</pre>', html)
+    assert banner_pre is not None and len(banner_pre.group(1)) == BANNER_DISPLAY_LIMIT
+
+
+@pytest.mark.django_db
+def test_it_lists_earlier_banners_in_the_history(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [banner("192.0.2.8", 104, "first <b>banner</b>")], "one.json")
+    later = banner("192.0.2.8", 104, "second banner", timestamp="2026-02-01T00:00:00")
+    run = ingest(tmp_path, [later], "two.json")
+    service = Service.objects.get()
+
+    html = admin_client.get(change_url(service)).content.decode()
+
+    assert "banner history" in html.lower()
+    assert "first &lt;b&gt;banner&lt;/b&gt;" in html
+    assert "second banner" in html
+    assert f'href="{change_url(run)}"' in html
+
+
+@pytest.mark.django_db
+def test_it_searches_services_by_banner_ip_product_and_org(tmp_path: Path, admin_client: Client) -> None:
+    ingest(
+        tmp_path,
+        [
+            banner("192.0.2.10", 104, "DICOM Server Response OFFIS", product="Orthanc", org="Ziekenhuis Oost"),
+            banner("192.0.2.11", 80, "nginx welcome", product="nginx", org="Hosting BV"),
+        ],
+    )
+    url = changelist_url(Service)
+
+    def found(query: str) -> set[str]:
+        table = results(admin_client.get(url, {"q": query}).content.decode())
+        return {ip for ip in ("192.0.2.10", "192.0.2.11") if ip in table}
+
+    assert found("server response") == {"192.0.2.10"}
+    assert found("192.0.2.11") == {"192.0.2.11"}
+    assert found("orthanc") == {"192.0.2.10"}
+    assert found("hosting") == {"192.0.2.11"}
+    assert found("192.0.2.1") == {"192.0.2.10", "192.0.2.11"}
+
+
+@pytest.mark.django_db
+def test_it_filters_services_by_port_transport_and_module(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [banner("192.0.2.20", 104, "dicom"), banner("192.0.2.21", 443, "https")])
+    url = changelist_url(Service)
+
+    by_port = results(admin_client.get(url, {"port": "104"}).content.decode())
+    by_module = results(admin_client.get(url, {"module__exact": "http"}).content.decode())
+    by_transport = results(admin_client.get(url, {"transport__exact": "udp"}).content.decode())
+
+    assert "192.0.2.20" in by_port and "192.0.2.21" not in by_port
+    assert "192.0.2.21" in by_module and "192.0.2.20" not in by_module
+    assert "192.0.2.2" not in by_transport
+
+
+@pytest.mark.django_db
+def test_it_shows_an_escaped_banner_preview_in_the_list(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [HOSTILE])
+
+    table = results(admin_client.get(changelist_url(Service)).content.decode())
+
+    assert "Server: &lt;script&gt;alert(1)&lt;/script&gt;" in table
+    assert "<script" not in table and "\x01" not in table
+
+
+@pytest.mark.django_db
+def test_it_lets_staff_look_but_not_change(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [HOSTILE])
+    service = Service.objects.get()
+
+    page = admin_client.get(change_url(service)).content.decode()
+    post = admin_client.post(change_url(service), {"product": "edited", "port": "1"})
+
+    assert 'name="product"' not in page and 'name="_save"' not in page
+    assert post.status_code == 403
+    assert admin_client.get(reverse("admin:harvest_service_add")).status_code == 403
+    assert admin_client.get(reverse("admin:harvest_host_delete", args=[service.host_id])).status_code == 403
+    service.refresh_from_db()
+    assert service.product == "<i>PACS</i>" and service.port == 8080
+
+
+# --- hosts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_it_shows_hosts_with_their_service_count_and_services(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [HOSTILE, {**HOSTILE, "port": 104, "data": "dicom"}, banner("192.0.2.30", 22, "ssh")])
+    host = Host.objects.get(ip="192.0.2.66")
+
+    listing = results(admin_client.get(changelist_url(Host)).content.decode())
+    page = admin_client.get(change_url(host)).content.decode()
+
+    row = re.search(r"<tr>.*?192\.0\.2\.66.*?</tr>", listing, re.S)
+    assert row is not None and '<td class="field-services">2</td>' in row.group(0)
+    assert "&lt;svg onload=alert(5)&gt;.example" in listing and "<svg" not in listing
+    assert "<svg onload" not in page and "<b onmouseover" not in page
+    assert "&lt;svg onload=alert(5)&gt;.example" in page
+    assert page.count('class="inlineviewlink"') == 2
+    assert "8080" in page and "104" in page
+
+
+@pytest.mark.django_db
+def test_it_searches_and_filters_hosts(tmp_path: Path, admin_client: Client) -> None:
+    ingest(
+        tmp_path,
+        [
+            banner("192.0.2.40", 104, "a", org="UMC Noord", asn=1103, hostnames=["pacs.umcnoord.example"]),
+            banner("192.0.2.41", 104, "b", org="Cloud Inc", asn=16509, location={"country_code": "DE"}),
+        ],
+    )
+    url = changelist_url(Host)
+
+    def found(params: dict) -> set[str]:
+        table = results(admin_client.get(url, params).content.decode())
+        return {ip for ip in ("192.0.2.40", "192.0.2.41") if ip in table}
+
+    assert found({"q": "umcnoord"}) == {"192.0.2.40"}
+    assert found({"q": "cloud"}) == {"192.0.2.41"}
+    assert found({"q": "192.0.2.41"}) == {"192.0.2.41"}
+    assert found({"country": "DE"}) == {"192.0.2.41"}
+    assert found({"asn": "1103"}) == {"192.0.2.40"}
+
+
+# --- runs and rejections -------------------------------------------------------------------
+
+
+def _run_with_rejections(tmp_path: Path) -> HarvestRun:
+    return ingest(
+        tmp_path,
+        [
+            banner("192.0.2.50", 104, "ok"),
+            b"not json <script>alert(6)</script>",
+            b"{broken",
+            b'{"ip_str": "192.0.2.51", "port": "<script>alert(7)</script>"}',
+            b"[1, 2]",
+        ],
+    )
+
+
+@pytest.mark.django_db
+def test_it_shows_a_run_with_rejections_by_reason(tmp_path: Path, admin_client: Client) -> None:
+    run = _run_with_rejections(tmp_path)
+    assert run.rejected == {"invalid_port": 1, "not_json": 2, "not_object": 1}
+
+    html = admin_client.get(change_url(run)).content.decode()
+
+    table = re.search(r'<table class="medexpo-rejected">.*?</table>', html, re.S)
+    assert table is not None
+    rows = re.findall(r'<tr><td><a href="([^"]+)">(\w+)</a></td><td>[^<]*</td><td[^>]*>(\d+)</td></tr>', table.group(0))
+    assert [(reason, int(count)) for _, reason, count in rows] == [
+        ("not_json", 2),
+        ("invalid_port", 1),
+        ("not_object", 1),
+    ]
+    assert "line is not valid JSON" in table.group(0)
+    assert re.search(r"<td colspan=\"2\">total</td><td[^>]*>4</td>", table.group(0))
+    assert "<script>alert" not in html
+
+    not_json = admin_client.get(rows[0][0].replace("&amp;", "&")).content.decode()
+    listed = results(not_json)
+    assert listed.count("<tr") == 3  # header and two rows
+    assert "line 2" in listed and "line 3" in listed and "line 4" not in listed
+
+
+@pytest.mark.django_db
+def test_it_shows_hostile_rejection_details_escaped(tmp_path: Path, admin_client: Client) -> None:
+    run = _run_with_rejections(tmp_path)
+
+    html = admin_client.get(changelist_url(type(run.rejections.first())), {"run": run.pk}).content.decode()
+
+    assert "&#x27;&lt;script&gt;alert(7)&lt;/script&gt;&#x27;" in html
+    assert "<script>alert" not in html
+
+
+@pytest.mark.django_db
+def test_it_lists_runs_with_their_counts(tmp_path: Path, admin_client: Client) -> None:
+    run = _run_with_rejections(tmp_path)
+
+    table = results(admin_client.get(changelist_url(HarvestRun)).content.decode())
+
+    assert f'<th class="field-id"><a href="{change_url(run)}">{run.pk}</a></th>' in table
+    assert '<td class="field-rejected_count">4</td>' in table
+    assert '<td class="field-seen">5</td>' in table and '<td class="field-accepted">1</td>' in table
+
+
+# --- no N+1 --------------------------------------------------------------------------------
+
+
+def _queries(client: Client, url: str) -> int:
+    client.get(url)  # a first request fills per-process caches (content types) that would skew the count
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url).status_code == 200
+    return len(ctx.captured_queries)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [
+        reverse("admin:harvest_service_changelist"),
+        reverse("admin:harvest_service_changelist") + "?q=banner",
+        reverse("admin:harvest_host_changelist"),
+        reverse("admin:harvest_host_changelist") + "?q=example",
+        reverse("admin:harvest_harvestrun_changelist"),
+        reverse("admin:harvest_rejection_changelist"),
+    ],
+)
+def test_it_lists_many_rows_in_a_fixed_number_of_queries(
+    tmp_path: Path, admin_client: Client, django_assert_num_queries: object, url: str
+) -> None:
+    ingest(tmp_path, [*many(3), b"bad line"], "small.json")
+    small = _queries(admin_client, url)
+    for n in range(4):
+        ingest(tmp_path, [*many(30, offset=100 + 30 * n), b"bad", b"[]"], f"more{n}.json")
+    assert Service.objects.count() == 123 and HarvestRun.objects.count() == 5
+
+    with django_assert_num_queries(small):  # type: ignore[operator]
+        response = admin_client.get(url)
+    assert response.status_code == 200
+    assert results(response.content.decode()).count("<tr") > 4
+
+
+@pytest.mark.django_db
+def test_it_shows_a_host_with_many_services_in_a_fixed_number_of_queries(
+    tmp_path: Path, admin_client: Client, django_assert_num_queries: object
+) -> None:
+    ingest(tmp_path, [banner("192.0.2.60", port, f"s{port}") for port in range(1000, 1002)], "a.json")
+    host = Host.objects.get()
+    small = _queries(admin_client, change_url(host))
+    ingest(tmp_path, [banner("192.0.2.60", port, f"s{port}") for port in range(2000, 2040)], "b.json")
+
+    with django_assert_num_queries(small):  # type: ignore[operator]
+        html = admin_client.get(change_url(host)).content.decode()
+    assert html.count('class="inlineviewlink"') == 42
+
+
+@pytest.mark.django_db
+def test_it_shows_a_service_with_a_long_history_in_a_fixed_number_of_queries(
+    tmp_path: Path, admin_client: Client, django_assert_num_queries: object
+) -> None:
+    def seen(day: int) -> dict:
+        return banner("192.0.2.61", 104, f"version {day}", timestamp=f"2026-01-{day:02d}T00:00:00")
+
+    ingest(tmp_path, [seen(1), seen(2)], "a.json")
+    service = Service.objects.get()
+    small = _queries(admin_client, change_url(service))
+    ingest(tmp_path, [seen(day) for day in range(3, 28)], "b.json")
+
+    with django_assert_num_queries(small):  # type: ignore[operator]
+        html = admin_client.get(change_url(service)).content.decode()
+    assert "version 27" in html and "version 1<" in html and "version 14<" in html
