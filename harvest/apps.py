@@ -7,4 +7,4 @@ class HarvestConfig(AppConfig):
 
     def ready(self) -> None:
         # Modules that register harvest sources and export columns are imported here.
-        pass
+        from harvest import search  # noqa: F401  (registers the search source)
