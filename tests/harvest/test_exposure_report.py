@@ -1,0 +1,344 @@
+"""The exposure report: data from the database, files written, hostile text kept as text everywhere."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import threading
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from pypdf import PdfReader
+from weasyprint import HTML
+
+from harvest.classify import report as reports
+from harvest.models import Classification, Host, Service
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HOSTILE_ORG = '<img src="file:///etc/passwd"> Evil & Co'
+
+
+def make_service(
+    ip: str, port: int, *, org: str = "Example Org", asn: int | None = 64496, module: str = "http", banner: str = "x"
+) -> Service:
+    host, _ = Host.objects.get_or_create(
+        ip=ip, defaults={"org": org, "asn": asn, "first_seen": NOW, "last_seen": NOW, "hostnames": []}
+    )
+    return Service.objects.create(
+        host=host,
+        port=port,
+        module=module,
+        banner=banner,
+        raw=json.dumps({"ip_str": ip, "port": port, "data": banner}),
+        banner_hash="h",
+        first_seen=NOW,
+        last_seen=NOW,
+        banner_since=NOW,
+    )
+
+
+def judge(
+    service: Service,
+    cls: str,
+    category: str,
+    *,
+    segment: str = "",
+    product: str = "",
+    version: str = "test.1",
+    **kw: object,
+) -> None:
+    Classification.objects.create(
+        service=service,
+        rules_version=version,
+        cls=cls,
+        category=category,
+        segment=segment,
+        product=product,
+        banner_hash="h",
+        classified_at=NOW,
+        evidence=kw.pop("evidence", [{"rule": "r.x", "field": "data", "excerpt": "x"}]),
+        **kw,
+    )
+
+
+@pytest.fixture
+def corpus(db: None) -> dict:
+    """A small world: 3 DICOM servers on 2 ports, an HL7 engine, web and SSH services, blanks."""
+    judge(
+        make_service("192.0.2.1", 104, org="Microsoft Azure", asn=8075, module="dicom"),
+        "medical",
+        "dicom",
+        segment="medical_port",
+        product="DCMTK 3.6.7",
+    )
+    judge(
+        make_service("192.0.2.2", 11112, org="SURFsara", asn=1103, module="dicom"),
+        "medical",
+        "dicom",
+        segment="medical_port",
+        product="DCMTK 3.6.7",
+    )
+    judge(
+        make_service("192.0.2.3", 11112, org="SURFsara", asn=1103, module="dicom"),
+        "medical",
+        "dicom",
+        segment="medical_port",
+        product="Orthanc",
+        honeypot=True,
+    )
+    judge(
+        make_service("192.0.2.4", 2575, org=HOSTILE_ORG, asn=None, module="hl7"),
+        "medical",
+        "hl7",
+        segment="software",
+        product="Mirth Connect",
+        evidence=[{"rule": "hl7.msh", "field": "data", "excerpt": '<script>alert("x")</script>MSH|^~\\&|'}],
+    )
+    for i in range(5):
+        judge(make_service(f"198.51.100.{i}", 80, module="http"), "non_medical", "known_service")
+    judge(make_service("198.51.100.10", 22, module="ssh"), "non_medical", "known_service")
+    judge(
+        make_service("198.51.100.11", 443, org="Erasmus MC", module="https"),
+        "non_medical",
+        "hospital_infra",
+        segment="hospital_organisation",
+    )
+    judge(make_service("203.0.113.1", 104, module="", banner=""), "unknown", "blank", segment="")
+    judge(make_service("203.0.113.2", 104, module="", banner=""), "unknown", "blank", segment="")
+    judge(make_service("203.0.113.3", 1500, module="", banner="\x01\x02"), "unknown", "unparseable")
+    make_service("203.0.113.4", 8080)  # not classified yet
+    return {}
+
+
+def test_it_aggregates_the_studys_figures_from_the_database(corpus: dict) -> None:
+    report = reports.exposure_report_build(top=3)
+
+    current = Classification.objects.filter(current=True)
+    assert report["services"] == Service.objects.count() == 15
+    assert report["classified"] == current.count() == 14
+    assert report["unclassified"] == 1
+    assert (
+        report["classes"]
+        == {c: current.filter(cls=c).count() for c in ("medical", "non_medical", "unknown")}
+        == {"medical": 4, "non_medical": 7, "unknown": 3}
+    )
+    assert report["blank"] == 2 and report["non_blank"] == 12
+    assert report["class_share"]["medical"] == pytest.approx(4 / 14)
+    # Figure 10: modules of non-blank banners, most frequent first, cut at --top.
+    assert [(r["service"], r["count"]) for r in report["top_services"]] == [
+        ("http", 5),
+        ("dicom", 3),
+        ("(unidentified)", 1),
+    ]
+    assert report["top_services"][0]["share"] == pytest.approx(5 / 12)
+    # Figure 12: every non-hint Appendix B port, blank and non-blank.
+    ports = {r["port"]: r for r in report["medical_ports"]}
+    assert 80 not in ports and 443 not in ports
+    assert (ports[104]["non_blank"], ports[104]["blank"], ports[104]["medical"]) == (1, 2, 1)
+    assert (ports[11112]["non_blank"], ports[11112]["medical"]) == (2, 2)
+    assert (ports[1500]["non_blank"], ports[1500]["blank"]) == (1, 0)
+    assert ports[6464]["total"] == 0
+    # Table 1: DICOM servers by port, organisation and ASN.
+    assert report["dicom"] == [
+        {"port": 104, "org": "Microsoft Azure", "asn": 8075, "count": 1},
+        {"port": 11112, "org": "SURFsara", "asn": 1103, "count": 2},
+    ]
+    segments = {r["segment"]: r for r in report["segments"]}
+    assert segments["medical_port"]["medical"] == 3
+    assert segments["software"]["medical"] == 1
+    assert segments["hospital_organisation"]["non_medical"] == 1
+    assert segments[""]["total"] == 9
+    assert report["honeypots"] == {"count": 1, "by_class": {"medical": 1, "non_medical": 0, "unknown": 0}}
+    assert report["medical_products"][0] == {"product": "DCMTK 3.6.7", "category": "dicom", "count": 2}
+    assert [s["ip"] for s in report["medical_services"]] == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+
+
+def test_it_counts_only_the_current_verdict_of_each_service(corpus: dict) -> None:
+    service = Service.objects.get(host__ip="192.0.2.1")
+    Classification.objects.filter(service=service).update(current=False)
+    judge(service, "unknown", "unparseable", version="test.2")  # a newer rules version's verdict
+
+    report = reports.exposure_report_build()
+
+    assert report["classes"]["medical"] == 3
+    assert report["rules_versions"] == {"test.1": 13, "test.2": 1}
+    assert report["dicom"] == [{"port": 11112, "org": "SURFsara", "asn": 1103, "count": 2}]
+
+
+def test_it_builds_the_report_in_a_fixed_number_of_queries(corpus: dict, django_assert_max_num_queries) -> None:
+    for i in range(30):
+        judge(make_service(f"198.18.0.{i}", 104, module="dicom"), "medical", "dicom")
+    with django_assert_max_num_queries(15):
+        report = reports.exposure_report_build()
+    assert report["classes"]["medical"] == 34
+
+
+def test_it_writes_json_and_csv_that_match_the_database(corpus: dict, tmp_path: Path) -> None:
+    report = reports.exposure_report_build()
+    written = reports.exposure_report_write(report=report, out=tmp_path, formats=["json", "csv"])
+
+    assert {p.name for p in written} == {"exposure_report.json"} | {f"{t}.csv" for t in reports.CSV_TABLES}
+    data = json.loads((tmp_path / "exposure_report.json").read_text())
+    assert data["classes"] == {"medical": 4, "non_medical": 7, "unknown": 3}
+    assert data["dicom"][1]["org"] == "SURFsara"
+
+    classes = list(csv.DictReader(io.StringIO((tmp_path / "classes.csv").read_text())))
+    assert [(r["class"], int(r["count"])) for r in classes] == [("medical", 4), ("non_medical", 7), ("unknown", 3)]
+    dicom = list(csv.DictReader(io.StringIO((tmp_path / "dicom.csv").read_text())))
+    assert [(int(r["port"]), r["org"], int(r["asn"]), int(r["count"])) for r in dicom] == [
+        (104, "Microsoft Azure", 8075, 1),
+        (11112, "SURFsara", 1103, 2),
+    ]
+    ports = {int(r["port"]): r for r in csv.DictReader(io.StringIO((tmp_path / "medical_ports.csv").read_text()))}
+    assert (int(ports[104]["blank"]), int(ports[104]["non_blank"])) == (2, 1)
+    medical = list(csv.DictReader(io.StringIO((tmp_path / "medical_services.csv").read_text())))
+    assert medical[3]["org"] == HOSTILE_ORG  # plain text in CSV, not a formula, not altered
+
+
+def test_it_defuses_spreadsheet_formulas_in_csv(db: None, tmp_path: Path) -> None:
+    judge(make_service("192.0.2.9", 104, org='=HYPERLINK("http://x")', module="dicom"), "medical", "dicom")
+    report = reports.exposure_report_build()
+    text = reports.exposure_report_csv(report=report, table="dicom")
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["org"] == '\'=HYPERLINK("http://x")'
+
+
+def test_it_writes_valid_png_and_svg_charts(corpus: dict, tmp_path: Path) -> None:
+    written = reports.exposure_report_write(
+        report=reports.exposure_report_build(), out=tmp_path, formats=["png", "svg"]
+    )
+
+    names = {"classes", "top_services", "medical_ports", "segments"}
+    assert {p.name for p in written} == {f"{n}.png" for n in names} | {f"{n}.svg" for n in names}
+    for name in names:
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 2000
+        root = ET.fromstring((tmp_path / f"{name}.svg").read_bytes())  # well-formed XML
+        assert root.tag.endswith("svg")
+    # Hostile text in a chart label is SVG text (escaped), not markup or mathtext.
+    svg = (tmp_path / "top_services.svg").read_text()
+    assert "http" in svg
+
+
+def test_it_keeps_dollar_signs_in_labels_as_text(db: None, tmp_path: Path) -> None:
+    judge(make_service("192.0.2.7", 80, module="$\\frac{a}{b$"), "non_medical", "known_service")
+    written = reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["svg"])
+    assert (tmp_path / "top_services.svg") in written
+    assert "$\\frac{a}{b$" in (tmp_path / "top_services.svg").read_text()
+
+
+def test_it_escapes_hostile_text_in_the_html(corpus: dict) -> None:
+    html = reports.exposure_report_html(report=reports.exposure_report_build())
+
+    assert '<img src="file:///etc/passwd">' not in html
+    assert "&lt;img src=&quot;file:///etc/passwd&quot;&gt; Evil &amp; Co" in html
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    # The only images are the four charts, embedded.
+    assert html.count("<img ") == 4
+    assert html.count('src="data:image/png;base64,') == 4
+
+
+def test_it_renders_a_pdf_with_the_figures(corpus: dict, tmp_path: Path) -> None:
+    reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["pdf"])
+
+    reader = PdfReader(tmp_path / "exposure_report.pdf")
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    assert "Services per class" in text
+    assert "Microsoft Azure" in text and "AS8075" in text and "SURFsara" in text
+    assert "Mirth Connect" in text
+    # The hostile organisation is printed as text (wrapped over lines), not turned into an image.
+    compact = re.sub(r"\s+", "", text)
+    assert '<imgsrc="file:///etc/passwd">Evil&Co' in compact
+    assert '<script>alert("x")</script>MSH|^~\\&|' in compact
+    # weasyprint shares image resources between pages: count distinct images.
+    images = {hashlib.sha256(image.data).hexdigest() for page in reader.pages for image in page.images}
+    assert len(images) == 4
+
+
+class _CountingHandler(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_trap() -> str:
+    _CountingHandler.hits = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_pdf_fetcher_refuses_files_and_hosts_even_for_live_markup(http_trap: str, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(PNG_MAGIC + b"not really")
+    # Markup that escaping would never let through, to prove the second wall on its own.
+    html = (
+        f'<p>x</p><img src="file://{secret}"><img src="{http_trap}/a.png">'
+        f'<link rel="stylesheet" href="{http_trap}/s.css"><div style="background: url({http_trap}/b.png)">y</div>'
+    )
+    fetcher = reports.ReportURLFetcher(allowed=set())
+
+    pdf = HTML(string=html, base_url=None, url_fetcher=fetcher).write_pdf()
+
+    assert _CountingHandler.hits == []
+    assert f"file://{secret}" in fetcher.refused
+    assert f"{http_trap}/a.png" in fetcher.refused
+    assert sum(len(p.images) for p in PdfReader(io.BytesIO(pdf)).pages) == 0
+
+
+def test_hostile_text_reaches_no_fetcher_in_the_real_report(corpus: dict, http_trap: str, tmp_path: Path) -> None:
+    service = Service.objects.get(host__ip="192.0.2.4")
+    Classification.objects.filter(service=service).update(
+        product=f'<img src="{http_trap}/p.png"><link rel=stylesheet href="{http_trap}/x.css">'
+    )
+    reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["pdf", "html"])
+    assert _CountingHandler.hits == []
+    text = "\n".join(p.extract_text() for p in PdfReader(tmp_path / "exposure_report.pdf").pages)
+    assert f"{http_trap}/p.png" in re.sub(r"\s+", "", text)
+
+
+def test_the_command_prints_a_table_and_writes_the_files(corpus: dict, tmp_path: Path) -> None:
+    out = io.StringIO()
+    call_command("exposure_report", "--out", str(tmp_path / "r"), "--format", "json,csv,html", stdout=out)
+    text = out.getvalue()
+    assert "15 services, 14 classified" in text
+    assert "1 services are not classified yet" in text
+    assert "SURFsara" in text and "AS1103" in text
+    assert (tmp_path / "r" / "exposure_report.html").is_file()
+    assert not (tmp_path / "r" / "exposure_report.pdf").exists()
+    assert "wrote " + str(tmp_path / "r" / "dicom.csv") in text
+
+
+def test_the_command_prints_json(corpus: dict) -> None:
+    out = io.StringIO()
+    call_command("exposure_report", "--json", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["classes"]["medical"] == 4
+    assert data["files"] == []
+
+
+def test_the_command_rejects_an_unknown_format(corpus: dict, tmp_path: Path) -> None:
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="unknown format.*docx"):
+        call_command("exposure_report", "--out", str(tmp_path), "--format", "json,docx", stdout=io.StringIO())
