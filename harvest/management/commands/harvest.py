@@ -1,4 +1,5 @@
-"""python manage.py harvest --file PATH | --hosts PATH | --resume RUN  [--json]"""
+"""python manage.py harvest --file PATH | --hosts PATH | --plan NAME [--count-only] [--max-credits N] | --resume RUN
+[--json]"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from harvest import services
+from harvest import search, services
 from harvest.models import HarvestRun
 from harvest.readers import file_size
 from medexpo.lib.progress import Progress
@@ -20,15 +21,34 @@ class Command(BaseCommand):
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--file", help="a `shodan download` file (.json or .json.gz), one banner per line")
         source.add_argument("--hosts", help="a file of host lookups (/shodan/host/{ip} shape), one per line")
+        source.add_argument(
+            "--plan", metavar="NAME", help="search Shodan with a query plan (harvest/queries/NAME.toml)"
+        )
         source.add_argument("--resume", type=int, metavar="RUN", help="resume an interrupted or stopped run")
+        parser.add_argument(
+            "--count-only",
+            action="store_true",
+            help="with --plan: count each query's results and the credits it would cost; spends nothing",
+        )
+        parser.add_argument(
+            "--max-credits", type=int, metavar="N", help="search runs: spend at most N query credits in this invocation"
+        )
         parser.add_argument("--country", default="", help="country the data is about (recorded on the run)")
         parser.add_argument("--batch-size", type=int, default=None, help="banners per transaction")
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
     def handle(self, *args: object, **options: object) -> None:
+        if options["count_only"]:
+            return self._count_only(options)
         try:
             if options["resume"]:
                 run = services.harvest_run_get_resumable(run_id=options["resume"])
+                if run.source == HarvestRun.Source.SEARCH and options["max_credits"] is not None:
+                    run = search.harvest_search_set_budget(run=run, max_credits=options["max_credits"])
+            elif options["plan"]:
+                run = search.harvest_search_start(
+                    plan=options["plan"], country=options["country"], max_credits=options["max_credits"]
+                )
             else:
                 path = options["file"] or options["hosts"]
                 run = services.harvest_file_start(path=path, hosts=bool(options["hosts"]), country=options["country"])
@@ -44,9 +64,12 @@ class Command(BaseCommand):
             raise CommandError(f"run {run.pk} failed: {run.message}")
 
     def _execute(self, run: HarvestRun, options: dict) -> HarvestRun:
-        total = file_size(run.target) if run.source != HarvestRun.Source.SEARCH else None
+        if run.source == HarvestRun.Source.SEARCH:
+            total, unit, scale = len(run.options.get("queries", [])), "query", False
+        else:
+            total, unit, scale = file_size(run.target), "B", True
         enabled = False if options["json"] else None
-        with Progress(total=total, unit="B", unit_scale=True, desc=f"run {run.pk}", enabled=enabled) as bar:
+        with Progress(total=total, unit=unit, unit_scale=scale, desc=f"run {run.pk}", enabled=enabled) as bar:
             try:
                 return services.harvest_execute(run=run, progress=bar.moved_to, batch_size=options["batch_size"])
             except KeyboardInterrupt:
@@ -54,6 +77,40 @@ class Command(BaseCommand):
             except Exception:  # noqa: BLE001 - recorded on the run, reported below
                 run.refresh_from_db()
                 return run
+
+    def _count_only(self, options: dict) -> None:
+        if not options["plan"]:
+            raise CommandError("--count-only needs --plan NAME")
+        enabled = False if options["json"] else None
+        try:
+            with Progress(total=None, unit="query", desc="counting", enabled=enabled) as bar:
+                counted = search.harvest_search_count(
+                    plan=options["plan"], country=options["country"], progress=bar.moved_to
+                )
+        except services.HarvestError as exc:
+            raise CommandError(str(exc)) from None
+        if options["json"]:
+            self.stdout.write(json.dumps(counted))
+            return
+        w = self.stdout.write
+        w(f"Plan {counted['plan']}, country {counted['country']}: what a search would cost (nothing was spent)")
+        w(f"  {'#':>3}  {'query':<58}{'results':>9}{'pages':>7}{'credits':>9}  top product / port")
+        for number, row in enumerate(counted["queries"], 1):
+            query = row["query"] if len(row["query"]) <= 56 else row["query"][:55] + "…"
+            if row["error"]:
+                w(f"  {number:>3}  {query:<58}  failed: {row['error']}")
+                continue
+            top = ", ".join(
+                f"{items[0]['value']} ({items[0]['count']})"
+                for name in ("product", "port")
+                if (items := row["facets"].get(name))
+            )
+            w(f"  {number:>3}  {query:<58}{row['total']:>9}{row['pages']:>7}{row['credits']:>9}  {top[:60]}")
+        w(f"  {'':>3}  {'total':<58}{counted['total']:>9}{counted['pages']:>7}{counted['credits']:>9}")
+        fits = "enough" if counted["fits"] else "NOT enough"
+        w(f"  query credits left on the key: {counted['credits_left']} ({fits} for the whole plan)")
+        if counted["failed"]:
+            w(f"  {counted['failed']} queries failed; they are not in the totals")
 
     def _print_summary(self, s: dict) -> None:
         w = self.stdout.write

@@ -1,0 +1,264 @@
+"""Harvest through Shodan's search API: a query plan, query by query and page by page.
+
+The credit rule applied (Shodan's API documentation for /shodan/host/search): a search costs
+1 query credit per page of 100 results when the query has a filter or the page is beyond the
+first; /shodan/host/count and /api-info are free. Every query of a run carries a `country:`
+filter, so every page costs 1 credit and a query of N results costs ceil(N / 100) credits.
+
+A page is the unit of resume: after each page the source emits a checkpoint
+{"query": index of the next query, "page": its next page}, which commits with the page's
+banners and the credits spent so far. A resumed run starts from there, so no committed page is
+ever bought twice. Before its first page a query is counted (free), and a query with no results
+costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from django.conf import settings
+
+from harvest import shodan_client
+from harvest.ingest import Checkpoint
+from harvest.models import HarvestRun
+from harvest.plans import PlanError, country_filter, plan_load
+from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_object
+from harvest.services import HarvestError, HarvestStopped, ProgressFn, register_source
+from harvest.shodan_client import ShodanError
+
+COUNT_FACETS = ["port:10", "org:10", "product:10"]
+QUERY_FAILED = "query_failed"
+# Errors after which no further call can succeed until someone acts (new key, more credits, a
+# better plan) or Shodan recovers: the run stops and can be resumed.
+STOPPING_ERRORS = {
+    ShodanError.INVALID_KEY,
+    ShodanError.NO_KEY,
+    ShodanError.NO_CREDITS,
+    ShodanError.ACCESS_DENIED,
+    ShodanError.RETRIES_EXHAUSTED,
+}
+# A filter is a name and a colon outside double quotes: `port:104`, `-product:nginx`.
+_TOKEN_RE = re.compile(r'"[^"]*"|[^\s"]+')
+_FILTER_RE = re.compile(r"-?[A-Za-z][A-Za-z0-9_.]*:")
+
+
+def credits_for_page(*, query: str, page: int) -> int:
+    """Query credits one search page costs under Shodan's rule (see the module docstring)."""
+    has_filter = any(_FILTER_RE.match(token) for token in _TOKEN_RE.findall(query))
+    return 1 if has_filter or page > 1 else 0
+
+
+# --- starting and sizing a search run -------------------------------------------------------
+
+
+def harvest_search_start(*, plan: str, country: str = "", max_credits: int | None = None) -> HarvestRun:
+    """Create a run for a query plan. The queries, with the country filter, are fixed on the run,
+    so a resumed run asks exactly what the first one did even if the plan files changed."""
+    try:
+        loaded = plan_load(name=plan)
+        code = country_filter(country or settings.MEDEXPO_COUNTRY)
+    except PlanError as exc:
+        raise HarvestError(str(exc)) from None
+    _check_budget(max_credits)
+    queries = [q.with_country(code) for q in loaded.queries]
+    return HarvestRun.objects.create(
+        source=HarvestRun.Source.SEARCH,
+        plan=loaded.name,
+        target="\n".join(queries),
+        country=code,
+        options={"queries": queries, "labels": [q.label for q in loaded.queries], "max_credits": max_credits},
+    )
+
+
+def harvest_search_set_budget(*, run: HarvestRun, max_credits: int | None) -> HarvestRun:
+    """Set the credit cap of the next invocation of a search run (None: no cap)."""
+    _check_budget(max_credits)
+    run.options = {**run.options, "max_credits": max_credits}
+    run.save(update_fields=["options", "updated_at"])
+    return run
+
+
+def _check_budget(max_credits: int | None) -> None:
+    if max_credits is not None and max_credits < 0:
+        raise HarvestError("--max-credits must be 0 or more")
+
+
+def harvest_search_count(*, plan: str, country: str = "", progress: ProgressFn | None = None) -> dict:
+    """What a plan would cost, from Shodan's free count call: per query the total, pages, credits
+    and facets (port, org, product), and the credits left on the key. Spends no credits."""
+    try:
+        loaded = plan_load(name=plan)
+        code = country_filter(country or settings.MEDEXPO_COUNTRY)
+    except PlanError as exc:
+        raise HarvestError(str(exc)) from None
+    info = _stop_to_error(shodan_client.api_info)
+    rows = []
+    for index, item in enumerate(loaded.queries):
+        rows.append(_count_row(item.with_country(code), item.label))
+        if progress is not None:
+            progress(index + 1)
+    counted = [r for r in rows if r["error"] is None]
+    credits = sum(r["credits"] for r in counted)
+    return {
+        "plan": loaded.name,
+        "country": code,
+        "queries": rows,
+        "total": sum(r["total"] for r in counted),
+        "pages": sum(r["pages"] for r in counted),
+        "credits": credits,
+        "failed": len(rows) - len(counted),
+        "credits_left": info.query_credits,
+        "api_plan": info.plan,
+        "fits": credits <= info.query_credits,
+        "credits_spent": 0,
+    }
+
+
+def _count_row(query: str, label: str) -> dict:
+    row = {"label": label, "query": query, "total": 0, "pages": 0, "credits": 0, "facets": {}, "error": None}
+    try:
+        result = shodan_client.count(query, COUNT_FACETS)
+    except ShodanError as exc:
+        if exc.kind in STOPPING_ERRORS:
+            raise HarvestError(str(exc)) from None
+        row["error"] = str(exc)
+        return row
+    row["total"] = result.total
+    row["pages"] = result.pages
+    row["credits"] = sum(credits_for_page(query=query, page=p) for p in range(1, result.pages + 1))
+    row["facets"] = {
+        name: [{"value": v.value, "count": v.count} for v in values] for name, values in result.facets.items()
+    }
+    return row
+
+
+def _stop_to_error(call):  # noqa: ANN001, ANN202 - a tiny adapter
+    try:
+        return call()
+    except ShodanError as exc:
+        raise HarvestError(str(exc)) from None
+
+
+# --- the source ------------------------------------------------------------------------------
+
+
+@register_source(HarvestRun.Source.SEARCH)
+def _search_source(run: HarvestRun, progress: ProgressFn | None) -> Iterator:
+    return _SearchRun(run, progress).events()
+
+
+class _SearchRun:
+    """One invocation of a search run: reads from the checkpoint, pays page by page."""
+
+    def __init__(self, run: HarvestRun, progress: ProgressFn | None) -> None:
+        self.run = run
+        self.progress = progress
+        self.queries: list[str] = list(run.options.get("queries", []))
+        self.query = int(run.checkpoint.get("query", 0))
+        self.page = int(run.checkpoint.get("page", 1))
+        self.spent = run.credits_spent
+        budget = run.options.get("max_credits")
+        self.budget = budget
+        self.limit = None if budget is None else run.credits_spent + int(budget)
+        self.credits_left = 0
+
+    def events(self) -> Iterator:
+        if not self.queries:
+            raise HarvestError(f"run {self.run.pk} has no queries")
+        self.credits_left = self._call(shodan_client.api_info).query_credits
+        while self.query < len(self.queries):
+            if self.page == 1:
+                total = yield from self._count()
+                if total == 0:
+                    yield from self._next_query()
+                    continue
+            yield from self._fetch_page()
+            if self.progress is not None:
+                self.progress(self.query)
+
+    def _count(self) -> Iterator:
+        try:
+            return self._call(shodan_client.count, self.queries[self.query]).total
+        except _QueryFailed as failed:
+            yield failed.event
+            return 0
+
+    def _fetch_page(self) -> Iterator:
+        query = self.queries[self.query]
+        cost = credits_for_page(query=query, page=self.page)
+        self._check_credits(cost)
+        try:
+            result = self._call(shodan_client.search_page, query, self.page)
+        except _QueryFailed as failed:
+            yield failed.event
+            yield from self._next_query()
+            return
+        self.spent += cost
+        self.credits_left -= cost
+        yield from _page_events(result, self.query + 1, self.page)
+        if self.page >= result.pages or not result.banners:
+            yield from self._next_query()
+        else:
+            self.page += 1
+            yield self._checkpoint()
+
+    def _next_query(self) -> Iterator:
+        self.query += 1
+        self.page = 1
+        yield self._checkpoint()
+
+    def _checkpoint(self) -> tuple:
+        return ("checkpoint", Checkpoint({"query": self.query, "page": self.page}, credits_spent=self.spent))
+
+    def _where(self) -> str:
+        return f"query {self.query + 1} of {len(self.queries)} page {self.page}"
+
+    def _check_credits(self, cost: int) -> None:
+        resume = f"resume with: manage.py harvest --resume {self.run.pk}"
+        if self.limit is not None and self.spent + cost > self.limit:
+            raise HarvestStopped(
+                f"--max-credits {self.budget} reached ({self.spent} credits spent on this run); "
+                f"next: {self._where()}; {resume}"
+            )
+        if cost > self.credits_left:
+            raise HarvestStopped(
+                f"no query credits left on the Shodan key ({self.credits_left}); next: {self._where()}; "
+                f"{resume} once credits are topped up"
+            )
+
+    def _call(self, fn, *args):  # noqa: ANN001, ANN202 - forwards to one client function
+        try:
+            return fn(*args)
+        except ShodanError as exc:
+            if exc.kind in STOPPING_ERRORS:
+                raise HarvestStopped(
+                    f"{exc}; stopped at {self._where()}; resume with: manage.py harvest --resume {self.run.pk}"
+                ) from None
+            # Anything else concerns this query alone (a query Shodan refuses): report, go on.
+            raise _QueryFailed(("error", f"query {self.query + 1} page {self.page}", QUERY_FAILED, str(exc)))
+
+
+class _QueryFailed(Exception):  # noqa: N818 - internal control flow
+    def __init__(self, event: tuple) -> None:
+        super().__init__(event[3])
+        self.event = event
+
+
+def _page_events(result: shodan_client.SearchPage, query_no: int, page: int) -> Iterator:
+    for index, banner in enumerate(result.banners, 1):
+        position = f"query {query_no} page {page} item {index}"
+        if banner.too_large:
+            yield (
+                "reject",
+                position,
+                Reason.TOO_LARGE,
+                f"record of {banner.size} characters, limit {MAX_RECORD_BYTES}",
+            )
+        elif not isinstance(banner.value, dict):
+            yield ("reject", position, Reason.NOT_OBJECT, f"JSON {type(banner.value).__name__}, expected an object")
+        else:
+            try:
+                yield ("record", position, record_from_object(banner.value, banner.raw))
+            except RecordError as exc:
+                yield ("reject", position, exc.reason, exc.detail)

@@ -1,0 +1,166 @@
+"""The real `shodan` client, through harvest.shodan_client, against the stand-in on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harvest import shodan_client
+from harvest.shodan_client import ShodanError
+from medexpo.lib.http import backoff_delays, scrub
+from tests.harvest.conftest import STANDIN_KEY
+from tests.standins.shodan_server import ShodanStandIn
+
+DICOM_NL = "port:104 country:NL"
+
+
+def test_it_reads_the_credits_left(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.set_credits(37)
+    info = shodan_client.api_info()
+    assert info.query_credits == 37
+    assert info.plan == "standin"
+
+
+def test_it_counts_with_facets_for_free(shodan_standin: ShodanStandIn) -> None:
+    expected = len(shodan_standin.search(DICOM_NL))
+    result = shodan_client.count(DICOM_NL, ["port:10", "org:10", "product:10"])
+    assert result.total == expected > 100
+    assert result.pages == (expected + 99) // 100
+    assert result.facets["port"][0].value == "104"
+    assert result.facets["port"][0].count == expected
+    assert shodan_standin.credits_spent == 0
+    assert shodan_standin.credits == 1000
+
+
+def test_it_fetches_pages_of_full_banners(shodan_standin: ShodanStandIn) -> None:
+    expected = shodan_standin.search(DICOM_NL)
+    first = shodan_client.search_page(DICOM_NL, 1)
+    last = shodan_client.search_page(DICOM_NL, first.pages)
+    assert first.total == len(expected)
+    assert len(first.banners) == 100
+    assert len(last.banners) == len(expected) - 100 * (first.pages - 1)
+    assert json.loads(first.banners[0].raw) == expected[0]
+    assert first.banners[0].value["port"] == 104
+    assert shodan_standin.credits_spent == 2
+    assert shodan_standin.pages[(DICOM_NL, 1)] == 1
+
+
+def test_it_looks_up_a_host(shodan_standin: ShodanStandIn) -> None:
+    lookup = shodan_client.host("198.18.0.5")
+    assert lookup.ports == (104,)
+    assert json.loads(lookup.raw)["data"][0]["ip_str"] == "198.18.0.5"
+
+
+def test_it_reports_a_host_without_information_as_permanent(shodan_standin: ShodanStandIn) -> None:
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.host("203.0.113.250")
+    assert caught.value.kind == ShodanError.NOT_FOUND
+    assert caught.value.permanent
+
+
+def test_it_backs_off_on_429_then_succeeds(shodan_standin: ShodanStandIn, settings) -> None:
+    settings.SHODAN_BACKOFF = 0.1
+    shodan_standin.fail(429, times=2)
+    page = shodan_client.search_page(DICOM_NL, 1)
+    assert len(page.banners) == 100
+    seen = shodan_standin.requests_to("/shodan/host/search")
+    assert [r.status for r in seen] == [429, 429, 200]
+    # Exponential: about 0.1 s then 0.2 s (with +-20 % jitter).
+    assert seen[1].at - seen[0].at >= 0.08
+    assert seen[2].at - seen[1].at >= 0.16
+
+
+def test_it_retries_a_503(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.fail(503, times=3, path="/shodan/host/count")
+    assert shodan_client.count(DICOM_NL).total > 0
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/count")] == [503, 503, 503, 200]
+
+
+def test_it_retries_a_slow_answer(shodan_standin: ShodanStandIn, settings) -> None:
+    settings.SHODAN_TIMEOUT = 0.3
+    shodan_client.reset()
+    shodan_standin.slow(1.0, times=1, path="/api-info")
+    assert shodan_client.api_info().query_credits == 1000
+    assert len(shodan_standin.requests_to("/api-info")) == 2
+
+
+def test_it_retries_a_cut_connection(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.cut(times=2)
+    page = shodan_client.search_page(DICOM_NL, 2)
+    assert page.page == 2 and page.banners
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/search")] == [0, 0, 200]
+
+
+def test_it_gives_up_after_the_configured_retries(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.fail(503, times=10)
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.search_page(DICOM_NL, 1)
+    assert caught.value.kind == ShodanError.RETRIES_EXHAUSTED
+    assert "gave up after 3 retries" in str(caught.value)
+    assert len(shodan_standin.requests_to("/shodan/host/search")) == 4
+
+
+def test_it_stops_at_once_on_an_invalid_key(shodan_standin: ShodanStandIn, settings) -> None:
+    settings.SHODAN_API_KEY = "wrong-key-abcdef"
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.api_info()
+    assert caught.value.kind == ShodanError.INVALID_KEY
+    assert caught.value.permanent
+    assert "Invalid API key" in str(caught.value)
+    assert "wrong-key-abcdef" not in str(caught.value)
+    assert len(shodan_standin.requests_to("/api-info")) == 1
+
+
+def test_it_recognises_exhausted_credits(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.set_credits(0)
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.search_page(DICOM_NL, 1)
+    assert caught.value.kind == ShodanError.NO_CREDITS
+    assert caught.value.permanent
+    assert shodan_standin.pages == {}
+
+
+def test_it_refuses_to_run_without_a_key(settings) -> None:
+    settings.SHODAN_API_KEY = ""
+    shodan_client.reset()
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.api_info()
+    assert caught.value.kind == ShodanError.NO_KEY
+
+
+def test_it_reports_a_refused_query_as_permanent(shodan_standin: ShodanStandIn) -> None:
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.count("vuln:CVE-2020-0001 country:NL")
+    assert caught.value.kind == ShodanError.BAD_REQUEST
+    assert "unknown filter" in str(caught.value)
+
+
+def test_it_paces_requests(shodan_standin: ShodanStandIn, settings) -> None:
+    settings.SHODAN_REQUEST_INTERVAL = 0.15
+    for _ in range(3):
+        shodan_client.api_info()
+    seen = shodan_standin.requests_to("/api-info")
+    assert all(b.at - a.at >= 0.14 for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_it_sends_the_key_only_as_the_query_parameter(shodan_standin: ShodanStandIn) -> None:
+    shodan_client.count(DICOM_NL)
+    assert all(f"key={STANDIN_KEY}" in url for url in shodan_standin.state.raw_urls)
+    assert all("key" not in r.params for r in shodan_standin.state.requests)
+
+
+def test_scrub_removes_keys_from_messages() -> None:
+    text = "HTTPConnectionPool: Max retries exceeded with url: /shodan/host/search?query=x&key=SECRET123&page=2"
+    assert "SECRET123" not in scrub(text)
+    assert "key=***" in scrub(text)
+    assert scrub("token SECRET123 leaked", "SECRET123") == "token *** leaked"
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    delays = list(backoff_delays(retries=6, base=1.0, cap=10.0))
+    assert len(delays) == 6
+    assert 0.8 <= delays[0] <= 1.2
+    assert 3.2 <= delays[2] <= 4.8
+    assert all(d <= 12.0 for d in delays)
+    assert delays[5] >= 8.0

@@ -1,0 +1,351 @@
+"""A stand-in for Shodan's REST API on 127.0.0.1, for tests of the real `shodan` client.
+
+It serves a corpus of banners (the bundled sample, or whatever a test gives it) through the
+endpoints medexpo uses:
+
+  GET /api-info                    plan and credits left
+  GET /shodan/host/count           total and facets; free
+  GET /shodan/host/search          pages of 100 full banners; 1 query credit per page when the
+                                   query has a filter or the page is beyond the first
+  GET /shodan/host/{ip}            the host's banners
+
+Queries are filtered crudely: `port:N[,M]`, `country:XX`, `product:`, `org:`, `hostname:`
+(suffix), quoted or bare keywords matched against data, org, hostnames, product and HTTP title,
+and `-filter:` negation. Other filters are refused with 400, as Shodan refuses unknown ones.
+
+A test can make it fail: answer a status n times (401, 429, 503, ...), answer slowly (beyond the
+client's timeout), cut the connection, or run out of credits after k pages. It counts every page
+it charged, so a test can prove that no page was bought twice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+PAGE_SIZE = 100
+NO_CREDITS = "Insufficient query credits, please upgrade your API plan or wait for the monthly limit to reset"
+# One token: a filter with a quoted or bare value, a quoted phrase, or a bare word.
+TOKEN_RE = re.compile(r'(-?)([A-Za-z][A-Za-z0-9_.]*):(?:"([^"]*)"|(\S+))|"([^"]*)"|(\S+)')
+FILTERS = {"port", "country", "product", "org", "hostname"}
+
+
+class QueryError(ValueError):
+    pass
+
+
+@dataclass
+class Fault:
+    kind: str  # "status", "slow", "cut"
+    path: str  # applies to requests whose path starts with this
+    times: int
+    status: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Seen:
+    path: str
+    params: dict
+    status: int  # -1 while being answered, 0 for a cut connection
+    at: float
+
+
+@dataclass
+class StandInState:
+    key: str
+    credits: int
+    initial_credits: int
+    page_delay: float = 0.0
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[Seen] = field(default_factory=list)
+    pages: Counter = field(default_factory=Counter)  # (query, page) -> times charged
+    raw_urls: list[str] = field(default_factory=list)
+
+
+def load_corpus(paths: list[Path]) -> list[dict]:
+    """Banners from .jsonl / .jsonl.gz files; host lookups (with data[]) are flattened."""
+    banners: list[dict] = []
+    for path in paths:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    banners.extend(_flatten(json.loads(line)))
+    return banners
+
+
+def _flatten(obj: dict) -> list[dict]:
+    if not isinstance(obj.get("data"), list):
+        return [obj]
+    host = {k: obj[k] for k in ("ip", "ip_str", "org", "isp", "asn", "hostnames", "os") if k in obj}
+    if "country_code" in obj:
+        host["location"] = {"country_code": obj["country_code"]}
+    return [{**host, **item} for item in obj["data"] if isinstance(item, dict)]
+
+
+def banner_ip(banner: dict) -> str:
+    value = banner.get("ip_str") or banner.get("ipv6") or banner.get("ip")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return str(value)
+
+
+def parse_query(query: str) -> list[tuple[bool, str, str]]:
+    """(negated, filter name or "" for a keyword, lower-case value) for each token."""
+    terms = []
+    for m in TOKEN_RE.finditer(query):
+        negated, name, quoted, bare, phrase, word = m.groups()
+        if name is not None:
+            if name.lower() not in FILTERS:
+                raise QueryError(f"Invalid search query: unknown filter {name!r}")
+            terms.append((negated == "-", name.lower(), (quoted if quoted is not None else bare).lower()))
+        else:
+            terms.append((False, "", (phrase if phrase is not None else word).lower()))
+    return terms
+
+
+def _text_of(banner: dict) -> str:
+    http = banner.get("http") if isinstance(banner.get("http"), dict) else {}
+    parts = [banner.get("data"), banner.get("org"), banner.get("product"), http.get("title")]
+    parts.extend(banner.get("hostnames") or [])
+    return " ".join(str(p) for p in parts if p).lower()
+
+
+def _term_matches(banner: dict, name: str, value: str) -> bool:
+    if name == "port":
+        return str(banner.get("port")) in value.split(",")
+    if name == "country":
+        location = banner.get("location") if isinstance(banner.get("location"), dict) else {}
+        return str(location.get("country_code", "")).lower() == value
+    if name == "product":
+        return value in str(banner.get("product") or "").lower()
+    if name == "org":
+        return value in str(banner.get("org") or "").lower()
+    if name == "hostname":
+        return any(h.lower() == value or h.lower().endswith("." + value) for h in banner.get("hostnames") or [])
+    return value in _text_of(banner)
+
+
+def matches(banner: dict, terms: list[tuple[bool, str, str]]) -> bool:
+    return all(_term_matches(banner, name, value) != negated for negated, name, value in terms)
+
+
+class ShodanStandIn:
+    """A threaded HTTP server on 127.0.0.1 with a random free port. Use as a context manager."""
+
+    def __init__(self, banners: list[dict], *, key: str = "standin-key", credits: int = 1000) -> None:
+        self.banners = list(banners)
+        self.state = StandInState(key=key, credits=credits, initial_credits=credits)
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> ShodanStandIn:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ShodanStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what a test can ask ------------------------------------------------------------------
+
+    def fail(self, status: int, *, times: int = 1, path: str = "/shodan/host/search") -> None:
+        with self.lock:
+            self.state.faults.append(Fault("status", path, times, status=status))
+
+    def slow(self, seconds: float, *, times: int = 1, path: str = "/shodan/host/search") -> None:
+        with self.lock:
+            self.state.faults.append(Fault("slow", path, times, seconds=seconds))
+
+    def cut(self, *, times: int = 1, path: str = "/shodan/host/search") -> None:
+        with self.lock:
+            self.state.faults.append(Fault("cut", path, times))
+
+    def set_credits(self, credits: int) -> None:
+        with self.lock:
+            self.state.credits = credits
+
+    def set_page_delay(self, seconds: float) -> None:
+        with self.lock:
+            self.state.page_delay = seconds
+
+    @property
+    def credits(self) -> int:
+        return self.state.credits
+
+    @property
+    def credits_spent(self) -> int:
+        return sum(self.state.pages.values())
+
+    @property
+    def pages(self) -> Counter:
+        """(query, page) -> how many times it was charged."""
+        return Counter(self.state.pages)
+
+    def requests_to(self, path: str) -> list[Seen]:
+        return [r for r in self.state.requests if r.path.startswith(path)]
+
+    def search(self, query: str) -> list[dict]:
+        return [b for b in self.banners if matches(b, parse_query(query))]
+
+    # --- answers ---------------------------------------------------------------------------------
+
+    def answer(self, path: str, params: dict) -> tuple[int, object]:
+        if params.get("key") != self.state.key:
+            return 401, {"error": "Invalid API key"}
+        try:
+            if path == "/api-info":
+                return 200, self._api_info()
+            if path == "/shodan/host/count":
+                return 200, self._count(params)
+            if path == "/shodan/host/search":
+                return self._search(params)
+            if path.startswith("/shodan/host/"):
+                return self._host(unquote(path.removeprefix("/shodan/host/")))
+        except QueryError as exc:
+            return 400, {"error": str(exc)}
+        return 404, {"error": "No such API method"}
+
+    def _api_info(self) -> dict:
+        credits = self.state.credits
+        return {
+            "plan": "standin",
+            "query_credits": credits,
+            "scan_credits": 0,
+            "unlocked": True,
+            "unlocked_left": credits,
+            "https": False,
+            "telnet": False,
+            "monitored_ips": 0,
+            "usage_limits": {"query_credits": self.state.initial_credits, "scan_credits": 0, "monitored_ips": 0},
+        }
+
+    def _count(self, params: dict) -> dict:
+        found = self.search(params.get("query", ""))
+        facets = {}
+        for spec in filter(None, params.get("facets", "").split(",")):
+            name, _, size = spec.partition(":")
+            counter = Counter(self._facet_value(b, name) for b in found)
+            counter.pop(None, None)
+            top = counter.most_common(int(size) if size.isdigit() else 5)
+            facets[name] = [{"value": value, "count": n} for value, n in top]
+        return {"total": len(found), "matches": [], "facets": facets}
+
+    @staticmethod
+    def _facet_value(banner: dict, name: str) -> object:
+        if name == "country":
+            location = banner.get("location") if isinstance(banner.get("location"), dict) else {}
+            return location.get("country_code")
+        return banner.get(name)
+
+    def _search(self, params: dict) -> tuple[int, dict]:
+        query = params.get("query", "")
+        page = int(params.get("page", "1") or 1)
+        terms = parse_query(query)
+        cost = 1 if page > 1 or any(name for _, name, _ in terms) else 0
+        found = [b for b in self.banners if matches(b, terms)]
+        if self.state.page_delay:
+            time.sleep(self.state.page_delay)
+        with self.lock:
+            if cost > self.state.credits:
+                return 401, {"error": NO_CREDITS}
+            self.state.credits -= cost
+            self.state.pages[(query, page)] += 1
+        chunk = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        return 200, {"total": len(found), "matches": chunk, "facets": {}}
+
+    def _host(self, ip: str) -> tuple[int, dict]:
+        found = [b for b in self.banners if banner_ip(b) == ip]
+        if not found:
+            return 404, {"error": "No information available for that IP."}
+        first = found[0]
+        return 200, {
+            "ip_str": ip,
+            "ports": sorted({b.get("port") for b in found}),
+            "hostnames": first.get("hostnames", []),
+            "org": first.get("org"),
+            "isp": first.get("isp"),
+            "asn": first.get("asn"),
+            "country_code": (first.get("location") or {}).get("country_code"),
+            "data": found,
+        }
+
+    def take_fault(self, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.state.faults:
+                if fault.times > 0 and path.startswith(fault.path):
+                    fault.times -= 1
+                    return fault
+        return None
+
+
+def _handler_for(standin: ShodanStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            parts = urlsplit(self.path)
+            params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+            # Recorded on arrival (status filled in on answering), so timings are arrival times.
+            seen = Seen(parts.path, {k: v for k, v in params.items() if k != "key"}, -1, time.monotonic())
+            with standin.lock:
+                standin.state.raw_urls.append(self.path)
+                standin.state.requests.append(seen)
+            fault = standin.take_fault(parts.path)
+            if fault is not None and fault.kind == "cut":
+                seen.status = 0
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault is not None and fault.kind == "slow":
+                time.sleep(fault.seconds)
+            if fault is not None and fault.kind == "status":
+                status, body = fault.status, {"error": f"stand-in fault {fault.status}"}
+            else:
+                status, body = standin.answer(parts.path, params)
+            seen.status = status
+            self._send(status, body)
+
+        def _send(self, status: int, body: object) -> None:
+            payload = json.dumps(body).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout); that is what the test wanted
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    return Handler
