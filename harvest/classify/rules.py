@@ -1,0 +1,369 @@
+"""Classification rules: reviewed TOML files loaded once into frozen dataclasses.
+
+Every file in `harvest/rules/*.toml` declares a `version` and a list of `[[rule]]` tables. The
+loader refuses unknown keys, duplicate ids, values outside the fixed vocabulary and regular
+expressions that do not compile or that could backtrack badly, and says which file and which rule.
+The Appendix B ports and the Dutch healthcare registry are read from `harvest/data/`, the single
+source both for query plans and for these rules. `RuleSet.version` changes whenever any of them do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from harvest.classify.types import CATEGORIES, CLASS_OF_CATEGORY, CLASSES
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+PORTS_FILE = "medical_ports.toml"
+HEALTHCARE_FILE = "nl_healthcare.toml"
+
+# Fields a rule may read: Banner fields plus what the decoders found.
+FIELDS = (
+    "data",
+    "module",
+    "product",
+    "version",
+    "org",
+    "isp",
+    "hostnames",
+    "http_title",
+    "http_server",
+    "http_html",
+    "ssl_subject",
+    "ssl_names",
+    "dicom.implementation_version",
+    "dicom.implementation_class_uid",
+    "dicom.ae_titles",
+    "hl7.sending_application",
+    "hl7.sending_facility",
+)
+PROTOCOLS = ("dicom", "hl7", "http", "text", "blank")
+VERSION_FORMATS = ("", "dotted")
+MAX_SCAN = 64 * 1024  # no rule reads more of a field than this
+
+_ID = re.compile(r"[a-z0-9_]{1,40}(?:\.[a-z0-9_]{1,40}){1,4}")
+# Refuse the shapes that make a backtracking engine go exponential: a repeated group that itself
+# contains an unbounded quantifier ("(a+)+", "(.*a)*"), and back-references. Bounded inner
+# repetition ("(?:\.\d{1,3}){0,2}") is fine. Conservative: a "+" inside a class counts too.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.){0,400}(?:[*+]|\{\d{0,4},\})(?:[^()\\]|\\.){0,400}\)(?:[*+]|\{)")
+_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
+
+FILE_KEYS = {"version", "description", "rule", "settings"}
+RULE_KEYS = {
+    "id",
+    "class",
+    "category",
+    "segment",
+    "product",
+    "fields",
+    "pattern",
+    "case_sensitive",
+    "confidence",
+    "protocols",
+    "ports",
+    "honeypot",
+    "version_format",
+    "note",
+}
+SETTINGS = {"honeypot_min_host_modules": int, "silent_ports": list}
+
+
+class RuleError(Exception):
+    """An invalid rule file: which file, which rule, why."""
+
+    def __init__(self, file: str, rule: str, why: str) -> None:
+        super().__init__(f"{file}: {rule + ': ' if rule else ''}{why}")
+        self.file, self.rule, self.why = file, rule, why
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    cls: str
+    category: str
+    segment: str  # "software" when the rule identifies medical software or a vendor, else ""
+    product: str
+    fields: tuple[str, ...]
+    pattern: re.Pattern
+    anchored: bool  # pattern starts with \A: match at the start, do not search
+    confidence: float
+    protocols: tuple[str, ...]
+    ports: frozenset[int]
+    honeypot: bool
+    version_format: str
+    source: str  # file name, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class PortHint:
+    port: int
+    protocol: str
+    label: str
+    vendor: str
+    hint_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    name: str
+    domains: tuple[str, ...]
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Healthcare:
+    words: tuple[str, ...]
+    organisations: tuple[Organisation, ...]
+    name_pattern: re.Pattern  # names and distinctive aliases, word-bounded
+    word_pattern: re.Pattern  # healthcare words
+    domains: frozenset[str]
+    short_aliases: frozenset[str]  # aliases too short to find inside text; matched as a whole org
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    version: str
+    files: tuple[tuple[str, str], ...]  # (file name, declared version)
+    rules: tuple[Rule, ...]
+    by_field: tuple[tuple[str, tuple[Rule, ...]], ...]
+    ports: dict  # int -> PortHint (never mutated after load)
+    healthcare: Healthcare
+    honeypot_min_host_modules: int
+    silent_ports: frozenset[int]
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+
+_CACHE: dict[tuple[Path, tuple], RuleSet] = {}
+
+
+def load_rules(directory: Path | None = None) -> RuleSet:
+    """The rules in `directory` (default harvest/rules), validated; cached per directory and contents."""
+    directory = Path(directory or RULES_DIR).resolve()
+    paths = sorted(directory.glob("*.toml"))
+    if not paths:
+        raise RuleError(str(directory), "", "no *.toml rule files")
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    key = (directory, stamp)
+    if key not in _CACHE:
+        _CACHE[key] = _build(paths)
+    return _CACHE[key]
+
+
+def _read(path: Path) -> tuple[bytes, dict]:
+    raw = path.read_bytes()
+    try:
+        return raw, tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RuleError(path.name, "", f"not valid TOML: {exc}") from None
+
+
+def _build(paths: list[Path]) -> RuleSet:
+    digest = hashlib.sha256()
+    files, rules, settings, seen = [], [], {}, set()
+    for path in paths:
+        raw, doc = _read(path)
+        digest.update(path.name.encode() + b"\0" + raw + b"\0")
+        declared = _file_header(path.name, doc)
+        files.append((path.name, declared))
+        for key, value in (doc.get("settings") or {}).items():
+            _setting(path.name, key, value, settings)
+        for index, table in enumerate(doc.get("rule") or []):
+            rule = _rule(path.name, index, table)
+            if rule.id in seen:
+                raise RuleError(path.name, rule.id, "duplicate rule id")
+            seen.add(rule.id)
+            rules.append(rule)
+    ports_raw, ports_doc = _read(DATA_DIR / PORTS_FILE)
+    care_raw, care_doc = _read(DATA_DIR / HEALTHCARE_FILE)
+    for name, raw, doc in ((PORTS_FILE, ports_raw, ports_doc), (HEALTHCARE_FILE, care_raw, care_doc)):
+        digest.update(name.encode() + b"\0" + raw + b"\0")
+        files.append((name, str(doc.get("version", ""))))
+    return RuleSet(
+        # The declared versions are inside the hashed contents, so bumping one changes this too.
+        version=digest.hexdigest()[:12],
+        files=tuple(files),
+        rules=tuple(rules),
+        by_field=_index(rules),
+        ports=_ports(ports_doc),
+        healthcare=_healthcare(care_doc),
+        honeypot_min_host_modules=settings.get("honeypot_min_host_modules", 12),
+        silent_ports=frozenset(settings.get("silent_ports", ())),
+    )
+
+
+def _file_header(name: str, doc: dict) -> str:
+    unknown = set(doc) - FILE_KEYS
+    if unknown:
+        raise RuleError(name, "", f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    version = doc.get("version")
+    if not isinstance(version, str) or not version:
+        raise RuleError(name, "", "missing `version` (a non-empty string)")
+    if not isinstance(doc.get("rule", []), list):
+        raise RuleError(name, "", "`rule` must be an array of tables ([[rule]])")
+    return version
+
+
+def _setting(name: str, key: str, value: object, settings: dict) -> None:
+    if key not in SETTINGS:
+        raise RuleError(name, "settings", f"unknown setting {key!r}")
+    if not isinstance(value, SETTINGS[key]) or isinstance(value, bool):
+        raise RuleError(name, "settings", f"{key} must be {SETTINGS[key].__name__}")
+    if key in settings:
+        raise RuleError(name, "settings", f"{key} is set in two files")
+    if key == "silent_ports" and not all(isinstance(p, int) and 0 < p < 65536 for p in value):
+        raise RuleError(name, "settings", "silent_ports must be port numbers")
+    settings[key] = value
+
+
+def _rule(name: str, index: int, table: object) -> Rule:
+    if not isinstance(table, dict):
+        raise RuleError(name, f"rule #{index + 1}", "not a table")
+    rid = table.get("id")
+    label = rid if isinstance(rid, str) else f"rule #{index + 1}"
+    if not isinstance(rid, str) or not _ID.fullmatch(rid):
+        raise RuleError(name, label, "`id` must look like 'group.name' (lowercase, digits, _)")
+    unknown = set(table) - RULE_KEYS
+    if unknown:
+        raise RuleError(name, rid, f"unknown keys: {', '.join(sorted(unknown))}")
+
+    def fail(why: str) -> RuleError:
+        return RuleError(name, rid, why)
+
+    cls, category = table.get("class"), table.get("category")
+    if cls not in CLASSES:
+        raise fail(f"class {cls!r} is not one of {', '.join(CLASSES)}")
+    if category not in CATEGORIES:
+        raise fail(f"category {category!r} is not one of {', '.join(CATEGORIES)}")
+    if CLASS_OF_CATEGORY[category] != cls:
+        raise fail(f"category {category} belongs to class {CLASS_OF_CATEGORY[category]}, not {cls}")
+    segment = table.get("segment", "")
+    if segment not in ("software", ""):
+        raise fail("segment must be 'software' or absent (the other segments are derived)")
+    fields = table.get("fields")
+    if not isinstance(fields, list) or not fields or any(f not in FIELDS for f in fields):
+        raise fail(f"fields must be a non-empty list drawn from: {', '.join(FIELDS)}")
+    protocols = table.get("protocols", [])
+    if not isinstance(protocols, list) or any(p not in PROTOCOLS for p in protocols):
+        raise fail(f"protocols must be a list drawn from: {', '.join(PROTOCOLS)}")
+    ports = table.get("ports", [])
+    if not isinstance(ports, list) or any(not isinstance(p, int) or not 0 <= p <= 65535 for p in ports):
+        raise fail("ports must be a list of port numbers")
+    confidence = table.get("confidence", 0.8)
+    if not isinstance(confidence, int | float) or isinstance(confidence, bool) or not 0 <= confidence <= 1:
+        raise fail("confidence must be a number from 0 to 1")
+    for key in ("product", "note"):
+        if not isinstance(table.get(key, ""), str):
+            raise fail(f"{key} must be a string")
+    for key in ("case_sensitive", "honeypot"):
+        if not isinstance(table.get(key, False), bool):
+            raise fail(f"{key} must be true or false")
+    version_format = table.get("version_format", "")
+    if version_format not in VERSION_FORMATS:
+        raise fail(f"version_format must be one of {VERSION_FORMATS}")
+    pattern = _compile(table.get("pattern"), bool(table.get("case_sensitive", False)), fail)
+    return Rule(
+        id=rid,
+        cls=cls,
+        category=category,
+        segment=segment,
+        product=table.get("product", ""),
+        fields=tuple(fields),
+        pattern=pattern,
+        anchored=pattern.pattern.startswith("\\A"),
+        confidence=float(confidence),
+        protocols=tuple(protocols),
+        ports=frozenset(ports),
+        honeypot=bool(table.get("honeypot", False)),
+        version_format=version_format,
+        source=name,
+    )
+
+
+def _compile(source: object, case_sensitive: bool, fail) -> re.Pattern:
+    if not isinstance(source, str) or not source:
+        raise fail("pattern must be a non-empty string")
+    if len(source) > 4000:
+        raise fail("pattern longer than 4000 characters")
+    if _NESTED_QUANTIFIER.search(source):
+        raise fail("pattern has a quantified group containing a quantifier (can backtrack exponentially)")
+    if _BACKREF.search(source):
+        raise fail("pattern uses a back-reference (not linear-time)")
+    if re.search(r"(?<!\\)\(\?[aiLmsux]+\)", source):
+        raise fail("pattern sets global inline flags; use case_sensitive instead")
+    try:
+        compiled = re.compile(source, 0 if case_sensitive else re.IGNORECASE)
+    except re.error as exc:
+        raise fail(f"pattern does not compile: {exc}") from None
+    if set(compiled.groupindex) - {"version"}:
+        raise fail("the only named group allowed is (?P<version>...)")
+    return compiled
+
+
+def _index(rules: list[Rule]) -> tuple[tuple[str, tuple[Rule, ...]], ...]:
+    return tuple((f, tuple(r for r in rules if f in r.fields)) for f in FIELDS if any(f in r.fields for r in rules))
+
+
+def _ports(doc: dict) -> dict:
+    out = {}
+    for item in doc.get("port") or []:
+        port = item.get("port")
+        if isinstance(port, int) and port not in out:
+            out[port] = PortHint(
+                port=port,
+                protocol=str(item.get("protocol", "")),
+                label=str(item.get("label", "")),
+                vendor=str(item.get("vendor", "")),
+                hint_only=bool(item.get("hint_only", False)),
+            )
+    return out
+
+
+SHORT_ALIAS = 4  # aliases this short ("AMC", "MST") are too ambiguous to look for inside text
+
+
+def _healthcare(doc: dict) -> Healthcare:
+    words = tuple(w.lower() for w in doc.get("words") or [] if isinstance(w, str) and w)
+    orgs, names, short, domains = [], set(), set(), set()
+    for item in doc.get("organisation") or []:
+        org = Organisation(
+            name=str(item.get("name", "")),
+            domains=tuple(str(d).lower() for d in item.get("domains") or []),
+            aliases=tuple(str(a) for a in item.get("aliases") or []),
+        )
+        orgs.append(org)
+        domains.update(org.domains)
+        for text in (org.name, *org.aliases):
+            (short if len(text) <= SHORT_ALIAS else names).add(text.lower() if len(text) > SHORT_ALIAS else text)
+    return Healthcare(
+        words=words,
+        organisations=tuple(orgs),
+        name_pattern=_literal_alternation(names),
+        word_pattern=_word_alternation(words),
+        domains=frozenset(domains),
+        short_aliases=frozenset(short),
+    )
+
+
+def _literal_alternation(texts: set[str] | tuple[str, ...]) -> re.Pattern:
+    # Longest first so "medisch centrum" wins over "umc"; literals only, so matching is linear.
+    ordered = sorted({t for t in texts if t}, key=lambda t: (-len(t), t))
+    body = "|".join(re.escape(t) for t in ordered) or "(?!)"
+    return re.compile(rf"(?<![a-z0-9])(?:{body})(?![a-z0-9])", re.IGNORECASE)
+
+
+def _word_alternation(words: tuple[str, ...]) -> re.Pattern:
+    # Dutch compounds ("ziekenhuisgroep", "Jansgasthuis") hide long words inside others; short
+    # ones ("umc", "ggz", "zorg") only count as words of their own.
+    long = sorted({w for w in words if len(w) >= 6}, key=lambda t: (-len(t), t))
+    short = sorted({w for w in words if len(w) < 6}, key=lambda t: (-len(t), t))
+    parts = [f"(?:{'|'.join(re.escape(w) for w in long)})"] if long else []
+    if short:
+        parts.append(f"(?<![a-z0-9])(?:{'|'.join(re.escape(w) for w in short)})(?![a-z0-9])")
+    return re.compile("|".join(parts) or "(?!)", re.IGNORECASE)

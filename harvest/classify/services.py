@@ -1,0 +1,527 @@
+"""Classification services: judge stored services with the engine, keep the verdicts, measure them.
+
+The engine (`classify.engine.classify`) is pure; these functions feed it banners read from
+`Service.raw` in primary-key batches (never all at once) and store its verdicts as
+`Classification` rows, one per service and rules version, with one `current` row per service.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from django.db import transaction
+from django.db.models import Count, Exists, OuterRef
+from django.utils import timezone
+
+from harvest.classify.engine import classify
+from harvest.classify.rules import RuleSet, load_rules
+from harvest.classify.types import CLASSES, Banner, Verdict, banner_from_shodan
+from harvest.models import Classification, Service
+from harvest.records import RecordError, parse_address
+from harvest.services import register_export_enricher
+
+BATCH_SIZE = 1000
+MAX_HOST_MODULES = 256  # a honeypot host can answer on thousands of ports; the engine needs a sample
+MAX_JSON_TEXT = 2000  # bound on any string stored in evidence or details
+MAX_JSON_ITEMS = 200
+
+ProgressFn = Callable[[int], None]
+
+
+class ClassificationError(Exception):
+    """A classification job cannot run (bad rules, unreadable answer file); the message is for the user."""
+
+
+# --- classifying -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunSummary:
+    rules_version: str
+    mode: str  # "pending" or "all"
+    examined: int = 0
+    by_class: Counter = field(default_factory=Counter)
+    by_category: Counter = field(default_factory=Counter)
+    unparseable: list[dict] = field(default_factory=list)  # first few: {service, reason}
+    unparseable_count: int = 0
+    honeypots: int = 0
+    seconds_read: float = 0.0  # database fetch of the batch and its host context
+    seconds_parse: float = 0.0  # JSON decode and banner_from_shodan
+    seconds_engine: float = 0.0
+    seconds_write: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.examined / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "rules_version": self.rules_version,
+            "mode": self.mode,
+            "classified": self.examined,
+            "by_class": {c: self.by_class.get(c, 0) for c in CLASSES},
+            "by_category": dict(sorted(self.by_category.items())),
+            "honeypots": self.honeypots,
+            "unparseable": {"count": self.unparseable_count, "examples": self.unparseable},
+            "seconds": round(self.seconds, 3),
+            "rate_per_second": round(self.rate, 1),
+            "time_split": {
+                "read": round(self.seconds_read, 3),
+                "parse": round(self.seconds_parse, 3),
+                "engine": round(self.seconds_engine, 3),
+                "write": round(self.seconds_write, 3),
+            },
+        }
+
+
+def classification_rules_load(*, directory: Path | None = None) -> RuleSet:
+    """The rule set, or a ClassificationError that names the bad file and rule."""
+    from harvest.classify.rules import RuleError
+
+    try:
+        return load_rules(directory)
+    except RuleError as exc:
+        raise ClassificationError(f"invalid classification rules: {exc}") from None
+
+
+def classification_pending_count(*, rules_version: str) -> int:
+    return _pending_services(rules_version).count()
+
+
+def classification_run(
+    *,
+    everything: bool = False,
+    rules: RuleSet | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: ProgressFn | None = None,
+) -> RunSummary:
+    """Classify services that are new, changed or unjudged under the current rules (all with `everything`).
+
+    Idempotent: a service has one row per rules version, rewritten in place when judged again,
+    so running twice adds nothing, and a new rules version adds one row per service.
+    """
+    rules = rules or classification_rules_load()
+    summary = RunSummary(rules_version=rules.version, mode="all" if everything else "pending")
+    started = time.perf_counter()
+    for batch in _service_batches(rules.version, everything, batch_size, summary):
+        verdicts = _judge(batch, rules, summary)
+        t0 = time.perf_counter()
+        _store(verdicts, rules.version)
+        summary.seconds_write += time.perf_counter() - t0
+        if progress:
+            progress(len(batch))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def classification_run_pending(
+    *, rules: RuleSet | None = None, batch_size: int = BATCH_SIZE, progress: ProgressFn | None = None
+) -> RunSummary:
+    return classification_run(everything=False, rules=rules, batch_size=batch_size, progress=progress)
+
+
+def classification_run_all(
+    *, rules: RuleSet | None = None, batch_size: int = BATCH_SIZE, progress: ProgressFn | None = None
+) -> RunSummary:
+    return classification_run(everything=True, rules=rules, batch_size=batch_size, progress=progress)
+
+
+def _pending_services(rules_version: str):  # noqa: ANN202 - a QuerySet of Service
+    # Pending: no current verdict of these rules on this banner. Going back to an earlier rules
+    # version makes everything pending again, so its rows become current again.
+    judged = Classification.objects.filter(
+        service=OuterRef("pk"), current=True, rules_version=rules_version, banner_hash=OuterRef("banner_hash")
+    )
+    return Service.objects.filter(~Exists(judged))
+
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    host_id: int
+    port: int
+    transport: str
+    banner_hash: str
+    raw: str
+    host_modules: tuple[str, ...] = ()
+
+
+def _service_batches(rules_version: str, everything: bool, size: int, summary: RunSummary) -> Iterator[list[_Row]]:
+    """Batches in primary-key order (keyset pagination: constant cost per batch, nothing held over)."""
+    base = Service.objects.all() if everything else _pending_services(rules_version)
+    last = 0
+    while True:
+        t0 = time.perf_counter()
+        rows = [
+            _Row(*values)
+            for values in base.filter(pk__gt=last)
+            .order_by("pk")
+            .values_list("id", "host_id", "port", "transport", "banner_hash", "raw")[:size]
+        ]
+        if not rows:
+            summary.seconds_read += time.perf_counter() - t0
+            return
+        _add_host_context(rows)
+        summary.seconds_read += time.perf_counter() - t0
+        yield rows
+        last = rows[-1].id
+
+
+def _add_host_context(rows: list[_Row]) -> None:
+    """Each service learns what else its host runs: one query for the whole batch."""
+    siblings: dict[int, list[tuple[int, str]]] = {}
+    others = Service.objects.filter(host_id__in={r.host_id for r in rows}).order_by("host_id", "port")
+    for host_id, sid, port, transport, module in others.values_list("host_id", "id", "port", "transport", "module"):
+        siblings.setdefault(host_id, []).append((sid, module or f"{port}/{transport}"))
+    for row in rows:
+        names = [name for sid, name in siblings.get(row.host_id, ()) if sid != row.id]
+        row.host_modules = tuple(names[:MAX_HOST_MODULES])
+
+
+def _parse_raw(raw: str) -> dict:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # Lone surrogate escapes in binary junk: Python's json accepts what orjson refuses.
+        obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError(f"stored record is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _judge(batch: list[_Row], rules: RuleSet, summary: RunSummary) -> list[tuple[_Row, Verdict | None, str]]:
+    """(row, verdict, "") for every service, or (row, None, reason) when its stored record is unreadable."""
+    t0 = time.perf_counter()
+    banners = []
+    for row in batch:
+        try:
+            banners.append((row, banner_from_shodan(_parse_raw(row.raw), row.host_modules), ""))
+        except (ValueError, TypeError, RecursionError) as exc:
+            banners.append((row, None, f"stored record unreadable: {type(exc).__name__}: {str(exc)[:200]}"))
+    t1 = time.perf_counter()
+    judged = [(row, *_classify_one(banner, rules, reason)) for row, banner, reason in banners]
+    summary.seconds_parse += t1 - t0
+    summary.seconds_engine += time.perf_counter() - t1
+    for row, verdict, reason in judged:
+        summary.examined += 1
+        if verdict is None:
+            summary.unparseable_count += 1
+            summary.by_class["unknown"] += 1
+            summary.by_category["unparseable"] += 1
+            if len(summary.unparseable) < 10:
+                summary.unparseable.append({"service": row.id, "reason": reason})
+            continue
+        summary.by_class[verdict.cls] += 1
+        summary.by_category[verdict.category] += 1
+        summary.honeypots += verdict.honeypot
+    return judged
+
+
+def _classify_one(banner: Banner | None, rules: RuleSet, reason: str) -> tuple[Verdict | None, str]:
+    if banner is None:
+        return None, reason
+    try:
+        return classify(banner, rules), ""
+    except Exception as exc:  # noqa: BLE001 - the engine is meant to be total; one bad banner must not stop a run
+        return None, f"engine error: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _store(judged: list[tuple[_Row, Verdict | None, str]], rules_version: str) -> None:
+    now = timezone.now()
+    objs = [_classification_row(row, verdict, reason, rules_version, now) for row, verdict, reason in judged]
+    ids = [row.id for row, _, _ in judged]
+    with transaction.atomic():
+        # Retire the other versions' current rows first: at most one current row per service.
+        Classification.objects.filter(service_id__in=ids, current=True).exclude(rules_version=rules_version).update(
+            current=False
+        )
+        Classification.objects.bulk_create(
+            objs,
+            update_conflicts=True,
+            unique_fields=["service", "rules_version"],
+            update_fields=[f for f in _STORED_FIELDS if f not in ("service", "rules_version")],
+        )
+
+
+_STORED_FIELDS = (
+    "service",
+    "rules_version",
+    "cls",
+    "category",
+    "segment",
+    "evidence",
+    "confidence",
+    "honeypot",
+    "honeypot_evidence",
+    "product",
+    "details",
+    "banner_hash",
+    "current",
+    "classified_at",
+)
+
+
+def _classification_row(row: _Row, verdict: Verdict | None, reason: str, version: str, now) -> Classification:  # noqa: ANN001
+    if verdict is None:
+        return Classification(
+            service_id=row.id,
+            rules_version=version,
+            cls="unknown",
+            category="unparseable",
+            evidence=[
+                {
+                    "rule": "record.unreadable" if reason.startswith("stored") else "engine.error",
+                    "field": "raw",
+                    "excerpt": _safe_text(reason, 200),
+                }
+            ],
+            banner_hash=row.banner_hash,
+            current=True,
+            classified_at=now,
+        )
+    return Classification(
+        service_id=row.id,
+        rules_version=version,
+        cls=verdict.cls,
+        category=verdict.category,
+        segment=verdict.segment,
+        evidence=[_evidence(e) for e in verdict.evidence],
+        confidence=float(verdict.confidence),
+        honeypot=bool(verdict.honeypot),
+        honeypot_evidence=[_evidence(e) for e in verdict.honeypot_evidence],
+        product=_safe_text(verdict.product, 255),
+        details=_json_safe(verdict.details, depth=0),
+        banner_hash=row.banner_hash,
+        current=True,
+        classified_at=now,
+    )
+
+
+def _evidence(e: object) -> dict:
+    return {
+        "rule": _safe_text(getattr(e, "rule", ""), 200),
+        "field": _safe_text(getattr(e, "field", ""), 64),
+        "excerpt": _safe_text(getattr(e, "excerpt", ""), 200),
+    }
+
+
+def _safe_text(value: object, limit: int = MAX_JSON_TEXT) -> str:
+    """Text any database's JSON can hold: PostgreSQL jsonb refuses NUL and lone surrogates.
+
+    NUL is shown as U+2400, as in Service.banner; the exact bytes stay in Service.raw.
+    """
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    text = text[:limit]
+    if "\x00" in text:
+        text = text.replace("\x00", "\u2400")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _json_safe(value: object, depth: int) -> object:
+    if depth > 8:
+        return None
+    if isinstance(value, str):
+        return _safe_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_JSON_ITEMS]
+        return {_safe_text(k, 200): _json_safe(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v, depth + 1) for v in value[:MAX_JSON_ITEMS]]
+    if isinstance(value, bytes):
+        return _safe_text(value.decode("latin-1"))
+    return _safe_text(value)
+
+
+# --- reading verdicts ------------------------------------------------------------------------
+
+
+def classification_counts() -> dict:
+    """Current verdicts per class and category, and how many services have none."""
+    current = Classification.objects.filter(current=True)
+    by_class = dict(current.values_list("cls").annotate(n=Count("id")).order_by())
+    by_category = dict(current.values_list("category").annotate(n=Count("id")).order_by())
+    total = Service.objects.count()
+    return {
+        "services": total,
+        "classified": sum(by_class.values()),
+        "unclassified": total - sum(by_class.values()),
+        "by_class": {c: by_class.get(c, 0) for c in CLASSES},
+        "by_category": dict(sorted(by_category.items())),
+    }
+
+
+@register_export_enricher
+def classification_export_enrich(services: list[Service], rows: list[dict]) -> None:
+    """Export columns: class, category, segment, evidence [{rule, excerpt}], honeypot (one query per batch)."""
+    found = {
+        sid: (cls, category, segment, evidence, honeypot)
+        for sid, cls, category, segment, evidence, honeypot in Classification.objects.filter(
+            service_id__in=[s.pk for s in services], current=True
+        ).values_list("service_id", "cls", "category", "segment", "evidence", "honeypot")
+    }
+    for service, row in zip(services, rows, strict=True):
+        cls, category, segment, evidence, honeypot = found.get(service.pk, (None, "", "", [], None))
+        row["class"] = cls
+        row["category"] = category
+        row["segment"] = segment
+        row["evidence"] = [{"rule": e.get("rule", ""), "excerpt": e.get("excerpt", "")} for e in evidence]
+        row["honeypot"] = honeypot
+
+
+# --- evaluation against an answer file -------------------------------------------------------
+
+LABEL_FIELDS = ("class", "category", "segment", "honeypot")
+
+
+@dataclass(slots=True)
+class _Label:
+    line: int
+    key: tuple[str, int, str]
+    values: dict
+
+
+def classification_evaluate(*, path: str | Path, batch_size: int = 1000) -> dict:
+    """Precision and recall of the current verdicts against an answer file (JSON lines).
+
+    Each line: {"ip", "port", "transport", "class", "category", "segment", "honeypot"}. Lines that
+    cannot be read or match no classified service are reported with line number and reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClassificationError(f"no such answer file: {path}")
+    pairs: list[tuple[dict, dict]] = []  # (label, verdict)
+    problems: list[dict] = []
+    seen: set[tuple[str, int, str]] = set()
+    batch: list[_Label] = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                label = _parse_label(number, line)
+            except ValueError as exc:
+                problems.append({"line": number, "reason": str(exc)})
+                continue
+            if label.key in seen:
+                problems.append({"line": number, "reason": f"duplicate label for {_key_text(label.key)}"})
+                continue
+            seen.add(label.key)
+            batch.append(label)
+            if len(batch) >= batch_size:
+                _match_labels(batch, pairs, problems)
+                batch = []
+    _match_labels(batch, pairs, problems)
+    problems.sort(key=lambda p: p["line"])
+    return evaluation_metrics(pairs=pairs) | {"answer_file": str(path), "unmatched": problems}
+
+
+def _parse_label(number: int, line: bytes) -> _Label:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise ValueError("not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    try:
+        ip = parse_address({"ip_str": obj.get("ip")})
+    except RecordError as exc:
+        raise ValueError(f"bad ip: {exc.detail}") from None
+    port = obj.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"bad port: {str(port)[:40]!r}")
+    transport = obj.get("transport") or "tcp"
+    if transport not in ("tcp", "udp"):
+        raise ValueError(f"bad transport: {str(transport)[:40]!r}")
+    if obj.get("class") not in CLASSES:
+        raise ValueError(f"class must be one of {', '.join(CLASSES)}, not {str(obj.get('class'))[:40]!r}")
+    values = {k: obj[k] for k in LABEL_FIELDS if k in obj and obj[k] is not None}
+    return _Label(number, (ip, port, transport), values)
+
+
+def _key_text(key: tuple[str, int, str]) -> str:
+    ip, port, transport = key
+    return f"[{ip}]:{port}/{transport}" if ":" in ip else f"{ip}:{port}/{transport}"
+
+
+def _match_labels(batch: list[_Label], pairs: list[tuple[dict, dict]], problems: list[dict]) -> None:
+    if not batch:
+        return
+    services = {
+        (ip, port, transport): sid
+        for sid, ip, port, transport in Service.objects.filter(host__ip__in={b.key[0] for b in batch}).values_list(
+            "id", "host__ip", "port", "transport"
+        )
+    }
+    verdicts = {
+        sid: {"class": cls, "category": category, "segment": segment, "honeypot": honeypot}
+        for sid, cls, category, segment, honeypot in Classification.objects.filter(
+            service_id__in=services.values(), current=True
+        ).values_list("service_id", "cls", "category", "segment", "honeypot")
+    }
+    for label in batch:
+        sid = services.get(label.key)
+        if sid is None:
+            problems.append({"line": label.line, "reason": f"no stored service {_key_text(label.key)}"})
+        elif sid not in verdicts:
+            problems.append({"line": label.line, "reason": f"service {_key_text(label.key)} is not classified"})
+        else:
+            pairs.append((label.values, verdicts[sid]))
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _per_label(pairs: list[tuple[dict, dict]], name: str, always: tuple[str, ...] = ()) -> dict:
+    """Precision, recall and F1 for each value of one field, over the pairs whose label has it."""
+    rows = [(label[name], verdict[name]) for label, verdict in pairs if name in label]
+    values = sorted({str(a) for a, _ in rows} | {str(p) for _, p in rows} | set(always))
+    out = {}
+    for value in values:
+        tp = sum(1 for a, p in rows if str(a) == value and str(p) == value)
+        predicted = sum(1 for _, p in rows if str(p) == value)
+        actual = sum(1 for a, _ in rows if str(a) == value)
+        precision, recall = _ratio(tp, predicted), _ratio(tp, actual)
+        f1 = (
+            round(2 * precision * recall / (precision + recall), 4)
+            if precision is not None and recall is not None and precision + recall > 0
+            else None
+        )
+        out[value] = {"support": actual, "predicted": predicted, "true_positives": tp, "precision": precision}
+        out[value] |= {"recall": recall, "f1": f1}
+    return out
+
+
+def evaluation_metrics(*, pairs: list[tuple[dict, dict]]) -> dict:
+    """Pure: metrics from (label, verdict) pairs. Fields absent from a label are not scored."""
+    confusion = {a: {p: 0 for p in CLASSES} for a in CLASSES}
+    for label, verdict in pairs:
+        confusion[label["class"]][verdict["class"]] += 1
+    correct = sum(confusion[c][c] for c in CLASSES)
+    scored = {name: [(lab, ver) for lab, ver in pairs if name in lab] for name in LABEL_FIELDS}
+    return {
+        "matched": len(pairs),
+        "accuracy": _ratio(correct, len(pairs)),
+        "accuracy_by_field": {
+            name: _ratio(sum(1 for lab, ver in rows if lab[name] == ver[name]), len(rows))
+            for name, rows in scored.items()
+        },
+        "per_class": _per_label(pairs, "class", CLASSES),
+        "per_category": _per_label(pairs, "category"),
+        "per_segment": _per_label(pairs, "segment"),
+        "honeypot": _per_label(pairs, "honeypot").get("True"),
+        "confusion": confusion,
+    }
