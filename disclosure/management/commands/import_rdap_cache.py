@@ -1,0 +1,36 @@
+"""python manage.py import_rdap_cache DIR [--json]"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from disclosure.services import OwnerError, rdap_cache_import
+from medexpo.lib.progress import Progress
+
+
+class Command(BaseCommand):
+    help = "Load recorded RDAP ip-network answers (every *.json in DIR) into the owner cache."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("directory")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args: object, **options: object) -> None:
+        directory = Path(str(options["directory"]))
+        total = len(list(directory.glob("*.json"))) if directory.is_dir() else 0
+        try:
+            with Progress(
+                total=total, unit="file", desc="rdap cache", enabled=False if options["json"] else None
+            ) as bar:
+                report = rdap_cache_import(directory=directory, progress=bar.moved_to)
+        except OwnerError as exc:
+            raise CommandError(str(exc))
+        if options["json"]:
+            self.stdout.write(json.dumps(report.as_dict(), sort_keys=True))
+            return
+        self.stdout.write(f"{report.loaded} networks loaded, {len(report.rejected)} files rejected")
+        for error in report.rejected:
+            self.stderr.write(f"  {error['file']}: {error['reason']}: {error['detail']}")

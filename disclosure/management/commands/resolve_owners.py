@@ -1,0 +1,35 @@
+"""python manage.py resolve_owners [--concurrency N] [--json]"""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from disclosure.services import hosts_needing_owner, owners_resolve
+from medexpo.lib.progress import Progress
+
+
+class Command(BaseCommand):
+    help = "Find the network, operator and recipient of every host that needs an owner."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--concurrency", type=int, default=None, help="parallel lookups (default: settings)")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args: object, **options: object) -> None:
+        hosts = list(hosts_needing_owner())
+        with Progress(
+            total=len(hosts), unit="addr", desc="owners", enabled=None if not options["json"] else False
+        ) as bar:
+            summary = owners_resolve(hosts=hosts, concurrency=options["concurrency"], progress=bar.moved_to)
+        result = summary.as_dict()
+        if options["json"]:
+            self.stdout.write(json.dumps(result, sort_keys=True))
+            return
+        failed = ", ".join(f"{reason} {count}" for reason, count in sorted(result["failed"].items())) or "none"
+        self.stdout.write(
+            f"{result['hosts']} hosts: {result['resolved']} networks found ({result['from_cache']} from cache, "
+            f"{result['requests']} RDAP requests), {result['operators']} operators recognised; "
+            f"owner status {dict(sorted(result['owner_status'].items()))}; failed: {failed}"
+        )

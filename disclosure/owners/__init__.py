@@ -1,0 +1,1 @@
+"""Owner resolution: pure parts (registry, attribution, contact choice) used by disclosure.services."""

@@ -1,0 +1,124 @@
+"""Who operates a host, from what its banners tell: pure functions, no I/O.
+
+Evidence, strongest first: a hostname or TLS certificate name inside a registered domain; a
+registered name or alias in the certificate's organisation; in an HTTP title; in Shodan's `org`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from disclosure.owners.registry import RegistryOrganisation
+
+MAX_RAW = 200_000  # bytes of a Shodan record we parse for attribution
+MAX_TEXT = 500
+# Linear: each repetition of the group starts with a dot, which the label class excludes.
+DNS_NAME = re.compile(r"[a-z0-9*][a-z0-9-]{0,62}(?:\.[a-z0-9-]{1,63}){1,10}")
+NON_WORD = re.compile(r"[^0-9a-z]+")
+SHORT_ALIAS = 5  # aliases shorter than this (AMC, JBZ, MST) must match case-sensitively as a word
+
+
+@dataclass(frozen=True)
+class BannerFacts:
+    hostnames: tuple[str, ...] = ()
+    cert_names: tuple[str, ...] = ()
+    cert_orgs: tuple[str, ...] = ()
+    titles: tuple[str, ...] = ()
+    org: str = ""
+
+
+@dataclass(frozen=True)
+class Attribution:
+    organisation: RegistryOrganisation
+    evidence: str
+
+
+def facts_from_host(*, hostnames: Iterable[str], org: str, raws: Iterable[str]) -> BannerFacts:
+    """Collect the facts from a host's hostnames, Shodan org and its services' raw records."""
+    names, cert_names, cert_orgs, titles = list(hostnames or []), [], [], []
+    for raw in raws:
+        try:
+            record = json.loads(raw[:MAX_RAW]) if raw else {}
+        except ValueError:
+            continue  # a record cut at MAX_RAW, or not JSON: attribute from the rest
+        if not isinstance(record, dict):
+            continue
+        names.extend(_strings(record.get("hostnames")))
+        names.extend(_strings(record.get("domains")))
+        cert = (record.get("ssl") or {}).get("cert") if isinstance(record.get("ssl"), dict) else None
+        if isinstance(cert, dict):
+            subject = cert.get("subject") if isinstance(cert.get("subject"), dict) else {}
+            cert_names.extend(_strings([subject.get("CN")]))
+            cert_orgs.extend(_strings([subject.get("O")]))
+            for extension in cert.get("extensions") or []:
+                if isinstance(extension, dict) and extension.get("name") == "subjectAltName":
+                    cert_names.extend(DNS_NAME.findall(str(extension.get("data", ""))[:4000].lower()))
+        http = record.get("http")
+        if isinstance(http, dict):
+            titles.extend(_strings([http.get("title")]))
+    return BannerFacts(
+        hostnames=_unique(n.lower() for n in names),
+        cert_names=_unique(n.lower().lstrip("*.") for n in cert_names),
+        cert_orgs=_unique(cert_orgs),
+        titles=_unique(titles),
+        org=str(org or "")[:MAX_TEXT],
+    )
+
+
+def attribute_operator(facts: BannerFacts, registry: Iterable[RegistryOrganisation]) -> Attribution | None:
+    registry = tuple(registry)
+    for label, names in (("hostname", facts.hostnames), ("certificate name", facts.cert_names)):
+        for name in names:
+            for organisation in registry:
+                domain = _domain_match(name, organisation.domains)
+                if domain:
+                    return Attribution(organisation, f"{label} {name} is in {domain}")
+    for label, texts in (
+        ("certificate organisation", facts.cert_orgs),
+        ("HTTP title", facts.titles),
+        ("Shodan org", (facts.org,) if facts.org else ()),
+    ):
+        for text in texts:
+            for organisation in registry:
+                name = _name_match(text, organisation)
+                if name:
+                    return Attribution(organisation, f"{label} {text[:100]!r} names {name}")
+    return None
+
+
+def _domain_match(hostname: str, domains: Iterable[str]) -> str | None:
+    hostname = hostname.strip(".")
+    for domain in domains:
+        if hostname == domain or hostname.endswith("." + domain):
+            return domain
+    return None
+
+
+def _name_match(text: str, organisation: RegistryOrganisation) -> str | None:
+    normalised = f" {_normalise(text)} "
+    words = set(re.findall(r"[0-9A-Za-z+]+", text))
+    for name in (organisation.name, *organisation.aliases):
+        if len(name) < SHORT_ALIAS:
+            if name in words:
+                return name
+        elif f" {_normalise(name)} " in normalised:
+            return name
+    return None
+
+
+def _normalise(text: str) -> str:
+    folded = text.casefold().replace("á", "a").replace("é", "e").replace("ë", "e")
+    return NON_WORD.sub(" ", folded).strip()
+
+
+def _strings(values: object) -> list[str]:
+    if not isinstance(values, list):
+        return []
+    return [str(v)[:MAX_TEXT] for v in values[:50] if isinstance(v, str) and v.strip()]
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for v in values if v))

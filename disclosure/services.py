@@ -1,0 +1,580 @@
+"""Owner services: resolve who holds and who operates each exposed host, and whom to tell.
+
+Network requests run in worker threads; every database write happens in the calling thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import json
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from disclosure import rdap_client
+from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
+from disclosure.owners.attribution import attribute_operator, facts_from_host
+from disclosure.owners.contacts import ROLE_ORDER, contact_candidates, network_holder
+from disclosure.owners.registry import RegistryOrganisation, load_registry
+from harvest.models import Host, Service
+
+ProgressFn = Callable[[int], None]
+# Deduplication of in-flight lookups: addresses in the same neighbourhood wait for the answer of
+# the one already asked, since it most likely covers them. Registry networks are rarely larger.
+NEIGHBOURHOOD = {4: 16, 6: 32}
+# Cached networks are looked up no wider than this: bounds the index scan for a cache miss.
+LOOKUP_SPAN = {4: 8, 6: 12}
+
+
+class OwnerError(Exception):
+    """A request about owners cannot be done; the message is for the user."""
+
+
+def lookup_options_from_settings() -> rdap_client.LookupOptions:
+    return rdap_client.LookupOptions(
+        base_url=settings.RDAP_BASE_URL,
+        dns_server=settings.RDAP_DNS_SERVER,
+        timeout=settings.RDAP_TIMEOUT,
+        # Port 43 whois and HTTP ASN lookups reach the internet directly: only the DNS method can
+        # be pointed at a mirror, so a configured DNS server means DNS only.
+        asn_methods=("dns",) if settings.RDAP_DNS_SERVER else ("dns", "whois", "http"),
+    )
+
+
+# --- the network cache -------------------------------------------------------------------------
+
+
+@dataclass
+class AddressOutcome:
+    network: Network | None
+    from_cache: bool = False
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass
+class ResolveStats:
+    addresses: int = 0
+    resolved: int = 0
+    from_cache: int = 0
+    requests: int = 0
+    networks_fetched: int = 0
+    failed: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "addresses": self.addresses,
+            "resolved": self.resolved,
+            "from_cache": self.from_cache,
+            "requests": self.requests,
+            "networks_fetched": self.networks_fetched,
+            "failed": dict(self.failed),
+        }
+
+
+class _Intervals:
+    """Networks already seen in this run, for lookups without a query."""
+
+    def __init__(self) -> None:
+        self._keys: list[tuple[str, int]] = []
+        self._networks: dict[int, Network] = {}
+
+    def add(self, network: Network) -> None:
+        if network.pk not in self._networks:
+            bisect.insort(self._keys, (network.start_key, network.pk))
+        self._networks[network.pk] = network
+
+    def find(self, key: str) -> Network | None:
+        position = bisect.bisect_right(self._keys, (key, 2**63))
+        best = None
+        for start, pk in reversed(self._keys[max(0, position - 16) : position]):
+            network = self._networks[pk]
+            if network.end_key >= key and (best is None or start > best.start_key):
+                best = network
+        return best
+
+
+def network_find_cached(*, ip: str, now: datetime | None = None) -> Network | None:
+    """The most specific unexpired cached network that holds `ip`, with one indexed query."""
+    address = ipaddress.ip_address(ip)
+    key = ip_key(address)
+    floor = ipaddress.ip_network(f"{address}/{LOOKUP_SPAN[address.version]}", strict=False).network_address
+    return (
+        Network.objects.filter(
+            start_key__lte=key,
+            start_key__gte=ip_key(floor),
+            end_key__gte=key,
+            expires_at__gt=now or timezone.now(),
+        )
+        .order_by("-start_key", "end_key")
+        .first()
+    )
+
+
+def network_resolve_addresses(
+    *,
+    addresses: Iterable[str],
+    options: rdap_client.LookupOptions | None = None,
+    limiter: rdap_client.RateLimiter | None = None,
+    concurrency: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[dict[str, AddressOutcome], ResolveStats]:
+    """Map each public address to its registry network: from the cache, else one RDAP lookup.
+
+    Lookups run `concurrency` at a time in threads; answers are saved here, in this thread.
+    A failure is recorded for its address and the rest go on.
+    """
+    options = options or lookup_options_from_settings()
+    limiter = limiter or rdap_client.RateLimiter(settings.RDAP_REQUESTS_PER_SECOND)
+    concurrency = max(1, concurrency or settings.RDAP_CONCURRENCY)
+    stats = ResolveStats()
+    outcomes: dict[str, AddressOutcome] = {}
+    memory = _Intervals()
+    now = timezone.now()
+    queue = deque(sorted({str(ipaddress.ip_address(a)) for a in addresses}, key=ip_key))
+    stats.addresses = len(queue)
+    waiting: dict[str, list[str]] = {}
+    inflight: dict[Future, tuple[str, str, rdap_client.LookupStats]] = {}
+    done_count = 0
+
+    def finish(ip: str, outcome: AddressOutcome) -> None:
+        nonlocal done_count
+        outcomes[ip] = outcome
+        if outcome.network is not None:
+            stats.resolved += 1
+            stats.from_cache += outcome.from_cache
+        else:
+            stats.failed[outcome.reason] += 1
+        done_count += 1
+        if progress:
+            progress(done_count)
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rdap") as pool:
+        while queue or inflight:
+            while queue and len(inflight) < concurrency:
+                ip = queue.popleft()
+                key = ip_key(ip)
+                cached = memory.find(key)
+                if cached is not None:
+                    finish(ip, AddressOutcome(cached, from_cache=True))
+                    continue
+                hood = _neighbourhood(ip)
+                if hood in waiting:
+                    waiting[hood].append(ip)
+                    continue
+                cached = network_find_cached(ip=ip, now=now)
+                if cached is not None:
+                    memory.add(cached)
+                    finish(ip, AddressOutcome(cached, from_cache=True))
+                    continue
+                lookup_stats = rdap_client.LookupStats()
+                future = pool.submit(rdap_client.lookup_ip, ip, options=options, limiter=limiter, stats=lookup_stats)
+                inflight[future] = (ip, hood, lookup_stats)
+                waiting[hood] = []
+            if not inflight:
+                continue
+            completed, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            for future in completed:
+                ip, hood, lookup_stats = inflight.pop(future)
+                stats.requests += lookup_stats.requests
+                finish(ip, _save_answer(future, memory, stats))
+                queue.extendleft(reversed(waiting.pop(hood, [])))
+    return outcomes, stats
+
+
+def _neighbourhood(ip: str) -> str:
+    address = ipaddress.ip_address(ip)
+    return str(ipaddress.ip_network(f"{address}/{NEIGHBOURHOOD[address.version]}", strict=False))
+
+
+def _save_answer(future: Future, memory: _Intervals, stats: ResolveStats) -> AddressOutcome:
+    try:
+        answer = future.result()
+    except rdap_client.RdapError as exc:
+        return AddressOutcome(None, reason=exc.reason, detail=exc.detail[:500])
+    except Exception as exc:  # noqa: BLE001 - one bad lookup must not stop the batch
+        return AddressOutcome(None, reason="unexpected_error", detail=f"{type(exc).__name__}: {exc}"[:500])
+    network = network_save_answer(answer=answer, source=Network.Source.LIVE)
+    stats.networks_fetched += 1
+    memory.add(network)
+    return AddressOutcome(network)
+
+
+@transaction.atomic
+def network_save_answer(*, answer: rdap_client.RdapNetwork, source: str, fetched_at: datetime | None = None) -> Network:
+    """Store (or refresh) one registry network, its holder and the holder's RDAP contacts."""
+    fetched_at = fetched_at or timezone.now()
+    holder = _holder_save(answer=answer, fetched_at=fetched_at)
+    candidates = contact_candidates(answer)
+    network, _ = Network.objects.update_or_create(
+        start_key=ip_key(answer.start),
+        end_key=ip_key(answer.end),
+        defaults={
+            "start_address": answer.start,
+            "end_address": answer.end,
+            "cidrs": list(answer.cidrs),
+            "handle": answer.handle,
+            "name": answer.name,
+            "country": answer.country,
+            "registry": answer.registry,
+            "asn": answer.asn,
+            "asn_description": answer.asn_description,
+            "holder": holder,
+            "contact_candidates": candidates,
+            "raw": answer.raw,
+            "source": source,
+            "fetched_at": fetched_at,
+            "expires_at": fetched_at + timedelta(days=settings.RDAP_CACHE_DAYS),
+        },
+    )
+    _rdap_contacts_save(organisation=holder, candidates=candidates, registry=answer.registry, at=fetched_at)
+    return network
+
+
+def _holder_save(*, answer: rdap_client.RdapNetwork, fetched_at: datetime) -> Organisation:
+    handle, name = network_holder(answer)
+    organisation, created = Organisation.objects.get_or_create(
+        source_key=f"rdap:{answer.registry}:{handle}"[:200],
+        defaults={"name": name[:255] or handle, "country": answer.country, "source": Organisation.Source.RDAP},
+    )
+    return organisation
+
+
+def _rdap_contacts_save(*, organisation: Organisation, candidates: list[dict], registry: str, at: datetime) -> None:
+    """Add or refresh the RDAP contacts. Staff-made contacts are never touched, and an RDAP
+    contact that staff disabled stays disabled: only its import time moves."""
+    staff = set(organisation.contacts.filter(source=Contact.Source.STAFF).values_list("email", "role"))
+    for candidate in candidates:
+        if (candidate["email"], candidate["role"]) in staff:
+            continue
+        contact, created = Contact.objects.get_or_create(
+            organisation=organisation,
+            email=candidate["email"],
+            role=candidate["role"],
+            source=Contact.Source.RDAP,
+            defaults={"import_source": f"rdap:{registry}:{candidate['handle']}"[:200], "imported_at": at},
+        )
+        if not created:
+            Contact.objects.filter(pk=contact.pk).update(imported_at=at)
+
+
+# --- recorded answers --------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    loaded: int = 0
+    networks: list[str] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "loaded": self.loaded,
+            "rejected": len(self.rejected),
+            "errors": self.rejected,
+            "networks": self.networks,
+        }
+
+
+def rdap_cache_import(*, directory: str | Path, progress: ProgressFn | None = None) -> ImportReport:
+    """Load every `*.json` in `directory` (a raw RDAP ip-network answer each) into the cache.
+
+    A file that is not JSON, not an ip network or has no usable range is reported and skipped.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise OwnerError(f"no such directory: {directory}")
+    report = ImportReport()
+    for position, path in enumerate(sorted(directory.glob("*.json")), start=1):
+        try:
+            if path.stat().st_size > rdap_client.MAX_ANSWER_BYTES:
+                raise rdap_client.RdapError("answer_too_large", f"{path.stat().st_size} bytes")
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            answer = rdap_client.parse_network(raw)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            report.rejected.append({"file": path.name, "reason": "malformed_json", "detail": str(exc)[:200]})
+        except rdap_client.RdapError as exc:
+            report.rejected.append({"file": path.name, "reason": exc.reason, "detail": exc.detail[:200]})
+        else:
+            network = network_save_answer(answer=answer, source=Network.Source.IMPORT)
+            report.loaded += 1
+            report.networks.append(network.cidr)
+        if progress:
+            progress(position)
+    return report
+
+
+# --- hosts: operator, recipient ----------------------------------------------------------------
+
+
+def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
+    """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network."""
+    now = now or timezone.now()
+    settled = HostOwner.objects.filter(host=OuterRef("pk")).filter(
+        Q(status=HostOwner.Status.SKIPPED)
+        | Q(status__in=[HostOwner.Status.RESOLVED, HostOwner.Status.INHIBITED], network__expires_at__gt=now)
+    )
+    return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))
+
+
+@dataclass
+class OwnersSummary:
+    hosts: int = 0
+    stats: ResolveStats = field(default_factory=ResolveStats)
+    status: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    operators: int = 0
+
+    def as_dict(self) -> dict:
+        failed = dict(self.stats.failed)
+        for reason, count in self.skipped.items():
+            failed[reason] = failed.get(reason, 0) + count
+        return {
+            "hosts": self.hosts,
+            "resolved": self.stats.resolved,
+            "from_cache": self.stats.from_cache,
+            "requests": self.stats.requests,
+            "networks_fetched": self.stats.networks_fetched,
+            "failed": failed,
+            "operators": self.operators,
+            "owner_status": dict(self.status),
+        }
+
+
+def owners_resolve(
+    *,
+    hosts: Iterable[Host] | None = None,
+    options: rdap_client.LookupOptions | None = None,
+    limiter: rdap_client.RateLimiter | None = None,
+    concurrency: int | None = None,
+    progress: ProgressFn | None = None,
+) -> OwnersSummary:
+    """Resolve network, operator and recipient for every host that needs it (or the given hosts)."""
+    host_list = list(hosts if hosts is not None else hosts_needing_owner())
+    summary = OwnersSummary(hosts=len(host_list))
+    public, refused = [], {}
+    for host in host_list:
+        reason = rdap_client.address_refusal(host.ip)
+        if reason:
+            refused[host.pk] = reason
+            summary.skipped[reason] += 1
+        else:
+            public.append(host.ip)
+    outcomes, summary.stats = network_resolve_addresses(
+        addresses=public, options=options, limiter=limiter, concurrency=concurrency, progress=progress
+    )
+    registry = load_registry()
+    inhibited = _active_inhibitions()
+    for start in range(0, len(host_list), 500):
+        chunk = host_list[start : start + 500]
+        raws = _service_raws([h.pk for h in chunk])
+        with transaction.atomic():
+            for host in chunk:
+                owner = _host_owner_update(
+                    host=host,
+                    refusal=refused.get(host.pk),
+                    outcome=outcomes.get(host.ip),
+                    raws=raws.get(host.pk, []),
+                    registry=registry,
+                    inhibited=inhibited,
+                )
+                summary.status[owner.status] += 1
+                summary.operators += owner.operator_id is not None
+    return summary
+
+
+def _service_raws(host_ids: list[int]) -> dict[int, list[str]]:
+    raws: dict[int, list[str]] = {}
+    for host_id, raw in Service.objects.filter(host_id__in=host_ids).values_list("host_id", "raw"):
+        raws.setdefault(host_id, []).append(raw)
+    return raws
+
+
+def _host_owner_update(
+    *,
+    host: Host,
+    refusal: str | None,
+    outcome: AddressOutcome | None,
+    raws: list[str],
+    registry: tuple[RegistryOrganisation, ...],
+    inhibited: tuple[set[int], set[int]],
+) -> HostOwner:
+    owner, _ = HostOwner.objects.get_or_create(host=host)
+    owner.attempts += 1
+    if refusal:
+        owner.status, owner.reason, owner.detail = HostOwner.Status.SKIPPED, refusal, f"{host.ip} is not public"
+        owner.network = None
+    else:
+        owner.network = outcome.network if outcome else None
+        attribution = attribute_operator(facts_from_host(hostnames=host.hostnames, org=host.org, raws=raws), registry)
+        if attribution:
+            owner.operator = _registry_organisation(attribution.organisation)
+            owner.operator_evidence = attribution.evidence[:500]
+        _recipient_apply(owner=owner, outcome=outcome, inhibited=inhibited)
+    owner.save()
+    return owner
+
+
+def _registry_organisation(entry: RegistryOrganisation) -> Organisation:
+    organisation, _ = Organisation.objects.get_or_create(
+        source_key=entry.key,
+        defaults={
+            "name": entry.name,
+            "kind": entry.kind,
+            "sector": "healthcare",
+            "country": "NL",
+            "domains": list(entry.domains),
+            "source": Organisation.Source.REGISTRY,
+        },
+    )
+    return organisation
+
+
+def _active_inhibitions() -> tuple[set[int], set[int]]:
+    """(contact ids, organisation ids) that must not be mailed today."""
+    active = Inhibition.objects.filter(until__gte=timezone.localdate())
+    contacts, organisations = set(), set()
+    for contact_id, organisation_id in active.values_list("contact_id", "organisation_id"):
+        if contact_id:
+            contacts.add(contact_id)
+        if organisation_id:
+            organisations.add(organisation_id)
+    return contacts, organisations
+
+
+def _recipient_apply(*, owner: HostOwner, outcome: AddressOutcome | None, inhibited: tuple[set[int], set[int]]) -> None:
+    contact, reason, blocked = recipient_choose(
+        override=owner.override_recipient, operator=owner.operator, network=owner.network, inhibited=inhibited
+    )
+    owner.recipient, owner.recipient_reason = contact, reason[:500]
+    if contact is not None:
+        owner.status, owner.reason, owner.detail = HostOwner.Status.RESOLVED, "", ""
+        owner.resolved_at = timezone.now()
+    elif blocked:
+        owner.status, owner.reason, owner.detail = HostOwner.Status.INHIBITED, "inhibited", reason[:500]
+    elif owner.network is None:
+        owner.status = HostOwner.Status.UNKNOWN
+        owner.reason = outcome.reason if outcome else (owner.reason or "not_looked_up")
+        owner.detail = outcome.detail if outcome else owner.detail
+    else:
+        owner.status, owner.reason = HostOwner.Status.UNKNOWN, "no_contact"
+        owner.detail = f"RDAP answer for {owner.network.cidr} names no usable e-mail address"
+
+
+def recipient_choose(
+    *,
+    override: Contact | None,
+    operator: Organisation | None,
+    network: Network | None,
+    inhibited: tuple[set[int], set[int]] | None = None,
+) -> tuple[Contact | None, str, bool]:
+    """(contact, why, blocked): staff override, else the operator's contact, else the network's.
+
+    `blocked` is True when candidates existed but every one of them is inhibited.
+    """
+    inhibited_contacts, inhibited_organisations = inhibited or _active_inhibitions()
+    skipped = []
+    for contact, why in _recipient_candidates(override=override, operator=operator, network=network):
+        if not contact.enabled:
+            continue
+        if contact.pk in inhibited_contacts or contact.organisation_id in inhibited_organisations:
+            skipped.append(contact.email)
+            continue
+        return contact, why, False
+    if skipped:
+        return None, f"every candidate is inhibited: {', '.join(skipped[:5])}", True
+    return None, "", False
+
+
+def _recipient_candidates(
+    *, override: Contact | None, operator: Organisation | None, network: Network | None
+) -> Iterable[tuple[Contact, str]]:
+    if override is not None:
+        yield override, f"set by staff for this host: {override.email}"
+    if operator is not None:
+        for contact in _ranked(operator.contacts.all()):
+            yield contact, f"operator {operator.name}: {contact.role} contact ({contact.get_source_display()})"
+    if network is None or network.holder_id is None:
+        return
+    holder = network.holder
+    contacts = list(holder.contacts.all())
+    for contact in _ranked(c for c in contacts if c.source == Contact.Source.STAFF):
+        yield contact, f"network holder {holder.name}: {contact.role} contact entered by staff"
+    by_address = {(c.email, c.role): c for c in contacts if c.source == Contact.Source.RDAP}
+    for candidate in network.contact_candidates:
+        contact = by_address.get((candidate["email"], candidate["role"]))
+        if contact is not None:
+            yield contact, f"network {network.cidr} holder {holder.name}: {candidate['why']}"
+
+
+def _ranked(contacts: Iterable[Contact]) -> list[Contact]:
+    return sorted(contacts, key=lambda c: (ROLE_ORDER.index(c.role), 0 if c.is_manual else 1, c.pk))
+
+
+def owner_recompute(*, owner: HostOwner) -> HostOwner:
+    """Choose the recipient again without any lookup (after staff changed contacts or inhibitions)."""
+    _recipient_apply(owner=owner, outcome=None, inhibited=_active_inhibitions())
+    owner.save()
+    return owner
+
+
+def owner_unknown_queue() -> Iterable[HostOwner]:
+    return HostOwner.objects.filter(status=HostOwner.Status.UNKNOWN).select_related("host", "network")
+
+
+def inhibition_create(
+    *,
+    until: object,
+    reason: str,
+    organisation: Organisation | None = None,
+    contact: Contact | None = None,
+    actor: str = "",
+) -> Inhibition:
+    if (organisation is None) == (contact is None):
+        raise OwnerError("an inhibition is for one organisation or one contact")
+    if not reason.strip():
+        raise OwnerError("an inhibition needs a reason")
+    return Inhibition.objects.create(
+        organisation=organisation, contact=contact, until=until, reason=reason, created_by=actor[:150]
+    )
+
+
+def contact_set_enabled(*, contact: Contact, enabled: bool) -> Contact:
+    Contact.objects.filter(pk=contact.pk).update(enabled=enabled, updated_at=timezone.now())
+    contact.refresh_from_db()
+    return contact
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def owners_export_enrich(services: list[Service], rows: list[dict]) -> None:
+    """Add owner columns to a batch of export rows, with one query for the whole batch."""
+    owners = {
+        o.host_id: o
+        for o in HostOwner.objects.filter(host_id__in={s.host_id for s in services}).select_related(
+            "network", "network__holder", "operator", "recipient", "recipient__organisation"
+        )
+    }
+    for service, row in zip(services, rows, strict=True):
+        owner = owners.get(service.host_id)
+        network = owner.network if owner else None
+        row["network"] = network.cidr if network else None
+        if network is not None and network.asn is not None:
+            row["asn"] = network.asn
+        row["network_holder"] = network.holder.name if network and network.holder else None
+        row["operator"] = owner.operator.name if owner and owner.operator else None
+        recipient = owner.recipient if owner else None
+        row["recipient"] = recipient.organisation.name if recipient else None
+        row["recipient_email"] = recipient.email if recipient else None
+        row["owner_status"] = owner.status if owner else "not_resolved"
+        row["owner_reason"] = (owner.reason or None) if owner else "owner resolution has not run"

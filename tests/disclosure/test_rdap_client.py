@@ -1,0 +1,202 @@
+"""The RDAP client: the real ipwhois against the RDAP and DNS stand-ins, recorded answers of all
+five registries in old (2015-16) and current formats, and every way a lookup can fail."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from disclosure.owners.contacts import contact_candidates, network_holder
+from disclosure.rdap_client import LookupStats, RateLimiter, RdapError, address_refusal, lookup_ip, parse_network
+from tests.standins.rdap_server import Script
+
+# address, registry, origin ASN, first CIDR, preferred e-mail, its role, network holder.
+RECORDED = [
+    ("74.125.225.229", "arin", 15169, "74.125.0.0/16", "arin-contact@google.com", "abuse", "Google Inc."),
+    ("62.239.237.1", "ripencc", 2856, "62.239.237.0/24", "zzdnsr@bt.com", "abuse", "BT-CORPORATE"),
+    ("2001:4860:4860::8888", "arin", 15169, "2001:4860::/32", "arin-contact@google.com", "abuse", "Google LLC"),
+    (
+        "200.57.141.161",
+        "lacnic",
+        19373,
+        "200.57.141.161/32",
+        "operacion.redes@triara.com",
+        "abuse",
+        "Triara.com, S.A. de C.V.",
+    ),
+    (
+        "196.11.240.215",
+        "afrinic",
+        12091,
+        "196.11.239.0/24",
+        "ip-maint@mtnbusiness.co.za",
+        "administrative",
+        "ORG-VSA1-AFRINIC",
+    ),
+    ("210.107.73.73", "apnic", 3786, "210.107.0.0/17", "hostmaster@nic.or.kr", "abuse", "BORANET-NET-210-107"),
+    (
+        "2001:43f8:7b0::",
+        "afrinic",
+        37578,
+        "2001:43f8:7b0::/48",
+        "jpmuga@tespok.co.ke",
+        "administrative",
+        "ORG-TA38-AFRINIC",
+    ),
+    # Cymru knows no ASN for it ("NA"): the client falls back to ARIN's bootstrap.
+    (
+        "2801:10:c000::",
+        "lacnic",
+        None,
+        "2801:10:c000::/128",
+        "sistemas.red@uco.edu.co",
+        "abuse",
+        "Universidad Catolica de Oriente",
+    ),
+    ("2a00:2381:ffff::1", "ripencc", 2856, "2a00:2381:ffff::/64", "zzdnsr@bt.com", "abuse", "BT-WORLD-IPVSIX-LAUNCH"),
+    (
+        "2001:240:10c:1::ca20:9d1d",
+        "apnic",
+        2497,
+        "2001:240::/32",
+        "hostmaster@nic.ad.jp",
+        "technical",
+        "IIJ-JPNIC-JP-20000308",
+    ),
+    ("1.1.1.1", "apnic", 13335, "1.1.1.0/24", "helpdesk@apnic.net", "abuse", "APNIC-LABS"),
+    ("130.59.1.1", "ripencc", 559, "130.59.0.0/16", "abuse@switch.ch", "abuse", "SWITCH-LAN"),
+    ("13.64.5.5", "arin", 8075, "13.64.0.0/11", "abuse@microsoft.com", "abuse", "Microsoft Corporation"),
+]
+
+
+def lookup(registries, ip: str) -> tuple:
+    stats = LookupStats()
+    return lookup_ip(ip, options=registries.options, limiter=registries.limiter, stats=stats), stats
+
+
+@pytest.mark.parametrize(("ip", "registry", "asn", "cidr", "email", "role", "holder"), RECORDED)
+def test_it_resolves_recorded_answers_of_every_registry(
+    registries, ip, registry, asn, cidr, email, role, holder
+) -> None:
+    network, stats = lookup(registries, ip)
+    assert (network.registry, network.asn, network.cidrs[0]) == (registry, asn, cidr)
+    best = contact_candidates(network)[0]
+    assert (best["email"], best["role"]) == (email, role)
+    assert network_holder(network)[1] == holder
+    assert stats.requests == 1
+    assert network.raw["startAddress"]  # the raw answer is kept as sent
+
+
+def test_it_follows_nested_entities_to_the_abuse_contact(registries) -> None:
+    network, _ = lookup(registries, "13.107.4.4")  # MSFT: abuse sits inside the registrant entity
+    best = contact_candidates(network)[0]
+    assert best["email"] == "abuse@microsoft.com" and best["parent"] == "MSFT"
+    assert "nested under MSFT" in best["why"]
+
+
+def test_it_reads_the_asn_description_from_the_dns_step(registries) -> None:
+    network, _ = lookup(registries, "74.125.225.229")
+    assert network.asn_description == "GOOGLE, US"
+    assert registries.dns.resolver.queries["origin"] == 1
+
+
+@pytest.mark.parametrize(
+    ("script", "reason", "permanent"),
+    [
+        (Script(status=404), "not_found", True),
+        (Script(status=500), "server_error", False),
+        (Script(status=503), "server_error", False),
+        (Script(malformed=True), "malformed_json", False),
+        (Script(delay=2.5), "timeout", False),
+        (Script(rate_limited_times=10), "rate_limited", False),
+    ],
+)
+def test_it_reports_each_failure_with_its_reason(registries, script, reason, permanent) -> None:
+    registries.standin.scripts["74.125.225.229"] = script
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "74.125.225.229")
+    assert caught.value.reason == reason
+    assert caught.value.permanent is permanent
+
+
+def test_it_backs_off_on_429_and_then_succeeds(registries) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(rate_limited_times=2)
+    network, stats = lookup(registries, "62.239.237.1")
+    assert network.cidrs == ("62.239.237.0/24",)
+    assert stats.requests == 3
+
+
+def test_an_address_outside_every_network_is_not_found(registries) -> None:
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "8.8.8.8")
+    assert caught.value.reason == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("ip", "reason"),
+    [
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("224.0.0.251", "multicast"),
+        ("ff02::1", "multicast"),
+        ("169.254.1.1", "link_local"),
+        ("192.0.2.7", "private"),  # documentation: Python counts TEST-NET as private
+        ("2001:db8::1", "private"),
+        ("240.0.0.1", "private"),
+        ("100.64.0.1", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("::ffff:10.0.0.1", "private"),
+        ("not-an-ip", "invalid_address"),
+    ],
+)
+def test_it_never_looks_up_non_public_addresses(registries, ip, reason) -> None:
+    assert address_refusal(ip) == reason
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, ip)
+    assert caught.value.reason == reason and caught.value.permanent
+    assert registries.ip_requests == 0
+    assert sum(registries.dns.resolver.queries.values()) == 0
+
+
+def test_public_addresses_are_allowed() -> None:
+    assert address_refusal("74.125.225.229") is None
+    assert address_refusal("2001:4860:4860::8888") is None
+
+
+def test_the_rate_limiter_spaces_requests_per_registry() -> None:
+    limiter = RateLimiter(20)  # one request per 50 ms and registry
+    started = time.monotonic()
+    for _ in range(5):
+        limiter.wait("ripencc")
+    limiter.wait("arin")  # another registry does not wait for RIPE's slots
+    elapsed = time.monotonic() - started
+    assert 0.19 <= elapsed < 1.0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        {"objectClassName": "entity", "handle": "X"},
+        {"objectClassName": "ip network", "startAddress": "1.2.3.4"},
+        {"objectClassName": "ip network", "startAddress": "1.2.3.9", "endAddress": "1.2.3.0"},
+        {"objectClassName": "ip network", "startAddress": "1.2.3.0", "endAddress": "2001:db8::"},
+        {"objectClassName": "ip network", "startAddress": "1.2.3.x", "endAddress": "1.2.3.255"},
+    ],
+)
+def test_it_rejects_answers_that_are_not_usable_networks(raw) -> None:
+    with pytest.raises(RdapError) as caught:
+        parse_network(raw)
+    assert caught.value.reason == "malformed_answer"
+
+
+def test_it_accepts_registry_quirks_in_addresses() -> None:
+    network = parse_network(
+        {"startAddress": "074.125.000.000", "endAddress": "074.125.255.255", "port43": "whois.arin.net"}
+    )
+    assert network.cidrs == ("74.125.0.0/16",) and network.registry == "arin"
+    network = parse_network({"startAddress": "62.239.237.0/32", "endAddress": "62.239.237.255/32"})
+    assert network.cidrs == ("62.239.237.0/24",)
