@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from urllib.parse import urlencode
 
 from django.contrib import admin
@@ -29,7 +30,7 @@ from harvest.records import Reason
 BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service page
 HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
 RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the pretty-printed raw record
-PREVIEW_LIMIT = 80  # banner column of the service list
+PREVIEW_LIMIT = 60  # banner column of the service list
 
 PRE_STYLE = (
     "white-space: pre-wrap; overflow-wrap: anywhere; max-height: 40em; overflow: auto; "
@@ -45,14 +46,15 @@ _INVISIBLE = re.compile(
 )
 
 
+# Ingest stores NUL as U+2400 (PostgreSQL text cannot hold NUL); it is shown as the NUL it was.
+_NAMED = {"\u2400": "\\x00", "\r": "\\r"}
+
+
 def _show_char(char: str) -> str:
+    """An escape in Python notation: readable in any font, unlike the U+2400 control pictures."""
+    if char in _NAMED:
+        return _NAMED[char]
     code = ord(char)
-    if code == 0x2400:
-        return char  # ingest's stand-in for NUL: already visible, marked like the other controls
-    if code < 0x20:
-        return chr(0x2400 + code)  # Unicode control pictures: U+0000 -> ␀, U+001B -> ␛
-    if code == 0x7F:
-        return "\u2421"  # ␡
     if code <= 0xFF:
         return f"\\x{code:02x}"
     if code <= 0xFFFF:
@@ -64,7 +66,7 @@ def visible_segments(text: str) -> Iterator[tuple[str, bool]]:
     """Split text into (segment, is_control) pairs, controls replaced by a visible form.
 
     CR LF stays a line break (banners are mostly CRLF protocols); the exact bytes are in the
-    raw record. The ␀ that ingest stores for NUL is kept, and marked as a control.
+    raw record. The ␀ that ingest stores for NUL is shown as \\x00 like the other controls.
     """
     start = 0
     for match in _INVISIBLE.finditer(text):
@@ -149,6 +151,45 @@ class ReadOnlyTabularInline(admin.TabularInline):
         return False
 
 
+class TopValuesFilter(admin.SimpleListFilter):
+    """The most common values of an integer column, most common first; any value works from the URL.
+
+    A plain field filter lists every distinct value: thousands of ports or ASNs on a real harvest.
+    """
+
+    limit = 30
+    label = "{}"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        field = self.parameter_name
+        rows = (
+            model_admin.model._default_manager.filter(**{f"{field}__isnull": False})
+            .values_list(field)
+            .annotate(rows=Count("pk"))
+            .order_by("-rows", field)[: self.limit]
+        )
+        return [(str(value), self.label.format(value)) for value, _ in rows]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value is None:
+            return queryset
+        if not value.isdigit() or len(value) > 10:
+            return queryset.none()
+        return queryset.filter(**{self.parameter_name: int(value)})
+
+
+class PortFilter(TopValuesFilter):
+    title = "port"
+    parameter_name = "port"
+
+
+class AsnFilter(TopValuesFilter):
+    title = "ASN"
+    parameter_name = "asn"
+    label = "AS{}"
+
+
 # --- hosts ---------------------------------------------------------------------------------
 
 
@@ -167,7 +208,7 @@ class ServiceInline(ReadOnlyTabularInline):
 class HostAdmin(ReadOnlyAdmin):
     list_display = ("ip", "org", "isp", "asn", "country", "hostnames_list", "os", "first_seen", "last_seen", "services")
     search_fields = ("ip", "org", "hostnames")
-    list_filter = ("country", "asn")
+    list_filter = ("country", AsnFilter)
     fieldsets = (
         (None, {"fields": ("ip", "org", "isp", "asn", "country", "hostnames_list", "os")}),
         ("Seen", {"fields": ("first_seen", "last_seen", "services")}),
@@ -246,12 +287,12 @@ class ServiceAdmin(ReadOnlyAdmin):
         "org",
         "first_seen",
         "last_seen",
-        "banner_since",
+        "banner_changed",
         "banner_preview",
     )
     list_select_related = ("host",)
     search_fields = ("host__ip", "product", "banner", "host__org")
-    list_filter = ("port", "transport", "module")
+    list_filter = (PortFilter, "transport", "module")
     fieldsets = (
         (None, {"fields": ("host_link", "port", "transport", "product", "version", "module", "org")}),
         ("Seen", {"fields": ("first_seen", "last_seen", "banner_since", "last_run_link")}),
@@ -285,6 +326,10 @@ class ServiceAdmin(ReadOnlyAdmin):
     @admin.display(description="org", ordering="host__org")
     def org(self, obj: Service) -> str:
         return visible_text(obj.host.org)
+
+    @admin.display(description="banner changed", ordering="banner_since")
+    def banner_changed(self, obj: Service) -> datetime:
+        return obj.banner_since
 
     @admin.display(description="banner")
     def banner_preview(self, obj: Service) -> str:

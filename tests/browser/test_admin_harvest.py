@@ -112,7 +112,7 @@ def test_it_shows_a_hostile_service_literally(
     assert dialogs == [] and page_errors == [] and blocked_requests == []
     assert on_service_page == on_host_page == on_host_list == NOTHING_INJECTED
     assert "Server: <script>alert(1)</script>" in shown_banner
-    assert "X-Junk: ␀␁␇␛[31m<img src=x onerror=alert(2)>\\u202eevil␡ end" in shown_banner
+    assert "X-Junk: \\x00\\x01\\x07\\x1b[31m<img src=x onerror=alert(2)>\\u202eevil\\x7f end" in shown_banner
     assert f'"title": "{HOSTILE_TITLE}"' in raw and '"data": "HTTP/1.1 200 OK\\r\\nServer: <script>' in raw
     assert org == HOSTILE_ORG and product == "<i>PACS</i>"
     assert hostnames == HOSTILE_HOSTNAME

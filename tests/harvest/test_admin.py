@@ -97,16 +97,16 @@ def results(html: str) -> str:
 
 def test_it_makes_control_and_invisible_characters_visible() -> None:
     text = "a\x00b\x01c\x1bd\x7fe\x85f\u202eg\u200bh\r\ni\rj\tk\u2400"
-    assert visible_text(text) == "a␀b␁c␛d␡e\\x85f\\u202eg\\u200bh\r\ni␍j\tk\u2400"
+    assert visible_text(text) == "a\\x00b\\x01c\\x1bd\\x7fe\\x85f\\u202eg\\u200bh\r\ni\\rj\tk\\x00"
 
 
 def test_it_escapes_and_bounds_a_text_block() -> None:
     html = text_block("<script>alert(1)</script>\x00" + "x" * 100, limit=30)
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert '<span class="medexpo-ctl"' in html and "␀</span>" in html
+    assert '<span class="medexpo-ctl"' in html and "\\x00</span>" in html
     assert "Showing the first 30 of 126 characters." in html
-    assert "␀</span>" + "x" * 4 + "</pre>" in html
+    assert "\\x00</span>" + "x" * 4 + "</pre>" in html
 
 
 # --- services ------------------------------------------------------------------------------
@@ -125,8 +125,12 @@ def test_it_shows_a_hostile_service_escaped(tmp_path: Path, admin_client: Client
     assert "&lt;img src=x onerror=alert(2)&gt;" in html
     assert "&lt;b onmouseover=alert(4)&gt;Evil BV&lt;/b&gt;" in html
     assert "&lt;i&gt;PACS&lt;/i&gt;" in html
-    # NUL is stored as ␀; the other controls are made visible on the way out.
-    assert "X-Pad: " in html and "␀</span>" in html and "␁</span>" in html and "␛</span>" in html
+    # NUL is stored as U+2400; it and the other controls are shown as escapes.
+    assert re.search(
+        r"X-Pad: (<span[^>]*>\\(x00|x01|x1b)</span>){3}\[31m&lt;img src=x onerror=alert\(2\)&gt;"
+        r"<span[^>]*>\\u202e</span>evil<span[^>]*>\\x7f</span><span[^>]*>\\x85</span> end",
+        html,
+    )
     assert "\\u202e</span>" in html and "\u202e" not in html
     assert "\x01" not in html and "\x1b" not in html
     # The raw record, pretty-printed: the title escaped, the NUL as its JSON escape.
@@ -195,6 +199,20 @@ def test_it_filters_services_by_port_transport_and_module(tmp_path: Path, admin_
     assert "192.0.2.20" in by_port and "192.0.2.21" not in by_port
     assert "192.0.2.21" in by_module and "192.0.2.20" not in by_module
     assert "192.0.2.2" not in by_transport
+
+
+@pytest.mark.django_db
+def test_it_offers_the_most_common_ports_and_asns_first(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, many(7))  # ports 104 x3, 11112 x2, 443 x2 (ties in port order); ASNs 64500-64504
+
+    services_page = admin_client.get(changelist_url(Service)).content.decode()
+    hosts_page = admin_client.get(changelist_url(Host)).content.decode()
+
+    assert re.findall(r'<a href="\?port=(\d+)"', services_page) == ["104", "443", "11112"]
+    assert re.findall(r'<a href="\?asn=(\d+)">AS\1</a>', hosts_page) == ["64500", "64501", "64502", "64503", "64504"]
+    assert "64502" not in results(admin_client.get(changelist_url(Host), {"asn": "64500"}).content.decode())
+    not_a_number = admin_client.get(changelist_url(Host), {"asn": "AS1"})
+    assert not_a_number.status_code == 200 and "0 hosts" in not_a_number.content.decode()
 
 
 @pytest.mark.django_db
