@@ -8,3 +8,4 @@ class HarvestConfig(AppConfig):
     def ready(self) -> None:
         # Modules that register harvest sources and export columns are imported here.
         from harvest import search  # noqa: F401  (registers the search source)
+        from harvest.classify import services  # noqa: F401  (registers the verdict export columns)
