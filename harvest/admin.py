@@ -16,21 +16,22 @@ from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Count, QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Length, Substr
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from harvest.ingest import REJECTION_ROWS_PER_REASON
-from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
+from harvest.models import Classification, HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
 
 BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service page
 HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
 RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the pretty-printed raw record
-PREVIEW_LIMIT = 60  # banner column of the service list
+PREVIEW_LIMIT = 48  # banner column of the service list
 
 PRE_STYLE = (
     "white-space: pre-wrap; overflow-wrap: anywhere; max-height: 40em; overflow: auto; "
@@ -112,6 +113,10 @@ def pretty_json(raw: str) -> str:
     except ValueError:
         return raw
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def _short_time(value: datetime) -> str:
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M")
 
 
 def _link(viewname: str, pk: int | None, label: object) -> SafeString | str:
@@ -288,6 +293,7 @@ class ServiceAdmin(ReadOnlyAdmin):
         "first_seen",
         "last_seen",
         "banner_changed",
+        "verdict",
         "banner_preview",
     )
     list_select_related = ("host",)
@@ -319,6 +325,25 @@ class ServiceAdmin(ReadOnlyAdmin):
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
         return ServiceChangeList
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
+        # The current verdict as two columns of the same query, not one query per row.
+        current = Classification.objects.filter(service=OuterRef("pk"), current=True)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                verdict_cls=Subquery(current.values("cls")[:1]),
+                verdict_category=Subquery(current.values("category")[:1]),
+            )
+        )
+
+    @admin.display(description="verdict", ordering="verdict_cls")
+    def verdict(self, obj: Service) -> SafeString | str:
+        cls = getattr(obj, "verdict_cls", None)
+        if cls is None:
+            return "-"
+        return format_html("{} / {}", cls, obj.verdict_category)  # type: ignore[attr-defined]
+
     @admin.display(description="host", ordering="host__ip")
     def host_ip(self, obj: Service) -> str:
         return obj.host.ip
@@ -327,9 +352,18 @@ class ServiceAdmin(ReadOnlyAdmin):
     def org(self, obj: Service) -> str:
         return visible_text(obj.host.org)
 
+    # Compact dates keep the list, banner column included, on one screen.
+    @admin.display(description="first seen", ordering="first_seen")
+    def first(self, obj: Service) -> str:
+        return _short_time(obj.first_seen)
+
+    @admin.display(description="last seen", ordering="last_seen")
+    def last(self, obj: Service) -> str:
+        return _short_time(obj.last_seen)
+
     @admin.display(description="banner changed", ordering="banner_since")
-    def banner_changed(self, obj: Service) -> datetime:
-        return obj.banner_since
+    def banner_changed(self, obj: Service) -> str:
+        return _short_time(obj.banner_since)
 
     @admin.display(description="banner")
     def banner_preview(self, obj: Service) -> str:
@@ -488,3 +522,122 @@ class HarvestRunAdmin(ReadOnlyAdmin):
     def _rejections_url(run: HarvestRun, reason: str) -> str:
         query = urlencode({"run": run.pk, "reason__exact": reason})
         return reverse("admin:harvest_rejection_changelist") + "?" + query
+
+
+# --- verdicts ------------------------------------------------------------------------------
+
+
+def _evidence_list(items: object) -> SafeString | str:
+    """Evidence excerpts are banner text: escaped, controls made visible, one line per item."""
+    if not isinstance(items, list) or not items:
+        return "-"
+    return format_html_join(
+        "",
+        "<div><code>{}</code> ({}): {}</div>",
+        (
+            (str(e.get("rule", "")), str(e.get("field", "")), visible_text(str(e.get("excerpt", ""))))
+            for e in items
+            if isinstance(e, dict)
+        ),
+    )
+
+
+class ClassificationInline(ReadOnlyTabularInline):
+    model = Classification
+    verbose_name = "verdict"
+    verbose_name_plural = "verdicts (one per rules version)"
+    fields = (
+        "current",
+        "rules_version",
+        "cls",
+        "category",
+        "segment",
+        "product_text",
+        "confidence",
+        "honeypot",
+        "evidence_list",
+        "classified_at",
+    )
+    readonly_fields = fields
+    ordering = ("-current", "-classified_at")
+
+    @admin.display(description="product")
+    def product_text(self, obj: Classification) -> str:
+        return visible_text(obj.product)
+
+    @admin.display(description="evidence")
+    def evidence_list(self, obj: Classification) -> SafeString | str:
+        return _evidence_list(obj.evidence)
+
+
+# Declared after ServiceAdmin, which shows a service's verdicts below its banner history.
+ServiceAdmin.inlines = (*ServiceAdmin.inlines, ClassificationInline)
+
+
+@admin.register(Classification)
+class ClassificationAdmin(ReadOnlyAdmin):
+    list_display = (
+        "service_link",
+        "org",
+        "cls",
+        "category",
+        "segment",
+        "product_text",
+        "confidence",
+        "honeypot",
+        "current",
+        "rules_version",
+        "classified_at",
+    )
+    list_select_related = ("service__host",)
+    list_filter = ("current", "cls", "category", "segment", "honeypot", "rules_version")
+    search_fields = ("service__host__ip", "product", "service__host__org")
+    fieldsets = (
+        (None, {"fields": ("service_link", "org", "cls", "category", "segment", "product_text", "confidence")}),
+        ("Evidence", {"fields": ("evidence_list", "honeypot", "honeypot_list", "details_json")}),
+        ("Version", {"fields": ("rules_version", "current", "banner_hash", "classified_at")}),
+    )
+    readonly_fields = (
+        "service_link",
+        "org",
+        "cls",
+        "category",
+        "segment",
+        "product_text",
+        "confidence",
+        "evidence_list",
+        "honeypot",
+        "honeypot_list",
+        "details_json",
+        "rules_version",
+        "current",
+        "banner_hash",
+        "classified_at",
+    )
+
+    @admin.display(description="service", ordering="service__host__ip")
+    def service_link(self, obj: Classification) -> SafeString | str:
+        service = obj.service
+        return _link(
+            "admin:harvest_service_change", service.pk, f"{service.host.ip}:{service.port}/{service.transport}"
+        )
+
+    @admin.display(description="org", ordering="service__host__org")
+    def org(self, obj: Classification) -> str:
+        return visible_text(obj.service.host.org)
+
+    @admin.display(description="product", ordering="product")
+    def product_text(self, obj: Classification) -> str:
+        return visible_text(obj.product)
+
+    @admin.display(description="evidence")
+    def evidence_list(self, obj: Classification) -> SafeString | str:
+        return _evidence_list(obj.evidence)
+
+    @admin.display(description="honeypot evidence")
+    def honeypot_list(self, obj: Classification) -> SafeString | str:
+        return _evidence_list(obj.honeypot_evidence)
+
+    @admin.display(description="decoded details")
+    def details_json(self, obj: Classification) -> SafeString:
+        return text_block(json.dumps(obj.details, indent=2, ensure_ascii=False), limit=RAW_DISPLAY_LIMIT)
