@@ -8,13 +8,16 @@ of each host and service, so the result is the same whatever the batch boundarie
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import reset_queries, transaction
 from django.utils import timezone
 
+from harvest import bulk
 from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import BannerRecord, Reason
 
@@ -50,6 +53,7 @@ class _ServiceState:
     record: BannerRecord | None = None  # set when the stored content must be rewritten
     dirty: bool = False  # first/last seen or content changed
     touched: bool = False  # only last_run changed
+    is_new: bool = False  # inserted by this batch
 
 
 @dataclass(slots=True)
@@ -68,6 +72,7 @@ class BatchWriter:
         self._records: list[tuple[str, BannerRecord]] = []
         self._rejections: list[tuple[str, str, str]] = []
         self._seen = 0
+        self._dt: Callable = bulk.datetime_adapter()
 
     @property
     def pending(self) -> int:
@@ -108,6 +113,7 @@ class BatchWriter:
         self._records.clear()
         self._rejections.clear()
         self._seen = 0
+        reset_queries()  # with DEBUG on, Django would keep every batch's SQL in memory
 
     # --- the batch ----------------------------------------------------------------------
 
@@ -195,108 +201,76 @@ class BatchWriter:
     # --- writes -------------------------------------------------------------------------
 
     def _save_hosts(self, hosts: dict[str, _HostState]) -> None:
+        table = Host._meta.db_table
         new = [h for h in hosts.values() if h.id is None]
-        if new:
-            created = Host.objects.bulk_create(
-                [
-                    Host(
-                        ip=h.ip,
-                        org=h.org,
-                        isp=h.isp,
-                        asn=h.asn,
-                        country=h.country,
-                        hostnames=h.hostnames,
-                        os=h.os,
-                        first_seen=h.first_seen,
-                        last_seen=h.last_seen,
-                    )
-                    for h in new
-                ]
-            )
-            for state, obj in zip(new, created, strict=True):
-                state.id = obj.pk
-        dirty = [h for h in hosts.values() if h.dirty and h.id is not None and h not in new]
-        if dirty:
-            table = Host._meta.db_table
-            hostnames_field = Host._meta.get_field("hostnames")
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    f"UPDATE {table} SET org=%s, isp=%s, asn=%s, country=%s, hostnames=%s, os=%s, "  # noqa: S608
-                    "first_seen=%s, last_seen=%s WHERE id=%s",
-                    [
-                        (
-                            h.org,
-                            h.isp,
-                            h.asn,
-                            h.country,
-                            hostnames_field.get_db_prep_save(h.hostnames, connection),
-                            h.os,
-                            h.first_seen,
-                            h.last_seen,
-                            h.id,
-                        )
-                        for h in dirty
-                    ],
-                )
+        ids = bulk.insert_rows(table, _HOST_COLUMNS, [_host_row(h, self._dt) for h in new])
+        for state, pk in zip(new, ids, strict=True):
+            state.id = pk
+            state.dirty = False
+        dirty = [h for h in hosts.values() if h.dirty]
+        bulk.update_rows(table, _HOST_COLUMNS[1:], [(h.id, *_host_row(h, self._dt)[1:]) for h in dirty])
 
     def _save_services(self, services: dict, hosts: dict[str, _HostState], history: list) -> None:
-        new = [s for s in services.values() if s.id is None]
-        if new:
-            created = Service.objects.bulk_create([_new_service(s, hosts, self.run.pk) for s in new])
-            for state, obj in zip(new, created, strict=True):
-                state.id = obj.pk
-        self._fill_history_content(history, services)
-        if history:
-            ServiceBanner.objects.bulk_create(history)
         table = Service._meta.db_table
-        rewrite = [s for s in services.values() if s.record is not None and s not in new]
-        seen_only = [s for s in services.values() if s.dirty and s.record is None and s not in new]
-        touched = [s.id for s in services.values() if s.touched and not s.dirty and s not in new]
-        with connection.cursor() as cursor:
-            if rewrite:
-                cursor.executemany(
-                    f"UPDATE {table} SET product=%s, version=%s, module=%s, banner=%s, raw=%s, "  # noqa: S608
-                    "banner_hash=%s, first_seen=%s, last_seen=%s, banner_since=%s, last_run_id=%s WHERE id=%s",
-                    [
-                        (
-                            s.record.product,
-                            s.record.version,
-                            s.record.module,
-                            s.record.banner,
-                            s.record.raw,
-                            s.banner_hash,
-                            s.first_seen,
-                            s.last_seen,
-                            s.banner_since,
-                            self.run.pk,
-                            s.id,
-                        )
-                        for s in rewrite
-                    ],
+        run_id = self.run.pk
+        new = [s for s in services.values() if s.id is None]
+        rows = [(hosts[s.host_ip].id, s.port, s.transport, *_content(s, self._dt), run_id) for s in new]
+        for state, pk in zip(new, bulk.insert_rows(table, _SERVICE_INSERT, rows), strict=True):
+            state.id = pk
+            state.is_new = True
+        self._save_history(history, services)
+        old = [s for s in services.values() if not s.is_new]
+        bulk.update_rows(
+            table, _SERVICE_REWRITE, [(s.id, *_content(s, self._dt), run_id) for s in old if s.record is not None]
+        )
+        bulk.update_rows(
+            table,
+            ("first_seen", "last_seen", "banner_since", "last_run_id"),
+            [
+                (
+                    s.id,
+                    self._dt(s.first_seen),
+                    self._dt(s.last_seen),
+                    self._dt(s.banner_since),
+                    run_id,
                 )
-            if seen_only:
-                cursor.executemany(
-                    f"UPDATE {table} SET first_seen=%s, last_seen=%s, banner_since=%s, last_run_id=%s "  # noqa: S608
-                    "WHERE id=%s",
-                    [(s.first_seen, s.last_seen, s.banner_since, self.run.pk, s.id) for s in seen_only],
-                )
+                for s in old
+                if s.dirty and s.record is None
+            ],
+        )
+        touched = [s.id for s in old if s.touched and not s.dirty]
         if touched:
-            Service.objects.filter(id__in=touched).update(last_run_id=self.run.pk)
+            Service.objects.filter(id__in=touched).update(last_run_id=run_id)
 
-    def _fill_history_content(self, history: list[ServiceBanner], services: dict) -> None:
+    def _save_history(self, history: list[ServiceBanner], services: dict) -> None:
         """History rows of a stored banner need its text, read only for the services that changed."""
-        by_key = {}
+        if not history:
+            return
+        from_db: dict[int, list[ServiceBanner]] = {}
         for item in history:
-            key = item._medexpo_key  # type: ignore[attr-defined]
-            state = services[key]
-            item.service_id = state.id
-            item.run_id = self.run.pk
+            item.service_id = services[item._medexpo_key].id  # type: ignore[attr-defined]
             if item.raw == "":
-                by_key.setdefault(state.id, []).append(item)
-        if by_key:
-            for sid, banner, raw in Service.objects.filter(id__in=by_key).values_list("id", "banner", "raw"):
-                for item in by_key[sid]:
+                from_db.setdefault(item.service_id, []).append(item)
+        if from_db:
+            for sid, banner, raw in Service.objects.filter(id__in=from_db).values_list("id", "banner", "raw"):
+                for item in from_db[sid]:
                     item.banner, item.raw = banner, raw
+        bulk.insert_rows(
+            ServiceBanner._meta.db_table,
+            ("service_id", "banner", "raw", "banner_hash", "first_seen", "last_seen", "run_id"),
+            [
+                (
+                    h.service_id,
+                    h.banner,
+                    h.raw,
+                    h.banner_hash,
+                    self._dt(h.first_seen),
+                    self._dt(h.last_seen),
+                    self.run.pk,
+                )
+                for h in history
+            ],
+        )
 
     def _write_rejections(self, counts: Counter) -> None:
         if not self._rejections:
@@ -368,23 +342,50 @@ def _take_host_fields(state: _HostState, record: BannerRecord) -> bool:
     return before != (state.org, state.isp, state.asn, state.country, state.hostnames, state.os)
 
 
-def _new_service(state: _ServiceState, hosts: dict[str, _HostState], run_id: int) -> Service:
-    record = state.record
-    assert record is not None
-    return Service(
-        host_id=hosts[state.host_ip].id,
-        port=state.port,
-        transport=state.transport,
-        product=record.product,
-        version=record.version,
-        module=record.module,
-        banner=record.banner,
-        raw=record.raw,
-        banner_hash=state.banner_hash,
-        first_seen=state.first_seen,
-        last_seen=state.last_seen,
-        banner_since=state.banner_since,
-        last_run_id=run_id,
+_HOST_COLUMNS = ("ip", "org", "isp", "asn", "country", "hostnames", "os", "first_seen", "last_seen")
+_SERVICE_REWRITE = (
+    "product",
+    "version",
+    "module",
+    "banner",
+    "raw",
+    "banner_hash",
+    "first_seen",
+    "last_seen",
+    "banner_since",
+    "last_run_id",
+)
+_SERVICE_INSERT = ("host_id", "port", "transport", *_SERVICE_REWRITE)
+
+
+def _host_row(h: _HostState, dt: Callable) -> tuple:
+    return (
+        h.ip,
+        h.org,
+        h.isp,
+        h.asn,
+        h.country,
+        json.dumps(h.hostnames),
+        h.os,
+        dt(h.first_seen),
+        dt(h.last_seen),
+    )
+
+
+def _content(s: _ServiceState, dt: Callable) -> tuple:
+    """The stored content of a service, without last_run_id (the caller adds it)."""
+    r = s.record
+    assert r is not None
+    return (
+        r.product,
+        r.version,
+        r.module,
+        r.banner,
+        r.raw,
+        s.banner_hash,
+        dt(s.first_seen),
+        dt(s.last_seen),
+        dt(s.banner_since),
     )
 
 

@@ -112,7 +112,17 @@ class Service(models.Model):
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
     banner_since = models.DateTimeField(help_text="When the current banner was first seen.")
-    last_run = models.ForeignKey(HarvestRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Marks which run saw the service last, to tell a duplicate line within a run from a re-sighting.
+    # Written for every banner seen, so it has no index and no constraint: that keeps the update narrow.
+    last_run = models.ForeignKey(
+        HarvestRun,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
 
     class Meta:
         ordering = ["host__ip", "port"]
