@@ -1,0 +1,40 @@
+"""python manage.py generate_sample [--out DIR] [--seed N] [--count N] [--json]"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from harvest.samplegen.corpus import DEFAULT_COUNT, sample_generate
+from harvest.samplegen.stream import DEFAULT_SEED
+from medexpo.lib.progress import Progress
+
+
+class Command(BaseCommand):
+    help = "Regenerate the bundled synthetic sample corpus (banners, labels, host lookups, RDAP answers)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--out", default=str(Path(settings.BASE_DIR) / "fixtures" / "sample"))
+        parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+        parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="number of banners")
+        parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
+
+    def handle(self, *args: object, **options: object) -> None:
+        enabled = False if options["json"] else None
+        with Progress(total=options["count"], unit="banner", desc="generate", enabled=enabled) as bar:
+            summary = sample_generate(
+                out_dir=Path(options["out"]), seed=options["seed"], count=options["count"], progress=bar.moved_to
+            )
+        if options["json"]:
+            self.stdout.write(json.dumps(summary))
+            return
+        w = self.stdout.write
+        w(f"Sample corpus in {options['out']} (seed {summary['seed']}): {summary['banners']} banners, "
+          f"{summary['hosts']} host lookups, {summary['rdap_networks']} RDAP answers")  # fmt: skip
+        for title in ("by_class", "by_category", "by_segment"):
+            w(f"  {title[3:]}")
+            for key, count in summary[title].items():
+                w(f"    {key:<24}{count:>8}")

@@ -1,0 +1,348 @@
+"""Banners of the sample mix, fast and deterministic: pools are built once, each banner only
+draws a kind, a port, a network, a variant, an address and a time.
+
+`iter_samples` yields (banner, label) pairs; `iter_banners` only the banners. Nested objects
+(`location`, `http`, `ssl`) may be shared between banners: treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import time
+import zlib
+from bisect import bisect
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from itertools import accumulate
+from pathlib import Path
+from typing import IO
+
+from harvest.samplegen import dicom, mix
+from harvest.samplegen.catalog import Kind, Variant
+from harvest.samplegen.networks import PROVIDERS, Allocator, Network, hospital_networks, load_registry, reverse_name
+
+DEFAULT_SEED = 2019
+# Banners are dated in the two months before this moment (no time zone, as Shodan writes it).
+EPOCH_END = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
+WINDOW_SECONDS = 60 * 86400
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _cumulative(weights: list[float]) -> tuple[list[float], float]:
+    cum = list(accumulate(weights))
+    return cum, cum[-1]
+
+
+def _ip_str(ip: int) -> str:
+    return f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}"
+
+
+def _signed_crc(text: str) -> int:
+    value = zlib.crc32(text.encode("utf-8"))
+    return value - 2**32 if value >= 2**31 else value
+
+
+def _der_len(n: int) -> bytes:
+    return bytes([n]) if n < 128 else bytes([0x81, n]) if n < 256 else bytes([0x82, n >> 8, n & 255])
+
+
+def _san(names: list[str]) -> str:
+    """subjectAltName extension value (DER) in Shodan's one-character-per-byte form."""
+    items = b"".join(b"\x82" + _der_len(len(n)) + n.encode("ascii", "replace") for n in names)
+    return (b"\x30" + _der_len(len(items)) + items).decode("latin-1")
+
+
+class Generator:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.registry = load_registry()
+        self.hospitals = hospital_networks(self.registry)
+        self.providers = tuple(n for n in PROVIDERS if n.kind != "honeypot")
+        self.honeypot_net = next(n for n in PROVIDERS if n.kind == "honeypot")
+        self.networks = {n.key: n for n in (*PROVIDERS, *self.hospitals)}
+        self.medical_ports = mix.medical_ports()
+        self.kinds = mix.build_kinds(seed)
+        self.kinds_by_name = {k.name: k for k in self.kinds}
+        self.kind_cum, self.kind_total = _cumulative([k.weight for k in self.kinds])
+        self.allocator = Allocator()
+        self._port_tables = {k.name: _cumulative([w for _, _, w in k.ports]) for k in self.kinds}
+        self._net_tables = {k.name: self._placement(k) for k in self.kinds}
+        self._pools: dict[tuple[str, str, int], tuple[Variant, ...]] = {}
+        self._locations = {n.key: self._location(n) for n in self.networks.values()}
+        self._crawlers = [f"{random.Random(f'{seed}/crawler/{i}').getrandbits(160):040x}" for i in range(8)]
+
+    # -- tables
+
+    def _placement(self, kind: Kind) -> tuple[list[Network], list[float], float]:
+        if kind.placement is None:
+            nets = list(self.providers)
+            weights = [n.weight for n in nets]
+        else:
+            nets, weights = [], []
+            for key, weight in kind.placement:
+                if key == "hospital":
+                    share = weight / len(self.hospitals)
+                    nets.extend(self.hospitals)
+                    weights.extend([share] * len(self.hospitals))
+                else:
+                    nets.append(self.networks[key])
+                    weights.append(weight)
+        cum, total = _cumulative(weights)
+        return nets, cum, total
+
+    @staticmethod
+    def _location(net: Network) -> dict:
+        return {
+            "city": net.city,
+            "region_code": None,
+            "area_code": None,
+            "longitude": 4.8897,
+            "latitude": 52.374,
+            "postal_code": None,
+            "dma_code": None,
+            "country_code": "NL",
+            "country_name": "Netherlands",
+            "country_code3": None,
+        }
+
+    def pool(self, kind: Kind, net: Network, port: int) -> tuple[Variant, ...]:
+        key = (kind.name, net.key if net.is_hospital else "", port)
+        cached = self._pools.get(key)
+        if cached is None:
+            if kind.name == "pump_server":
+                base = mix.c.PUMP_SERVERS[port]
+            else:
+                base = kind.variants(net, self.seed)
+            tls = port in mix.TLS_PORTS
+            cached = tuple(v for v in base if v.http is None or v.tls == tls) or base
+            self._pools[key] = cached
+        return cached
+
+    # -- drawing
+
+    def draw(self) -> tuple[dict, dict]:
+        rng = self.rng
+        kind = self.kinds[bisect(self.kind_cum, rng.random() * self.kind_total)]
+        cum, total = self._port_tables[kind.name]
+        port, transport, _ = kind.ports[bisect(cum, rng.random() * total)]
+        nets, ncum, ntotal = self._net_tables[kind.name]
+        net = nets[bisect(ncum, rng.random() * ntotal)]
+        variants = self.pool(kind, net, port)
+        variant = variants[int(rng.random() * len(variants))]
+        return self.make(kind, variant, net, port, transport, honeypot=False)
+
+    def make(
+        self,
+        kind: Kind,
+        v: Variant,
+        net: Network,
+        port: int,
+        transport: str,
+        *,
+        honeypot: bool,
+        note: str = "",
+        ip: int | None = None,
+    ) -> tuple[dict, dict]:
+        rng = self.rng
+        if ip is None:
+            ip = self.allocator.address(net, mix.port_group(port), port)
+        ip_str = _ip_str(ip)
+        if net.is_hospital:
+            domain = net.domains[0]
+            hostname = f"{v.role}.{domain}" if v.role else ""
+        else:
+            hostname = reverse_name(net, ip)
+            domain = ".".join(hostname.rsplit(".", 2)[-2:]) if hostname else ""
+        moment = EPOCH_END - rng.random() * WINDOW_SECONDS
+        seconds = int(moment)
+        t = time.gmtime(seconds)
+        timestamp = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+            f".{int((moment - seconds) * 1e6):06d}"
+        )
+        data = v.data
+        if v.dated:
+            date = (
+                f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+            )
+            data = data.replace("%DATE%", date)
+            if "%HOST%" in data:
+                data = data.replace("%HOST%", hostname or ip_str)
+        uid = f"{rng.getrandbits(128):032x}"
+        banner: dict = {
+            "hash": _signed_crc(data),
+            "ip": ip,
+            "hostnames": [hostname] if hostname else [],
+            "org": net.org,
+            "data": data,
+            "port": port,
+            "transport": transport,
+        }
+        if v.product:
+            banner["product"] = v.product
+        if v.version:
+            banner["version"] = v.version
+        if v.http is not None:
+            banner["http"] = v.http
+        if v.tls:
+            banner["ssl"] = self._ssl(hostname or v.cert_cn or "localhost", self_signed=not hostname)
+        if v.extra:
+            banner.update(v.extra)
+        banner.update(
+            {
+                "isp": net.isp,
+                "asn": f"AS{net.asn}",
+                "location": self._locations[net.key],
+                "timestamp": timestamp,
+                "domains": [domain] if domain else [],
+                "ip_str": ip_str,
+                "os": v.os,
+                "_shodan": {
+                    "crawler": self._crawlers[int(uid[0], 16) % len(self._crawlers)],
+                    "options": {},
+                    "id": f"{uid[:8]}-{uid[8:12]}-4{uid[13:16]}-a{uid[17:20]}-{uid[20:]}",
+                    "module": v.module,
+                    "ptr": bool(hostname),
+                },
+                "opts": {},
+            }
+        )
+        if v.tags:
+            banner["tags"] = list(v.tags)
+        label = {
+            "ip": ip_str,
+            "port": port,
+            "transport": transport,
+            "class": kind.cls,
+            "category": kind.category,
+            "segment": self.segment(kind, net, port),
+            "honeypot": honeypot,
+            "note": note or v.note,
+        }
+        return banner, label
+
+    def segment(self, kind: Kind, net: Network, port: int) -> str:
+        if net.is_hospital:
+            return "hospital_organisation"
+        if kind.software:
+            return "software"
+        if port in self.medical_ports:
+            return "medical_port"
+        return ""
+
+    def _ssl(self, cn: str, *, self_signed: bool) -> dict:
+        digest = zlib.crc32(cn.encode())
+        issuer = {"CN": cn} if self_signed else {"C": "US", "O": "Let's Encrypt", "CN": "R11"}
+        return {
+            "cert": {
+                "subject": {"CN": cn},
+                "issuer": issuer,
+                "issued": "20260915080000Z",
+                "expires": "20261214080000Z",
+                "expired": False,
+                "serial": digest * 7919,
+                "sig_alg": "sha256WithRSAEncryption",
+                "version": 2,
+                "pubkey": {"type": "rsa", "bits": 2048},
+                "extensions": [{"critical": False, "data": _san([cn]), "name": "subjectAltName"}],
+                "fingerprint": {"sha1": f"{digest:08x}" * 5, "sha256": f"{digest:08x}" * 8},
+            },
+            "cipher": {"version": "TLSv1.3", "bits": 256, "name": "TLS_AES_256_GCM_SHA384"},
+            "versions": ["-TLSv1", "-SSLv2", "-SSLv3", "-TLSv1.1", "TLSv1.2", "TLSv1.3"],
+            "alpn": [],
+            "chain": [],
+        }
+
+    # -- the honeypot-like hosts
+
+    def specials(self) -> list[tuple[dict, dict]]:
+        # Only these hosts live on the honeypot network, so fixed addresses cannot collide.
+        net = self.honeypot_net
+        start = int(net.network.network_address)
+        out = []
+        for name, port, transport in mix.HONEYPOT_MULTI:
+            kind = self.kinds_by_name[name]
+            pool = self.pool(kind, net, port)
+            variant = pool[int(self.rng.random() * len(pool))]
+            note = f"honeypot-like host answering many protocols: {variant.note}"
+            out.append(self.make(kind, variant, net, port, transport, honeypot=True, note=note, ip=start + 1234))
+        # A second host answering with the probe's own (findscu) identity.
+        pdu = dicom.associate_ac(dicom.SCANNER_IDENTITY)
+        variant = Variant(dicom.as_banner_text(pdu), "dicom", "A-ASSOCIATE-AC echoing the scanner's own identity")
+        note = "honeypot-like DICOM server: answers with the scanner's default identity (OFFIS_DCMTK_360)"
+        out.append(self.make(self.kinds_by_name["dicom_ac"], variant, net, 104, "tcp", honeypot=True, note=note,
+                             ip=start + 4321))  # fmt: skip
+        return out
+
+
+def iter_samples(n: int, seed: int = DEFAULT_SEED) -> Iterator[tuple[dict, dict]]:
+    """n (banner, label) pairs; (ip, port, transport) never repeats (tested up to 2,000,000)."""
+    gen = Generator(seed)
+    specials = gen.specials() if n >= 200 else []
+    step = n // (len(specials) + 1) if specials else 0
+    positions = {step * (i + 1): s for i, s in enumerate(specials)}
+    for index in range(n):
+        special = positions.get(index)
+        yield special if special is not None else gen.draw()
+
+
+def iter_banners(n: int, seed: int = DEFAULT_SEED) -> Iterator[dict]:
+    """n Shodan-format banners of the sample mix (see iter_samples)."""
+    for banner, _label in iter_samples(n, seed):
+        yield banner
+
+
+def dump_line(obj: dict) -> str:
+    # Shodan's CLI writes with the default separators and ASCII escapes.
+    return json.dumps(obj) + "\n"
+
+
+def open_output(path: Path, compresslevel: int = 9) -> IO[str]:
+    """A text file; gzip (mtime 0, no file name) when the name ends in .gz, so output is reproducible."""
+    if path.name.endswith(".gz"):
+        raw = open(path, "wb")  # noqa: SIM115 - closed with the wrapper
+        gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
+        return _Closing(gz, raw)
+    return open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+
+
+class _Closing:
+    """Text writing over a GzipFile that also closes the underlying file."""
+
+    def __init__(self, gz: gzip.GzipFile, raw: IO[bytes]) -> None:
+        self._gz, self._raw = gz, raw
+
+    def write(self, text: str) -> int:
+        return self._gz.write(text.encode("utf-8"))
+
+    def close(self) -> None:
+        self._gz.close()
+        self._raw.close()
+
+    def __enter__(self) -> _Closing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_banners(path: str | Path, n: int, seed: int = DEFAULT_SEED) -> int:
+    """Write n banners as JSON lines (gzip when the path ends in .gz); returns the count."""
+    path = Path(path)
+    count = 0
+    with open_output(path, compresslevel=6) as out:
+        buffer = []
+        for banner in iter_banners(n, seed):
+            buffer.append(dump_line(banner))
+            count += 1
+            if len(buffer) >= 4096:
+                out.write("".join(buffer))
+                buffer.clear()
+        out.write("".join(buffer))
+    return count
