@@ -1,0 +1,256 @@
+"""Owner resolution end to end: hosts in the database, the real ipwhois, stand-in registries."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation
+from disclosure.services import (
+    hosts_needing_owner,
+    inhibition_create,
+    network_find_cached,
+    owner_recompute,
+    owners_resolve,
+)
+from tests.disclosure.conftest import make_host
+from tests.standins.rdap_server import Script
+
+pytestmark = pytest.mark.django_db
+
+
+def resolve(registries, hosts=None, concurrency: int = 4):
+    return owners_resolve(hosts=hosts, options=registries.options, limiter=registries.limiter, concurrency=concurrency)
+
+
+def test_it_resolves_each_host_to_network_and_abuse_contact(registries) -> None:
+    host = make_host("62.239.237.1")
+    summary = resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert owner.status == HostOwner.Status.RESOLVED
+    assert owner.network.cidrs == ["62.239.237.0/24"] and owner.network.asn == 2856
+    assert owner.network.registry == "ripencc" and owner.network.raw["name"] == "BT-CORPORATE"
+    assert owner.recipient.email == "zzdnsr@bt.com" and owner.recipient.role == "abuse"
+    assert owner.recipient.source == Contact.Source.RDAP
+    assert "BTCR3-RIPE" in owner.recipient_reason and "abuse" in owner.recipient_reason
+    assert summary.as_dict()["resolved"] == 1 and summary.as_dict()["requests"] == 1
+
+
+def test_addresses_in_one_network_cost_one_request(registries) -> None:
+    for last in range(1, 41):
+        make_host(f"62.239.237.{last}")
+    for last in range(1, 11):
+        make_host(f"2a00:2381:ffff::{last:x}")
+    summary = resolve(registries, concurrency=4).as_dict()
+    assert registries.ip_requests == 2
+    assert summary["requests"] == 2 and summary["resolved"] == 50 and summary["from_cache"] == 48
+    assert Network.objects.count() == 2
+
+
+def test_a_second_run_resolves_from_the_cache_without_requests(registries) -> None:
+    make_host("74.125.225.229")
+    make_host("2001:4860:4860::8888")
+    resolve(registries)
+    HostOwner.objects.all().delete()  # forget the owners, keep the cached networks
+    make_host("74.125.1.1")  # a new address inside a cached network
+    before = registries.ip_requests
+    summary = resolve(registries).as_dict()
+    assert registries.ip_requests == before
+    assert summary["requests"] == 0 and summary["from_cache"] == 3 and summary["resolved"] == 3
+
+
+def test_an_expired_network_is_fetched_again(registries) -> None:
+    make_host("1.1.1.1")
+    resolve(registries)
+    Network.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert network_find_cached(ip="1.1.1.1") is None
+    assert list(hosts_needing_owner())  # the owner rests on an expired network: due again
+    summary = resolve(registries).as_dict()
+    assert summary["requests"] == 1
+    assert Network.objects.count() == 1 and network_find_cached(ip="1.1.1.1") is not None
+
+
+def test_the_cache_prefers_the_most_specific_network(registries) -> None:
+    now = timezone.now()
+    common = {"raw": {}, "fetched_at": now, "expires_at": now + timedelta(days=1)}
+    from disclosure.models import ip_key
+
+    wide = Network.objects.create(
+        start_key=ip_key("11.0.0.0"),
+        end_key=ip_key("11.0.255.255"),
+        start_address="11.0.0.0",
+        end_address="11.0.255.255",
+        cidrs=["11.0.0.0/16"],
+        **common,
+    )
+    narrow = Network.objects.create(
+        start_key=ip_key("11.0.4.0"),
+        end_key=ip_key("11.0.4.255"),
+        start_address="11.0.4.0",
+        end_address="11.0.4.255",
+        cidrs=["11.0.4.0/24"],
+        **common,
+    )
+    assert network_find_cached(ip="11.0.4.9") == narrow
+    assert network_find_cached(ip="11.0.5.9") == wide
+    assert network_find_cached(ip="11.1.0.1") is None
+    assert network_find_cached(ip="2001:4860::1") is None
+
+
+def test_failures_are_recorded_and_the_batch_goes_on(registries) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(status=500)
+    registries.standin.scripts["1.1.1.1"] = Script(malformed=True)
+    registries.standin.scripts["130.59.1.1"] = Script(delay=2.5)
+    good = make_host("74.125.225.229")
+    for ip in ("62.239.237.1", "1.1.1.1", "130.59.1.1", "8.8.8.8", "10.0.0.5", "2001:db8::5"):
+        make_host(ip)
+    summary = resolve(registries).as_dict()
+    assert HostOwner.objects.get(host=good).status == HostOwner.Status.RESOLVED
+    reasons = dict(HostOwner.objects.values_list("host__ip", "reason"))
+    assert reasons["62.239.237.1"] == "server_error"
+    assert reasons["1.1.1.1"] == "malformed_json"
+    assert reasons["130.59.1.1"] == "timeout"
+    assert reasons["8.8.8.8"] == "not_found"
+    assert reasons["10.0.0.5"] == "private" and reasons["2001:db8::5"] == "private"
+    assert summary["failed"] == {"server_error": 1, "malformed_json": 1, "timeout": 1, "not_found": 1, "private": 2}
+    unknown = set(HostOwner.objects.filter(status="unknown").values_list("host__ip", flat=True))
+    assert unknown == {"62.239.237.1", "1.1.1.1", "130.59.1.1", "8.8.8.8"}
+    skipped = HostOwner.objects.get(host__ip="10.0.0.5")
+    assert skipped.status == HostOwner.Status.SKIPPED and skipped.network is None
+
+
+def test_failed_hosts_are_retried_on_the_next_run_and_skipped_ones_are_not(registries) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(status=503)
+    make_host("62.239.237.1")
+    make_host("10.0.0.5")
+    resolve(registries)
+    assert {h.ip for h in hosts_needing_owner()} == {"62.239.237.1"}
+    del registries.standin.scripts["62.239.237.1"]
+    resolve(registries)
+    owner = HostOwner.objects.get(host__ip="62.239.237.1")
+    assert owner.status == HostOwner.Status.RESOLVED and owner.attempts == 2
+    assert list(hosts_needing_owner()) == []
+
+
+def test_an_answer_without_contacts_leaves_the_owner_unknown(registries) -> None:
+    # SWITCH's technical entity carries no vCard: take away the abuse entity and nothing is left.
+    answer = next(n for n in registries.standin.networks if n.response.get("name") == "SWITCH-LAN")
+    answer.response = {
+        **answer.response,
+        "entities": [e for e in answer.response["entities"] if "abuse" not in e["roles"]],
+    }
+    host = make_host("130.59.7.7")
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert owner.status == HostOwner.Status.UNKNOWN and owner.reason == "no_contact"
+    assert owner.network.cidrs == ["130.59.0.0/16"]  # the network is known, only the contact is missing
+
+
+def test_a_hospital_at_a_cloud_provider_has_operator_and_holder(registries) -> None:
+    # A DICOM service in Google's space whose certificate names an Erasmus MC host.
+    record = {"ssl": {"cert": {"subject": {"CN": "pacs.erasmusmc.nl", "O": "Erasmus MC"}}}}
+    host = make_host("74.125.225.229", port=2762, record=record)
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert owner.operator.name == "Erasmus MC" and owner.operator.kind == "umc"
+    assert owner.operator.source_key == "registry:nl_healthcare:Erasmus MC"
+    assert "pacs.erasmusmc.nl" in owner.operator_evidence
+    assert owner.network.holder.name == "Google Inc."
+    # No contact is known for the hospital yet: the network's abuse contact gets it.
+    assert owner.recipient.email == "arin-contact@google.com"
+    assert owner.recipient.organisation == owner.network.holder
+
+
+def test_the_operators_contact_wins_over_the_network_abuse_contact(registries) -> None:
+    host = make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    Contact.objects.create(organisation=owner.operator, email="cert@erasmusmc.nl", role="security")
+    owner = owner_recompute(owner=owner)
+    assert owner.recipient.email == "cert@erasmusmc.nl"
+    assert owner.recipient_reason.startswith("operator Erasmus MC: security contact")
+
+
+def test_inhibitions_are_respected(registries) -> None:
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    first = owner.recipient
+    inhibition_create(contact=first, reason="bounces", until=timezone.localdate() + timedelta(days=30), actor="staff")
+    owner = owner_recompute(owner=owner)
+    # BT's abuse entity lists three addresses: the next one takes over.
+    assert owner.recipient.email == "steve.a.marshall@bt.com"
+    holder = owner.network.holder
+    inhibition_create(organisation=holder, reason="asked us to wait", until=timezone.localdate())
+    owner = owner_recompute(owner=owner)
+    assert owner.recipient is None and owner.status == HostOwner.Status.INHIBITED
+    assert "inhibited" in owner.recipient_reason
+    Inhibition.objects.filter(organisation=holder).update(until=timezone.localdate() - timedelta(days=1))
+    owner = owner_recompute(owner=owner)
+    assert owner.recipient.email == "steve.a.marshall@bt.com"  # the expired one no longer counts
+
+
+def test_a_reimport_never_touches_staff_contacts_or_reenables_disabled_ones(registries) -> None:
+    make_host("62.239.237.1")
+    resolve(registries)
+    holder = Network.objects.get().holder
+    rdap_contact = Contact.objects.get(organisation=holder, email="zzdnsr@bt.com")
+    rdap_contact.enabled = False
+    rdap_contact.save()
+    # Staff take over one of the imported addresses as their own contact.
+    Contact.objects.filter(organisation=holder, email="lee.bailey-hague@bt.com", source="rdap").delete()
+    staff = Contact.objects.create(
+        organisation=holder,
+        email="lee.bailey-hague@bt.com",
+        role="abuse",
+        note="direct line",
+        pgp_fingerprint="AB" * 20,
+    )
+    Network.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    HostOwner.objects.all().delete()
+    resolve(registries)  # fetches and imports the same answer again
+    rdap_contact.refresh_from_db()
+    staff.refresh_from_db()
+    assert rdap_contact.enabled is False
+    assert (staff.source, staff.note, staff.pgp_fingerprint) == ("staff", "direct line", "AB" * 20)
+    assert not Contact.objects.filter(email="lee.bailey-hague@bt.com", source="rdap").exists()
+    owner = HostOwner.objects.get()
+    assert owner.recipient == staff  # staff contacts of the holder come before RDAP ones
+    assert "entered by staff" in owner.recipient_reason
+
+
+def test_a_staff_override_is_kept_across_runs(registries) -> None:
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    other = Organisation.objects.create(name="Hospital IT", kind="hospital")
+    chosen = Contact.objects.create(organisation=other, email="it@hospital.example", role="technical")
+    HostOwner.objects.filter(host=host).update(override_recipient=chosen, status="unknown")
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert owner.recipient == chosen and owner.override_recipient == chosen
+    assert "set by staff" in owner.recipient_reason
+
+
+def test_resolve_owners_command_prints_one_json_object(registries, capsys) -> None:
+    make_host("62.239.237.1")
+    make_host("62.239.237.2")
+    make_host("8.8.8.8")
+    make_host("127.0.0.1")
+    call_command("resolve_owners", "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert result["resolved"] == 2 and result["from_cache"] == 1 and result["requests"] == 2
+    assert result["failed"] == {"not_found": 1, "loopback": 1}
+    call_command("resolve_owners", "--json")
+    again = json.loads(capsys.readouterr().out)
+    assert again["hosts"] == 1 and again["requests"] == 1  # only the not-found host is retried
+
+
+def test_resolve_owners_command_prints_a_summary_line(registries, capsys) -> None:
+    make_host("1.1.1.1")
+    call_command("resolve_owners")
+    out = capsys.readouterr().out
+    assert "1 hosts: 1 networks found" in out and "1 RDAP requests" in out
