@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 
 from harvest import services as harvest_services
 from harvest.classify import services
@@ -265,3 +267,28 @@ def test_the_verdict_counts_follow_the_database(world: list[dict]) -> None:
     assert counts["services"] == 5 and counts["classified"] == 4 and counts["unclassified"] == 1
     assert counts["by_class"]["medical"] == Classification.objects.filter(cls="medical").count()
     assert sum(counts["by_category"].values()) == 4
+
+
+def test_the_admin_shows_verdicts_escaped_without_a_query_per_row(
+    world: list[dict], admin_client: Client, django_assert_max_num_queries
+) -> None:
+    services.classification_run_pending()
+    hostile = '<img src="http://127.0.0.1:9/x.png"><script>alert(1)</script>'
+    row = Classification.objects.get(service__host__ip="192.0.2.1")
+    row.evidence = [{"rule": "dicom.associate_ac", "field": "data", "excerpt": hostile}]
+    row.product = hostile
+    row.save()
+
+    page = admin_client.get(reverse("admin:harvest_classification_change", args=[row.pk])).content.decode()
+    assert hostile not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    service_page = admin_client.get(reverse("admin:harvest_service_change", args=[row.service_id])).content.decode()
+    assert hostile not in service_page and "&lt;img src=&quot;http://127.0.0.1:9/x.png&quot;&gt;" in service_page
+
+    url = reverse("admin:harvest_service_changelist")
+    admin_client.get(url)  # warm the session and content types
+    with django_assert_max_num_queries(6):  # a query per row would add 5
+        listing = admin_client.get(url).content.decode()
+    assert "medical / dicom" in listing and "unknown / blank" in listing
+    verdicts = admin_client.get(reverse("admin:harvest_classification_changelist"), {"cls__exact": "medical"})
+    assert verdicts.status_code == 200 and "192.0.2.1:104/tcp" in verdicts.content.decode()
