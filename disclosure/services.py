@@ -522,9 +522,18 @@ def _ranked(contacts: Iterable[Contact]) -> list[Contact]:
 
 def owner_recompute(*, owner: HostOwner) -> HostOwner:
     """Choose the recipient again without any lookup (after staff changed contacts or inhibitions)."""
+    if owner.status == HostOwner.Status.SKIPPED:
+        return owner  # a non-public address has no owner to choose
     _recipient_apply(owner=owner, outcome=None, inhibited=_active_inhibitions())
     owner.save()
     return owner
+
+
+@transaction.atomic
+def owner_override_set(*, owner: HostOwner, contact: Contact | None, note: str = "") -> HostOwner:
+    """Staff choose the recipient of one host; resolution keeps it until staff clear it."""
+    owner.override_recipient, owner.override_note = contact, note
+    return owner_recompute(owner=owner)
 
 
 def owner_unknown_queue() -> Iterable[HostOwner]:

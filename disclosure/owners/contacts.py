@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+
 from disclosure.rdap_client import RdapEntity, RdapNetwork
 
 # RDAP roles -> our contact roles, best first. "noc" is the operations desk: a technical contact.
@@ -28,6 +31,8 @@ def contact_candidates(network: RdapNetwork) -> list[dict]:
         rank_role = min((ROLE_ORDER.index(r) for r in roles), default=len(ROLE_ORDER))
         role = ROLE_ORDER[rank_role] if rank_role < len(ROLE_ORDER) else "administrative"
         for email in entity.emails:
+            if not _valid(email):
+                continue  # registries hold typos and worse; an address we cannot mail is no contact
             why = _why(entity, role, bool(roles))
             rank = (rank_role, 1 if entity.parent else 0, position)
             if email not in ranked or rank < ranked[email][0]:
@@ -52,3 +57,11 @@ def network_holder(network: RdapNetwork) -> tuple[str, str]:
     if registrants:
         return registrants[0].handle, registrants[0].name
     return network.handle, network.name or network.handle
+
+
+def _valid(email: str) -> bool:
+    try:
+        validate_email(email)
+    except ValidationError:
+        return False
+    return True

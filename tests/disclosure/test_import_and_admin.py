@@ -1,0 +1,206 @@
+"""Recorded answers into the cache (import_rdap_cache), the export columns and the staff admin."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from disclosure.models import Contact, HostOwner, Network, Organisation
+from disclosure.services import network_find_cached, owner_recompute, owners_resolve
+from harvest.services import EXPORT_ENRICHERS, service_export_rows
+from tests.disclosure.conftest import RDAP_DIR, make_host
+
+pytestmark = pytest.mark.django_db
+
+HOSTILE = {
+    "objectClassName": "ip network",
+    "handle": "EVIL-<b>NET</b>",
+    "startAddress": "81.0.0.0",
+    "endAddress": "81.0.0.255",
+    "name": "<script>alert(1)</script>",
+    "country": "NL",
+    "port43": "whois.ripe.net",
+    "entities": [
+        {
+            "handle": "ORG-EVIL",
+            "roles": ["registrant"],
+            "vcardArray": ["vcard", [["fn", {}, "text", "<img src=x onerror=alert(2)>"], ["kind", {}, "text", "org"]]],
+            "entities": [
+                {
+                    "handle": "AB-EVIL",
+                    "roles": ["abuse"],
+                    "vcardArray": [
+                        "vcard",
+                        [["email", {}, "text", "<svg onload=alert(3)>@x"], ["email", {}, "text", "abuse@evil.example"]],
+                    ],
+                }
+            ],
+        }
+    ],
+}
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    """Recorded answers as registries send them, plus files that must be rejected."""
+    for name in ("whoisit-rdap-ip_v4.json", "whoisit-rdap-ip_v4_2.json", "whoisit-rdap-ip_v6.json"):
+        shutil.copy(RDAP_DIR / name, tmp_path / name)
+    for ip, entry in json.loads((RDAP_DIR / "ipwhois-tests-rdap.json").read_text()).items():
+        (tmp_path / f"ipwhois-{ip.replace(':', '_')}.json").write_text(json.dumps(entry["response"]))
+    (tmp_path / "zz-broken.json").write_text('{"handle": "BROKEN", "startAddress": ')
+    (tmp_path / "zz-entity.json").write_bytes((RDAP_DIR / "whoisit-rdap-entity.json").read_bytes())
+    (tmp_path / "zz-asn.json").write_bytes((RDAP_DIR / "whoisit-rdap-asn.json").read_bytes())
+    (tmp_path / "zz-binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "notes.txt").write_text("not an answer")
+    return tmp_path
+
+
+def test_import_loads_good_answers_and_reports_bad_files(cache_dir: Path, capsys) -> None:
+    call_command("import_rdap_cache", str(cache_dir), "--json")
+    report = json.loads(capsys.readouterr().out)
+    # 3 whoisit answers + 10 ipwhois ones; the two 2001:4860::/32 answers are one network.
+    assert report["loaded"] == 13 and Network.objects.count() == 12
+    rejected = {e["file"]: e["reason"] for e in report["errors"]}
+    assert rejected == {
+        "zz-broken.json": "malformed_json",
+        "zz-entity.json": "malformed_answer",
+        "zz-asn.json": "malformed_answer",
+        "zz-binary.json": "malformed_json",
+    }
+    assert network_find_cached(ip="130.59.200.1").name == "SWITCH-LAN"
+    assert network_find_cached(ip="2a00:2381:ffff::9").registry == "ripencc"
+    assert Network.objects.filter(source="import").count() == 12
+
+
+def test_imported_answers_resolve_owners_with_no_network(cache_dir: Path, settings) -> None:
+    settings.RDAP_BASE_URL = "http://127.0.0.1:9"  # nothing listens: any request would fail
+    settings.RDAP_DNS_SERVER = "127.0.0.1:9"
+    call_command("import_rdap_cache", str(cache_dir), "--json")
+    make_host("1.1.1.1")
+    make_host("62.239.237.20")
+    summary = owners_resolve().as_dict()
+    assert summary["requests"] == 0 and summary["from_cache"] == 2 and summary["failed"] == {}
+    assert HostOwner.objects.get(host__ip="1.1.1.1").recipient.email == "helpdesk@apnic.net"
+
+
+def test_import_of_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="no such directory"):
+        call_command("import_rdap_cache", str(tmp_path / "nope"))
+
+
+def test_import_prints_a_summary_and_each_rejection(cache_dir: Path, capsys) -> None:
+    call_command("import_rdap_cache", str(cache_dir))
+    captured = capsys.readouterr()
+    assert "13 networks loaded, 4 files rejected" in captured.out
+    assert "zz-broken.json: malformed_json" in captured.err
+
+
+def test_export_rows_carry_owner_columns_with_one_query_per_batch(cache_dir: Path, settings) -> None:
+    assert any(fn.__module__ == "disclosure.services" for fn in EXPORT_ENRICHERS)  # registered in ready()
+    call_command("import_rdap_cache", str(cache_dir), "--json")
+    make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
+    make_host("196.11.240.215")
+    make_host("10.0.0.1")
+    make_host("8.8.8.8")
+    settings.RDAP_BASE_URL = "http://127.0.0.1:9"
+    settings.RDAP_DNS_SERVER = "127.0.0.1:9"
+    settings.RDAP_TIMEOUT = 0.5
+    owners_resolve()
+    make_host("130.59.1.1")  # never resolved
+    with CaptureQueriesContext(connection) as queries:
+        rows = {row["ip"]: row for row in service_export_rows(chunk_size=3)}
+    owner_queries = [q["sql"] for q in queries if "disclosure_" in q["sql"]]
+    assert len(rows) == 5 and len(owner_queries) == 2  # one per batch of 3, whatever the rows hold
+    google = rows["74.125.225.229"]
+    assert google["network"] == "74.125.0.0/16" and google["network_holder"] == "Google Inc."
+    assert google["operator"] == "Erasmus MC" and google["recipient"] == "Google Inc."
+    assert google["recipient_email"] == "arin-contact@google.com" and google["owner_status"] == "resolved"
+    assert rows["10.0.0.1"]["owner_status"] == "skipped" and rows["10.0.0.1"]["owner_reason"] == "private"
+    assert rows["8.8.8.8"]["owner_status"] == "unknown" and rows["8.8.8.8"]["recipient_email"] is None
+    assert rows["8.8.8.8"]["owner_reason"] == "connection_error"
+    assert rows["130.59.1.1"]["owner_status"] == "not_resolved" and rows["130.59.1.1"]["network"] is None
+
+
+@pytest.fixture
+def staff_client() -> Client:
+    user = User.objects.create_superuser("staff", "staff@cert.example", "pw")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_admin_pages_escape_everything_from_rdap(tmp_path: Path, staff_client: Client) -> None:
+    (tmp_path / "evil.json").write_text(json.dumps(HOSTILE))
+    call_command("import_rdap_cache", str(tmp_path), "--json")
+    make_host("81.0.0.7")
+    owners_resolve()
+    network = Network.objects.get()
+    owner = HostOwner.objects.get()
+    assert owner.recipient.email == "abuse@evil.example"  # the invalid address was never a contact
+    pages = [
+        reverse("admin:disclosure_network_changelist"),
+        reverse("admin:disclosure_network_change", args=[network.pk]),
+        reverse("admin:disclosure_organisation_changelist"),
+        reverse("admin:disclosure_organisation_change", args=[network.holder_id]),
+        reverse("admin:disclosure_contact_changelist"),
+        reverse("admin:disclosure_hostowner_changelist"),
+        reverse("admin:disclosure_hostowner_change", args=[owner.pk]),
+        reverse("admin:disclosure_network_history", args=[network.pk]),
+    ]
+    for url in pages:
+        response = staff_client.get(url)
+        body = response.content.decode()
+        assert response.status_code == 200, url
+        for payload in ("<script>alert(1)", "<img src=x onerror", "<svg onload", "<b>NET</b>"):
+            assert payload not in body, (url, payload)
+    detail = staff_client.get(reverse("admin:disclosure_network_change", args=[network.pk])).content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail  # shown, escaped
+
+
+def test_owner_unknown_queue_lists_only_unknown_owners_with_reasons(registries, staff_client: Client) -> None:
+    make_host("62.239.237.1")
+    make_host("8.8.8.8")
+    make_host("10.0.0.3")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    body = staff_client.get(reverse("admin:disclosure_ownerunknown_changelist")).content.decode()
+    assert "8.8.8.8" in body and "not_found" in body
+    assert "62.239.237.1" not in body and "10.0.0.3" not in body
+
+
+def test_staff_override_through_the_admin_is_kept_and_recorded_in_history(registries, staff_client: Client) -> None:
+    make_host("62.239.237.1")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    owner = HostOwner.objects.get()
+    hospital = Organisation.objects.create(name="Hospital", kind="hospital")
+    chosen = Contact.objects.create(organisation=hospital, email="ciso@hospital.example", role="security")
+    url = reverse("admin:disclosure_hostowner_change", args=[owner.pk])
+    response = staff_client.post(url, {"override_recipient": chosen.pk, "override_note": "asked by phone"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    owner.refresh_from_db()
+    assert owner.recipient == chosen and "set by staff" in owner.recipient_reason
+    assert owner.history.first().history_user.username == "staff"
+
+
+def test_admin_action_disables_a_contact_and_the_recipient_moves_on(registries, staff_client: Client) -> None:
+    make_host("62.239.237.1")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    owner = HostOwner.objects.get()
+    first = owner.recipient
+    response = staff_client.post(
+        reverse("admin:disclosure_contact_changelist"),
+        {"action": "disable", "_selected_action": [first.pk]},
+    )
+    assert response.status_code == 302
+    first.refresh_from_db()
+    assert first.enabled is False and first.history.count() >= 1
+    owner = owner_recompute(owner=owner)
+    assert owner.recipient != first and owner.recipient.email == "steve.a.marshall@bt.com"
