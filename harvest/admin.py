@@ -368,8 +368,11 @@ class ServiceAdmin(ReadOnlyAdmin):
     @admin.display(description="banner")
     def banner_preview(self, obj: Service) -> str:
         head = obj.banner_head  # type: ignore[attr-defined]
-        text = visible_text(head[:PREVIEW_LIMIT].replace("\r\n", "\n").replace("\n", " ↵ "))
-        return text + ("…" if len(head) > PREVIEW_LIMIT else "")
+        cut = len(head) > PREVIEW_LIMIT
+        # A cut between CR and LF would show a lone CR as \r.
+        shown = head[:PREVIEW_LIMIT].removesuffix("\r") if cut else head
+        text = visible_text(shown.replace("\r\n", "\n").replace("\n", " ↵ "))
+        return text + ("…" if cut else "")
 
     @admin.display(description="host")
     def host_link(self, obj: Service) -> SafeString | str:

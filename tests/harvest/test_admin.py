@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from harvest import services
-from harvest.admin import BANNER_DISPLAY_LIMIT, text_block, visible_text
+from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT, text_block, visible_text
 from harvest.models import HarvestRun, Host, Service
 
 HOSTILE_BANNER = (
@@ -223,6 +223,15 @@ def test_it_shows_an_escaped_banner_preview_in_the_list(tmp_path: Path, admin_cl
 
     assert "HTTP/1.1 200 OK ↵ Server: &lt;script&gt;alert(1)&lt;/scrip…</td>" in table
     assert "<script" not in table and "\x01" not in table
+
+
+@pytest.mark.django_db
+def test_it_does_not_show_half_a_line_break_in_the_preview(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [banner("192.0.2.9", 80, "x" * (PREVIEW_LIMIT - 1) + "\r\nmore")])
+
+    table = results(admin_client.get(changelist_url(Service)).content.decode())
+
+    assert "x" * (PREVIEW_LIMIT - 1) + "…</td>" in table
 
 
 @pytest.mark.django_db
