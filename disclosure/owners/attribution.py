@@ -38,7 +38,7 @@ class Attribution:
 
 def facts_from_host(*, hostnames: Iterable[str], org: str, raws: Iterable[str]) -> BannerFacts:
     """Collect the facts from a host's hostnames, Shodan org and its services' raw records."""
-    names, cert_names, cert_orgs, titles = list(hostnames or []), [], [], []
+    names, cert_names, cert_orgs, titles = [str(h)[:253] for h in list(hostnames or [])[:50]], [], [], []
     for raw in raws:
         try:
             record = json.loads(raw[:MAX_RAW]) if raw else {}
