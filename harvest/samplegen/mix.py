@@ -85,20 +85,20 @@ def build_kinds(seed: int) -> tuple[Kind, ...]:
             WEBAPPS,
             c.PACS_WEB,
             software=True,
-        ),  # fmt: skip
+        ),
         Kind("ehr_web", 40, MEDICAL, "ehr_web", (*WEB_PLAIN, *WEB_TLS), WEBAPPS, c.EHR_WEB, software=True),
         Kind("clinical_web_hospital", 6, MEDICAL, "pacs_web", WEB_TLS, HOSPITALS, per_hospital=c.hospital_clinical_web),
         Kind("pump_server", 25, MEDICAL, "pump_server", PUMP_PORTS, PUMPS),
         Kind(
             "medical_device",
-            10,
+            20,
             MEDICAL,
             "medical_device",
             ((80, T, 3), (443, T, 2), (6464, T, 1), (10212, T, 1)),
             PUMPS,
             c.both(list(c.MEDICAL_DEVICES)),
             software=True,
-        ),  # fmt: skip
+        ),
         # hospitals' own infrastructure, and what else their hosts return
         Kind(
             "hospital_infra",
@@ -108,10 +108,10 @@ def build_kinds(seed: int) -> tuple[Kind, ...]:
             (*WEB_PLAIN, *WEB_TLS, (25, T, 2)),
             HOSPITALS,
             per_hospital=c.hospital_infra,
-        ),  # fmt: skip
+        ),
         Kind(
             "hospital_blank", 35, UNKNOWN, "blank", (*WEB_PLAIN, *WEB_TLS, (22, T, 1), (3389, T, 1)), HOSPITALS, c.BLANK
-        ),  # fmt: skip
+        ),
         Kind("hospital_junk", 6, UNKNOWN, "unparseable", ((443, T, 1), (10443, T, 1)), HOSPITALS, junk),
         # ordinary services on medical ports: a port is not evidence
         Kind("medport_http", 300, NON_MEDICAL, "known_service", MEDICAL_PORTS_ALL, None, c.WEB),
@@ -145,10 +145,10 @@ def build_kinds(seed: int) -> tuple[Kind, ...]:
             (*WEB_PLAIN, *WEB_TLS, (22, T, 1), (21, T, 1), (3389, T, 1), (5900, T, 1), (7547, T, 2)),
             None,
             c.BLANK,
-        ),  # fmt: skip
+        ),
         Kind(
             "junk", 100, UNKNOWN, "unparseable", ((7547, T, 1), (5000, T, 1), (49152, T, 1), (10001, T, 1)), None, junk
-        ),  # fmt: skip
+        ),
     )
 
 

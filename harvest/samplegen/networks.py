@@ -253,7 +253,7 @@ PROVIDERS: tuple[Network, ...] = (
         "Amsterdam",
         "",
         "leaseweb.com",
-        "none",
+        "abuse",
         "ORG-LNB1-RIPE",
         table1=True,
     ),

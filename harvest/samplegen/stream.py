@@ -28,6 +28,21 @@ DEFAULT_SEED = 2019
 EPOCH_END = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
 WINDOW_SECONDS = 60 * 86400
 
+# Approximate centres, as a geolocation database would give them.
+CITY_COORDINATES = {
+    "'s-Hertogenbosch": (51.6978, 5.3037), "Alkmaar": (52.6324, 4.7534), "Almelo": (52.3567, 6.6625),
+    "Almere": (52.3508, 5.2647), "Amersfoort": (52.1561, 5.3878), "Amsterdam": (52.374, 4.8897),
+    "Apeldoorn": (52.2112, 5.9699), "Arnhem": (51.9851, 5.8987), "Assen": (52.9925, 6.5649),
+    "Breda": (51.5719, 4.7683), "Delft": (52.0116, 4.3571), "Den Haag": (52.0705, 4.3007),
+    "Deventer": (52.2661, 6.1552), "Dordrecht": (51.8133, 4.6901), "Ede": (52.0402, 5.6649),
+    "Eindhoven": (51.4416, 5.4697), "Emmen": (52.7792, 6.9069), "Enschede": (52.2215, 6.8937),
+    "Groningen": (53.2194, 6.5665), "Haarlem": (52.3874, 4.6462), "Heerlen": (50.8882, 5.9795),
+    "Helmond": (51.4793, 5.657), "Hengelo": (52.2658, 6.7931), "Hilversum": (52.2292, 5.1669),
+    "Leiden": (52.1601, 4.497), "Maastricht": (50.8514, 5.691), "Nieuwegein": (52.0292, 5.0806),
+    "Nijmegen": (51.8126, 5.8372), "Rotterdam": (51.9225, 4.4792), "Utrecht": (52.0907, 5.1214),
+    "Veldhoven": (51.4186, 5.4028), "Zwolle": (52.5168, 6.083),
+}  # fmt: skip
+
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -97,12 +112,13 @@ class Generator:
 
     @staticmethod
     def _location(net: Network) -> dict:
+        latitude, longitude = CITY_COORDINATES.get(net.city, CITY_COORDINATES["Amsterdam"])
         return {
             "city": net.city,
             "region_code": None,
             "area_code": None,
-            "longitude": 4.8897,
-            "latitude": 52.374,
+            "longitude": longitude,
+            "latitude": latitude,
             "postal_code": None,
             "dma_code": None,
             "country_code": "NL",
