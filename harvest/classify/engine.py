@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from harvest.classify.decoders import dicom, hl7, http
-from harvest.classify.rules import MAX_SCAN, Rule, RuleSet
+from harvest.classify.rules import MAX_SCAN, FieldRules, Rule, RuleSet
 from harvest.classify.types import MAX_EXCERPT, Banner, Evidence, Verdict
 
 # Rendering of bytes that are not printable text, so evidence and details are safe to store
@@ -204,20 +204,44 @@ def _field_value(banner: Banner, data: str, name: str, state: _State) -> str:
 def _match_rules(banner: Banner, data: str, rules: RuleSet, state: _State) -> list[_Match]:
     port = banner.port if isinstance(banner.port, int) else -1
     found: list[_Match] = []
-    for name, field_rules in rules.by_field:
-        text = _field_value(banner, data, name, state)
+    for group in rules.by_field:
+        text = _field_value(banner, data, group.field, state)
         if not text:
             continue
-        for rule in field_rules:
-            if rule.protocols and state.protocol not in rule.protocols:
-                continue
-            if rule.ports and port not in rule.ports:
-                continue
-            m = rule.pattern.match(text) if rule.anchored else rule.pattern.search(text)
-            if m:
-                version = m.groupdict().get("version") or ""
-                found.append(_Match(rule, name, m.group(0), version))
+        for rule in group.anchored_for(text):
+            _try(rule, rule.pattern.match(text), group.field, state, port, found)
+        if group.searching:
+            for i in _candidates(group, text):
+                rule = group.searching[i]
+                _try(rule, rule.pattern.search(text), group.field, state, port, found)
     return found
+
+
+def _candidates(group: FieldRules, text: str) -> list[int]:
+    """Indexes of the searching rules whose needles occur in `text`, in file order."""
+    hits = set(group.always)
+    if group.automaton is not None:
+        for _end, indexes in group.automaton.iter(_fold(text)):
+            hits.update(indexes)
+    return sorted(hits)
+
+
+# Characters that IGNORECASE matching treats as ASCII letters but str.lower() leaves alone.
+_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+
+
+def _fold(text: str) -> str:
+    return text.lower() if text.isascii() else text.translate(_FOLD).lower()
+
+
+def _try(rule: Rule, m: re.Match | None, name: str, state: _State, port: int, found: list[_Match]) -> None:
+    if m is None:
+        return
+    if rule.protocols and state.protocol not in rule.protocols:
+        return
+    if rule.ports and port not in rule.ports:
+        return
+    found.append(_Match(rule, name, m.group(0), m.groupdict().get("version") or ""))
 
 
 def _product(match: _Match) -> str:

@@ -90,7 +90,11 @@ def _u32(data: str, pos: int) -> int:
 
 
 def _is_bytes(data: str) -> bool:
-    return all(ord(c) < 256 for c in data)
+    try:
+        data.encode("latin-1")  # C speed; fails on any character above U+00FF
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _uid(value: str) -> str:
