@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -203,7 +203,10 @@ def _save_answer(future: Future, memory: _Intervals, stats: ResolveStats) -> Add
         return AddressOutcome(None, reason=exc.reason, detail=exc.detail[:500])
     except Exception as exc:  # noqa: BLE001 - one bad lookup must not stop the batch
         return AddressOutcome(None, reason="unexpected_error", detail=f"{type(exc).__name__}: {exc}"[:500])
-    network = network_save_answer(answer=answer, source=Network.Source.LIVE)
+    try:
+        network = network_save_answer(answer=answer, source=Network.Source.LIVE)
+    except DatabaseError as exc:  # e.g. another worker saved the same range a moment ago
+        return AddressOutcome(None, reason="save_failed", detail=f"{type(exc).__name__}: {exc}"[:500])
     stats.networks_fetched += 1
     memory.add(network)
     return AddressOutcome(network)
@@ -317,11 +320,13 @@ def rdap_cache_import(*, directory: str | Path, progress: ProgressFn | None = No
 
 
 def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
-    """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network."""
+    """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network.
+
+    Inhibited owners come back every time: an inhibition ends, and their network is usually cached.
+    """
     now = now or timezone.now()
     settled = HostOwner.objects.filter(host=OuterRef("pk")).filter(
-        Q(status=HostOwner.Status.SKIPPED)
-        | Q(status__in=[HostOwner.Status.RESOLVED, HostOwner.Status.INHIBITED], network__expires_at__gt=now)
+        Q(status=HostOwner.Status.SKIPPED) | Q(status=HostOwner.Status.RESOLVED, network__expires_at__gt=now)
     )
     return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))
 

@@ -254,3 +254,30 @@ def test_resolve_owners_command_prints_a_summary_line(registries, capsys) -> Non
     call_command("resolve_owners")
     out = capsys.readouterr().out
     assert "1 hosts: 1 networks found" in out and "1 RDAP requests" in out
+
+
+def test_an_inhibited_owner_is_released_by_the_next_run_once_the_inhibition_ends(registries) -> None:
+    from disclosure.tasks import resolve_owners
+
+    host = make_host("1.1.1.1")
+    resolve(registries)
+    holder = Network.objects.get().holder
+    inhibition = inhibition_create(organisation=holder, reason="holiday", until=timezone.localdate())
+    HostOwner.objects.filter(host=host).update(status="unknown")  # due again
+    resolve(registries)
+    assert HostOwner.objects.get(host=host).status == HostOwner.Status.INHIBITED
+    assert [h.ip for h in hosts_needing_owner()] == ["1.1.1.1"]
+    Inhibition.objects.filter(pk=inhibition.pk).update(until=timezone.localdate() - timedelta(days=1))
+    result = resolve_owners()  # the scheduled task, reading the stand-ins from settings
+    assert result["requests"] == 0 and result["owner_status"] == {"resolved": 1}
+    assert HostOwner.objects.get(host=host).recipient.email == "helpdesk@apnic.net"
+
+
+def test_inhibitions_need_one_target_and_a_reason(registries) -> None:
+    from disclosure.services import OwnerError
+
+    organisation = Organisation.objects.create(name="X")
+    with pytest.raises(OwnerError):
+        inhibition_create(until=timezone.localdate(), reason="r")
+    with pytest.raises(OwnerError):
+        inhibition_create(organisation=organisation, until=timezone.localdate(), reason="  ")
