@@ -268,13 +268,16 @@ def _decide(banner: Banner, data: str, rules: RuleSet, state: _State, matches: l
         medical = [m for m in medical if not m.field.startswith(("dicom.", "hl7."))]
     ordinary = [m for m in matches if m.rule.cls != "medical" and not m.rule.honeypot]
     state.honeypot.extend(_evidence(m) for m in matches if m.rule.honeypot)
-    if state.cls == "medical":  # a decoder proved the protocol; rules name the product
+    if state.cls == "medical":
+        # A decoder proved the protocol and rules only name the product: such a service belongs
+        # to the group of its port, not to the "software" group of web and text signatures.
         _identify(state, medical)
         return
     best = _best(medical)
     if best is not None:
         state.cls, state.category, state.confidence = "medical", best.rule.category, best.rule.confidence
         _identify(state, medical)
+        state.software = best.rule.segment == "software" or any(m.rule.segment == "software" for m in medical)
         return
     best = _best(ordinary)
     if best is not None:
@@ -290,7 +293,6 @@ def _identify(state: _State, medical: list[_Match]) -> None:
     named = next((m for m in ranked if m.rule.product), None)
     if named is not None:
         state.product = _product(named)
-    state.software = any(m.rule.segment == "software" for m in medical)
     state.evidence.extend(_evidence(m) for m in ranked)
 
 
@@ -314,11 +316,13 @@ def _fallback(banner: Banner, rules: RuleSet, state: _State) -> None:
 
 def _honeypot_checks(banner: Banner, rules: RuleSet, state: _State, matches: list[_Match]) -> None:
     modules = banner.host_modules if isinstance(banner.host_modules, tuple) else ()
-    distinct = {m for m in modules if isinstance(m, str)}
-    if state.protocol == "dicom" and len(distinct) >= rules.honeypot_min_host_modules:
+    own = "dicom" if state.protocol == "dicom" else _str(banner.module, 64)
+    protocols = {m for m in modules if isinstance(m, str) and m} | ({own} if own else set())
+    others = protocols - {"dicom"}
+    if (state.protocol == "dicom" or "dicom" in protocols) and len(others) >= rules.honeypot_min_host_modules:
         # A PACS does not also answer as a dozen unrelated protocols; a honeypot emulating
-        # everything does.
-        shown = ", ".join(sorted(distinct)[:20])
+        # everything does, and every service of such a host is part of it.
+        shown = ", ".join(sorted(protocols)[:20])
         state.honeypot.append(Evidence("honeypot.many_protocols", "host_modules", safe_text(shown)))
 
 
