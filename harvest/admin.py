@@ -195,6 +195,27 @@ class AsnFilter(TopValuesFilter):
     label = "AS{}"
 
 
+class CountryFilter(admin.SimpleListFilter):
+    """Country codes, most common first, and hosts without one as "unknown" (not a blank link)."""
+
+    title = "country"
+    parameter_name = "country"
+    unknown = "-"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        rows = Host.objects.values_list("country").annotate(rows=Count("pk")).order_by("-rows", "country")
+        codes = [code for code, _ in rows[:300]]
+        return [(code, code) for code in codes if code] + ([(self.unknown, "unknown")] if "" in codes else [])
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value is None:
+            return queryset
+        if value == self.unknown:
+            return queryset.filter(country="")
+        return queryset.filter(country=value.upper()) if len(value) == 2 and value.isalpha() else queryset.none()
+
+
 # --- hosts ---------------------------------------------------------------------------------
 
 
@@ -213,7 +234,7 @@ class ServiceInline(ReadOnlyTabularInline):
 class HostAdmin(ReadOnlyAdmin):
     list_display = ("ip", "org", "isp", "asn", "country", "hostnames_list", "os", "first_seen", "last_seen", "services")
     search_fields = ("ip", "org", "hostnames")
-    list_filter = ("country", AsnFilter)
+    list_filter = (CountryFilter, AsnFilter)
     fieldsets = (
         (None, {"fields": ("ip", "org", "isp", "asn", "country", "hostnames_list", "os")}),
         ("Seen", {"fields": ("first_seen", "last_seen", "services")}),

@@ -277,18 +277,28 @@ def test_it_searches_and_filters_hosts(tmp_path: Path, admin_client: Client) -> 
         [
             banner("192.0.2.40", 104, "a", org="UMC Noord", asn=1103, hostnames=["pacs.umcnoord.example"]),
             banner("192.0.2.41", 104, "b", org="Cloud Inc", asn=16509, location={"country_code": "DE"}),
+            banner("192.0.2.42", 104, "c", location=None),
         ],
     )
     url = changelist_url(Host)
 
     def found(params: dict) -> set[str]:
         table = results(admin_client.get(url, params).content.decode())
-        return {ip for ip in ("192.0.2.40", "192.0.2.41") if ip in table}
+        return {ip for ip in ("192.0.2.40", "192.0.2.41", "192.0.2.42") if ip in table}
 
+    filters = admin_client.get(url).content.decode()
+    assert re.findall(r'<a href="\?country=([^"]+)">([^<]+)</a>', filters) == [
+        ("DE", "DE"),
+        ("NL", "NL"),
+        ("-", "unknown"),
+    ]
     assert found({"q": "umcnoord"}) == {"192.0.2.40"}
     assert found({"q": "cloud"}) == {"192.0.2.41"}
     assert found({"q": "192.0.2.41"}) == {"192.0.2.41"}
     assert found({"country": "DE"}) == {"192.0.2.41"}
+    assert found({"country": "de"}) == {"192.0.2.41"}
+    assert found({"country": "-"}) == {"192.0.2.42"}
+    assert found({"country": "NL"}) == {"192.0.2.40"}
     assert found({"asn": "1103"}) == {"192.0.2.40"}
 
 
