@@ -185,3 +185,27 @@ def test_the_command_prints_the_evaluation(answers: Path) -> None:
 def test_the_command_says_when_the_answer_file_is_missing(db: None, tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="no such answer file"):
         run("--evaluate", str(tmp_path / "missing.jsonl"))
+
+
+def test_export_services_prints_the_verdict_columns(stored: None, capsys: pytest.CaptureFixture) -> None:
+    run()
+    capsys.readouterr()
+    call_command("export_services")  # writes to standard output itself
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+
+    assert len(rows) == 8
+    blank = next(r for r in rows if r["ip"] == "198.51.100.50")
+    assert (blank["class"], blank["category"], blank["honeypot"]) == ("unknown", "blank", False)
+    ssh = next(r for r in rows if r["port"] == 22)
+    stored_ssh = Classification.objects.get(service__port=22)
+    assert (ssh["class"], ssh["category"], ssh["segment"]) == (stored_ssh.cls, stored_ssh.category, stored_ssh.segment)
+    assert ssh["evidence"] == [{"rule": e["rule"], "excerpt": e["excerpt"]} for e in stored_ssh.evidence]
+
+
+def test_invalid_rules_stop_the_run_with_the_file_and_rule_named(db: None, tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text(
+        'version = "1"\n[[rule]]\nid = "bad.nested"\nclass = "medical"\ncategory = "dicom"\n'
+        'fields = ["data"]\npattern = "(a+)+"\n'
+    )
+    with pytest.raises(services.ClassificationError, match=r"bad\.toml: bad\.nested: .*quantif"):
+        services.classification_rules_load(directory=tmp_path)
