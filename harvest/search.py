@@ -27,6 +27,9 @@ from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_o
 from harvest.services import HarvestError, HarvestStopped, ProgressFn, register_source
 from harvest.shodan_client import ShodanError
 
+# A page is the unit of resume: commit after every page that brought anything, so a run killed
+# at any moment buys at most the page in flight again.
+SEARCH_BATCH_SIZE = 1
 COUNT_FACETS = ["port:10", "org:10", "product:10"]
 QUERY_FAILED = "query_failed"
 # Errors after which no further call can succeed until someone acts (new key, more credits, a

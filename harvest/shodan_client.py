@@ -27,13 +27,16 @@ import requests
 import shodan
 from django.conf import settings
 
-from medexpo.lib.http import Session, backoff_delays, scrub
+from medexpo.lib.http import Session, backoff_delays, protect_logs, scrub
 
 PAGE_SIZE = 100  # Shodan returns search results in pages of 100
 MAX_BANNER_CHARS = 1024 * 1024  # a banner bigger than this is not kept (see records.MAX_RECORD_BYTES)
 NO_CREDITS_TEXT = "insufficient query credits"
 
 T = TypeVar("T")
+
+# urllib3 logs each request's URL, ?key= included, at DEBUG level.
+protect_logs("urllib3.connectionpool", "urllib3.util.retry", "requests")
 
 
 class ShodanError(Exception):

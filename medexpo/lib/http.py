@@ -7,6 +7,7 @@ only the client knows which answers are worth another try.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Iterator
@@ -56,3 +57,22 @@ def scrub(text: str, *secrets: str) -> str:
         if secret:
             text = text.replace(secret, "***")
     return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
+
+
+class ScrubSecrets(logging.Filter):
+    """Rewrite log records so that no key=... URL parameter reaches a handler. urllib3 logs every
+    request line at DEBUG, query string included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "=" in message:
+            record.msg, record.args = scrub(message), ()
+        return True
+
+
+def protect_logs(*logger_names: str) -> None:
+    """Install ScrubSecrets on the named loggers (once each)."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ScrubSecrets) for f in logger.filters):
+            logger.addFilter(ScrubSecrets())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,12 +57,13 @@ def medical_banners() -> list[dict]:
     return out
 
 
-def corpus_banners() -> list[dict]:
-    """The bundled sample corpus when it exists; else the real shared banners plus ours."""
-    if SAMPLE_CORPUS.is_file():
-        return load_corpus([SAMPLE_CORPUS]) + medical_banners()
-    shared = sorted((SHARED_DATA / "shodan").glob("*.jsonl"))
-    return load_corpus(shared) + medical_banners()
+@functools.cache
+def corpus_banners() -> tuple[dict, ...]:
+    """The bundled sample corpus (when it exists), the real shared banners, and ours. Read once:
+    nothing may change these banners."""
+    paths = [SAMPLE_CORPUS] if SAMPLE_CORPUS.is_file() else []
+    paths += sorted((SHARED_DATA / "shodan").glob("*.jsonl"))
+    return tuple(load_corpus(paths) + medical_banners())
 
 
 @pytest.fixture

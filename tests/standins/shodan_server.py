@@ -67,6 +67,7 @@ class StandInState:
     credits: int
     initial_credits: int
     page_delay: float = 0.0
+    pages_left: int | None = None  # credits run out after this many paid pages, whatever /api-info says
     faults: list[Fault] = field(default_factory=list)
     requests: list[Seen] = field(default_factory=list)
     pages: Counter = field(default_factory=Counter)  # (query, page) -> times charged
@@ -123,7 +124,7 @@ def _text_of(banner: dict) -> str:
     return " ".join(str(p) for p in parts if p).lower()
 
 
-def _term_matches(banner: dict, name: str, value: str) -> bool:
+def _term_matches(banner: dict, name: str, value: str, text: str) -> bool:
     if name == "port":
         return str(banner.get("port")) in value.split(",")
     if name == "country":
@@ -135,11 +136,12 @@ def _term_matches(banner: dict, name: str, value: str) -> bool:
         return value in str(banner.get("org") or "").lower()
     if name == "hostname":
         return any(h.lower() == value or h.lower().endswith("." + value) for h in banner.get("hostnames") or [])
-    return value in _text_of(banner)
+    return value in text
 
 
-def matches(banner: dict, terms: list[tuple[bool, str, str]]) -> bool:
-    return all(_term_matches(banner, name, value) != negated for negated, name, value in terms)
+def matches(banner: dict, terms: list[tuple[bool, str, str]], text: str | None = None) -> bool:
+    text = _text_of(banner) if text is None else text
+    return all(_term_matches(banner, name, value, text) != negated for negated, name, value in terms)
 
 
 class ShodanStandIn:
@@ -147,6 +149,8 @@ class ShodanStandIn:
 
     def __init__(self, banners: list[dict], *, key: str = "standin-key", credits: int = 1000) -> None:
         self.banners = list(banners)
+        self._texts = [_text_of(b) for b in self.banners]
+        self._found: dict[str, list[dict]] = {}  # the corpus never changes: each query is filtered once
         self.state = StandInState(key=key, credits=credits, initial_credits=credits)
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -193,6 +197,11 @@ class ShodanStandIn:
         with self.lock:
             self.state.credits = credits
 
+    def exhaust_after(self, pages: int | None) -> None:
+        """Refuse paid pages after `pages` more, as when another user of the key spends the rest."""
+        with self.lock:
+            self.state.pages_left = pages
+
     def set_page_delay(self, seconds: float) -> None:
         with self.lock:
             self.state.page_delay = seconds
@@ -214,7 +223,13 @@ class ShodanStandIn:
         return [r for r in self.state.requests if r.path.startswith(path)]
 
     def search(self, query: str) -> list[dict]:
-        return [b for b in self.banners if matches(b, parse_query(query))]
+        """The banners a query matches, in corpus order (QueryError for an unknown filter)."""
+        found = self._found.get(query)
+        if found is None:
+            terms = parse_query(query)
+            found = [b for b, text in zip(self.banners, self._texts, strict=True) if matches(b, terms, text)]
+            self._found[query] = found
+        return found
 
     # --- answers ---------------------------------------------------------------------------------
 
@@ -271,12 +286,14 @@ class ShodanStandIn:
         page = int(params.get("page", "1") or 1)
         terms = parse_query(query)
         cost = 1 if page > 1 or any(name for _, name, _ in terms) else 0
-        found = [b for b in self.banners if matches(b, terms)]
+        found = self.search(query)
         if self.state.page_delay:
             time.sleep(self.state.page_delay)
         with self.lock:
-            if cost > self.state.credits:
+            if cost > self.state.credits or (cost and self.state.pages_left == 0):
                 return 401, {"error": NO_CREDITS}
+            if cost and self.state.pages_left is not None:
+                self.state.pages_left -= 1
             self.state.credits -= cost
             self.state.pages[(query, page)] += 1
         chunk = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]

@@ -71,7 +71,10 @@ class Command(BaseCommand):
         enabled = False if options["json"] else None
         with Progress(total=total, unit=unit, unit_scale=scale, desc=f"run {run.pk}", enabled=enabled) as bar:
             try:
-                return services.harvest_execute(run=run, progress=bar.moved_to, batch_size=options["batch_size"])
+                batch_size = options["batch_size"]
+                if run.source == HarvestRun.Source.SEARCH and batch_size is None:
+                    batch_size = search.SEARCH_BATCH_SIZE
+                return services.harvest_execute(run=run, progress=bar.moved_to, batch_size=batch_size)
             except KeyboardInterrupt:
                 raise CommandError(f"interrupted: resume with --resume {run.pk}") from None
             except Exception:  # noqa: BLE001 - recorded on the run, reported below

@@ -1,0 +1,364 @@
+"""`manage.py harvest --plan`: the search source end to end, with the real shodan client talking
+to the stand-in over a socket, and the real database."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from harvest.models import HarvestRun, Host, Rejection, Service
+from harvest.plans import plan_load
+from harvest.records import RecordError, record_from_object
+from harvest.search import credits_for_page
+from tests.conftest import ROOT
+from tests.harvest.conftest import STANDIN_KEY
+from tests.standins.shodan_server import ShodanStandIn
+
+pytestmark = pytest.mark.django_db
+
+
+def harvest(*args: str) -> tuple[dict, str]:
+    """Run the command with --json; the parsed summary and everything it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command("harvest", *args, "--json", stdout=out, stderr=err)
+    return json.loads(out.getvalue()), out.getvalue() + err.getvalue()
+
+
+def plan_queries(plan: str, country: str = "NL") -> list[str]:
+    return [q.with_country(country) for q in plan_load(name=plan).queries]
+
+
+def expected_services(server: ShodanStandIn, queries: list[str]) -> set[tuple]:
+    keys = set()
+    for query in queries:
+        for item in server.search(query):
+            try:
+                keys.add(record_from_object(item, json.dumps(item)).key)
+            except RecordError:
+                pass
+    return keys
+
+
+def expected_pages(server: ShodanStandIn, queries: list[str]) -> dict[tuple[str, int], int]:
+    pages = {}
+    for query in queries:
+        total = len(server.search(query))
+        for page in range(1, (total + 99) // 100 + 1):
+            pages[(query, page)] = 1
+    return pages
+
+
+def stored() -> set[tuple]:
+    return set(Service.objects.values_list("host__ip", "port", "transport"))
+
+
+def snapshot() -> dict[tuple, tuple]:
+    rows = Service.objects.values_list("host__ip", "port", "transport", "banner_hash", "raw", "first_seen")
+    return {row[:3]: row[3:] for row in rows}
+
+
+def test_credit_rule_charges_filtered_and_later_pages() -> None:
+    assert credits_for_page(query="port:104 country:NL", page=1) == 1
+    assert credits_for_page(query='"Orthanc"', page=1) == 0
+    assert credits_for_page(query='"Orthanc"', page=2) == 1
+    assert credits_for_page(query='"a:b" words', page=1) == 0  # a colon inside quotes is no filter
+    assert credits_for_page(query='-product:"nginx" x', page=1) == 1
+
+
+def test_it_harvests_a_plan_end_to_end(shodan_standin: ShodanStandIn) -> None:
+    queries = plan_queries("ports")
+    want = expected_services(shodan_standin, queries)
+    summary, _ = harvest("--plan", "ports")
+    assert summary["status"] == "completed", summary["message"]
+    assert stored() == want
+    assert len(want) >= 338
+    assert shodan_standin.pages == expected_pages(shodan_standin, queries)
+    assert (
+        summary["credits_spent"]
+        == shodan_standin.credits_spent
+        == sum(expected_pages(shodan_standin, queries).values())
+    )
+    assert summary["rejected"]["invalid_address"] >= 1
+    assert summary["accepted"] == len(want)
+    run = HarvestRun.objects.get(pk=summary["run"])
+    assert run.source == "search" and run.plan == "ports" and run.country == "NL"
+    assert run.options["queries"] == queries
+    assert all(q.endswith(" country:NL") for q in queries)
+    rejection = Rejection.objects.get(run=run, reason="invalid_address")
+    assert rejection.position.startswith("query 1 page ")
+    dicom = Service.objects.get(host__ip="198.18.0.5", port=104)
+    assert json.loads(dicom.raw) == next(b for b in shodan_standin.banners if b.get("ip_str") == "198.18.0.5")
+    assert dicom.module == "dicom"
+    assert not Host.objects.filter(ip__startswith="198.18.40.").exists()  # the German ones
+
+
+def test_it_stores_real_shared_banners_with_another_country(shodan_standin: ShodanStandIn, plan_file) -> None:
+    summary, _ = harvest("--plan", plan_file("port:22", '"OpenSSH"'), "--country", "us")
+    assert summary["status"] == "completed"
+    service = Service.objects.get(port=22)
+    assert service.host.ip == "123.45.6.7"
+    assert service.product == "OpenSSH"
+    assert HarvestRun.objects.get().country == "US"
+    # Two queries matched the same banner: stored once, the second sighting counted as duplicate.
+    assert summary["accepted"] == 1 and summary["rejected"] == {"duplicate": 1}
+
+
+def test_count_only_spends_nothing(shodan_standin: ShodanStandIn) -> None:
+    queries = plan_queries("ports")
+    summary, _ = harvest("--plan", "ports", "--count-only")
+    assert shodan_standin.credits_spent == 0
+    assert shodan_standin.credits == 1000
+    assert shodan_standin.requests_to("/shodan/host/search") == []
+    assert not HarvestRun.objects.exists()
+    assert summary["credits_spent"] == 0
+    assert summary["credits"] == sum(expected_pages(shodan_standin, queries).values())
+    assert summary["credits_left"] == 1000 and summary["fits"]
+    row = summary["queries"][0]
+    assert row["query"] == "port:104 country:NL"
+    assert row["total"] == len(shodan_standin.search("port:104 country:NL"))
+    assert row["pages"] == row["credits"] == (row["total"] + 99) // 100
+    assert row["facets"]["port"] == [{"value": "104", "count": row["total"]}]
+
+
+def test_count_only_prints_a_table(shodan_standin: ShodanStandIn) -> None:
+    out = io.StringIO()
+    call_command("harvest", "--plan", "ports", "--count-only", stdout=out)
+    text = out.getvalue()
+    total_pages = sum(expected_pages(shodan_standin, plan_queries("ports")).values())
+    assert "port:104 country:NL" in text
+    assert any(line.split()[:1] == ["total"] and line.split()[-1] == str(total_pages) for line in text.splitlines())
+    assert "query credits left on the key: 1000 (enough" in text
+    assert shodan_standin.credits_spent == 0
+
+
+def test_count_only_needs_a_plan(shodan_standin: ShodanStandIn) -> None:
+    with pytest.raises(CommandError, match="--count-only needs --plan"):
+        call_command("harvest", "--resume", "1", "--count-only")
+
+
+def test_max_credits_caps_the_spend_and_the_run_resumes(shodan_standin: ShodanStandIn) -> None:
+    queries = plan_queries("ports")
+    summary, _ = harvest("--plan", "ports", "--max-credits", "2")
+    assert summary["status"] == "stopped"
+    assert "--max-credits 2 reached" in summary["message"]
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 2
+    run_id = summary["run"]
+    # A resume without the option keeps the cap: at most 2 more.
+    summary, _ = harvest("--resume", str(run_id))
+    assert summary["status"] == "stopped"
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 4
+    summary, _ = harvest("--resume", str(run_id), "--max-credits", "1000")
+    assert summary["status"] == "completed"
+    assert stored() == expected_services(shodan_standin, queries)
+    assert shodan_standin.pages == expected_pages(shodan_standin, queries)  # every page bought once
+    assert summary["credits_spent"] == shodan_standin.credits_spent
+
+
+def test_zero_credits_on_the_key_stops_before_paying(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.set_credits(0)
+    summary, _ = harvest("--plan", "ports")
+    assert summary["status"] == "stopped"
+    assert "no query credits left" in summary["message"]
+    assert shodan_standin.requests_to("/shodan/host/search") == []
+
+
+def test_exhausted_credits_stop_and_a_resume_after_topping_up_matches_a_reference_run(
+    shodan_standin: ShodanStandIn,
+) -> None:
+    queries = plan_queries("medical")
+    reference, _ = harvest("--plan", "medical")
+    assert reference["status"] == "completed"
+    want = snapshot()
+    reference_pages = shodan_standin.pages
+    Host.objects.all().delete()
+    shodan_standin.state.pages.clear()
+
+    shodan_standin.exhaust_after(3)  # /api-info still says 1000: someone else spends the rest
+    first, _ = harvest("--plan", "medical")
+    assert first["status"] == "stopped"
+    assert "no query credits left" in first["message"]
+    assert "--resume" in first["message"]
+    assert first["credits_spent"] == 3
+    run = HarvestRun.objects.get(pk=first["run"])
+    assert run.status == HarvestRun.Status.STOPPED and run.checkpoint
+
+    shodan_standin.exhaust_after(None)  # topped up
+    resumed, _ = harvest("--resume", str(first["run"]))
+    assert resumed["status"] == "completed"
+    got = snapshot()
+    assert set(got) == set(want) == expected_services(shodan_standin, queries)
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}  # same banners
+    assert shodan_standin.pages == reference_pages  # no page fetched twice
+    assert resumed["credits_spent"] == reference["credits_spent"]
+
+
+def test_an_invalid_key_stops_with_a_clear_message(shodan_standin: ShodanStandIn, settings) -> None:
+    settings.SHODAN_API_KEY = "not-the-key-0042"
+    summary, output = harvest("--plan", "ports")
+    assert summary["status"] == "stopped"
+    assert "refused the API key" in summary["message"] and "SHODAN_API_KEY" in summary["message"]
+    assert "not-the-key-0042" not in output
+    assert "not-the-key-0042" not in HarvestRun.objects.get().message
+    settings.SHODAN_API_KEY = STANDIN_KEY
+    summary, _ = harvest("--resume", str(summary["run"]))
+    assert summary["status"] == "completed"
+    assert stored() == expected_services(shodan_standin, plan_queries("ports"))
+
+
+def test_transient_failures_during_a_run_are_retried(shodan_standin: ShodanStandIn) -> None:
+    # Three failures in a row on one request, within the 3 retries allowed.
+    shodan_standin.fail(429, times=2)
+    shodan_standin.cut(times=1)
+    shodan_standin.fail(503, times=2, path="/shodan/host/count")
+    shodan_standin.fail(502, times=1, path="/shodan/host/count")
+    summary, _ = harvest("--plan", "ports")
+    assert summary["status"] == "completed", summary["message"]
+    assert stored() == expected_services(shodan_standin, plan_queries("ports"))
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/search")][:4] == [429, 429, 0, 200]
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/count")][:4] == [503, 503, 502, 200]
+    assert shodan_standin.pages == expected_pages(shodan_standin, plan_queries("ports"))
+
+
+def test_retries_exhausted_stop_the_run_resumably(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.fail(503, times=4)  # 1 try + 3 retries
+    summary, _ = harvest("--plan", "ports")
+    assert summary["status"] == "stopped"
+    assert "gave up after 3 retries" in summary["message"]
+    summary, _ = harvest("--resume", str(summary["run"]))
+    assert summary["status"] == "completed"
+    assert stored() == expected_services(shodan_standin, plan_queries("ports"))
+
+
+def test_a_refused_query_is_reported_and_the_others_are_harvested(shodan_standin: ShodanStandIn, plan_file) -> None:
+    summary, _ = harvest("--plan", plan_file("vuln:CVE-2019-0708", "port:2575"))
+    assert summary["status"] == "completed"
+    assert summary["rejected"] == {"query_failed": 1}
+    assert summary["rejections"]["query_failed"]["examples"][0]["position"] == "query 1 page 1"
+    assert "unknown filter" in summary["rejections"]["query_failed"]["examples"][0]["detail"]
+    assert {port for _, port, _ in stored()} == {2575}
+
+
+def test_the_key_never_appears_in_output_or_logs(shodan_standin: ShodanStandIn, caplog, capsys) -> None:
+    caplog.set_level(logging.DEBUG)
+    shodan_standin.cut(times=5)
+    shodan_standin.slow(2.0, times=1, path="/shodan/host/count")
+    summary, output = harvest("--plan", "ports")
+    out = io.StringIO()
+    call_command("harvest", "--resume", str(summary["run"]), stdout=out, stderr=out)
+    captured = capsys.readouterr()
+    everything = output + out.getvalue() + captured.out + captured.err + caplog.text
+    assert "gave up" in summary["message"]
+    for run in HarvestRun.objects.all():
+        everything += run.message + json.dumps(run.options) + json.dumps(run.checkpoint)
+    everything += "".join(Rejection.objects.values_list("detail", flat=True))
+    assert STANDIN_KEY not in everything
+    assert STANDIN_KEY[-8:] not in everything
+
+
+def test_an_unknown_plan_is_refused(shodan_standin: ShodanStandIn) -> None:
+    with pytest.raises(CommandError, match="there is no plan 'nosuch'; plans: .*ports"):
+        call_command("harvest", "--plan", "nosuch")
+    assert not HarvestRun.objects.exists()
+
+
+# --- kill -9 ----------------------------------------------------------------------------------
+
+
+def _env(tmp: Path, db: Path, server: ShodanStandIn) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHODAN_", "DJANGO_"))}
+    env.update(
+        DEBUG="1",
+        MEDEXPO_DATA_DIR=str(tmp),
+        DATABASE_URL=f"sqlite:///{db}",
+        SHODAN_API_URL=server.url,
+        SHODAN_API_KEY=STANDIN_KEY,
+        SHODAN_REQUEST_INTERVAL="0",
+        SHODAN_TIMEOUT="10",
+        MEDEXPO_COUNTRY="NL",
+    )
+    return env
+
+
+def _manage(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _services(db: Path) -> set[tuple]:
+    with sqlite3.connect(db) as conn:
+        return set(
+            conn.execute(
+                "SELECT h.ip, s.port, s.transport, s.banner_hash FROM harvest_service s "
+                "JOIN harvest_host h ON h.id = s.host_id"
+            )
+        )
+
+
+def _checkpoint(db: Path) -> dict:
+    with sqlite3.connect(db, timeout=10) as conn:
+        row = conn.execute("SELECT checkpoint FROM harvest_harvestrun").fetchone()
+    return json.loads(row[0]) if row else {}
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_reference_result(shodan_standin: ShodanStandIn, tmp_path) -> None:
+    template = tmp_path / "template.sqlite3"
+    migrated = _manage(_env(tmp_path, template, shodan_standin), "migrate", "--verbosity", "0")
+    assert migrated.returncode == 0, migrated.stderr
+    reference_db, killed_db = tmp_path / "reference.sqlite3", tmp_path / "killed.sqlite3"
+    reference_db.write_bytes(template.read_bytes())
+    killed_db.write_bytes(template.read_bytes())
+
+    done = _manage(_env(tmp_path, reference_db, shodan_standin), "harvest", "--plan", "ports", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "completed"
+    reference_pages = shodan_standin.pages
+    shodan_standin.state.pages.clear()
+
+    shodan_standin.set_page_delay(1.0)
+    env = _env(tmp_path, killed_db, shodan_standin)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "harvest", "--plan", "ports", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _checkpoint(killed_db) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _checkpoint(killed_db), "no checkpoint committed in time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    committed = _checkpoint(killed_db)
+    assert committed["query"] == 0 and committed["page"] >= 2  # port:104 has several pages
+    first_query = "port:104 country:NL"
+    committed_pages = {(first_query, n) for n in range(1, committed["page"])}
+    in_flight = (first_query, committed["page"])
+
+    shodan_standin.set_page_delay(0)
+    resumed = _manage(env, "harvest", "--resume", "1", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["status"] == "completed"
+    assert _services(killed_db) == _services(reference_db)
+    assert len(_services(reference_db)) >= 338
+    # No committed page was bought again; only the page in flight at the kill may have been.
+    assert all(shodan_standin.pages[page] == 1 for page in committed_pages)
+    # (The stand-in, like Shodan, charges a page it answers after the client died.)
+    twice = {page for page, n in shodan_standin.pages.items() if n > 1}
+    assert twice <= {in_flight}
+    assert set(shodan_standin.pages) == set(reference_pages)
