@@ -427,6 +427,34 @@ class _Label:
     values: dict
 
 
+MAX_PROBLEMS = 1000  # answer lines reported one by one; beyond this they are only counted
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+        self.count = 0
+
+    def add(self, line: int, reason: str) -> None:
+        self.count += 1
+        if len(self.items) < MAX_PROBLEMS:
+            self.items.append({"line": line, "reason": reason})
+
+
+class EvaluationTally:
+    """(answer, verdict) counts per field: constant memory whatever the size of the answer file."""
+
+    def __init__(self) -> None:
+        self.matched = 0
+        self.pairs: dict[str, Counter] = {name: Counter() for name in LABEL_FIELDS}
+
+    def add(self, label: dict, verdict: dict) -> None:
+        self.matched += 1
+        for name in LABEL_FIELDS:
+            if name in label:
+                self.pairs[name][(str(label[name]), str(verdict[name]))] += 1
+
+
 def classification_evaluate(*, path: str | Path, batch_size: int = 1000) -> dict:
     """Precision and recall of the current verdicts against an answer file (JSON lines).
 
@@ -436,8 +464,7 @@ def classification_evaluate(*, path: str | Path, batch_size: int = 1000) -> dict
     path = Path(path)
     if not path.is_file():
         raise ClassificationError(f"no such answer file: {path}")
-    pairs: list[tuple[dict, dict]] = []  # (label, verdict)
-    problems: list[dict] = []
+    tally, problems = EvaluationTally(), _Problems()
     seen: set[tuple[str, int, str]] = set()
     batch: list[_Label] = []
     with path.open("rb") as handle:
@@ -447,19 +474,23 @@ def classification_evaluate(*, path: str | Path, batch_size: int = 1000) -> dict
             try:
                 label = _parse_label(number, line)
             except ValueError as exc:
-                problems.append({"line": number, "reason": str(exc)})
+                problems.add(number, str(exc))
                 continue
             if label.key in seen:
-                problems.append({"line": number, "reason": f"duplicate label for {_key_text(label.key)}"})
+                problems.add(number, f"duplicate label for {_key_text(label.key)}")
                 continue
             seen.add(label.key)
             batch.append(label)
             if len(batch) >= batch_size:
-                _match_labels(batch, pairs, problems)
+                _match_labels(batch, tally, problems)
                 batch = []
-    _match_labels(batch, pairs, problems)
-    problems.sort(key=lambda p: p["line"])
-    return evaluation_metrics(pairs=pairs) | {"answer_file": str(path), "unmatched": problems}
+    _match_labels(batch, tally, problems)
+    problems.items.sort(key=lambda p: p["line"])
+    return evaluation_metrics(tally=tally) | {
+        "answer_file": str(path),
+        "unmatched": problems.items,
+        "unmatched_count": problems.count,
+    }
 
 
 def _parse_label(number: int, line: bytes) -> _Label:
@@ -490,7 +521,7 @@ def _key_text(key: tuple[str, int, str]) -> str:
     return f"[{ip}]:{port}/{transport}" if ":" in ip else f"{ip}:{port}/{transport}"
 
 
-def _match_labels(batch: list[_Label], pairs: list[tuple[dict, dict]], problems: list[dict]) -> None:
+def _match_labels(batch: list[_Label], tally: EvaluationTally, problems: _Problems) -> None:
     if not batch:
         return
     services = {
@@ -508,26 +539,25 @@ def _match_labels(batch: list[_Label], pairs: list[tuple[dict, dict]], problems:
     for label in batch:
         sid = services.get(label.key)
         if sid is None:
-            problems.append({"line": label.line, "reason": f"no stored service {_key_text(label.key)}"})
+            problems.add(label.line, f"no stored service {_key_text(label.key)}")
         elif sid not in verdicts:
-            problems.append({"line": label.line, "reason": f"service {_key_text(label.key)} is not classified"})
+            problems.add(label.line, f"service {_key_text(label.key)} is not classified")
         else:
-            pairs.append((label.values, verdicts[sid]))
+            tally.add(label.values, verdicts[sid])
 
 
 def _ratio(num: int, den: int) -> float | None:
     return round(num / den, 4) if den else None
 
 
-def _per_label(pairs: list[tuple[dict, dict]], name: str, always: tuple[str, ...] = ()) -> dict:
-    """Precision, recall and F1 for each value of one field, over the pairs whose label has it."""
-    rows = [(label[name], verdict[name]) for label, verdict in pairs if name in label]
-    values = sorted({str(a) for a, _ in rows} | {str(p) for _, p in rows} | set(always))
+def _per_label(pairs: Counter, always: tuple[str, ...] = ()) -> dict:
+    """Precision, recall and F1 for each value of one field, from (answer, verdict) counts."""
+    values = sorted({a for a, _ in pairs} | {p for _, p in pairs} | set(always))
     out = {}
     for value in values:
-        tp = sum(1 for a, p in rows if str(a) == value and str(p) == value)
-        predicted = sum(1 for _, p in rows if str(p) == value)
-        actual = sum(1 for a, _ in rows if str(a) == value)
+        tp = pairs[(value, value)]
+        predicted = sum(n for (_, p), n in pairs.items() if p == value)
+        actual = sum(n for (a, _), n in pairs.items() if a == value)
         precision, recall = _ratio(tp, predicted), _ratio(tp, actual)
         f1 = (
             round(2 * precision * recall / (precision + recall), 4)
@@ -539,23 +569,21 @@ def _per_label(pairs: list[tuple[dict, dict]], name: str, always: tuple[str, ...
     return out
 
 
-def evaluation_metrics(*, pairs: list[tuple[dict, dict]]) -> dict:
-    """Pure: metrics from (label, verdict) pairs. Fields absent from a label are not scored."""
-    confusion = {a: {p: 0 for p in CLASSES} for a in CLASSES}
-    for label, verdict in pairs:
-        confusion[label["class"]][verdict["class"]] += 1
+def evaluation_metrics(*, tally: EvaluationTally) -> dict:
+    """Pure: metrics from the tallied (answer, verdict) pairs. Fields absent from a label are not scored."""
+    classes = tally.pairs["class"]
+    confusion = {a: {p: classes[(a, p)] for p in CLASSES} for a in CLASSES}
     correct = sum(confusion[c][c] for c in CLASSES)
-    scored = {name: [(lab, ver) for lab, ver in pairs if name in lab] for name in LABEL_FIELDS}
     return {
-        "matched": len(pairs),
-        "accuracy": _ratio(correct, len(pairs)),
+        "matched": tally.matched,
+        "accuracy": _ratio(correct, tally.matched),
         "accuracy_by_field": {
-            name: _ratio(sum(1 for lab, ver in rows if lab[name] == ver[name]), len(rows))
-            for name, rows in scored.items()
+            name: _ratio(sum(n for (a, p), n in pairs.items() if a == p), sum(pairs.values()))
+            for name, pairs in tally.pairs.items()
         },
-        "per_class": _per_label(pairs, "class", CLASSES),
-        "per_category": _per_label(pairs, "category"),
-        "per_segment": _per_label(pairs, "segment"),
-        "honeypot": _per_label(pairs, "honeypot").get("True"),
+        "per_class": _per_label(classes, CLASSES),
+        "per_category": _per_label(tally.pairs["category"]),
+        "per_segment": _per_label(tally.pairs["segment"]),
+        "honeypot": _per_label(tally.pairs["honeypot"]).get("True"),
         "confusion": confusion,
     }

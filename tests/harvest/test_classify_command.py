@@ -159,10 +159,18 @@ def test_evaluation_reports_every_line_it_could_not_score(answers: Path) -> None
         (11, "class"),
         (12, "bad"),
     ]
+    assert e["unmatched_count"] == 6
     reasons = {p["line"]: p["reason"] for p in e["unmatched"]}
     assert reasons[8] == "no stored service 192.0.2.9:104/tcp"
     assert reasons[9] == "service 192.0.2.7:8080/tcp is not classified"
     assert "'benign'" in reasons[11]
+
+
+def test_evaluation_counts_unmatched_lines_beyond_those_it_lists(answers: Path, monkeypatch) -> None:
+    monkeypatch.setattr(services, "MAX_PROBLEMS", 2)
+    e = services.classification_evaluate(path=answers)
+    assert e["unmatched_count"] == 6
+    assert [p["line"] for p in e["unmatched"]] == [4, 8]
 
 
 def test_the_command_prints_the_evaluation(answers: Path) -> None:

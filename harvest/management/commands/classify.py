@@ -88,12 +88,12 @@ class Command(BaseCommand):
         w("  " + f"{'':<14}" + "".join(f"{c:>13}" for c in classes))
         for actual, row in e["confusion"].items():
             w("  " + f"{actual:<14}" + "".join(f"{row[c]:>13}" for c in classes))
-        if e["unmatched"]:
-            w(f"  {len(e['unmatched'])} answer lines not scored:")
+        if e["unmatched_count"]:
+            w(f"  {e['unmatched_count']} answer lines not scored:")
             for problem in e["unmatched"][:20]:
                 w(f"    line {problem['line']}: {problem['reason']}")
-            if len(e["unmatched"]) > 20:
-                w(f"    ... and {len(e['unmatched']) - 20} more (see --json)")
+            if e["unmatched_count"] > 20:
+                w(f"    ... and {e['unmatched_count'] - 20} more (the first {len(e['unmatched'])} are in --json)")
 
 
 def _fmt(value: float | None) -> str:
