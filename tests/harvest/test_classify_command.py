@@ -170,7 +170,7 @@ def test_evaluation_counts_unmatched_lines_beyond_those_it_lists(answers: Path, 
     monkeypatch.setattr(services, "MAX_PROBLEMS", 2)
     e = services.classification_evaluate(path=answers)
     assert e["unmatched_count"] == 6
-    assert [p["line"] for p in e["unmatched"]] == [4, 8]
+    assert [p["line"] for p in e["unmatched"]] == [4, 10]  # the first two found: unreadable, duplicate
 
 
 def test_the_command_prints_the_evaluation(answers: Path) -> None:
