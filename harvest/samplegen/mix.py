@@ -58,7 +58,7 @@ TABLE1 = (
     ("previder", 0.5), ("hospital", 0.6),
 )  # fmt: skip
 WEBAPPS = (
-    ("azure-we", 3), ("leaseweb-95", 2), ("transip-149", 2), ("digitalocean", 2), ("previder", 1.5),
+    ("azure-we", 3), ("leaseweb-95", 2), ("transip-149", 2), ("digitalocean", 2), ("previder", 1),
     ("surfsara", 0.5), ("kpn", 1), ("ziggo-84", 0.5), ("hospital", 1),
 )  # fmt: skip
 PUMPS = (("kpn", 2), ("ziggo-84", 1), ("tele2", 1), ("previder", 1), ("azure-we", 1), ("hospital", 2))

@@ -11,8 +11,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 import zlib
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
 REGISTRY = Path(__file__).resolve().parent.parent / "data" / "nl_healthcare.toml"
@@ -117,7 +116,7 @@ PROVIDERS: tuple[Network, ...] = (
     ),
     Network(
         "transip-149",
-        "149.210.128.0/17",
+        "149.210.0.0/16",
         "TRANSIP-NL-149",
         "TransIP B.V.",
         "TransIP B.V.",
@@ -197,7 +196,7 @@ PROVIDERS: tuple[Network, ...] = (
     ),
     Network(
         "digitalocean",
-        "188.166.0.0/17",
+        "188.166.0.0/16",
         "DIGITALOCEAN-AMS",
         "DigitalOcean, LLC",
         "DigitalOcean, LLC",
@@ -227,13 +226,13 @@ PROVIDERS: tuple[Network, ...] = (
     ),
     Network(
         "previder",
-        "31.3.96.0/20",
+        "31.3.64.0/18",
         "PREVIDER-HOSTING",
         "Previder B.V.",
         "Previder B.V.",
         20847,
         "hoster",
-        2,
+        1,
         "Hengelo",
         "",
         "previder.nl",
@@ -304,39 +303,33 @@ def hospital_networks(registry: dict) -> tuple[Network, ...]:
     return tuple(nets)
 
 
-@dataclass(slots=True)
 class Allocator:
     """Hands out an unused (ip, port) for a network; raises when a network's space runs out."""
 
-    counters: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    def __init__(self) -> None:
+        # (network, port) -> [next count, first address, size, offset]
+        self._state: dict[tuple[str, int], list[int]] = {}
 
     def address(self, net: Network, group: str, port: int) -> int:
-        key = (net.key, group, port)
-        count = self.counters.get(key, 0)
-        start, size = _span(net.cidr)
-        # An odd stride is a bijection modulo a power of two; the group offset decides which
-        # services share a host (all ports of one group start from the same address).
-        offset = _offset(net.key, group, size)
+        state = self._state.get((net.key, port))
+        if state is None:
+            network = net.network
+            size = network.num_addresses
+            # The group offset decides which services share a host: all ports of one group
+            # start from the same address and step alike.
+            offset = zlib.crc32(f"{net.key}/{group}".encode()) % size
+            state = self._state[(net.key, port)] = [0, int(network.network_address), size, offset]
+        count, start, size, offset = state
         while True:
             if count >= size:
                 raise ValueError(f"network {net.cidr} has no free address left for port {port}")
+            # An odd stride is a bijection modulo a power of two: no address comes twice.
             host = (offset + count * 40503) % size
             count += 1
-            if host not in (0, size - 1):  # skip the network and broadcast addresses
+            if 0 < host < size - 1:  # skip the network and broadcast addresses
                 break
-        self.counters[key] = count
+        state[0] = count
         return start + host
-
-
-@lru_cache(maxsize=512)
-def _span(cidr: str) -> tuple[int, int]:
-    network = ipaddress.IPv4Network(cidr)
-    return int(network.network_address), network.num_addresses
-
-
-@lru_cache(maxsize=4096)
-def _offset(key: str, group: str, size: int) -> int:
-    return zlib.crc32(f"{key}/{group}".encode()) % size
 
 
 def reverse_name(net: Network, ip: int) -> str:

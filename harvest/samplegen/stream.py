@@ -26,7 +26,8 @@ from harvest.samplegen.networks import PROVIDERS, Allocator, Network, hospital_n
 DEFAULT_SEED = 2019
 # Banners are dated in the two months before this moment (no time zone, as Shodan writes it).
 EPOCH_END = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
-WINDOW_SECONDS = 60 * 86400
+WINDOW_DAYS = 60
+WINDOW_US = WINDOW_DAYS * 86_400_000_000
 
 # Approximate centres, as a geolocation database would give them.
 CITY_COORDINATES = {
@@ -50,15 +51,6 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def _cumulative(weights: list[float]) -> tuple[list[float], float]:
     cum = list(accumulate(weights))
     return cum, cum[-1]
-
-
-def _ip_str(ip: int) -> str:
-    return f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}"
-
-
-def _signed_crc(text: str) -> int:
-    value = zlib.crc32(text.encode("utf-8"))
-    return value - 2**32 if value >= 2**31 else value
 
 
 def _der_len(n: int) -> bytes:
@@ -90,6 +82,16 @@ class Generator:
         self._pools: dict[tuple[str, str, int], tuple[Variant, ...]] = {}
         self._locations = {n.key: self._location(n) for n in self.networks.values()}
         self._crawlers = [f"{random.Random(f'{seed}/crawler/{i}').getrandbits(160):040x}" for i in range(8)]
+        self._net_fields = {
+            n.key: (n.org, n.isp, f"AS{n.asn}", self._locations[n.key], n.domains[0] if n.domains else "", n.rdns)
+            for n in self.networks.values()
+        }
+        # Formatting times is the costliest step per banner: days and clock times come from tables.
+        first_day = EPOCH_END - WINDOW_DAYS * 86400
+        days = [time.gmtime(first_day + d * 86400) for d in range(WINDOW_DAYS)]
+        self._day_iso = [f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}" for t in days]
+        self._day_http = [f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year}" for t in days]
+        self._clock = [f"{h:02d}:{m:02d}:{sec:02d}" for h in range(24) for m in range(60) for sec in range(60)]
 
     # -- tables
 
@@ -167,68 +169,60 @@ class Generator:
         rng = self.rng
         if ip is None:
             ip = self.allocator.address(net, mix.port_group(port), port)
-        ip_str = _ip_str(ip)
+        ip_str = f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}"
+        org, isp, asn, location, domain, rdns = self._net_fields[net.key]
         if net.is_hospital:
-            domain = net.domains[0]
             hostname = f"{v.role}.{domain}" if v.role else ""
-        else:
+        elif rdns:
             hostname = reverse_name(net, ip)
-            domain = ".".join(hostname.rsplit(".", 2)[-2:]) if hostname else ""
-        moment = EPOCH_END - rng.random() * WINDOW_SECONDS
-        seconds = int(moment)
-        t = time.gmtime(seconds)
-        timestamp = (
-            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-            f".{int((moment - seconds) * 1e6):06d}"
-        )
+            domain = ".".join(hostname.rsplit(".", 2)[-2:])
+        else:
+            hostname = domain = ""
+        day, rest = divmod(int(rng.random() * WINDOW_US), 86_400_000_000)
+        second, micro = divmod(rest, 1_000_000)
+        clock = self._clock[second]
+        timestamp = f"{self._day_iso[day]}T{clock}.{micro:06d}"
         data = v.data
         if v.dated:
-            date = (
-                f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
-            )
-            data = data.replace("%DATE%", date)
+            data = data.replace("%DATE%", f"{self._day_http[day]} {clock} GMT")
             if "%HOST%" in data:
                 data = data.replace("%HOST%", hostname or ip_str)
         uid = f"{rng.getrandbits(128):032x}"
+        crc = zlib.crc32(data.encode("utf-8"))
         banner: dict = {
-            "hash": _signed_crc(data),
+            "hash": crc - 4294967296 if crc >= 2147483648 else crc,
             "ip": ip,
             "hostnames": [hostname] if hostname else [],
-            "org": net.org,
+            "org": org,
             "data": data,
             "port": port,
             "transport": transport,
+            "isp": isp,
+            "asn": asn,
+            "location": location,
+            "timestamp": timestamp,
+            "domains": [domain] if domain else [],
+            "ip_str": ip_str,
+            "os": v.os,
+            "_shodan": {
+                "crawler": self._crawlers[int(uid[0], 16) & 7],
+                "options": {},
+                "id": f"{uid[:8]}-{uid[8:12]}-4{uid[13:16]}-a{uid[17:20]}-{uid[20:]}",
+                "module": v.module,
+                "ptr": bool(hostname),
+            },
+            "opts": {},
         }
         if v.product:
             banner["product"] = v.product
-        if v.version:
-            banner["version"] = v.version
+            if v.version:
+                banner["version"] = v.version
         if v.http is not None:
             banner["http"] = v.http
         if v.tls:
             banner["ssl"] = self._ssl(hostname or v.cert_cn or "localhost", self_signed=not hostname)
         if v.extra:
             banner.update(v.extra)
-        banner.update(
-            {
-                "isp": net.isp,
-                "asn": f"AS{net.asn}",
-                "location": self._locations[net.key],
-                "timestamp": timestamp,
-                "domains": [domain] if domain else [],
-                "ip_str": ip_str,
-                "os": v.os,
-                "_shodan": {
-                    "crawler": self._crawlers[int(uid[0], 16) % len(self._crawlers)],
-                    "options": {},
-                    "id": f"{uid[:8]}-{uid[8:12]}-4{uid[13:16]}-a{uid[17:20]}-{uid[20:]}",
-                    "module": v.module,
-                    "ptr": bool(hostname),
-                },
-                "opts": {},
-            }
-        )
         if v.tags:
             banner["tags"] = list(v.tags)
         label = {
