@@ -361,5 +361,7 @@ def _organisation(banner: Banner, rules: RuleSet) -> Evidence | None:
 
 
 def _in_domains(host: str, domains: frozenset[str]) -> bool:
+    if len(host) > 253:  # longer than any DNS name: not a hostname, and costly to split
+        return False
     labels = host.split(".")
     return any(".".join(labels[i:]) in domains for i in range(max(len(labels) - 1, 0)))

@@ -1,0 +1,294 @@
+"""The pure engine: what a person would decide, and the precision rules that keep it honest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pynetdicom.pdu import A_ASSOCIATE_AC
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext
+
+from harvest.classify import Banner, Verdict, banner_from_shodan, classify, load_rules
+from harvest.classify.rules import RuleSet
+
+NGINX = "HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Type: text/html\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleSet:
+    return load_rules()
+
+
+def associate_ac(class_uid: str, version_name: str) -> str:
+    """An A-ASSOCIATE-AC as a server with this identity answers Shodan's probe, built by pynetdicom."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.called_ae_title = "ANY-SCP"
+    primitive.calling_ae_title = "FINDSCU"
+    primitive.result = 0
+    context = PresentationContext()
+    context.context_id = 1
+    context.result = 0
+    context.transfer_syntax = ["1.2.840.10008.1.2"]
+    primitive.presentation_context_definition_results_list = [context]
+    items = [MaximumLengthNotification(), ImplementationClassUIDNotification()]
+    items[0].maximum_length_received = 16384
+    items[1].implementation_class_uid = class_uid
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = version_name
+    primitive.user_information = [*items, version]
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(primitive)
+    return pdu.encode().decode("latin-1")
+
+
+def rules_of(verdict: Verdict) -> list[str]:
+    return [e.rule for e in verdict.evidence]
+
+
+def test_a_port_alone_is_never_evidence_http_on_104_is_http(rules: RuleSet) -> None:
+    verdict = classify(Banner(port=104, data=NGINX, module="http", http_title="Welcome to nginx!"), rules)
+
+    assert (verdict.cls, verdict.category, verdict.segment) == ("non_medical", "known_service", "medical_port")
+    assert rules_of(verdict)[0] == "service.http"
+
+
+def test_the_word_dicom_alone_does_not_make_a_dicom_server(rules: RuleSet) -> None:
+    for data in ("DICOM Server Response\n", "DICOM storage ready\r\n", "\x02\x00DICOM" + "\x00" * 20):
+        verdict = classify(Banner(port=104, data=data, module="dicom"), rules)
+        assert verdict.cls == "unknown" and verdict.category == "unparseable", data
+
+
+def test_a_valid_accept_is_dicom_and_names_its_software(rules: RuleSet) -> None:
+    verdict = classify(Banner(port=11112, data=associate_ac("1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367")), rules)
+
+    assert (verdict.cls, verdict.category, verdict.segment) == ("medical", "dicom", "medical_port")
+    assert verdict.product == "DCMTK 3.6.7"
+    assert verdict.details["dicom"]["implementation_version"] == "OFFIS_DCMTK_367"
+    assert rules_of(verdict)[:2] == ["dicom.associate_ac", "dicom_impl.dcmtk"]
+    assert not verdict.honeypot and verdict.confidence >= 0.9
+
+
+def test_the_text_summary_counts_when_it_carries_the_reply_fields(rules: RuleSet) -> None:
+    text = (
+        "DICOM Server Response\nCalled AE Title: DCM4CHEE\nCalling AE Title: FINDSCU\n"
+        "Implementation Class UID: 1.2.40.0.13.1.3\nImplementation Version Name: dcm4che-5.31.0\n"
+        "Association: accepted\n"
+    )
+
+    verdict = classify(Banner(port=104, data=text, module="dicom"), rules)
+
+    assert (verdict.cls, verdict.category, verdict.product) == ("medical", "dicom", "dcm4che 5.31.0")
+
+
+def test_a_dicom_server_on_a_host_answering_a_dozen_protocols_is_a_suspected_honeypot(rules: RuleSet) -> None:
+    reply = associate_ac("1.2.40.0.13.1.3", "dcm4che-5.31.0")
+    others = ("ftp", "ssh", "telnet", "smtp", "http", "https", "snmp", "mysql", "rdp", "sip", "redis", "mongodb")
+
+    alone = classify(Banner(port=104, data=reply), rules)
+    crowded = classify(Banner(port=104, data=reply, host_modules=others), rules)
+    sibling = classify(
+        Banner(port=22, data="SSH-2.0-OpenSSH_9.2", module="ssh", host_modules=("dicom", *others)), rules
+    )
+    busy_but_no_dicom = classify(Banner(port=22, data="SSH-2.0-OpenSSH_9.2", module="ssh", host_modules=others), rules)
+
+    assert not alone.honeypot
+    assert crowded.honeypot and crowded.cls == "medical"  # flagged, not reclassified
+    assert crowded.honeypot_evidence[0].rule == "honeypot.many_protocols"
+    assert crowded.honeypot_evidence[0].field == "host_modules"
+    assert crowded.confidence < alone.confidence
+    assert sibling.honeypot and sibling.category == "known_service"
+    assert not busy_but_no_dicom.honeypot
+
+
+def test_it_flags_honeypot_and_scanner_identities(rules: RuleSet) -> None:
+    dicompot = classify(Banner(port=104, data=associate_ac("1.2.826.0.1.3680043.9.7133.1.1", "GODICOM_1_1")), rules)
+    echo = classify(Banner(port=104, data=associate_ac("1.2.276.0.7230010.3.0.3.6.0", "OFFIS_DCMTK_360")), rules)
+
+    assert dicompot.honeypot and {(e.rule, e.field) for e in dicompot.honeypot_evidence} == {
+        ("honeypot.dicompot", "dicom.implementation_version"),
+        ("honeypot.dicompot", "dicom.implementation_class_uid"),
+    }
+    assert echo.honeypot and [e.rule for e in echo.honeypot_evidence] == ["honeypot.probe_identity"]
+    assert (dicompot.cls, echo.cls) == ("medical", "medical")
+
+
+def test_the_probe_sent_back_is_not_a_server(shared_data: Path, rules: RuleSet) -> None:
+    probe = (shared_data / "dicom" / "shodan-dicom-probe-request.bin").read_bytes().decode("latin-1")
+
+    verdict = classify(Banner(port=104, data=probe, module="dicom"), rules)
+
+    assert (verdict.cls, verdict.category, verdict.product) == ("unknown", "unparseable", "")
+    assert verdict.honeypot
+    assert {e.rule for e in verdict.honeypot_evidence} == {"honeypot.echoed_request", "honeypot.probe_identity"}
+    assert rules_of(verdict) == ["dicom.associate_rq"]
+
+
+@pytest.mark.parametrize(
+    ("title", "server", "data", "category", "product"),
+    [
+        ("Orthanc Explorer", "", NGINX, "pacs_web", "Orthanc"),
+        ("", "", 'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="Orthanc Secure Area"\r\n\r\n', "pacs_web",
+         "Orthanc"),
+        ("MedDream - Login", "Apache", NGINX, "pacs_web", "Softneta MedDream"),
+        ("IntelliSpace PACS Enterprise", "Microsoft-IIS/10.0", NGINX, "pacs_web", "Philips IntelliSpace"),
+        ("JiveX Web", "", NGINX, "pacs_web", "VISUS JiveX"),
+        ("OpenEMR Login", "", NGINX, "ehr_web", "OpenEMR"),
+        ("Mirth Connect Administrator", "Jetty(9.4.53.v20231009)", NGINX, "ehr_web", "Mirth Connect"),
+        ("Hospira MedNet", "Apache-Coyote/1.1", NGINX, "pump_server", "Hospira / ICU Medical MedNet"),
+        ("CARESCAPE Gateway", "GoAhead-Webs", NGINX, "medical_device", "GE Healthcare modality"),
+    ],
+)  # fmt: skip
+def test_medical_web_software_is_recognised_by_title_header_or_page(
+    rules: RuleSet, title: str, server: str, data: str, category: str, product: str
+) -> None:
+    verdict = classify(Banner(port=8080, data=data, module="http", http_title=title, http_server=server), rules)
+
+    assert (verdict.cls, verdict.category, verdict.product) == ("medical", category, product)
+    assert verdict.evidence[0].excerpt in (title + data)
+
+
+def test_web_software_is_in_the_software_group_pumps_in_the_port_group(rules: RuleSet) -> None:
+    orthanc = classify(Banner(port=8042, data=NGINX, http_title="Orthanc Explorer"), rules)
+    pump_on_its_port = classify(Banner(port=1500, data=NGINX, http_title="B. Braun Space Online Suite"), rules)
+    pump_on_443 = classify(Banner(port=443, data=NGINX, http_title="B. Braun Space Online Suite"), rules)
+    nginx_on_443 = classify(Banner(port=443, data=NGINX, http_title="Welcome to nginx!"), rules)
+
+    assert orthanc.segment == "software"
+    assert (pump_on_its_port.category, pump_on_its_port.segment) == ("pump_server", "medical_port")
+    assert pump_on_443.segment == "medical_port"  # Appendix B lists 443 for B. Braun: a hint with a marker
+    assert nginx_on_443.segment == ""  # ... and nothing without one
+
+
+def test_a_hospital_is_recognised_by_org_hostname_or_certificate(rules: RuleSet) -> None:
+    by_org = classify(Banner(port=443, data=NGINX, org="Erasmus MC"), rules)
+    by_host = classify(Banner(port=443, data=NGINX, hostnames=("vpn.erasmusmc.nl",)), rules)
+    by_cert = classify(Banner(port=443, data=NGINX, ssl_names=("mail.umcg.nl",)), rules)
+    by_word = classify(Banner(port=443, data=NGINX, org="Stichting Regionaal Ziekenhuis Oost"), rules)
+    medical = classify(Banner(port=443, data=NGINX, org="Isala", http_title="Sectra UniView"), rules)
+
+    for verdict in (by_org, by_host, by_cert, by_word):
+        assert (verdict.cls, verdict.category, verdict.segment) == (
+            "non_medical",
+            "hospital_infra",
+            "hospital_organisation",
+        )
+    assert by_host.evidence[-1].rule == "organisation.domain" and by_host.evidence[-1].excerpt == "vpn.erasmusmc.nl"
+    assert (medical.cls, medical.category, medical.segment) == ("medical", "pacs_web", "hospital_organisation")
+
+
+def test_lookalike_names_are_not_hospitals(rules: RuleSet) -> None:
+    for org, hosts in (
+        ("AMC Networks Inc.", ()),
+        ("Humco Hosting", ()),
+        ("Example B.V.", ("erasmusmc.nl.evil.example",)),
+        ("Example B.V.", ("notumcg.nl",)),
+    ):
+        verdict = classify(Banner(port=443, data=NGINX, org=org, hostnames=hosts), rules)
+        assert verdict.segment == "" and verdict.category == "known_service", (org, hosts)
+
+
+def test_blank_answers(rules: RuleSet) -> None:
+    blank = classify(Banner(port=80, data="", module="auto"), rules)
+    bgp = classify(Banner(port=179, data="", module="auto"), rules)
+    tls_only = classify(Banner(port=8443, data="", module="https", ssl_subject="example.org"), rules)
+
+    assert (blank.cls, blank.category) == ("unknown", "blank")
+    assert (bgp.cls, bgp.category, rules_of(bgp)) == ("non_medical", "known_service", ["service.silent_port"])
+    assert (tls_only.cls, tls_only.category) == ("non_medical", "known_service")
+
+
+def test_hl7_framed_or_bare(rules: RuleSet) -> None:
+    msh = "MSH|^~\\&|HiX|ZIEKENHUIS|||20261103091244||ACK^A01^ACK|123|P|2.5\rMSA|AA|99\r"
+
+    framed = classify(Banner(port=2575, data="\x0b" + msh + "\x1c\r"), rules)
+    bare = classify(Banner(port=9999, data=msh), rules)
+
+    assert (framed.cls, framed.category, framed.product, framed.segment) == (
+        "medical",
+        "hl7",
+        "ChipSoft HiX",
+        "medical_port",
+    )
+    assert framed.details["hl7"]["ack_code"] == "AA"
+    assert (bare.category, bare.segment) == ("hl7", "") and bare.confidence < framed.confidence
+
+
+def test_known_services_are_recognised_by_their_own_answers(rules: RuleSet) -> None:
+    cases = {
+        "SSH-2.0-OpenSSH_9.2p1 Debian-2": "SSH",
+        "220 (vsFTPd 3.0.3)\r\n": "FTP",
+        "220 mx1.example.nl ESMTP Exim 4.96\r\n": "SMTP",
+        "\xff\xfd\x18\xff\xfd \r\nlogin: ": "Telnet",
+        "RFB 003.008\n": "VNC",
+        "SIP/2.0 200 OK\r\n": "SIP",
+        "-NOAUTH Authentication required.\r\n": "Redis",
+        "MongoDB Server Information\n{}": "MongoDB",
+        "0\x0c\x02\x01\x01a\x07\n\x01\x00\x04\x00\x04\x00": "LDAP",
+        "J\x00\x00\x00\n5.7.42-0ubuntu0.18.04.1\x00": "MySQL",
+    }
+    for data, product in cases.items():
+        verdict = classify(Banner(port=2575, data=data), rules)
+        assert (verdict.cls, verdict.category, verdict.product) == ("non_medical", "known_service", product), data
+
+
+def test_evidence_and_details_are_bounded_and_storable(rules: RuleSet) -> None:
+    title = "Orthanc Explorer " + "x" * 5000
+    reply = associate_ac("1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367")
+
+    for verdict in (
+        classify(Banner(port=80, data=NGINX, http_title=title), rules),
+        classify(Banner(port=104, data=reply + "\x00" * 1000), rules),
+    ):
+        assert all(len(e.excerpt) <= 200 for e in verdict.evidence)
+        stored = json.dumps([verdict.details, [e.excerpt for e in verdict.evidence]])
+        assert "\\u0000" not in stored  # PostgreSQL text and jsonb refuse NUL
+
+
+def test_it_is_total_even_for_impossible_input(rules: RuleSet) -> None:
+    odd = Banner(port=None, data=None, hostnames=None, host_modules=None)  # type: ignore[arg-type]
+
+    assert classify(odd, rules).category in ("blank", "unparseable")
+    broken = classify(Banner(port=80, data=NGINX), None)  # type: ignore[arg-type]
+    assert (broken.cls, broken.category, broken.evidence[0].rule) == ("unknown", "unparseable", "engine.error")
+
+
+def test_it_is_deterministic_and_carries_the_rules_version(rules: RuleSet) -> None:
+    banner = Banner(port=104, data=associate_ac("1.2.40.0.13.1.3", "dcm4che-5.31.0"), org="Leaseweb")
+
+    assert classify(banner, rules) == classify(banner, rules)
+    assert classify(banner, rules).rules_version == rules.version
+
+
+def test_banner_from_shodan_is_lenient_and_reads_nested_fields() -> None:
+    banner = banner_from_shodan(
+        {
+            "port": "443",
+            "transport": "TCP",
+            "data": "HTTP/1.1 200 OK\r\n",
+            "asn": "AS1103",
+            "hostnames": ["a.example.nl", 7, None],
+            "domains": ["example.nl"],
+            "_shodan": {"module": "https"},
+            "http": {"title": None, "server": "nginx", "html": "<title>x</title>"},
+            "ssl": {
+                "cert": {
+                    "subject": {"CN": "pacs.lumc.nl", "O": ["LUMC"]},
+                    "extensions": [{"name": "subjectAltName", "data": "0\x1a\x82\x0cpacs.lumc.nl\x82\x0awww.lumc.nl"}],
+                }
+            },
+        }
+    )
+
+    assert (banner.port, banner.transport, banner.asn, banner.module) == (443, "tcp", 1103, "https")
+    assert banner.hostnames == ("a.example.nl", "example.nl")
+    assert (banner.http_title, banner.http_server) == ("", "nginx")
+    assert banner.ssl_subject == "pacs.lumc.nl LUMC" and banner.ssl_names == ("pacs.lumc.nl", "www.lumc.nl")
+    assert banner_from_shodan([]) == Banner(port=0)  # type: ignore[arg-type]
