@@ -43,6 +43,7 @@ class Variant:
     dated: bool = False  # data carries an HTTP Date header to fill in
     extra: dict | None = None  # module-specific fields (ssh, snmp, ...)
     tags: tuple[str, ...] = ()
+    only_ports: tuple[int, ...] = ()  # a service that answers on these ports only (mail on 25)
 
 
 Placement = tuple[tuple[str, float], ...]  # (network key, or "hospital" for any hospital; weight)
@@ -338,6 +339,7 @@ def hospital_infra(net: Network, rng: random.Random) -> tuple[Variant, ...]:
         "hospital mail gateway (Exchange)",
         product="Microsoft Exchange smtpd",
         role="mail",
+        only_ports=(25, 587),
     )
     return tuple(variants[:2] + tls + [mail])
 

@@ -13,6 +13,7 @@ from harvest.samplegen.networks import PROVIDERS, Network, hospital_networks, lo
 from harvest.samplegen.stream import DEFAULT_SEED, dump_line, iter_samples, open_output
 
 DEFAULT_COUNT = 6000
+MEDICAL_CATEGORIES = ("dicom", "hl7", "pacs_web", "ehr_web", "pump_server", "medical_device")
 HOST_LOOKUPS = 20
 FILES = ("banners.jsonl.gz", "labels.jsonl", "hosts.jsonl", "README.md")
 
@@ -58,16 +59,20 @@ def _sha256(path: Path) -> str:
 
 
 def host_lookups(banners: list[dict], labels: list[dict], limit: int) -> list[dict]:
-    """`/shodan/host/{ip}` answers: hosts with a medical banner first, then the busiest others."""
+    """`/shodan/host/{ip}` answers: the busiest hosts of each medical category and of the
+    hospitals' infrastructure first (so lookups show every kind of finding), then the busiest others."""
     by_ip: dict[int, list[dict]] = defaultdict(list)
-    medical: set[int] = set()
+    categories: dict[str, set[int]] = defaultdict(set)
     for banner, label in zip(banners, labels, strict=True):
         by_ip[banner["ip"]].append(banner)
-        if label["class"] == "medical":
-            medical.add(banner["ip"])
+        categories[label["category"]].add(banner["ip"])
     busiest = sorted(by_ip, key=lambda ip: (-len(by_ip[ip]), ip))
-    chosen = [ip for ip in busiest if ip in medical][: limit // 2]
-    chosen += [ip for ip in busiest if ip not in medical][: limit - len(chosen)]
+    chosen: list[int] = []
+    for category in (*MEDICAL_CATEGORIES, "hospital_infra", *MEDICAL_CATEGORIES, "hospital_infra"):
+        pick = next((ip for ip in busiest if ip in categories[category] and ip not in chosen), None)
+        if pick is not None and len(chosen) < limit:
+            chosen.append(pick)
+    chosen += [ip for ip in busiest if ip not in chosen][: limit - len(chosen)]
     return [_host(by_ip[ip]) for ip in sorted(chosen)]
 
 

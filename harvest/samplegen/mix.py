@@ -25,6 +25,7 @@ def medical_ports(path: Path = PORTS_FILE) -> frozenset[int]:
 
 
 TLS_PORTS = frozenset({443, 8443, 2762, 11443, 11444, 4443, 9443})
+MAIL_PORTS = frozenset({25, 587})
 
 # Ports of one group share hosts: the k-th banner on port 80 and on 443 of a network is one host.
 # Every other port has its own sequence, so hosts meet on it only by chance.

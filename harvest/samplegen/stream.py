@@ -63,6 +63,15 @@ def _san(names: list[str]) -> str:
     return (b"\x30" + _der_len(len(items)) + items).decode("latin-1")
 
 
+def _serves(v: Variant, port: int) -> bool:
+    """Whether a variant fits a port: HTTPS on TLS ports, plain HTTP elsewhere, mail on mail ports."""
+    if v.only_ports:
+        return port in v.only_ports
+    if v.http is not None:
+        return v.tls == (port in mix.TLS_PORTS) and port not in mix.MAIL_PORTS
+    return True
+
+
 class Generator:
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -136,8 +145,7 @@ class Generator:
                 base = mix.c.PUMP_SERVERS[port]
             else:
                 base = kind.variants(net, self.seed)
-            tls = port in mix.TLS_PORTS
-            cached = tuple(v for v in base if v.http is None or v.tls == tls) or base
+            cached = tuple(v for v in base if _serves(v, port)) or base
             self._pools[key] = cached
         return cached
 
@@ -288,6 +296,11 @@ class Generator:
         note = "honeypot-like DICOM server: answers with the scanner's default identity (OFFIS_DCMTK_360)"
         out.append(self.make(self.kinds_by_name["dicom_ac"], variant, net, 104, "tcp", honeypot=True, note=note,
                              ip=start + 4321))  # fmt: skip
+        # The reply Shodan recorded from a Fujifilm Synapse PACS, byte for byte, on an ordinary host.
+        synapse = Variant(dicom.as_banner_text(dicom.associate_ac(dicom.SYNAPSE)), "dicom", "")
+        note = "A-ASSOCIATE-AC, Fujifilm Synapse (the reply Shodan recorded)"
+        out.append(self.make(self.kinds_by_name["dicom_ac"], synapse, self.networks["azure-we"], 104, "tcp",
+                             honeypot=False, note=note))  # fmt: skip
         return out
 
 
