@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
+from simple_history.utils import bulk_create_with_history, bulk_update_with_history
 
 from disclosure import rdap_client
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
@@ -377,24 +378,71 @@ def owners_resolve(
     outcomes, summary.stats = network_resolve_addresses(
         addresses=public, options=options, limiter=limiter, concurrency=concurrency, progress=progress
     )
-    registry = load_registry()
-    inhibited = _active_inhibitions()
+    context = _Context()
     for start in range(0, len(host_list), 500):
         chunk = host_list[start : start + 500]
-        raws = _service_raws([h.pk for h in chunk])
-        with transaction.atomic():
-            for host in chunk:
-                owner = _host_owner_update(
-                    host=host,
-                    refusal=refused.get(host.pk),
-                    outcome=outcomes.get(host.ip),
-                    raws=raws.get(host.pk, []),
-                    registry=registry,
-                    inhibited=inhibited,
-                )
-                summary.status[owner.status] += 1
-                summary.operators += owner.operator_id is not None
+        for owner in _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context):
+            summary.status[str(owner.status)] += 1
+            summary.operators += owner.operator_id is not None
     return summary
+
+
+class _Context:
+    """What one run reads again and again: the registry, inhibitions, organisations, contacts."""
+
+    def __init__(self) -> None:
+        self.registry = load_registry()
+        self.inhibited = _active_inhibitions()
+        self._organisations: dict[str, Organisation] = {}
+        self._contacts: dict[int, list[Contact]] = {}
+
+    def registry_organisation(self, entry: RegistryOrganisation) -> Organisation:
+        if entry.key not in self._organisations:
+            self._organisations[entry.key] = _registry_organisation(entry)
+        return self._organisations[entry.key]
+
+    def contacts_of(self, organisation_id: int) -> list[Contact]:
+        if organisation_id not in self._contacts:
+            self._contacts[organisation_id] = list(Contact.objects.filter(organisation_id=organisation_id))
+        return self._contacts[organisation_id]
+
+
+OWNER_FIELDS = [
+    "status", "reason", "detail", "network", "operator", "operator_evidence", "recipient", "recipient_reason",
+    "attempts", "resolved_at", "updated_at",
+]  # fmt: skip
+
+
+@transaction.atomic
+def _owners_write(
+    *, chunk: list[Host], refused: dict[int, str], outcomes: dict[str, AddressOutcome], context: _Context
+) -> list[HostOwner]:
+    """Compute and store the owners of a chunk of hosts: a few queries for the chunk, not per host."""
+    existing = {
+        o.host_id: o for o in HostOwner.objects.filter(host__in=chunk).select_related("override_recipient", "operator")
+    }
+    raws = _service_raws([h.pk for h in chunk])
+    new, changed = [], []
+    for host in chunk:
+        owner = existing.get(host.pk)
+        if owner is None:
+            owner = HostOwner(host=host)
+            new.append(owner)
+        else:
+            changed.append(owner)
+        _owner_compute(
+            owner=owner,
+            host=host,
+            refusal=refused.get(host.pk),
+            outcome=outcomes.get(host.ip),
+            raws=raws.get(host.pk, []),
+            context=context,
+        )
+    if new:
+        bulk_create_with_history(new, HostOwner)
+    if changed:
+        bulk_update_with_history(changed, HostOwner, OWNER_FIELDS)
+    return new + changed
 
 
 def _service_raws(host_ids: list[int]) -> dict[int, list[str]]:
@@ -404,29 +452,28 @@ def _service_raws(host_ids: list[int]) -> dict[int, list[str]]:
     return raws
 
 
-def _host_owner_update(
+def _owner_compute(
     *,
+    owner: HostOwner,
     host: Host,
     refusal: str | None,
     outcome: AddressOutcome | None,
     raws: list[str],
-    registry: tuple[RegistryOrganisation, ...],
-    inhibited: tuple[set[int], set[int]],
-) -> HostOwner:
-    owner, _ = HostOwner.objects.get_or_create(host=host)
+    context: _Context,
+) -> None:
     owner.attempts += 1
+    owner.updated_at = timezone.now()  # bulk updates skip auto_now
     if refusal:
         owner.status, owner.reason, owner.detail = HostOwner.Status.SKIPPED, refusal, f"{host.ip} is not public"
         owner.network = None
-    else:
-        owner.network = outcome.network if outcome else None
-        attribution = attribute_operator(facts_from_host(hostnames=host.hostnames, org=host.org, raws=raws), registry)
-        if attribution:
-            owner.operator = _registry_organisation(attribution.organisation)
-            owner.operator_evidence = attribution.evidence[:500]
-        _recipient_apply(owner=owner, outcome=outcome, inhibited=inhibited)
-    owner.save()
-    return owner
+        return
+    owner.network = outcome.network if outcome else None
+    facts = facts_from_host(hostnames=host.hostnames, org=host.org, raws=raws)
+    attribution = attribute_operator(facts, context.registry)
+    if attribution:
+        owner.operator = context.registry_organisation(attribution.organisation)
+        owner.operator_evidence = attribution.evidence[:500]
+    _recipient_apply(owner=owner, outcome=outcome, inhibited=context.inhibited, contacts_of=context.contacts_of)
 
 
 def _registry_organisation(entry: RegistryOrganisation) -> Organisation:
@@ -456,9 +503,26 @@ def _active_inhibitions() -> tuple[set[int], set[int]]:
     return contacts, organisations
 
 
-def _recipient_apply(*, owner: HostOwner, outcome: AddressOutcome | None, inhibited: tuple[set[int], set[int]]) -> None:
+ContactsOf = Callable[[int], list[Contact]]
+
+
+def _contacts_from_db(organisation_id: int) -> list[Contact]:
+    return list(Contact.objects.filter(organisation_id=organisation_id))
+
+
+def _recipient_apply(
+    *,
+    owner: HostOwner,
+    outcome: AddressOutcome | None,
+    inhibited: tuple[set[int], set[int]],
+    contacts_of: ContactsOf = _contacts_from_db,
+) -> None:
     contact, reason, blocked = recipient_choose(
-        override=owner.override_recipient, operator=owner.operator, network=owner.network, inhibited=inhibited
+        override=owner.override_recipient,
+        operator=owner.operator,
+        network=owner.network,
+        inhibited=inhibited,
+        contacts_of=contacts_of,
     )
     owner.recipient, owner.recipient_reason = contact, reason[:500]
     if contact is not None:
@@ -481,6 +545,7 @@ def recipient_choose(
     operator: Organisation | None,
     network: Network | None,
     inhibited: tuple[set[int], set[int]] | None = None,
+    contacts_of: ContactsOf = _contacts_from_db,
 ) -> tuple[Contact | None, str, bool]:
     """(contact, why, blocked): staff override, else the operator's contact, else the network's.
 
@@ -488,7 +553,8 @@ def recipient_choose(
     """
     inhibited_contacts, inhibited_organisations = inhibited or _active_inhibitions()
     skipped = []
-    for contact, why in _recipient_candidates(override=override, operator=operator, network=network):
+    candidates = _recipient_candidates(override=override, operator=operator, network=network, contacts_of=contacts_of)
+    for contact, why in candidates:
         if not contact.enabled:
             continue
         if contact.pk in inhibited_contacts or contact.organisation_id in inhibited_organisations:
@@ -501,17 +567,17 @@ def recipient_choose(
 
 
 def _recipient_candidates(
-    *, override: Contact | None, operator: Organisation | None, network: Network | None
+    *, override: Contact | None, operator: Organisation | None, network: Network | None, contacts_of: ContactsOf
 ) -> Iterable[tuple[Contact, str]]:
     if override is not None:
         yield override, f"set by staff for this host: {override.email}"
     if operator is not None:
-        for contact in _ranked(operator.contacts.all()):
+        for contact in _ranked(contacts_of(operator.pk)):
             yield contact, f"operator {operator.name}: {contact.role} contact ({contact.get_source_display()})"
     if network is None or network.holder_id is None:
         return
     holder = network.holder
-    contacts = list(holder.contacts.all())
+    contacts = contacts_of(holder.pk)
     for contact in _ranked(c for c in contacts if c.source == Contact.Source.STAFF):
         yield contact, f"network holder {holder.name}: {contact.role} contact entered by staff"
     by_address = {(c.email, c.role): c for c in contacts if c.source == Contact.Source.RDAP}

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from disclosure.owners.registry import RegistryOrganisation
 
@@ -18,6 +19,7 @@ MAX_TEXT = 500
 # Linear: each repetition of the group starts with a dot, which the label class excludes.
 DNS_NAME = re.compile(r"[a-z0-9*][a-z0-9-]{0,62}(?:\.[a-z0-9-]{1,63}){1,10}")
 NON_WORD = re.compile(r"[^0-9a-z]+")
+WORD = re.compile(r"[0-9A-Za-z+]+")
 SHORT_ALIAS = 5  # aliases shorter than this (AMC, JBZ, MST) must match case-sensitively as a word
 
 
@@ -99,14 +101,18 @@ def _domain_match(hostname: str, domains: Iterable[str]) -> str | None:
 
 def _name_match(text: str, organisation: RegistryOrganisation) -> str | None:
     normalised = f" {_normalise(text)} "
-    words = set(re.findall(r"[0-9A-Za-z+]+", text))
-    for name in (organisation.name, *organisation.aliases):
-        if len(name) < SHORT_ALIAS:
-            if name in words:
-                return name
-        elif f" {_normalise(name)} " in normalised:
+    words = set(WORD.findall(text))
+    for name, pattern, short in _patterns(organisation):
+        if (name in words) if short else (pattern in normalised):
             return name
     return None
+
+
+@lru_cache(maxsize=1024)
+def _patterns(organisation: RegistryOrganisation) -> tuple[tuple[str, str, bool], ...]:
+    """(name, normalised name with spaces around, matched as a case-sensitive word) per name."""
+    names = (organisation.name, *organisation.aliases)
+    return tuple((name, f" {_normalise(name)} ", len(name) < SHORT_ALIAS) for name in names)
 
 
 def _normalise(text: str) -> str:
