@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -292,3 +294,34 @@ def test_banner_from_shodan_is_lenient_and_reads_nested_fields() -> None:
     assert (banner.http_title, banner.http_server) == ("", "nginx")
     assert banner.ssl_subject == "pacs.lumc.nl LUMC" and banner.ssl_names == ("pacs.lumc.nl", "www.lumc.nl")
     assert banner_from_shodan([]) == Banner(port=0)  # type: ignore[arg-type]
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "fixtures" / "sample"
+
+
+def test_it_agrees_with_the_sample_corpus_labels(rules: RuleSet) -> None:
+    records = [json.loads(line) for line in gzip.open(SAMPLE / "banners.jsonl.gz", "rt")]
+    labels = [json.loads(line) for line in (SAMPLE / "labels.jsonl").read_text().splitlines()]
+    assert len(records) == len(labels) > 1000
+    modules = defaultdict(list)
+    for record in records:
+        modules[record["ip_str"]].append(record)
+
+    def context(record: dict) -> tuple[str, ...]:  # the host's other services, as stored verdicts get them
+        return tuple(o["_shodan"]["module"] for o in modules[record["ip_str"]] if o is not record)
+
+    pairs = [
+        (label, classify(banner_from_shodan(r, context(r)), rules)) for r, label in zip(records, labels, strict=True)
+    ]
+
+    def share(ok) -> float:  # noqa: ANN001
+        return sum(1 for label, v in pairs if ok(label, v)) / len(pairs)
+
+    assert share(lambda lb, v: (v.cls, v.category) == (lb["class"], lb["category"])) >= 0.98
+    assert share(lambda lb, v: (v.cls, v.category, v.segment) == (lb["class"], lb["category"], lb["segment"])) >= 0.98
+    assert share(lambda lb, v: v.honeypot == lb["honeypot"]) >= 0.99
+    for category in ("dicom", "hl7"):
+        expected = [v for lb, v in pairs if lb["category"] == category]
+        assert expected and all(v.category == category for v in expected), category
+    ordinary = [v for lb, v in pairs if lb["category"] in ("known_service", "hospital_infra")]
+    assert not [v for v in ordinary if v.cls == "medical"]
