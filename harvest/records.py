@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -143,6 +144,14 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def parse_address(obj: dict) -> str:
+    value = obj.get("ip_str")
+    if type(value) is str and "." in value and ":" not in value:
+        # Fast path for the common dotted quad: inet_pton is strict (no octal, no short forms)
+        # and inet_ntop gives the canonical text.
+        try:
+            return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value))
+        except (OSError, ValueError):
+            pass  # the general path below reports it, or accepts odd spacing
     candidates = [obj.get("ip_str"), obj.get("ipv6"), obj.get("ip")]
     present = [c for c in candidates if c not in (None, "")]
     if not present:

@@ -11,6 +11,7 @@ from django.utils import timezone
 from harvest.ingest import BatchWriter, Checkpoint
 from harvest.models import HarvestRun, Service
 from harvest.readers import file_events, file_identity
+from medexpo.lib.prefetch import prefetch
 
 
 class HarvestError(Exception):
@@ -26,22 +27,27 @@ ProgressFn = Callable[[int], None]
 # Sources register how to produce events for a run: (run, progress) -> events.
 EventSource = Callable[[HarvestRun, ProgressFn | None], Iterable]
 SOURCES: dict[str, EventSource] = {}
+# Sources whose reading may run ahead of the database in a thread. Not the search API: a page
+# fetched ahead and lost in a crash would be paid for twice.
+READ_AHEAD: set[str] = set()
 
 
-def register_source(name: str) -> Callable[[EventSource], EventSource]:
+def register_source(name: str, *, read_ahead: bool = False) -> Callable[[EventSource], EventSource]:
     def decorator(fn: EventSource) -> EventSource:
         SOURCES[name] = fn
+        if read_ahead:
+            READ_AHEAD.add(name)
         return fn
 
     return decorator
 
 
-@register_source(HarvestRun.Source.FILE)
+@register_source(HarvestRun.Source.FILE, read_ahead=True)
 def _file_source(run: HarvestRun, progress: ProgressFn | None) -> Iterator:
     return file_events(Path(run.target), run.checkpoint, hosts=False, progress=progress)
 
 
-@register_source(HarvestRun.Source.HOSTS)
+@register_source(HarvestRun.Source.HOSTS, read_ahead=True)
 def _hosts_source(run: HarvestRun, progress: ProgressFn | None) -> Iterator:
     return file_events(Path(run.target), run.checkpoint, hosts=True, progress=progress)
 
@@ -84,7 +90,8 @@ def harvest_execute(
     last = Checkpoint(run.checkpoint)
     marks = writer.mark()
     try:
-        for event in SOURCES[run.source](run, progress):
+        events = SOURCES[run.source](run, progress)
+        for event in prefetch(events) if run.source in READ_AHEAD else events:
             kind = event[0]
             if kind == "record":
                 writer.add(event[1], event[2])

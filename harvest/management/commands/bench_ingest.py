@@ -1,0 +1,190 @@
+"""python manage.py bench_ingest [--banners N] [--million] [--json]
+
+Generates N Shodan-format banners with the sample generator, then measures in the same run:
+  baseline   reading and JSON-parsing the same file, nothing else
+  ingest     `harvest --file` into a fresh scratch database (all inserts)
+  re-ingest  the same file again (all re-sightings, no inserts)
+Each step runs as its own process, so peak memory (max RSS) is that step's alone.
+The scratch database lives on the configured server (PostgreSQL) or in a temporary folder
+(SQLite) and is dropped afterwards; the configured database itself is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection
+
+from harvest.samplegen import write_banners
+
+PARSE_ONLY = """
+import sys, time, gzip, orjson
+start = time.perf_counter(); n = 0
+with gzip.open(sys.argv[1], "rb") as fh:
+    for line in fh:
+        orjson.loads(line); n += 1
+print(n, time.perf_counter() - start)
+"""
+
+
+class Command(BaseCommand):
+    help = "Measure ingest speed and peak memory against a parse-only baseline."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--banners", type=int, action="append", help="banners to generate (repeatable)")
+        parser.add_argument("--million", action="store_true", help="also run 1,000,000 banners")
+        parser.add_argument("--seed", type=int, default=2019)
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args: object, **options: object) -> None:
+        sizes = options["banners"] or [200_000]
+        if options["million"] and 1_000_000 not in sizes:
+            sizes.append(1_000_000)
+        results = [self._measure(n, options["seed"], quiet=options["json"]) for n in sizes]
+        summary = {
+            "database": connection.vendor,
+            "cores": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"),
+            "runs": results,
+        }
+        if len(results) > 1:
+            small, large = results[0], results[-1]
+            summary["memory_growth"] = round(large["ingest"]["peak_mb"] / small["ingest"]["peak_mb"] - 1, 3)
+        if options["json"]:
+            self.stdout.write(json.dumps(summary))
+            return
+        self._print(summary)
+
+    def _measure(self, n: int, seed: int, *, quiet: bool) -> dict:
+        with tempfile.TemporaryDirectory(prefix="medexpo-bench-") as tmp:
+            path = Path(tmp) / "banners.json.gz"
+            if not quiet:
+                self.stderr.write(f"generating {n:,} banners ...")
+            write_banners(path, n, seed)
+            size_mb = path.stat().st_size / 1e6
+            baseline = _parse_only(path)
+            with _scratch_database(Path(tmp)) as url:
+                _manage(url, "migrate", "-v0")
+                if not quiet:
+                    self.stderr.write("ingesting ...")
+                ingest = _ingest(url, path, n)
+                if not quiet:
+                    self.stderr.write("re-ingesting ...")
+                again = _ingest(url, path, n)
+        for step in (ingest, again):
+            step["vs_baseline"] = round(baseline["per_s"] / step["per_s"], 2)
+        return {"banners": n, "file_mb": round(size_mb, 1), "baseline": baseline, "ingest": ingest, "reingest": again}
+
+    def _print(self, s: dict) -> None:
+        w = self.stdout.write
+        w(f"Ingest benchmark on {s['database']}, {s['cores']} cores, {s['date']}")
+        w(f"{'banners':>10} {'step':<10} {'seconds':>8} {'banners/s':>10} {'x baseline':>11} {'peak MB':>8}")
+        for r in s["runs"]:
+            for name in ("baseline", "ingest", "reingest"):
+                step = r[name]
+                factor = f"{step['vs_baseline']:.2f}" if "vs_baseline" in step else "1.00"
+                w(
+                    f"{r['banners']:>10,} {name:<10} {step['seconds']:>8.1f} {step['per_s']:>10,.0f} "
+                    f"{factor:>11} {step['peak_mb']:>8.0f}"
+                )
+        if "memory_growth" in s:
+            w(f"peak memory at the largest size vs the smallest: {s['memory_growth']:+.1%}")
+
+
+def _parse_only(path: Path) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", PARSE_ONLY, str(path)], stdout=subprocess.PIPE)
+    out, peak_mb = _wait(proc)
+    count, seconds = out.split()
+    seconds = float(seconds)
+    return {"seconds": round(seconds, 2), "per_s": round(int(count) / seconds), "peak_mb": round(peak_mb)}
+
+
+def _ingest(url: str, path: Path, n: int) -> dict:
+    start = time.perf_counter()
+    proc = _manage(url, "harvest", "--file", str(path), "--json", wait=False)
+    out, peak_mb = _wait(proc)
+    seconds = time.perf_counter() - start
+    result = json.loads(out)
+    assert result["accepted"] == n, result
+    return {
+        "seconds": round(seconds, 2),
+        "per_s": round(n / seconds),
+        "peak_mb": round(peak_mb),
+        "new": result["new"],
+        "unchanged": result["unchanged"],
+    }
+
+
+def _manage(url: str, *args: str, wait: bool = True) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "medexpo.settings"}
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args], env=env, stdout=subprocess.PIPE
+    )
+    if wait:
+        _wait(proc)
+    return proc
+
+
+def _wait(proc: subprocess.Popen) -> tuple[bytes, float]:
+    """Wait for the process; return its output and its peak resident memory in MB.
+
+    ru_maxrss would include the parent's memory at fork, so the child's own high-water mark
+    (VmHWM, reset by exec) is sampled from /proc until it exits.
+    """
+    peak_kb = 0
+    chunks = []
+    os.set_blocking(proc.stdout.fileno(), False)
+    while proc.poll() is None:
+        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        chunk = proc.stdout.read()
+        if chunk:
+            chunks.append(chunk)
+        time.sleep(0.02)
+    rest = proc.stdout.read()
+    if rest:
+        chunks.append(rest)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{proc.args} failed with exit code {proc.returncode}")
+    return b"".join(chunks), peak_kb / 1024
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for text in fh:
+                if text.startswith("VmHWM:"):
+                    return int(text.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class _scratch_database:  # noqa: N801 - used as a context manager
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.name = ""
+
+    def __enter__(self) -> str:
+        db = settings.DATABASES["default"]
+        if connection.vendor != "postgresql":
+            return f"sqlite:///{self.tmp / 'bench.sqlite3'}"
+        self.name = f"medexpo_bench_{uuid.uuid4().hex[:8]}"
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{self.name}"')
+        user = db["USER"] or "postgres"
+        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+        return f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{self.name}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.name:
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
