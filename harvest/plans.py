@@ -219,9 +219,10 @@ def _nl_healthcare_domains(*, include_hint_only: bool) -> list[tuple[str, str]]:
 def _nl_healthcare_names(*, include_hint_only: bool) -> list[tuple[str, str]]:
     out = []
     for org in _read_registry("nl_healthcare.toml").get("organisation", []):
-        for name in [org["name"], *org.get("aliases", [])]:
-            if len(name) >= 5:  # short aliases (AMC, azM) match unrelated organisations
-                out.append((f"org:{_quoted(name)}", f"org {name}"))
+        # Short aliases (AMC, azM) match unrelated organisations; the official name always counts.
+        aliases = [alias for alias in org.get("aliases", []) if len(alias) >= 5]
+        for name in [org["name"], *aliases]:
+            out.append((f"org:{_quoted(name)}", f"org {name}"))
     return out
 
 

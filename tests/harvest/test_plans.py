@@ -1,0 +1,141 @@
+"""Query plans: the shipped files load, read the shared registries, and bad files are refused."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from harvest.plans import DATA_DIR, PlanError, country_filter, plan_load, plan_names
+
+SHIPPED = ["devices", "hospitals", "medical", "ports", "software"]
+
+
+def _registry(name: str) -> dict:
+    return tomllib.loads((DATA_DIR / name).read_text())
+
+
+def _write(tmp_path: Path, text: str, name: str = "custom") -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_it_loads_every_shipped_plan(name: str) -> None:
+    plan = plan_load(name=name)
+    assert plan.name == name
+    assert plan.description
+    assert plan.queries
+    queries = [q.query.lower() for q in plan.queries]
+    assert len(queries) == len(set(queries))
+    assert all("country:" not in q for q in queries)
+
+
+def test_it_lists_the_shipped_plans() -> None:
+    assert set(SHIPPED) <= set(plan_names())
+
+
+def test_ports_plan_reads_appendix_b_from_the_shared_registry() -> None:
+    ports = _registry("medical_ports.toml")["port"]
+    want = {f"port:{p['port']}" for p in ports if not p.get("hint_only")}
+    got = {q.query for q in plan_load(name="ports").queries}
+    assert got == want
+    assert {"port:104", "port:2575", "port:11112", "port:51244"} <= got
+    assert "port:80" not in got  # a hint only: alone it matches most web servers
+
+
+def test_hospitals_plan_covers_every_domain_and_word_of_the_registry() -> None:
+    registry = _registry("nl_healthcare.toml")
+    queries = {q.query for q in plan_load(name="hospitals").queries}
+    for org in registry["organisation"]:
+        for domain in org["domains"]:
+            assert f"hostname:{domain}" in queries
+        assert f'org:"{org["name"].replace(chr(34), "")}"' in queries
+    for word in registry["words"]:
+        assert f'"{word}"' in queries
+    assert 'org:"AMC"' not in queries  # short aliases match unrelated organisations
+
+
+def test_software_and_devices_plans_name_the_studys_products() -> None:
+    software = {q.label for q in plan_load(name="software").queries}
+    devices = {q.label for q in plan_load(name="devices").queries}
+    for name in ["Orthanc", "dcm4chee archive", "Horos", "OsiriX", "ClearCanvas", "MedDream", "OpenEMR", "OpenMRS"]:
+        assert name in software
+    assert {"Mirth Connect", "GNU Health", "Alphatron / VISUS JiveX", "OHIF Viewer", "Sectra"} <= software
+    for label in ["BD / CareFusion Alaris", "Hospira Plum A+", "ICU Medical Plum 360", "Baxter Sigma Spectrum"]:
+        assert label in devices
+    assert {"B. Braun SpaceStation", "Eitan / Q Core Sapphire", "Philips IntelliVue"} <= devices
+
+
+def test_medical_plan_is_the_union_of_the_others_without_repeats() -> None:
+    medical = [q.query for q in plan_load(name="medical").queries]
+    parts = [q.query for name in ["ports", "software", "devices", "hospitals"] for q in plan_load(name=name).queries]
+    assert len(medical) == len(set(q.lower() for q in medical))
+    assert set(medical) == set(parts)
+    assert medical[0] == "port:104"  # the order of include: ports first
+
+
+def test_a_query_gets_the_country_filter() -> None:
+    query = plan_load(name="software").queries[0]
+    assert query.with_country("NL") == f"{query.query} country:NL"
+    assert country_filter(" nl ") == "NL"
+    with pytest.raises(PlanError, match="two-letter"):
+        country_filter("NLD")
+
+
+def test_it_refuses_an_unknown_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'name = "custom"\n[[query]]\nquery = "port:104"\nlimt = 3\n')
+    with pytest.raises(PlanError, match=r"custom.toml query #1: unknown key\(s\) limt"):
+        plan_load(name=path)
+
+
+def test_it_refuses_an_unknown_top_level_key(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match=r"unknown key\(s\) queries"):
+        plan_load(name=_write(tmp_path, '[[queries]]\nquery = "x"\n'))
+
+
+def test_it_refuses_a_country_filter_in_a_query(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="has a country filter"):
+        plan_load(name=_write(tmp_path, '[[query]]\nquery = "port:104 country:DE"\n'))
+
+
+def test_it_refuses_an_unbalanced_quote_and_empty_queries(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="unbalanced double quote"):
+        plan_load(name=_write(tmp_path, "[[query]]\nquery = '\"Orthanc'\n"))
+    with pytest.raises(PlanError, match="query is empty"):
+        plan_load(name=_write(tmp_path, '[[query]]\nquery = "   "\n', name="empty"))
+
+
+def test_it_refuses_an_unknown_registry(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="registry must be one of"):
+        plan_load(name=_write(tmp_path, '[[generate]]\nregistry = "nl_pharmacies"\n'))
+
+
+def test_it_refuses_plans_that_include_each_other(tmp_path: Path) -> None:
+    first = tmp_path / "first.toml"
+    second = tmp_path / "second.toml"
+    first.write_text(f'include = ["{second}"]\n')
+    second.write_text(f'include = ["{first}"]\n')
+    with pytest.raises(PlanError, match="plans include each other"):
+        plan_load(name=str(first))
+
+
+def test_it_refuses_a_broken_file_and_names_it(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="broken.toml: cannot read the plan"):
+        plan_load(name=_write(tmp_path, "[[query]\n", name="broken"))
+
+
+def test_it_refuses_an_unknown_plan_name() -> None:
+    with pytest.raises(PlanError, match="there is no plan 'nosuch'"):
+        plan_load(name="nosuch")
+    with pytest.raises(PlanError, match="invalid plan name"):
+        plan_load(name="../etc/passwd")
+
+
+def test_a_plan_file_can_include_a_shipped_plan(tmp_path: Path) -> None:
+    plan = plan_load(name=_write(tmp_path, 'include = ["ports"]\n[[query]]\nquery = \'"Orthanc"\'\n'))
+    assert plan.name == "custom"
+    assert [q.query for q in plan.queries][-1] == '"Orthanc"'
+    assert "port:104" in {q.query for q in plan.queries}
