@@ -20,11 +20,20 @@ FILES = ("banners.jsonl.gz", "labels.jsonl", "hosts.jsonl", "README.md")
 ProgressFn = Callable[[int], None]
 
 
+class SampleError(Exception):
+    """The corpus cannot be written; the message is for the user."""
+
+
 def sample_generate(
     *, out_dir: Path, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT, progress: ProgressFn | None = None
 ) -> dict:
     """Regenerate every file of the corpus in out_dir; returns counts and the files' sha256."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if count < 1:
+        raise SampleError(f"the corpus needs at least one banner, not {count}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SampleError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     banners: list[dict] = []
     labels: list[dict] = []
     for index, (banner, label) in enumerate(iter_samples(count, seed), 1):

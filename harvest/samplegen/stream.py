@@ -306,6 +306,8 @@ class Generator:
 
 def iter_samples(n: int, seed: int = DEFAULT_SEED) -> Iterator[tuple[dict, dict]]:
     """n (banner, label) pairs; (ip, port, transport) never repeats (tested up to 2,000,000)."""
+    if n < 0:
+        raise ValueError(f"n must not be negative, not {n}")
     gen = Generator(seed)
     specials = gen.specials() if n >= 200 else []
     step = n // (len(specials) + 1) if specials else 0

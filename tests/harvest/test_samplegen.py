@@ -16,6 +16,7 @@ from pathlib import Path
 import hl7
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
 
 from harvest.models import Service
@@ -23,7 +24,7 @@ from harvest.samplegen import iter_banners, iter_samples, write_banners
 from harvest.samplegen.catalog import CATEGORIES, CLASSES, SEGMENTS
 from harvest.samplegen.corpus import sample_generate
 from harvest.samplegen.hl7_acks import unframe
-from harvest.samplegen.networks import TABLE1_ASNS
+from harvest.samplegen.networks import TABLE1_ASNS, Allocator, Network
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "fixtures" / "sample"
@@ -79,7 +80,7 @@ def test_it_writes_byte_identical_files_on_every_run(tmp_path: Path) -> None:
 def test_it_bundles_exactly_what_the_generator_writes(tmp_path: Path) -> None:
     # The committed files are regenerated output, not hand edits: default seed and count.
     sample_generate(out_dir=tmp_path)
-    assert digest_tree(tmp_path) == digest_tree(SAMPLE)
+    assert digest_tree(tmp_path) == digest_tree(SAMPLE), "stale corpus: run python manage.py generate_sample"
 
 
 def test_it_gzips_without_a_timestamp_or_file_name() -> None:
@@ -385,3 +386,30 @@ def test_generate_sample_command_reports_json(tmp_path: Path) -> None:
     assert summary["banners"] == 800
     assert sum(summary["by_class"].values()) == 800
     assert digest_tree(tmp_path) == summary["files"]
+
+
+def test_generate_sample_command_refuses_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="at least one banner"):
+        call_command("generate_sample", out=str(tmp_path), count=0, json=True, stdout=io.StringIO())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CommandError, match="cannot write"):
+        call_command("generate_sample", out=str(blocker / "sub"), count=10, json=True, stdout=io.StringIO())
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_iter_banners_refuses_a_negative_count() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        list(iter_banners(-1))
+
+
+def test_the_allocator_never_repeats_an_address_and_says_when_a_network_is_full() -> None:
+    net = Network("tiny", "192.0.2.0/28", "TEST-NET", "Test", "Test", 64496, "hoster", 1, "Amsterdam")
+    allocator = Allocator()
+    addresses = [allocator.address(net, "web", 80) for _ in range(14)]
+    assert len(set(addresses)) == 14
+    assert all(int(ipaddress.IPv4Address("192.0.2.1")) <= a <= int(ipaddress.IPv4Address("192.0.2.14"))
+               for a in addresses)  # fmt: skip
+    with pytest.raises(ValueError, match="no free address"):
+        allocator.address(net, "web", 80)
+    assert allocator.address(net, "web", 443) == addresses[0]  # same group: the first host again

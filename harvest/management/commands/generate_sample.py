@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from harvest.samplegen.corpus import DEFAULT_COUNT, sample_generate
+from harvest.samplegen.corpus import DEFAULT_COUNT, SampleError, sample_generate
 from harvest.samplegen.stream import DEFAULT_SEED
 from medexpo.lib.progress import Progress
 
@@ -25,9 +25,12 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         enabled = False if options["json"] else None
         with Progress(total=options["count"], unit="banner", desc="generate", enabled=enabled) as bar:
-            summary = sample_generate(
-                out_dir=Path(options["out"]), seed=options["seed"], count=options["count"], progress=bar.moved_to
-            )
+            try:
+                summary = sample_generate(
+                    out_dir=Path(options["out"]), seed=options["seed"], count=options["count"], progress=bar.moved_to
+                )
+            except SampleError as exc:
+                raise CommandError(str(exc)) from None
         if options["json"]:
             self.stdout.write(json.dumps(summary))
             return
