@@ -101,7 +101,8 @@ class LookupStats:
 
 
 class RateLimiter:
-    """At most `per_second` requests per registry, shared by all threads. 0 turns it off."""
+    """At most `per_second` requests per registry, shared by all threads (0: no pacing), and a
+    pause for everyone after a registry answered 429."""
 
     def __init__(self, per_second: float) -> None:
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
@@ -109,8 +110,6 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def wait(self, registry: str) -> None:
-        if not self.interval:
-            return
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next.get(registry, 0.0))

@@ -141,7 +141,11 @@ def network_resolve_addresses(
     outcomes: dict[str, AddressOutcome] = {}
     memory = _Intervals()
     now = timezone.now()
-    queue = deque(sorted({str(ipaddress.ip_address(a)) for a in addresses}, key=ip_key))
+    keys = {}
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        keys[str(address)] = ip_key(address)  # parse each address once
+    queue = deque(sorted(keys, key=keys.__getitem__))
     stats.addresses = len(queue)
     waiting: dict[str, list[str]] = {}
     inflight: dict[Future, tuple[str, str, rdap_client.LookupStats]] = {}
@@ -163,8 +167,7 @@ def network_resolve_addresses(
         while queue or inflight:
             while queue and len(inflight) < concurrency:
                 ip = queue.popleft()
-                key = ip_key(ip)
-                cached = memory.find(key)
+                cached = memory.find(keys[ip])
                 if cached is not None:
                     finish(ip, AddressOutcome(cached, from_cache=True))
                     continue

@@ -127,6 +127,14 @@ def test_it_backs_off_on_429_and_then_succeeds(registries) -> None:
     assert stats.requests == 3
 
 
+def test_it_waits_as_long_as_retry_after_says(registries) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(rate_limited_times=1, retry_after="1")
+    started = time.monotonic()
+    network, stats = lookup(registries, "62.239.237.1")
+    assert time.monotonic() - started >= 0.95
+    assert stats.requests == 2 and network.handle == "62.239.237.0 - 62.239.237.255"
+
+
 def test_an_address_outside_every_network_is_not_found(registries) -> None:
     with pytest.raises(RdapError) as caught:
         lookup(registries, "8.8.8.8")

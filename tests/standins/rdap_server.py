@@ -73,6 +73,7 @@ class Script:
     malformed: bool = False
     delay: float = 0.0
     rate_limited_times: int = 0  # answer 429 this many times first
+    retry_after: str = "0"  # the Retry-After header of those 429s
 
 
 @dataclass
@@ -154,7 +155,7 @@ class RdapStandin:
             with self._lock:
                 if script.rate_limited_times > 0:
                     script.rate_limited_times -= 1
-                    return 429, b'{"errorCode": 429}', {"Retry-After": "0"}
+                    return 429, b'{"errorCode": 429}', {"Retry-After": script.retry_after}
             if script.delay:
                 time.sleep(script.delay)
             if script.status:
