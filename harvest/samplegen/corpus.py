@@ -188,7 +188,8 @@ the LDAP BER answer quoted by the 2019 study.
   `transport`, `class`, `category`, `segment`, `honeypot`, `note`. Labels come from how each
   banner was generated, never from reading it.
 - `hosts.jsonl`: {s["hosts"]} host lookups in the `/shodan/host/{{ip}}` shape (host fields plus
-  `data[]`): hosts with a medical service first, then the busiest others.
+  `data[]`): the busiest host of each medical category and of the hospitals' infrastructure,
+  then the busiest others.
 - `rdap/*.json`: {s["rdap_networks"]} raw RDAP ip-network answers (RIPE NCC style), one per network
   that holds a sample host. Some lack an `abuse` role (contacts only through `technical` and
   `administrative`); `hosp-wza.json` has no contact at all.

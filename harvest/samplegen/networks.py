@@ -295,7 +295,7 @@ def hospital_networks(registry: dict) -> tuple[Network, ...]:
                 city=org["city"],
                 email_domain=domain,
                 contacts=contacts,
-                org_handle=f"ORG-{_netname(domain)[:6].rstrip('-')}{index + 1}-RIPE",
+                org_handle=f"ORG-{_netname(domain).split('-')[0][:4]}{index + 1}-RIPE",
                 domains=tuple(org["domains"]),
                 aliases=tuple(org.get("aliases", ())),
             )
