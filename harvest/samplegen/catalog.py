@@ -178,11 +178,15 @@ def dicom_rj_pool() -> tuple[Variant, ...]:
 
 
 def dicom_text_pool() -> tuple[Variant, ...]:
-    titles = ("ANY-SCP", "ORTHANC", "DCM4CHEE", "CONQUESTSRV1", "STORESCP", "PACS")
-    picks = [dicom.IMPLEMENTATIONS[i] for i in (4, 7, 9, 12, 15, 17)]
+    # (product, the AE title such servers are usually configured with)
+    pairs = (
+        ("DCMTK 3.6.4", "ANY-SCP"), ("Orthanc (DCMTK 3.6.7)", "ORTHANC"), ("dcm4che 5.31", "DCM4CHEE"),
+        ("Conquest DICOM 1.5.0", "CONQUESTSRV1"), ("DCMTK 3.6.7", "STORESCP"), ("fo-dicom 5.1.2", "PACS"),
+    )  # fmt: skip
+    by_product = {impl.product: impl for impl in dicom.IMPLEMENTATIONS}
     return tuple(
-        Variant(dicom.text_summary(impl, ae), "dicom", f"DICOM text summary, {impl.product}")
-        for impl, ae in zip(picks, titles, strict=True)
+        Variant(dicom.text_summary(by_product[product], ae), "dicom", f"DICOM text summary, {product}")
+        for product, ae in pairs
     )
 
 

@@ -44,6 +44,7 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
     ),  # fmt: skip
     Implementation("Orthanc (DCMTK 3.6.7)", "1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367", 0),
     Implementation("Orthanc (DCMTK 3.6.8)", "1.2.276.0.7230010.3.0.3.6.8", "OFFIS_DCMTK_368", 0),
+    Implementation("Horos (DCMTK 3.6.2)", "1.2.276.0.7230010.3.0.3.6.2", "OFFIS_DCMTK_362", 0),
     Implementation("pynetdicom 2.0.2", "1.2.826.0.1.3680043.9.3811.2.0.2", "PYNETDICOM_202"),
     Implementation("pynetdicom 3.0.4", "1.2.826.0.1.3680043.9.3811.3.0.4", "PYNETDICOM_304"),
     Implementation("dcm4che 5.29", "1.2.40.0.13.1.3", "dcm4che-5.29.2", 16384),

@@ -296,6 +296,13 @@ class Generator:
         note = "honeypot-like DICOM server: answers with the scanner's default identity (OFFIS_DCMTK_360)"
         out.append(self.make(self.kinds_by_name["dicom_ac"], variant, net, 104, "tcp", honeypot=True, note=note,
                              ip=start + 4321))  # fmt: skip
+        # Every hospital whose registration lacks an abuse contact holds a host, so that the RDAP
+        # answers that need a fallback (or have no contact at all) are always part of the corpus.
+        infra = self.kinds_by_name["hospital_infra"]
+        for hospital in self.hospitals:
+            if hospital.contacts != "abuse":
+                variant = self.pool(infra, hospital, 443)[0]
+                out.append(self.make(infra, variant, hospital, 443, "tcp", honeypot=False))
         # The reply Shodan recorded from a Fujifilm Synapse PACS, byte for byte, on an ordinary host.
         synapse = Variant(dicom.as_banner_text(dicom.associate_ac(dicom.SYNAPSE)), "dicom", "")
         note = "A-ASSOCIATE-AC, Fujifilm Synapse (the reply Shodan recorded)"
