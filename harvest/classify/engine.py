@@ -342,22 +342,48 @@ def _segment(banner: Banner, rules: RuleSet, state: _State) -> str:
 
 
 def _organisation(banner: Banner, rules: RuleSet) -> Evidence | None:
-    care = rules.healthcare
     for name in ("org", "isp", "ssl_subject"):
-        text = _str(getattr(banner, name, ""), 1024)
-        if not text:
-            continue
-        if text.strip() in care.short_aliases:
-            return Evidence("organisation.alias", name, safe_text(text))
-        m = care.name_pattern.search(text) or care.word_pattern.search(text)
-        if m:
-            return Evidence("organisation.name", name, safe_text(m.group(0)))
+        found = _organisation_in_text(_str(getattr(banner, name, ""), 1024), rules)
+        if found is not None:
+            return Evidence(found[0], name, found[1])
+    care = rules.healthcare
     for name in ("hostnames", "ssl_names"):
         values = getattr(banner, name, ())
         for host in values[:64] if isinstance(values, tuple) else ():
-            if isinstance(host, str) and _in_domains(host.lower().rstrip("."), care.domains):
+            if not isinstance(host, str):
+                continue
+            if _in_domains(host.lower().rstrip("."), care.domains):
                 return Evidence("organisation.domain", name, safe_text(host))
+            m = care.word_pattern.search(host[:253])
+            if m:
+                return Evidence("organisation.word", name, safe_text(host))
     return None
+
+
+# Organisation names repeat across thousands of banners (one provider, many hosts): remember the
+# answer per rules version and text. Bounded; cleared when full.
+_ORG_CACHE: dict[tuple[str, str], tuple[str, str] | None] = {}
+_ORG_CACHE_SIZE = 4096
+
+
+def _organisation_in_text(text: str, rules: RuleSet) -> tuple[str, str] | None:
+    if not text:
+        return None
+    key = (rules.version, text)
+    if key in _ORG_CACHE:
+        return _ORG_CACHE[key]
+    care = rules.healthcare
+    found = None
+    if text.strip() in care.short_aliases:
+        found = ("organisation.alias", safe_text(text))
+    else:
+        m = care.name_pattern.search(text) or care.word_pattern.search(text)
+        if m:
+            found = ("organisation.name", safe_text(m.group(0)))
+    if len(_ORG_CACHE) >= _ORG_CACHE_SIZE:
+        _ORG_CACHE.clear()
+    _ORG_CACHE[key] = found
+    return found
 
 
 def _in_domains(host: str, domains: frozenset[str]) -> bool:

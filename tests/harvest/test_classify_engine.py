@@ -174,9 +174,10 @@ def test_a_hospital_is_recognised_by_org_hostname_or_certificate(rules: RuleSet)
     by_host = classify(Banner(port=443, data=NGINX, hostnames=("vpn.erasmusmc.nl",)), rules)
     by_cert = classify(Banner(port=443, data=NGINX, ssl_names=("mail.umcg.nl",)), rules)
     by_word = classify(Banner(port=443, data=NGINX, org="Stichting Regionaal Ziekenhuis Oost"), rules)
+    by_host_word = classify(Banner(port=443, data=NGINX, hostnames=("webmail.ziekenhuis-amstelland.nl",)), rules)
     medical = classify(Banner(port=443, data=NGINX, org="Isala", http_title="Sectra UniView"), rules)
 
-    for verdict in (by_org, by_host, by_cert, by_word):
+    for verdict in (by_org, by_host, by_cert, by_word, by_host_word):
         assert (verdict.cls, verdict.category, verdict.segment) == (
             "non_medical",
             "hospital_infra",
