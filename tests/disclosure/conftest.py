@@ -39,6 +39,14 @@ class Registries:
         self.dns.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_traffic_off_loopback(settings: object) -> None:
+    """Whatever a test forgets, a lookup goes to 127.0.0.1:9 (nothing listens), never outside."""
+    settings.RDAP_BASE_URL = "http://127.0.0.1:9"
+    settings.RDAP_DNS_SERVER = "127.0.0.1:9"
+    settings.RDAP_TIMEOUT = 0.5
+
+
 @pytest.fixture
 def registries(settings: object) -> Iterator[Registries]:
     assert RDAP_DIR.is_dir(), f"the shared RDAP data is missing: {RDAP_DIR}"
