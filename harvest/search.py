@@ -15,7 +15,8 @@ costs nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from django.conf import settings
 
@@ -30,6 +31,7 @@ from harvest.shodan_client import ShodanError
 # A page is the unit of resume: commit after every page that brought anything, so a run killed
 # at any moment buys at most the page in flight again.
 SEARCH_BATCH_SIZE = 1
+T = TypeVar("T")
 COUNT_FACETS = ["port:10", "org:10", "product:10"]
 QUERY_FAILED = "query_failed"
 # Errors after which no further call can succeed until someone acts (new key, more credits, a
@@ -136,7 +138,7 @@ def _count_row(query: str, label: str) -> dict:
     return row
 
 
-def _stop_to_error(call):  # noqa: ANN001, ANN202 - a tiny adapter
+def _stop_to_error(call: Callable[[], T]) -> T:
     try:
         return call()
     except ShodanError as exc:
@@ -169,7 +171,10 @@ class _SearchRun:
     def events(self) -> Iterator:
         if not self.queries:
             raise HarvestError(f"run {self.run.pk} has no queries")
-        self.credits_left = self._call(shodan_client.api_info).query_credits
+        try:
+            self.credits_left = self._call(shodan_client.api_info).query_credits
+        except _QueryFailed as failed:
+            raise HarvestStopped(f"cannot read the credits left: {failed}") from None
         while self.query < len(self.queries):
             if self.page == 1:
                 total = yield from self._count()
@@ -230,7 +235,7 @@ class _SearchRun:
                 f"{resume} once credits are topped up"
             )
 
-    def _call(self, fn, *args):  # noqa: ANN001, ANN202 - forwards to one client function
+    def _call(self, fn: Callable[..., T], *args: object) -> T:
         try:
             return fn(*args)
         except ShodanError as exc:
