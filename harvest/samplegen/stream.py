@@ -174,28 +174,18 @@ class Generator:
         note: str = "",
         ip: int | None = None,
     ) -> tuple[dict, dict]:
-        rng = self.rng
+        """One banner of variant v at a fresh (or the given) address of net, and its label."""
         if ip is None:
             ip = self.allocator.address(net, mix.port_group(port), port)
         ip_str = f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}"
-        org, isp, asn, location, domain, rdns = self._net_fields[net.key]
-        if net.is_hospital:
-            hostname = f"{v.role}.{domain}" if v.role else ""
-        elif rdns:
-            hostname = reverse_name(net, ip)
-            domain = ".".join(hostname.rsplit(".", 2)[-2:])
-        else:
-            hostname = domain = ""
-        day, rest = divmod(int(rng.random() * WINDOW_US), 86_400_000_000)
-        second, micro = divmod(rest, 1_000_000)
-        clock = self._clock[second]
-        timestamp = f"{self._day_iso[day]}T{clock}.{micro:06d}"
+        org, isp, asn, location, domain, _ = self._net_fields[net.key]
+        hostname, domain = self._names(net, v, ip, domain)
+        timestamp, http_date = self._moment()
         data = v.data
         if v.dated:
-            data = data.replace("%DATE%", f"{self._day_http[day]} {clock} GMT")
+            data = data.replace("%DATE%", http_date)
             if "%HOST%" in data:
                 data = data.replace("%HOST%", hostname or ip_str)
-        uid = f"{rng.getrandbits(128):032x}"
         crc = zlib.crc32(data.encode("utf-8"))
         banner: dict = {
             "hash": crc - 4294967296 if crc >= 2147483648 else crc,
@@ -212,15 +202,49 @@ class Generator:
             "domains": [domain] if domain else [],
             "ip_str": ip_str,
             "os": v.os,
-            "_shodan": {
-                "crawler": self._crawlers[int(uid[0], 16) & 7],
-                "options": {},
-                "id": f"{uid[:8]}-{uid[8:12]}-4{uid[13:16]}-a{uid[17:20]}-{uid[20:]}",
-                "module": v.module,
-                "ptr": bool(hostname),
-            },
+            "_shodan": self._meta(v.module, bool(hostname)),
             "opts": {},
         }
+        self._add_optional(banner, v, hostname)
+        label = {
+            "ip": ip_str,
+            "port": port,
+            "transport": transport,
+            "class": kind.cls,
+            "category": kind.category,
+            "segment": self.segment(kind, net, port),
+            "honeypot": honeypot,
+            "note": note or v.note,
+        }
+        return banner, label
+
+    def _names(self, net: Network, v: Variant, ip: int, domain: str) -> tuple[str, str]:
+        """(hostname, domain): a hospital names its services by role; providers by reverse DNS."""
+        if net.is_hospital:
+            return (f"{v.role}.{domain}" if v.role else ""), domain
+        if net.rdns:
+            hostname = reverse_name(net, ip)
+            return hostname, ".".join(hostname.rsplit(".", 2)[-2:])
+        return "", ""
+
+    def _moment(self) -> tuple[str, str]:
+        """(Shodan timestamp, HTTP Date header) of one random moment in the window."""
+        day, rest = divmod(int(self.rng.random() * WINDOW_US), 86_400_000_000)
+        second, micro = divmod(rest, 1_000_000)
+        clock = self._clock[second]
+        return f"{self._day_iso[day]}T{clock}.{micro:06d}", f"{self._day_http[day]} {clock} GMT"
+
+    def _meta(self, module: str, ptr: bool) -> dict:
+        uid = f"{self.rng.getrandbits(128):032x}"
+        return {
+            "crawler": self._crawlers[int(uid[0], 16) & 7],
+            "options": {},
+            "id": f"{uid[:8]}-{uid[8:12]}-4{uid[13:16]}-a{uid[17:20]}-{uid[20:]}",
+            "module": module,
+            "ptr": ptr,
+        }
+
+    def _add_optional(self, banner: dict, v: Variant, hostname: str) -> None:
         if v.product:
             banner["product"] = v.product
             if v.version:
@@ -233,17 +257,6 @@ class Generator:
             banner.update(v.extra)
         if v.tags:
             banner["tags"] = list(v.tags)
-        label = {
-            "ip": ip_str,
-            "port": port,
-            "transport": transport,
-            "class": kind.cls,
-            "category": kind.category,
-            "segment": self.segment(kind, net, port),
-            "honeypot": honeypot,
-            "note": note or v.note,
-        }
-        return banner, label
 
     def segment(self, kind: Kind, net: Network, port: int) -> str:
         if net.is_hospital:
