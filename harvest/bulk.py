@@ -14,8 +14,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from django.db import connection
+from psycopg.types.datetime import TimestamptzLoader
+from psycopg.types.json import JsonbLoader
 
 _stage_names = itertools.count()
+_SQLITE_CHUNK = 900  # stays below SQLite's limit on bound parameters
 
 
 def is_postgres() -> bool:
@@ -80,6 +83,35 @@ def update_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> No
             f"UPDATE {table} SET {assignments} WHERE id = %s",  # noqa: S608 - identifiers are ours
             [(*row[1:], row[0]) for row in rows],
         )
+
+
+def set_column(table: str, column: str, value: object, ids: Sequence[int]) -> None:
+    """UPDATE table SET column = value for the given ids, in one statement."""
+    if not ids:
+        return
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id = ANY(%s)", [value, list(ids)])  # noqa: S608
+            return
+        for start in range(0, len(ids), _SQLITE_CHUNK):
+            part = ids[start : start + _SQLITE_CHUNK]
+            marks = ", ".join(["%s"] * len(part))
+            cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id IN ({marks})", [value, *part])  # noqa: S608
+
+
+def pg_select_any(sql: str, values: Sequence) -> list[tuple]:
+    """Run a SELECT with one array parameter on PostgreSQL, loading timestamps in C.
+
+    Django registers a Python timestamptz loader on its connections (to attach its time zone);
+    at hundreds of thousands of values per run that dominates, so this cursor uses psycopg's own
+    loaders. The session time zone is UTC, as Django sets it.
+    """
+    connection.ensure_connection()
+    with connection.connection.cursor() as cursor:
+        cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
+        cursor.adapters.register_loader("jsonb", JsonbLoader)
+        cursor.execute(sql, [list(values)])
+        return cursor.fetchall()
 
 
 def _update_postgres(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:

@@ -138,14 +138,21 @@ class BatchWriter:
         return counts
 
     def _load_hosts(self, ips: set[str]) -> dict[str, _HostState]:
-        rows = Host.objects.filter(ip__in=ips).values_list(
-            "id", "ip", "first_seen", "last_seen", "org", "isp", "asn", "country", "hostnames", "os"
-        )
+        if bulk.is_postgres():
+            rows = bulk.pg_select_any(
+                "SELECT id, host(ip), first_seen, last_seen, org, isp, asn, country, hostnames, os "
+                "FROM harvest_host WHERE ip = ANY(%s::inet[])",
+                ips,
+            )
+        else:
+            rows = Host.objects.filter(ip__in=ips).values_list(
+                "id", "ip", "first_seen", "last_seen", "org", "isp", "asn", "country", "hostnames", "os"
+            )
         return {row[1]: _HostState(*row) for row in rows}
 
     def _load_services(self, hosts: dict[str, _HostState]) -> dict[tuple, _ServiceState]:
         by_id = {h.id: h.ip for h in hosts.values()}
-        rows = Service.objects.filter(host_id__in=by_id).values_list(
+        columns = (
             "id",
             "host_id",
             "port",
@@ -156,6 +163,13 @@ class BatchWriter:
             "banner_since",
             "last_run_id",
         )
+        if bulk.is_postgres():
+            rows = bulk.pg_select_any(
+                f"SELECT {', '.join(columns)} FROM harvest_service WHERE host_id = ANY(%s)",  # noqa: S608
+                by_id,
+            )
+        else:
+            rows = Service.objects.filter(host_id__in=by_id).values_list(*columns)
         services = {}
         for sid, host_id, port, transport, bhash, first, last, since, last_run in rows:
             ip = by_id[host_id]
@@ -239,9 +253,7 @@ class BatchWriter:
                 if s.dirty and s.record is None
             ],
         )
-        touched = [s.id for s in old if s.touched and not s.dirty]
-        if touched:
-            Service.objects.filter(id__in=touched).update(last_run_id=run_id)
+        bulk.set_column(table, "last_run_id", run_id, [s.id for s in old if s.touched and not s.dirty])
 
     def _save_history(self, history: list[ServiceBanner], services: dict) -> None:
         """History rows of a stored banner need its text, read only for the services that changed."""
