@@ -147,7 +147,9 @@ def _decode_dicom(data: str, state: _State) -> None:
         state.evidence.append(Evidence("dicom.associate_rq", "data", excerpt))
         state.honeypot.append(Evidence("honeypot.echoed_request", "data", excerpt))
         return
-    state.cls, state.category, state.confidence = "medical", "dicom", 0.95
+    # An A-ABORT is ten bytes with little structure to check: good evidence, but less than a reply.
+    state.cls, state.category = "medical", "dicom"
+    state.confidence = 0.8 if pdu.kind == "abort" else 0.95
     state.evidence.append(Evidence(f"dicom.{pdu.kind}", "data", excerpt))
 
 

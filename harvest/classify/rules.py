@@ -13,8 +13,10 @@ import hashlib
 import re
 import re._parser as sre_parse  # the stdlib's own regex parser, to find a rule's literal needles
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import ahocorasick
 
@@ -157,7 +159,7 @@ class RuleSet:
     files: tuple[tuple[str, str], ...]  # (file name, declared version)
     rules: tuple[Rule, ...]
     by_field: tuple[FieldRules, ...]
-    ports: dict  # int -> PortHint (never mutated after load)
+    ports: Mapping[int, PortHint]  # read-only
     healthcare: Healthcare
     honeypot_min_host_modules: int
     silent_ports: frozenset[int]
@@ -175,7 +177,8 @@ def load_rules(directory: Path | None = None) -> RuleSet:
     paths = sorted(directory.glob("*.toml"))
     if not paths:
         raise RuleError(str(directory), "", "no *.toml rule files")
-    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    registries = [DATA_DIR / PORTS_FILE, DATA_DIR / HEALTHCARE_FILE]
+    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in [*paths, *registries])
     key = (directory, stamp)
     if key not in _CACHE:
         _CACHE[key] = _build(paths)
@@ -465,8 +468,8 @@ def _needles(ops) -> list[str] | None:
     return best
 
 
-def _ports(doc: dict) -> dict:
-    out = {}
+def _ports(doc: dict) -> Mapping[int, PortHint]:
+    out: dict[int, PortHint] = {}
     for item in doc.get("port") or []:
         port = item.get("port")
         if isinstance(port, int) and port not in out:
@@ -477,7 +480,7 @@ def _ports(doc: dict) -> dict:
                 vendor=str(item.get("vendor", "")),
                 hint_only=bool(item.get("hint_only", False)),
             )
-    return out
+    return MappingProxyType(out)
 
 
 SHORT_ALIAS = 4  # aliases this short ("AMC", "MST") are too ambiguous to look for inside text

@@ -298,3 +298,24 @@ def test_it_reads_an_http_status_line_headers_and_title() -> None:
 def test_it_does_not_call_other_text_http() -> None:
     assert http.decode_response("SSH-2.0-OpenSSH_9.2\r\n") is None
     assert http.decode_response("HTTP/banana") == http.HttpResponse(valid=False)
+
+
+def test_it_checks_the_fields_of_rejections_and_aborts() -> None:
+    def short(pdu_type: int, result: int, source: int, reason: int) -> dicom.DicomPdu | None:
+        return dicom.decode_pdu(latin1(bytes([pdu_type, 0, 0, 0, 0, 4, 0, result, source, reason])))
+
+    assert short(3, 1, 1, 7).valid  # called AE title not recognised
+    assert not short(3, 1, 2, 7).valid  # the ACSE provider has no reason 7
+    assert not short(3, 3, 1, 1).valid  # no result 3
+    assert short(7, 0, 2, 6).valid and not short(7, 0, 2, 9).valid
+    assert not dicom.decode_pdu(latin1(bytes([3, 0, 0, 0, 0, 5, 0, 1, 1, 1, 0]))).valid  # wrong length
+
+
+def test_an_accept_without_user_information_is_refused(synapse_reply: str) -> None:
+    user_info_at = synapse_reply.index("P\x00\x00")  # item 0x50 follows the presentation context
+    cut = synapse_reply[:user_info_at]
+    cut = cut[:2] + struct.pack(">I", len(cut) - 6).decode("latin-1") + cut[6:]
+
+    pdu = dicom.decode_pdu(cut)
+
+    assert pdu is not None and not pdu.valid and "user information" in pdu.error

@@ -28,7 +28,9 @@ PC_RESULTS = {
 }
 RJ_RESULTS = {1: "rejected-permanent", 2: "rejected-transient"}
 RJ_SOURCES = {1: "service-user", 2: "service-provider-acse", 3: "service-provider-presentation"}
+RJ_REASONS = {1: (1, 2, 3, 7), 2: (1, 2), 3: (1, 2)}  # the diagnostics each source may give (PS3.8 9.3.4)
 ABORT_SOURCES = {0: "service-user", 1: "reserved", 2: "service-provider"}
+MAX_ABORT_REASON = 6
 
 _UID = re.compile(r"[0-9]{1,64}(?:\.[0-9]{1,64}){0,63}")
 _AE_TEXT = re.compile(r"[\x20-\x7e]{16}")
@@ -146,13 +148,13 @@ def _decode_short(head: str, pdu: DicomPdu) -> None:
         return
     result, source, reason = ord(head[7]), ord(head[8]), ord(head[9])
     if pdu.pdu_type == ASSOCIATE_RJ:
-        if result not in RJ_RESULTS or source not in RJ_SOURCES:
-            pdu.error = f"result {result} or source {source} out of range"
+        if result not in RJ_RESULTS or source not in RJ_SOURCES or reason not in RJ_REASONS[source]:
+            pdu.error = f"result {result}, source {source} or reason {reason} out of range"
             return
         pdu.result, pdu.source = RJ_RESULTS[result], RJ_SOURCES[source]
     else:
-        if source not in ABORT_SOURCES:
-            pdu.error = f"source {source} out of range"
+        if source not in ABORT_SOURCES or reason > MAX_ABORT_REASON:
+            pdu.error = f"source {source} or reason {reason} out of range"
             return
         pdu.result, pdu.source = "abort", ABORT_SOURCES[source]
     pdu.reason = reason
@@ -167,6 +169,7 @@ def _decode_associate(head: str, end: int, pdu: DicomPdu) -> None:
         pdu.error = "protocol version bit 1 not set"
         return
     pdu.called_ae, pdu.calling_ae = _text(head[10:26]), _text(head[26:42])
+    seen_user_info = [False]
     pos = 74
     while pos < end:
         item_type, length = ord(head[pos]), _u16(head, pos + 2)
@@ -175,11 +178,16 @@ def _decode_associate(head: str, end: int, pdu: DicomPdu) -> None:
             pdu.error = f"item 0x{item_type:02x} at byte {pos} runs past the PDU end"
             return
         _item(head, item_type, pos + 4, value_end, pdu)
+        seen_user_info[0] = seen_user_info[0] or item_type == 0x50
         if pdu.error:
             return
         pos = value_end
     if pdu.application_context != APPLICATION_CONTEXT:
         pdu.error = f"application context {pdu.application_context!r} is not the DICOM one"
+        return
+    if not pdu.presentation_contexts or not seen_user_info[0]:
+        # PS3.8 9.3.2/9.3.3: an association always carries presentation contexts and user information.
+        pdu.error = "no presentation context or no user information item"
         return
     pdu.valid = True
 
