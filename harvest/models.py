@@ -73,13 +73,13 @@ class Rejection(models.Model):
 
 
 class Host(models.Model):
-    ip = models.GenericIPAddressField(unique=True, unpack_ipv4=False)
+    ip = models.GenericIPAddressField("IP address", unique=True, unpack_ipv4=False)
     org = models.CharField(max_length=255, blank=True)
-    isp = models.CharField(max_length=255, blank=True)
-    asn = models.PositiveBigIntegerField(null=True, blank=True)
+    isp = models.CharField("ISP", max_length=255, blank=True)
+    asn = models.PositiveBigIntegerField("ASN", null=True, blank=True)
     country = models.CharField(max_length=2, blank=True)
     hostnames = models.JSONField(default=list, blank=True)
-    os = models.CharField(max_length=255, blank=True)
+    os = models.CharField("OS", max_length=255, blank=True)
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
 
@@ -133,7 +133,9 @@ class Service(models.Model):
         indexes = [models.Index(fields=["port"]), models.Index(fields=["last_seen"])]
 
     def __str__(self) -> str:
-        return f"{self.host_id}:{self.port}/{self.transport}"
+        # host is usually select_related; the id stands in when it was not loaded
+        host = self.host.ip if "host" in self._state.fields_cache else f"host {self.host_id}"
+        return f"{host}:{self.port}/{self.transport}"
 
 
 class ServiceBanner(models.Model):
