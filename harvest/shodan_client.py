@@ -301,11 +301,17 @@ def _facets(value: object) -> dict[str, tuple[FacetValue, ...]]:
         if not isinstance(items, list):
             continue
         facets[str(name)[:40]] = tuple(
-            FacetValue(value=str(item.get("value"))[:255], count=_int(item.get("count")))
+            FacetValue(value=_printable(str(item.get("value"))[:255]), count=_int(item.get("count")))
             for item in items[:100]
             if isinstance(item, dict)
         )
     return facets
+
+
+def _printable(text: str) -> str:
+    # Facet values (products, organisations) are written by strangers and end up on terminals:
+    # no escape sequences or other control characters.
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _raw_banner(item: object) -> RawBanner:

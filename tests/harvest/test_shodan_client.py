@@ -164,3 +164,10 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     assert 3.2 <= delays[2] <= 4.8
     assert all(d <= 12.0 for d in delays)
     assert delays[5] >= 8.0
+
+
+def test_facet_values_reach_terminals_without_control_characters(shodan_standin: ShodanStandIn) -> None:
+    hostile = "Evil\x1b[2J\x1b]0;pwned\x07httpd"
+    shodan_standin.add({"ip_str": "198.51.100.66", "port": 61999, "product": hostile, "data": "x"})
+    result = shodan_client.count("port:61999", ["product"])
+    assert [v.value for v in result.facets["product"]] == ["Evil?[2J?]0;pwned?httpd"]

@@ -181,6 +181,13 @@ class ShodanStandIn:
 
     # --- what a test can ask ------------------------------------------------------------------
 
+    def add(self, banner: dict) -> None:
+        """One more banner in the corpus."""
+        with self.lock:
+            self.banners.append(banner)
+            self._texts.append(_text_of(banner))
+            self._found.clear()
+
     def fail(self, status: int, *, times: int = 1, path: str = "/shodan/host/search") -> None:
         with self.lock:
             self.state.faults.append(Fault("status", path, times, status=status))
