@@ -33,7 +33,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-credits", type=int, metavar="N", help="search runs: spend at most N query credits in this invocation"
         )
-        parser.add_argument("--country", default="", help="country the data is about (recorded on the run)")
+        parser.add_argument(
+            "--country",
+            default="",
+            help="country the data is about; with --plan, the country:XX filter (default: MEDEXPO_COUNTRY)",
+        )
         parser.add_argument("--batch-size", type=int, default=None, help="banners per transaction")
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
