@@ -266,6 +266,12 @@ def test_the_key_never_appears_in_output_or_logs(shodan_standin: ShodanStandIn, 
     assert STANDIN_KEY[-8:] not in everything
 
 
+def test_a_negative_credit_cap_is_refused(shodan_standin: ShodanStandIn) -> None:
+    with pytest.raises(CommandError, match="--max-credits must be 0 or more"):
+        call_command("harvest", "--plan", "ports", "--max-credits", "-1")
+    assert not HarvestRun.objects.exists()
+
+
 def test_an_unknown_plan_is_refused(shodan_standin: ShodanStandIn) -> None:
     with pytest.raises(CommandError, match="there is no plan 'nosuch'; plans: .*ports"):
         call_command("harvest", "--plan", "nosuch")

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from harvest import shodan_client
+from harvest.records import records_from_host_line
 from harvest.shodan_client import ShodanError
-from medexpo.lib.http import backoff_delays, scrub
+from medexpo.lib.http import Session, backoff_delays, scrub
 from tests.harvest.conftest import STANDIN_KEY
 from tests.standins.shodan_server import ShodanStandIn
 
@@ -50,6 +51,9 @@ def test_it_looks_up_a_host(shodan_standin: ShodanStandIn) -> None:
     lookup = shodan_client.host("198.18.0.5")
     assert lookup.ports == (104,)
     assert json.loads(lookup.raw)["data"][0]["ip_str"] == "198.18.0.5"
+    # The raw lookup is a line of the --hosts file format.
+    good, bad = records_from_host_line(lookup.raw.encode())
+    assert [(r.ip, r.port) for r in good] == [("198.18.0.5", 104)] and bad == []
 
 
 def test_it_reports_a_host_without_information_as_permanent(shodan_standin: ShodanStandIn) -> None:
@@ -171,3 +175,11 @@ def test_facet_values_reach_terminals_without_control_characters(shodan_standin:
     shodan_standin.add({"ip_str": "198.51.100.66", "port": 61999, "product": hostile, "data": "x"})
     result = shodan_client.count("port:61999", ["product"])
     assert [v.value for v in result.facets["product"]] == ["Evil?[2J?]0;pwned?httpd"]
+
+
+def test_an_http_session_needs_a_timeout() -> None:
+    with pytest.raises(ValueError, match="positive timeout"):
+        Session(timeout=0)
+    session = Session(timeout=2.5)
+    assert session.timeout == 2.5
+    assert session.headers["User-Agent"].startswith("medexpo")
