@@ -326,3 +326,32 @@ def test_it_agrees_with_the_sample_corpus_labels(rules: RuleSet) -> None:
         assert expected and all(v.category == category for v in expected), category
     ordinary = [v for lb, v in pairs if lb["category"] in ("known_service", "hospital_infra")]
     assert not [v for v in ordinary if v.cls == "medical"]
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "B. Braun Melsungen AG | Home",
+        "ICU Medical - Home",
+        "Smiths Medical | Careers",
+        "Epic Systems Corporation",
+        "Agfa HealthCare - Corporate",
+        "ChipSoft - Software voor de zorg",
+        "Mirth and merriment",
+        "Guardrails AI",
+        "Brightspeed Router Login",
+        "Infinix Mobile",
+        "ARTIS Amsterdam Royal Zoo",
+        "Conquest Online Server",
+        "The tower of Orthanc",
+        "Achieva Credit Union",
+        "Ingenia Consultores",
+        "SpaceStation 13 server list",
+        "Vivid 4K display settings",
+        "Welcome to nginx!",
+    ],
+)
+def test_vendor_homepages_and_ordinary_words_are_not_medical_systems(rules: RuleSet, title: str) -> None:
+    verdict = classify(Banner(port=443, data=NGINX, http_title=title, http_html=f"<h1>{title}</h1>"), rules)
+
+    assert (verdict.cls, verdict.category) == ("non_medical", "known_service"), verdict.evidence
