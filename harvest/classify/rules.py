@@ -13,7 +13,7 @@ import hashlib
 import re
 import re._parser as sre_parse  # the stdlib's own regex parser, to find a rule's literal needles
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -316,7 +316,7 @@ def _rule(name: str, index: int, table: object) -> Rule:
     )
 
 
-def _compile(source: object, case_sensitive: bool, fail) -> re.Pattern:
+def _compile(source: object, case_sensitive: bool, fail: Callable[[str], RuleError]) -> re.Pattern:
     if not isinstance(source, str) or not source:
         raise fail("pattern must be a non-empty string")
     if len(source) > 4000:
@@ -437,7 +437,7 @@ def needles_of(pattern: re.Pattern) -> tuple[str, ...] | None:
     return tuple(sorted({n.lower() for n in found})) if found else None
 
 
-def _needles(ops) -> list[str] | None:
+def _needles(ops: Iterable[tuple]) -> list[str] | None:
     best: list[str] | None = None
     run: list[str] = []
 

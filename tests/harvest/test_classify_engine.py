@@ -122,6 +122,15 @@ def test_it_flags_honeypot_and_scanner_identities(rules: RuleSet) -> None:
     assert (dicompot.cls, echo.cls) == ("medical", "medical")
 
 
+def test_default_identities_of_other_honeypots_are_flagged(rules: RuleSet) -> None:
+    cowrie = classify(Banner(port=22, data="SSH-2.0-OpenSSH_6.0p1 Debian-4+deb7u2\r\n"), rules)
+    real = classify(Banner(port=22, data="SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"), rules)
+
+    assert cowrie.honeypot and cowrie.honeypot_evidence[0].rule == "honeypot.cowrie_ssh"
+    assert (cowrie.cls, cowrie.category, cowrie.product) == ("non_medical", "known_service", "SSH")
+    assert not real.honeypot
+
+
 def test_the_probe_sent_back_is_not_a_server(shared_data: Path, rules: RuleSet) -> None:
     probe = (shared_data / "dicom" / "shodan-dicom-probe-request.bin").read_bytes().decode("latin-1")
 

@@ -8,6 +8,7 @@ string "DICOM" alone proves nothing; a well-formed A-ASSOCIATE-AC, -RJ or A-ABOR
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MAX_PDU = 64 * 1024
@@ -33,7 +34,6 @@ ABORT_SOURCES = {0: "service-user", 1: "reserved", 2: "service-provider"}
 MAX_ABORT_REASON = 6
 
 _UID = re.compile(r"[0-9]{1,64}(?:\.[0-9]{1,64}){0,63}")
-_AE_TEXT = re.compile(r"[\x20-\x7e]{16}")
 
 
 @dataclass(slots=True)
@@ -205,7 +205,7 @@ def _item(head: str, item_type: int, start: int, end: int, pdu: DicomPdu) -> Non
         pdu.error = f"unexpected item 0x{item_type:02x} at byte {start - 4}"
 
 
-def _sub_items(head: str, start: int, end: int, pdu: DicomPdu):
+def _sub_items(head: str, start: int, end: int, pdu: DicomPdu) -> Iterator[tuple[int, str]]:
     pos = start
     while pos < end:
         sub_type, length = ord(head[pos]), _u16(head, pos + 2)
