@@ -121,7 +121,7 @@ class NetworkAdmin(SimpleHistoryAdmin):
         return _pre(json.dumps(obj.raw, indent=2, ensure_ascii=False))
 
 
-class HostOwnerAdminBase(SimpleHistoryAdmin):
+class HostOwnerAdminBase(admin.ModelAdmin):
     list_display = ["host", "status", "reason", "network", "operator", "recipient_email", "attempts", "updated_at"]
     list_filter = ["status", "reason"]
     list_select_related = ["host", "network", "operator", "recipient"]
@@ -173,12 +173,13 @@ class HostOwnerAdminBase(SimpleHistoryAdmin):
 
 
 @admin.register(HostOwner)
-class HostOwnerAdmin(HostOwnerAdminBase):
+class HostOwnerAdmin(HostOwnerAdminBase, SimpleHistoryAdmin):
     pass
 
 
 @admin.register(OwnerUnknown)
 class OwnerUnknownAdmin(HostOwnerAdminBase):
+    # A proxy has no history table of its own: the change history is on the host owner's page.
     list_display = ["host", "reason", "detail", "network", "attempts", "updated_at"]
     list_filter = ["reason"]
 

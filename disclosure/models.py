@@ -224,7 +224,7 @@ class HostOwner(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.host_id}: {self.status}"
+        return f"{self.host.ip}: {self.status}"
 
 
 class OwnerUnknown(HostOwner):

@@ -204,3 +204,23 @@ def test_admin_action_disables_a_contact_and_the_recipient_moves_on(registries, 
     assert first.enabled is False and first.history.count() >= 1
     owner = owner_recompute(owner=owner)
     assert owner.recipient != first and owner.recipient.email == "steve.a.marshall@bt.com"
+
+
+def test_owner_unknown_entries_have_a_history_page(registries, staff_client: Client) -> None:
+    make_host("8.8.8.8")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    owner = HostOwner.objects.get()
+    response = staff_client.get(reverse("admin:disclosure_ownerunknown_history", args=[owner.pk]))
+    assert response.status_code == 200 and "8.8.8.8" in response.content.decode()
+    assert owner.history.count() == 1  # written with the bulk create of the run
+    response = staff_client.get(reverse("admin:disclosure_hostowner_history", args=[owner.pk]))
+    assert response.status_code == 200 and response.content.decode().count("8.8.8.8: unknown") >= 2
+
+
+def test_bench_owners_makes_one_request_per_network_and_leaves_nothing_behind(capsys) -> None:
+    call_command("bench_owners", "--addresses", "600", "--networks", "12", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["runs"]["cold"]["requests"] == 12 and report["requests_per_network"] == 1.0
+    assert report["runs"]["cold"]["resolved"] == 600 and report["runs"]["cold"]["from_cache"] == 588
+    assert report["runs"]["cached"]["requests"] == 0 and report["runs"]["cached"]["hit_rate"] == 1.0
+    assert Network.objects.count() == 0 and Organisation.objects.count() == 0
