@@ -107,7 +107,7 @@ class Rule:
     needles: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class FieldRules:
     """The rules that read one field, split for speed: anchored ones cost one comparison at the
     start; searching ones run only when one of their needles occurs in the lowercased text."""
@@ -143,7 +143,7 @@ class Organisation:
     aliases: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Healthcare:
     words: tuple[str, ...]
     organisations: tuple[Organisation, ...]
@@ -153,7 +153,7 @@ class Healthcare:
     short_aliases: frozenset[str]  # aliases too short to find inside text; matched as a whole org
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity: one loaded rule set, usable as a dict key
 class RuleSet:
     version: str
     files: tuple[tuple[str, str], ...]  # (file name, declared version)
