@@ -12,6 +12,7 @@ never evidence of what runs on it; it only decides the `medical_port` segment.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harvest.classify.decoders import dicom, hl7, http
@@ -345,47 +346,53 @@ def _segment(banner: Banner, rules: RuleSet, state: _State) -> str:
 
 def _organisation(banner: Banner, rules: RuleSet) -> Evidence | None:
     for name in ("org", "isp", "ssl_subject"):
-        found = _organisation_in_text(_str(getattr(banner, name, ""), 1024), rules)
+        found = _cached(_organisation_in_text, _str(getattr(banner, name, ""), 1024), rules)
         if found is not None:
             return Evidence(found[0], name, found[1])
-    care = rules.healthcare
     for name in ("hostnames", "ssl_names"):
         values = getattr(banner, name, ())
         for host in values[:64] if isinstance(values, tuple) else ():
-            if not isinstance(host, str):
-                continue
-            if _in_domains(host.lower().rstrip("."), care.domains):
-                return Evidence("organisation.domain", name, safe_text(host))
-            m = care.word_pattern.search(host[:253])
-            if m:
-                return Evidence("organisation.word", name, safe_text(host))
+            found = _cached(_organisation_in_host, host, rules) if isinstance(host, str) else None
+            if found is not None:
+                return Evidence(found[0], name, found[1])
     return None
 
 
-# Organisation names repeat across thousands of banners (one provider, many hosts): remember the
-# answer per rules version and text. Bounded; cleared when full.
-_ORG_CACHE: dict[tuple[str, str], tuple[str, str] | None] = {}
-_ORG_CACHE_SIZE = 4096
+# Organisation names and hostnames repeat across thousands of banners (one provider, many
+# hosts): remember the answer per rules version, kind of lookup and text. Bounded; cleared when full.
+_ORG_CACHE: dict[tuple, tuple[str, str] | None] = {}
+_ORG_CACHE_SIZE = 8192
+_Lookup = Callable[[str, RuleSet], "tuple[str, str] | None"]
 
 
-def _organisation_in_text(text: str, rules: RuleSet) -> tuple[str, str] | None:
+def _cached(lookup: _Lookup, text: str, rules: RuleSet) -> tuple[str, str] | None:
     if not text:
         return None
-    key = (rules.version, text)
+    key = (rules.version, lookup.__name__, text)
     if key in _ORG_CACHE:
         return _ORG_CACHE[key]
-    care = rules.healthcare
-    found = None
-    if text.strip() in care.short_aliases:
-        found = ("organisation.alias", safe_text(text))
-    else:
-        m = care.name_pattern.search(text) or care.word_pattern.search(text)
-        if m:
-            found = ("organisation.name", safe_text(m.group(0)))
+    found = lookup(text, rules)
     if len(_ORG_CACHE) >= _ORG_CACHE_SIZE:
         _ORG_CACHE.clear()
     _ORG_CACHE[key] = found
     return found
+
+
+def _organisation_in_text(text: str, rules: RuleSet) -> tuple[str, str] | None:
+    care = rules.healthcare
+    if text.strip() in care.short_aliases:
+        return ("organisation.alias", safe_text(text))
+    m = care.name_pattern.search(text) or care.word_pattern.search(text)
+    return ("organisation.name", safe_text(m.group(0))) if m else None
+
+
+def _organisation_in_host(host: str, rules: RuleSet) -> tuple[str, str] | None:
+    care = rules.healthcare
+    if _in_domains(host.lower().rstrip("."), care.domains):
+        return ("organisation.domain", safe_text(host))
+    if care.word_pattern.search(host[:253]):
+        return ("organisation.word", safe_text(host))
+    return None
 
 
 def _in_domains(host: str, domains: frozenset[str]) -> bool:
