@@ -20,8 +20,9 @@ from harvest.classify.rules import MAX_SCAN, FieldRules, Rule, RuleSet
 from harvest.classify.types import MAX_EXCERPT, Banner, Evidence, Verdict
 
 # Rendering of bytes that are not printable text, so evidence and details are safe to store
-# (PostgreSQL refuses NUL in text) while staying recognisable.
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# (PostgreSQL refuses NUL in text, and lone surrogates from broken JSON in any encoding) while
+# staying recognisable.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 HONEYPOT_CONFIDENCE_FACTOR = 0.5
 MAX_EVIDENCE = 16
 

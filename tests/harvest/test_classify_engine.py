@@ -259,10 +259,13 @@ def test_evidence_and_details_are_bounded_and_storable(rules: RuleSet) -> None:
     for verdict in (
         classify(Banner(port=80, data=NGINX, http_title=title), rules),
         classify(Banner(port=104, data=reply + "\x00" * 1000), rules),
+        classify(Banner(port=2575, data="\x0bMSH|^~\\&|\ud800APP|F|||1||ACK|1|P|2.5\r\x1c\r"), rules),
+        classify(Banner(port=80, data="\udfff\x00junk"), rules),
     ):
         assert all(len(e.excerpt) <= 200 for e in verdict.evidence)
-        stored = json.dumps([verdict.details, [e.excerpt for e in verdict.evidence]])
-        assert "\\u0000" not in stored  # PostgreSQL text and jsonb refuse NUL
+        stored = json.dumps([verdict.details, [e.excerpt for e in verdict.evidence]], ensure_ascii=False)
+        assert "\x00" not in stored  # PostgreSQL text and jsonb refuse NUL
+        stored.encode("utf-8")  # ... and lone surrogates
 
 
 def test_it_is_total_even_for_impossible_input(rules: RuleSet) -> None:
