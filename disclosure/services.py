@@ -23,7 +23,7 @@ from simple_history.utils import bulk_create_with_history, bulk_update_with_hist
 
 from disclosure import rdap_client
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
-from disclosure.owners.attribution import attribute_operator, facts_from_host
+from disclosure.owners.attribution import attribute_operator, facts_from_host, registry_match_name
 from disclosure.owners.contacts import ROLE_ORDER, contact_candidates, network_holder
 from disclosure.owners.registry import RegistryOrganisation, load_registry
 from harvest.models import Host, Service
@@ -248,7 +248,12 @@ def network_save_answer(*, answer: rdap_client.RdapNetwork, source: str, fetched
 
 
 def _holder_save(*, answer: rdap_client.RdapNetwork, fetched_at: datetime) -> Organisation:
+    """The holder's organisation; a hospital on its own network is the registry's organisation,
+    so its RDAP contacts serve it as operator too."""
     handle, name = network_holder(answer)
+    registered = registry_match_name(name, load_registry())
+    if registered is not None:
+        return _registry_organisation(registered)
     organisation, created = Organisation.objects.get_or_create(
         source_key=f"rdap:{answer.registry}:{handle}"[:200],
         defaults={"name": name[:255] or handle, "country": answer.country, "source": Organisation.Source.RDAP},

@@ -91,6 +91,16 @@ def attribute_operator(facts: BannerFacts, registry: Iterable[RegistryOrganisati
     return None
 
 
+def registry_match_name(name: str, registry: Iterable[RegistryOrganisation]) -> RegistryOrganisation | None:
+    """The registered organisation a whole name (an RDAP registrant) stands for, if any."""
+    normalised = f" {_normalise(name)} "
+    for organisation in registry:
+        for candidate, pattern, short in _patterns(organisation):
+            if (name.strip() == candidate) if short else (normalised == pattern):
+                return organisation
+    return None
+
+
 def _domain_match(hostname: str, domains: Iterable[str]) -> str | None:
     hostname = hostname.strip(".")
     for domain in domains:

@@ -105,3 +105,14 @@ def test_hostile_input_is_bounded_and_fast() -> None:
     attribute_operator(facts, REGISTRY)
     assert time.monotonic() - started < 2.0
     assert all(len(t) <= 500 for t in facts.titles) and len(facts.org) <= 500
+
+
+def test_a_registrant_name_is_matched_whole() -> None:
+    from disclosure.owners.attribution import registry_match_name
+
+    assert registry_match_name("Erasmus MC", REGISTRY).name == "Erasmus MC"
+    assert registry_match_name("Leids Universitair Medisch Centrum", REGISTRY).name.startswith("Leids")
+    assert registry_match_name("LUMC", REGISTRY).name.startswith("Leids")
+    assert registry_match_name("Erasmus MC Foundation Hosting", REGISTRY) is None
+    assert registry_match_name("lumc", REGISTRY) is None
+    assert registry_match_name("Microsoft Azure", REGISTRY) is None

@@ -224,3 +224,30 @@ def test_bench_owners_makes_one_request_per_network_and_leaves_nothing_behind(ca
     assert report["runs"]["cold"]["resolved"] == 600 and report["runs"]["cold"]["from_cache"] == 588
     assert report["runs"]["cached"]["requests"] == 0 and report["runs"]["cached"]["hit_rate"] == 1.0
     assert Network.objects.count() == 0 and Organisation.objects.count() == 0
+
+
+SAMPLE_RDAP = Path(__file__).resolve().parents[2] / "fixtures" / "sample" / "rdap"
+
+
+def test_the_bundled_sample_answers_load_and_a_hospital_network_belongs_to_the_hospital(capsys) -> None:
+    files = sorted(SAMPLE_RDAP.glob("*.json"))
+    assert files, f"the bundled sample answers are missing: {SAMPLE_RDAP}"
+    call_command("import_rdap_cache", str(SAMPLE_RDAP), "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["loaded"] == len(files) and report["rejected"] == 0
+    # A PACS on the hospital's own network, and one of the same hospital at Microsoft Azure.
+    make_host("145.10.64.20", hostnames=["pacs.erasmusmc.nl"])
+    make_host("51.144.1.2", record={"ssl": {"cert": {"subject": {"CN": "viewer.erasmusmc.nl"}}}})
+    make_host("145.18.200.1")  # the hospital network whose answer names no contact
+    summary = owners_resolve().as_dict()
+    assert summary["requests"] == 0 and summary["from_cache"] == 3
+    own = HostOwner.objects.get(host__ip="145.10.64.20")
+    assert own.network.holder == own.operator and own.operator.source == Organisation.Source.REGISTRY
+    assert own.recipient.email == "security@erasmusmc.nl" and own.recipient.role == "abuse"
+    assert own.recipient_reason == "operator Erasmus MC: abuse contact (RDAP)"
+    cloud = HostOwner.objects.get(host__ip="51.144.1.2")
+    assert cloud.operator == own.operator and cloud.network.holder.name == "Microsoft Azure"
+    assert cloud.recipient.email == "security@erasmusmc.nl"  # the operator's contact, not Azure's abuse desk
+    assert Organisation.objects.filter(name="Erasmus MC").count() == 1
+    silent = HostOwner.objects.get(host__ip="145.18.200.1")
+    assert (silent.status, silent.reason) == (HostOwner.Status.UNKNOWN, "no_contact")
