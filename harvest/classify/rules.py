@@ -236,6 +236,8 @@ def _file_header(name: str, doc: dict) -> str:
         raise RuleError(name, "", "missing `version` (a non-empty string)")
     if not isinstance(doc.get("rule", []), list):
         raise RuleError(name, "", "`rule` must be an array of tables ([[rule]])")
+    if not isinstance(doc.get("settings", {}), dict):
+        raise RuleError(name, "", "`settings` must be a table ([settings])")
     return version
 
 

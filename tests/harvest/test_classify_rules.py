@@ -93,6 +93,7 @@ def test_the_version_changes_with_any_file(tmp_path: Path) -> None:
         (lambda t: t + 'protocols = ["gopher"]\n', "protocols must be"),
         (lambda t: t.replace("[[rule]]", "rule = 3\n[x]", 1), "unknown top-level keys"),
         (lambda t: t + "= broken toml", "not valid TOML"),
+        (lambda t: t.replace('version = "t.1"', 'version = "t.1"\nsettings = 3'), "`settings` must be a table"),
     ],
 )
 def test_it_refuses_an_invalid_rule_saying_which_file_and_rule(tmp_path: Path, change, why: str) -> None:  # noqa: ANN001
