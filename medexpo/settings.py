@@ -150,6 +150,7 @@ SHODAN_API_URL = os.environ.get("SHODAN_API_URL", "")  # empty: the shodan packa
 SHODAN_REQUEST_INTERVAL = float(os.environ.get("SHODAN_REQUEST_INTERVAL", "1.0"))  # 1 request/s
 SHODAN_TIMEOUT = float(os.environ.get("SHODAN_TIMEOUT", "30"))
 SHODAN_MAX_RETRIES = envint("SHODAN_MAX_RETRIES", 5)
+SHODAN_BACKOFF = float(os.environ.get("SHODAN_BACKOFF", "1.0"))  # first retry delay in seconds, then doubling
 MEDEXPO_COUNTRY = os.environ.get("MEDEXPO_COUNTRY", "NL").upper()
 
 # Ingest batch size: a checkpoint is written after every batch.
