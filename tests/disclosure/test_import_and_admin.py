@@ -17,7 +17,7 @@ from django.urls import reverse
 from disclosure.models import Contact, HostOwner, Network, Organisation
 from disclosure.services import network_find_cached, owner_recompute, owners_resolve
 from harvest.services import EXPORT_ENRICHERS, service_export_rows
-from tests.disclosure.conftest import RDAP_DIR, make_host
+from tests.disclosure.conftest import RDAP_DIR, Registries, make_host
 
 pytestmark = pytest.mark.django_db
 
@@ -64,7 +64,7 @@ def cache_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_import_loads_good_answers_and_reports_bad_files(cache_dir: Path, capsys) -> None:
+def test_import_loads_good_answers_and_reports_bad_files(cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
     call_command("import_rdap_cache", str(cache_dir), "--json")
     report = json.loads(capsys.readouterr().out)
     # 3 whoisit answers + 10 ipwhois ones; the two 2001:4860::/32 answers are one network.
@@ -81,7 +81,7 @@ def test_import_loads_good_answers_and_reports_bad_files(cache_dir: Path, capsys
     assert Network.objects.filter(source="import").count() == 12
 
 
-def test_imported_answers_resolve_owners_with_no_network(cache_dir: Path, settings) -> None:
+def test_imported_answers_resolve_owners_with_no_network(cache_dir: Path, settings: object) -> None:
     settings.RDAP_BASE_URL = "http://127.0.0.1:9"  # nothing listens: any request would fail
     settings.RDAP_DNS_SERVER = "127.0.0.1:9"
     call_command("import_rdap_cache", str(cache_dir), "--json")
@@ -97,14 +97,14 @@ def test_import_of_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         call_command("import_rdap_cache", str(tmp_path / "nope"))
 
 
-def test_import_prints_a_summary_and_each_rejection(cache_dir: Path, capsys) -> None:
+def test_import_prints_a_summary_and_each_rejection(cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
     call_command("import_rdap_cache", str(cache_dir))
     captured = capsys.readouterr()
     assert "13 networks loaded, 4 files rejected" in captured.out
     assert "zz-broken.json: malformed_json" in captured.err
 
 
-def test_export_rows_carry_owner_columns_with_one_query_per_batch(cache_dir: Path, settings) -> None:
+def test_export_rows_carry_owner_columns_with_one_query_per_batch(cache_dir: Path, settings: object) -> None:
     assert any(fn.__module__ == "disclosure.services" for fn in EXPORT_ENRICHERS)  # registered in ready()
     call_command("import_rdap_cache", str(cache_dir), "--json")
     make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
@@ -166,7 +166,9 @@ def test_admin_pages_escape_everything_from_rdap(tmp_path: Path, staff_client: C
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail  # shown, escaped
 
 
-def test_owner_unknown_queue_lists_only_unknown_owners_with_reasons(registries, staff_client: Client) -> None:
+def test_owner_unknown_queue_lists_only_unknown_owners_with_reasons(
+    registries: Registries, staff_client: Client
+) -> None:
     make_host("62.239.237.1")
     make_host("8.8.8.8")
     make_host("10.0.0.3")
@@ -176,7 +178,9 @@ def test_owner_unknown_queue_lists_only_unknown_owners_with_reasons(registries, 
     assert "62.239.237.1" not in body and "10.0.0.3" not in body
 
 
-def test_staff_override_through_the_admin_is_kept_and_recorded_in_history(registries, staff_client: Client) -> None:
+def test_staff_override_through_the_admin_is_kept_and_recorded_in_history(
+    registries: Registries, staff_client: Client
+) -> None:
     make_host("62.239.237.1")
     owners_resolve(options=registries.options, limiter=registries.limiter)
     owner = HostOwner.objects.get()
@@ -190,7 +194,9 @@ def test_staff_override_through_the_admin_is_kept_and_recorded_in_history(regist
     assert owner.history.first().history_user.username == "staff"
 
 
-def test_admin_action_disables_a_contact_and_the_recipient_moves_on(registries, staff_client: Client) -> None:
+def test_admin_action_disables_a_contact_and_the_recipient_moves_on(
+    registries: Registries, staff_client: Client
+) -> None:
     make_host("62.239.237.1")
     owners_resolve(options=registries.options, limiter=registries.limiter)
     owner = HostOwner.objects.get()
@@ -206,7 +212,7 @@ def test_admin_action_disables_a_contact_and_the_recipient_moves_on(registries, 
     assert owner.recipient != first and owner.recipient.email == "steve.a.marshall@bt.com"
 
 
-def test_owner_unknown_entries_have_a_history_page(registries, staff_client: Client) -> None:
+def test_owner_unknown_entries_have_a_history_page(registries: Registries, staff_client: Client) -> None:
     make_host("8.8.8.8")
     owners_resolve(options=registries.options, limiter=registries.limiter)
     owner = HostOwner.objects.get()
@@ -217,7 +223,7 @@ def test_owner_unknown_entries_have_a_history_page(registries, staff_client: Cli
     assert response.status_code == 200 and response.content.decode().count("8.8.8.8: unknown") >= 2
 
 
-def test_bench_owners_makes_one_request_per_network_and_leaves_nothing_behind(capsys) -> None:
+def test_bench_owners_makes_one_request_per_network_and_leaves_nothing_behind(capsys: pytest.CaptureFixture) -> None:
     call_command("bench_owners", "--addresses", "600", "--networks", "12", "--json")
     report = json.loads(capsys.readouterr().out)
     assert report["runs"]["cold"]["requests"] == 12 and report["requests_per_network"] == 1.0
@@ -229,7 +235,9 @@ def test_bench_owners_makes_one_request_per_network_and_leaves_nothing_behind(ca
 SAMPLE_RDAP = Path(__file__).resolve().parents[2] / "fixtures" / "sample" / "rdap"
 
 
-def test_the_bundled_sample_answers_load_and_a_hospital_network_belongs_to_the_hospital(capsys) -> None:
+def test_the_bundled_sample_answers_load_and_a_hospital_network_belongs_to_the_hospital(
+    capsys: pytest.CaptureFixture,
+) -> None:
     files = sorted(SAMPLE_RDAP.glob("*.json"))
     assert files, f"the bundled sample answers are missing: {SAMPLE_RDAP}"
     call_command("import_rdap_cache", str(SAMPLE_RDAP), "--json")

@@ -11,23 +11,24 @@ from django.utils import timezone
 
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation
 from disclosure.services import (
+    OwnersSummary,
     hosts_needing_owner,
     inhibition_create,
     network_find_cached,
     owner_recompute,
     owners_resolve,
 )
-from tests.disclosure.conftest import make_host
+from tests.disclosure.conftest import Registries, make_host
 from tests.standins.rdap_server import Script
 
 pytestmark = pytest.mark.django_db
 
 
-def resolve(registries, hosts=None, concurrency: int = 4):
+def resolve(registries: Registries, hosts: list | None = None, concurrency: int = 4) -> OwnersSummary:
     return owners_resolve(hosts=hosts, options=registries.options, limiter=registries.limiter, concurrency=concurrency)
 
 
-def test_it_resolves_each_host_to_network_and_abuse_contact(registries) -> None:
+def test_it_resolves_each_host_to_network_and_abuse_contact(registries: Registries) -> None:
     host = make_host("62.239.237.1")
     summary = resolve(registries)
     owner = HostOwner.objects.get(host=host)
@@ -40,7 +41,7 @@ def test_it_resolves_each_host_to_network_and_abuse_contact(registries) -> None:
     assert summary.as_dict()["resolved"] == 1 and summary.as_dict()["requests"] == 1
 
 
-def test_addresses_in_one_network_cost_one_request(registries) -> None:
+def test_addresses_in_one_network_cost_one_request(registries: Registries) -> None:
     for last in range(1, 41):
         make_host(f"62.239.237.{last}")
     for last in range(1, 11):
@@ -51,7 +52,7 @@ def test_addresses_in_one_network_cost_one_request(registries) -> None:
     assert Network.objects.count() == 2
 
 
-def test_a_second_run_resolves_from_the_cache_without_requests(registries) -> None:
+def test_a_second_run_resolves_from_the_cache_without_requests(registries: Registries) -> None:
     make_host("74.125.225.229")
     make_host("2001:4860:4860::8888")
     resolve(registries)
@@ -63,7 +64,7 @@ def test_a_second_run_resolves_from_the_cache_without_requests(registries) -> No
     assert summary["requests"] == 0 and summary["from_cache"] == 3 and summary["resolved"] == 3
 
 
-def test_an_expired_network_is_fetched_again(registries) -> None:
+def test_an_expired_network_is_fetched_again(registries: Registries) -> None:
     make_host("1.1.1.1")
     resolve(registries)
     Network.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
@@ -74,7 +75,7 @@ def test_an_expired_network_is_fetched_again(registries) -> None:
     assert Network.objects.count() == 1 and network_find_cached(ip="1.1.1.1") is not None
 
 
-def test_the_cache_prefers_the_most_specific_network(registries) -> None:
+def test_the_cache_prefers_the_most_specific_network(registries: Registries) -> None:
     now = timezone.now()
     common = {"raw": {}, "fetched_at": now, "expires_at": now + timedelta(days=1)}
     from disclosure.models import ip_key
@@ -101,7 +102,7 @@ def test_the_cache_prefers_the_most_specific_network(registries) -> None:
     assert network_find_cached(ip="2001:4860::1") is None
 
 
-def test_failures_are_recorded_and_the_batch_goes_on(registries) -> None:
+def test_failures_are_recorded_and_the_batch_goes_on(registries: Registries) -> None:
     registries.standin.scripts["62.239.237.1"] = Script(status=500)
     registries.standin.scripts["1.1.1.1"] = Script(malformed=True)
     registries.standin.scripts["130.59.1.1"] = Script(delay=2.5)
@@ -123,7 +124,7 @@ def test_failures_are_recorded_and_the_batch_goes_on(registries) -> None:
     assert skipped.status == HostOwner.Status.SKIPPED and skipped.network is None
 
 
-def test_failed_hosts_are_retried_on_the_next_run_and_skipped_ones_are_not(registries) -> None:
+def test_failed_hosts_are_retried_on_the_next_run_and_skipped_ones_are_not(registries: Registries) -> None:
     registries.standin.scripts["62.239.237.1"] = Script(status=503)
     make_host("62.239.237.1")
     make_host("10.0.0.5")
@@ -136,7 +137,7 @@ def test_failed_hosts_are_retried_on_the_next_run_and_skipped_ones_are_not(regis
     assert list(hosts_needing_owner()) == []
 
 
-def test_an_answer_without_contacts_leaves_the_owner_unknown(registries) -> None:
+def test_an_answer_without_contacts_leaves_the_owner_unknown(registries: Registries) -> None:
     # SWITCH's technical entity carries no vCard: take away the abuse entity and nothing is left.
     answer = next(n for n in registries.standin.networks if n.response.get("name") == "SWITCH-LAN")
     answer.response = {
@@ -150,7 +151,7 @@ def test_an_answer_without_contacts_leaves_the_owner_unknown(registries) -> None
     assert owner.network.cidrs == ["130.59.0.0/16"]  # the network is known, only the contact is missing
 
 
-def test_a_hospital_at_a_cloud_provider_has_operator_and_holder(registries) -> None:
+def test_a_hospital_at_a_cloud_provider_has_operator_and_holder(registries: Registries) -> None:
     # A DICOM service in Google's space whose certificate names an Erasmus MC host.
     record = {"ssl": {"cert": {"subject": {"CN": "pacs.erasmusmc.nl", "O": "Erasmus MC"}}}}
     host = make_host("74.125.225.229", port=2762, record=record)
@@ -165,7 +166,7 @@ def test_a_hospital_at_a_cloud_provider_has_operator_and_holder(registries) -> N
     assert owner.recipient.organisation == owner.network.holder
 
 
-def test_the_operators_contact_wins_over_the_network_abuse_contact(registries) -> None:
+def test_the_operators_contact_wins_over_the_network_abuse_contact(registries: Registries) -> None:
     host = make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
     resolve(registries)
     owner = HostOwner.objects.get(host=host)
@@ -175,7 +176,7 @@ def test_the_operators_contact_wins_over_the_network_abuse_contact(registries) -
     assert owner.recipient_reason.startswith("operator Erasmus MC: security contact")
 
 
-def test_inhibitions_are_respected(registries) -> None:
+def test_inhibitions_are_respected(registries: Registries) -> None:
     host = make_host("62.239.237.1")
     resolve(registries)
     owner = HostOwner.objects.get(host=host)
@@ -194,7 +195,7 @@ def test_inhibitions_are_respected(registries) -> None:
     assert owner.recipient.email == "steve.a.marshall@bt.com"  # the expired one no longer counts
 
 
-def test_a_reimport_never_touches_staff_contacts_or_reenables_disabled_ones(registries) -> None:
+def test_a_reimport_never_touches_staff_contacts_or_reenables_disabled_ones(registries: Registries) -> None:
     make_host("62.239.237.1")
     resolve(registries)
     holder = Network.objects.get().holder
@@ -223,7 +224,7 @@ def test_a_reimport_never_touches_staff_contacts_or_reenables_disabled_ones(regi
     assert "entered by staff" in owner.recipient_reason
 
 
-def test_a_staff_override_is_kept_across_runs(registries) -> None:
+def test_a_staff_override_is_kept_across_runs(registries: Registries) -> None:
     host = make_host("62.239.237.1")
     resolve(registries)
     other = Organisation.objects.create(name="Hospital IT", kind="hospital")
@@ -235,7 +236,7 @@ def test_a_staff_override_is_kept_across_runs(registries) -> None:
     assert "set by staff" in owner.recipient_reason
 
 
-def test_resolve_owners_command_prints_one_json_object(registries, capsys) -> None:
+def test_resolve_owners_command_prints_one_json_object(registries: Registries, capsys) -> None:
     make_host("62.239.237.1")
     make_host("62.239.237.2")
     make_host("8.8.8.8")
@@ -249,14 +250,14 @@ def test_resolve_owners_command_prints_one_json_object(registries, capsys) -> No
     assert again["hosts"] == 1 and again["requests"] == 1  # only the not-found host is retried
 
 
-def test_resolve_owners_command_prints_a_summary_line(registries, capsys) -> None:
+def test_resolve_owners_command_prints_a_summary_line(registries: Registries, capsys) -> None:
     make_host("1.1.1.1")
     call_command("resolve_owners")
     out = capsys.readouterr().out
     assert "1 hosts: 1 networks found" in out and "1 RDAP requests" in out
 
 
-def test_an_inhibited_owner_is_released_by_the_next_run_once_the_inhibition_ends(registries) -> None:
+def test_an_inhibited_owner_is_released_by_the_next_run_once_the_inhibition_ends(registries: Registries) -> None:
     from disclosure.tasks import resolve_owners
 
     host = make_host("1.1.1.1")
@@ -273,7 +274,7 @@ def test_an_inhibited_owner_is_released_by_the_next_run_once_the_inhibition_ends
     assert HostOwner.objects.get(host=host).recipient.email == "helpdesk@apnic.net"
 
 
-def test_inhibitions_need_one_target_and_a_reason(registries) -> None:
+def test_inhibitions_need_one_target_and_a_reason(registries: Registries) -> None:
     from disclosure.services import OwnerError
 
     organisation = Organisation.objects.create(name="X")

@@ -9,6 +9,7 @@ import pytest
 
 from disclosure.owners.contacts import contact_candidates, network_holder
 from disclosure.rdap_client import LookupStats, RateLimiter, RdapError, address_refusal, lookup_ip, parse_network
+from tests.disclosure.conftest import Registries
 from tests.standins.rdap_server import Script
 
 # address, registry, origin ASN, first CIDR, preferred e-mail, its role, network holder.
@@ -70,14 +71,14 @@ RECORDED = [
 ]
 
 
-def lookup(registries, ip: str) -> tuple:
+def lookup(registries: Registries, ip: str) -> tuple:
     stats = LookupStats()
     return lookup_ip(ip, options=registries.options, limiter=registries.limiter, stats=stats), stats
 
 
 @pytest.mark.parametrize(("ip", "registry", "asn", "cidr", "email", "role", "holder"), RECORDED)
 def test_it_resolves_recorded_answers_of_every_registry(
-    registries, ip, registry, asn, cidr, email, role, holder
+    registries: Registries, ip: str, registry: str, asn: int | None, cidr: str, email: str, role: str, holder: str
 ) -> None:
     network, stats = lookup(registries, ip)
     assert (network.registry, network.asn, network.cidrs[0]) == (registry, asn, cidr)
@@ -88,14 +89,14 @@ def test_it_resolves_recorded_answers_of_every_registry(
     assert network.raw["startAddress"]  # the raw answer is kept as sent
 
 
-def test_it_follows_nested_entities_to_the_abuse_contact(registries) -> None:
+def test_it_follows_nested_entities_to_the_abuse_contact(registries: Registries) -> None:
     network, _ = lookup(registries, "13.107.4.4")  # MSFT: abuse sits inside the registrant entity
     best = contact_candidates(network)[0]
     assert best["email"] == "abuse@microsoft.com" and best["parent"] == "MSFT"
     assert "nested under MSFT" in best["why"]
 
 
-def test_it_reads_the_asn_description_from_the_dns_step(registries) -> None:
+def test_it_reads_the_asn_description_from_the_dns_step(registries: Registries) -> None:
     network, _ = lookup(registries, "74.125.225.229")
     assert network.asn_description == "GOOGLE, US"
     assert registries.dns.resolver.queries["origin"] == 1
@@ -112,7 +113,9 @@ def test_it_reads_the_asn_description_from_the_dns_step(registries) -> None:
         (Script(rate_limited_times=10), "rate_limited", False),
     ],
 )
-def test_it_reports_each_failure_with_its_reason(registries, script, reason, permanent) -> None:
+def test_it_reports_each_failure_with_its_reason(
+    registries: Registries, script: Script, reason: str, permanent: bool
+) -> None:
     registries.standin.scripts["74.125.225.229"] = script
     with pytest.raises(RdapError) as caught:
         lookup(registries, "74.125.225.229")
@@ -120,14 +123,14 @@ def test_it_reports_each_failure_with_its_reason(registries, script, reason, per
     assert caught.value.permanent is permanent
 
 
-def test_it_backs_off_on_429_and_then_succeeds(registries) -> None:
+def test_it_backs_off_on_429_and_then_succeeds(registries: Registries) -> None:
     registries.standin.scripts["62.239.237.1"] = Script(rate_limited_times=2)
     network, stats = lookup(registries, "62.239.237.1")
     assert network.cidrs == ("62.239.237.0/24",)
     assert stats.requests == 3
 
 
-def test_it_waits_as_long_as_retry_after_says(registries) -> None:
+def test_it_waits_as_long_as_retry_after_says(registries: Registries) -> None:
     registries.standin.scripts["62.239.237.1"] = Script(rate_limited_times=1, retry_after="1")
     started = time.monotonic()
     network, stats = lookup(registries, "62.239.237.1")
@@ -135,7 +138,7 @@ def test_it_waits_as_long_as_retry_after_says(registries) -> None:
     assert stats.requests == 2 and network.handle == "62.239.237.0 - 62.239.237.255"
 
 
-def test_an_address_outside_every_network_is_not_found(registries) -> None:
+def test_an_address_outside_every_network_is_not_found(registries: Registries) -> None:
     with pytest.raises(RdapError) as caught:
         lookup(registries, "8.8.8.8")
     assert caught.value.reason == "not_found"
@@ -160,7 +163,7 @@ def test_an_address_outside_every_network_is_not_found(registries) -> None:
         ("not-an-ip", "invalid_address"),
     ],
 )
-def test_it_never_looks_up_non_public_addresses(registries, ip, reason) -> None:
+def test_it_never_looks_up_non_public_addresses(registries: Registries, ip: str, reason: str) -> None:
     assert address_refusal(ip) == reason
     with pytest.raises(RdapError) as caught:
         lookup(registries, ip)
@@ -195,7 +198,7 @@ def test_the_rate_limiter_spaces_requests_per_registry() -> None:
         {"objectClassName": "ip network", "startAddress": "1.2.3.x", "endAddress": "1.2.3.255"},
     ],
 )
-def test_it_rejects_answers_that_are_not_usable_networks(raw) -> None:
+def test_it_rejects_answers_that_are_not_usable_networks(raw: object) -> None:
     with pytest.raises(RdapError) as caught:
         parse_network(raw)
     assert caught.value.reason == "malformed_answer"
