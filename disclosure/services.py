@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
@@ -389,7 +389,12 @@ def owners_resolve(
     context = _Context()
     for start in range(0, len(host_list), 500):
         chunk = host_list[start : start + 500]
-        for owner in _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context):
+        try:
+            owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context)
+        except IntegrityError:
+            # Another run created some of these owners meanwhile: read them and write again.
+            owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context)
+        for owner in owners:
             summary.status[str(owner.status)] += 1
             summary.operators += owner.operator_id is not None
     return summary
