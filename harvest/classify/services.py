@@ -162,19 +162,30 @@ def _service_batches(rules_version: str, everything: bool, size: int, summary: R
     last = 0
     while True:
         t0 = time.perf_counter()
-        rows = [
-            _Row(*values)
-            for values in base.filter(pk__gt=last)
-            .order_by("pk")
-            .values_list("id", "host_id", "port", "transport", "banner_hash", "raw")[:size]
-        ]
-        if not rows:
-            summary.seconds_read += time.perf_counter() - t0
-            return
-        _add_host_context(rows)
+        with transaction.atomic():
+            _without_jit()
+            rows = [
+                _Row(*values)
+                for values in base.filter(pk__gt=last)
+                .order_by("pk")
+                .values_list("id", "host_id", "port", "transport", "banner_hash", "raw")[:size]
+            ]
+            if rows:
+                _add_host_context(rows)
         summary.seconds_read += time.perf_counter() - t0
+        if not rows:
+            return
         yield rows
         last = rows[-1].id
+
+
+def _without_jit() -> None:
+    # Right after a bulk harvest PostgreSQL's statistics are stale, the planner expects a large
+    # result for these batch queries and JIT-compiles them: 50-250 ms each for queries that run
+    # in a few. Measured on 1,000,000 services: reads went from 371 s to a few seconds.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
 
 
 def _add_host_context(rows: list[_Row]) -> None:
@@ -246,6 +257,7 @@ def _store(judged: list[tuple[_Row, Verdict | None, str]], rules_version: str) -
     rows = [_stored_values(row, verdict, reason, rules_version, now) for row, verdict, reason in judged]
     ids = [row.id for row, _, _ in judged]
     with transaction.atomic():
+        _without_jit()
         Classification.objects.filter(service_id__in=ids, current=True).exclude(rules_version=rules_version).update(
             current=False
         )
