@@ -436,6 +436,8 @@ class RunFilter(admin.SimpleListFilter):
 @admin.register(Rejection)
 class RejectionAdmin(ReadOnlyAdmin):
     list_display = ("run_link", "position", "reason", "description", "detail_text")
+    # The first column is itself a link (to the run): an anchor cannot hold another one.
+    list_display_links = ("position",)
     list_select_related = ("run",)
     list_filter = (RunFilter, "reason")
     search_fields = ("position", "detail")
@@ -613,6 +615,8 @@ class ClassificationAdmin(ReadOnlyAdmin):
         "rules_version",
         "classified_at",
     )
+    # The first column is itself a link (to the service): an anchor cannot hold another one.
+    list_display_links = ("cls",)
     list_select_related = ("service__host",)
     list_filter = ("current", "cls", "category", "segment", "honeypot", "rules_version")
     search_fields = ("service__host__ip", "product", "service__host__org")
