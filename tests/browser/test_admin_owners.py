@@ -1,0 +1,270 @@
+"""Staff work with owners in a real browser: the owner-unknown queue, raw RDAP answers, contacts
+they add, inhibitions, and the history of a contact.
+
+The data comes through the real services: banners through the harvest ingest, networks from RDAP
+answers on disk through `rdap_cache_import`, owners through `owners_resolve` (the cache covers
+every address, and any lookup would go to 127.0.0.1:9). Registry answers are written by strangers:
+names, remarks, vCards and links carry script, markup and `javascript:` URLs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import Page
+
+from disclosure.models import Contact, HostOwner, Inhibition
+from disclosure.services import owners_resolve, rdap_cache_import
+from harvest.models import HarvestRun
+from harvest.services import service_export_rows
+from tests.disclosure.conftest import _no_traffic_off_loopback  # noqa: F401 - autouse: lookups stay on 127.0.0.1
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+HarvestLines = Callable[..., HarvestRun]
+
+HOLDER_NAME = "<img src=x onerror=alert(2)> Zorghost BV"
+RDAP_ABUSE = "abuse@zorghost.example"
+STAFF_EMAIL = "security@zorghost.example"
+
+
+def vcard(*entries: list) -> list:
+    return ["vcard", [["version", {}, "text", "4.0"], *entries]]
+
+
+def ripe_answer(first: str, last: str, cidr: str, suffix: str, emails: list[str]) -> dict:
+    """A RIPE-style ip-network answer whose free text is hostile."""
+    return {
+        "rdapConformance": ["cidr0", "rdap_level_0"],
+        "objectClassName": "ip network",
+        "handle": f"{first} - {last}",
+        "startAddress": first,
+        "endAddress": last,
+        "ipVersion": "v4",
+        "name": "<script>alert(1)</script>",
+        "type": "ASSIGNED PA",
+        "country": "NL",
+        "port43": "whois.ripe.net",
+        "cidr0_cidrs": [{"v4prefix": first, "length": int(cidr.split("/")[1])}],
+        "remarks": [
+            {"title": "remarks", "description": ["<img src=x onerror=alert(2)>", "Abuse: javascript:alert(3)"]},
+        ],
+        "links": [
+            {"value": f"https://rdap.db.ripe.net/ip/{first}", "rel": "self", "href": "javascript:alert(3)"},
+        ],
+        "entities": [
+            {
+                "objectClassName": "entity",
+                "handle": f"ORG-ZH{suffix}-RIPE",
+                "roles": ["registrant"],
+                "vcardArray": vcard(["fn", {}, "text", HOLDER_NAME], ["kind", {}, "text", "org"]),
+                "links": [{"rel": "self", "href": "javascript:alert(5)"}],
+            },
+            {
+                "objectClassName": "entity",
+                "handle": f"AB{suffix}-RIPE",
+                "roles": ["abuse"],
+                "vcardArray": vcard(
+                    ["fn", {}, "text", "<script>alert(1)</script>"],
+                    ["kind", {}, "text", "group"],
+                    ["email", {}, "text", "<img src=x onerror=alert(2)>@x"],
+                    *(["email", {}, "text", email] for email in emails),
+                ),
+                "remarks": [{"description": ['<a href="javascript:alert(6)">report here</a>']}],
+            },
+        ],
+    }
+
+
+@pytest.fixture
+def owners(harvest_lines: HarvestLines, tmp_path: Path) -> dict[str, HostOwner]:
+    """Two hosts: one in a network with an abuse address, one in a network without any usable one."""
+    harvest_lines(
+        [
+            {"ip_str": "81.0.0.7", "port": 104, "transport": "tcp", "data": "", "org": "Zorghost"},
+            {"ip_str": "81.0.1.9", "port": 80, "transport": "tcp", "data": "HTTP/1.1 200 OK\r\n", "org": "Zorghost"},
+        ]
+    )
+    cache = tmp_path / "rdap"
+    cache.mkdir()
+    (cache / "zorghost.json").write_text(json.dumps(ripe_answer("81.0.0.0", "81.0.0.255", "/24", "1", [RDAP_ABUSE])))
+    (cache / "zorghost-nocontact.json").write_text(json.dumps(ripe_answer("81.0.1.0", "81.0.1.255", "/24", "2", [])))
+    report = rdap_cache_import(directory=cache)
+    summary = owners_resolve().as_dict()
+    assert report.loaded == 2 and report.rejected == []
+    assert summary["requests"] == 0 and summary["from_cache"] == 2
+    return {owner.host.ip: owner for owner in HostOwner.objects.select_related("host")}
+
+
+# Elements that would exist only if a payload had been parsed as HTML.
+INJECTED = """() => ({
+    inlineScripts: [...document.scripts].filter(s => s.textContent.includes('alert(')).length,
+    images: document.querySelectorAll('img[src="x"], img[onerror]').length,
+    javascriptLinks: document.querySelectorAll('a[href^="javascript:" i]').length,
+})"""
+NOTHING_INJECTED = {"inlineScripts": 0, "images": 0, "javascriptLinks": 0}
+
+
+def result_rows(page: Page) -> list[list[str]]:
+    """The cells of each row of a change list, without the empty cell of the selection box."""
+    return [row.strip().split("\t") for row in page.locator("#result_list tbody tr").all_inner_texts()]
+
+
+def readonly(page: Page, name: str) -> str:
+    return page.locator(f".field-{name} .readonly").inner_text()
+
+
+def run_action(page: Page, changelist: str, pks: list[int], action: str) -> str:
+    """Select rows on a change list, run an admin action, return the message shown."""
+    page.goto(changelist)
+    for pk in pks:
+        page.check(f"input.action-select[value='{pk}']")
+    page.select_option("select[name=action]", action)
+    page.click("button[name=index]")
+    page.wait_for_load_state()
+    return page.locator("ul.messagelist").inner_text()
+
+
+def test_it_shows_the_queue_entry_reason_and_the_raw_answer_escaped(
+    admin_page: Page, owners: dict[str, HostOwner], dialogs: list, page_errors: list, blocked_requests: list
+) -> None:
+    unknown = owners["81.0.1.9"]
+
+    admin_page.click("text=Owner-unknown queue")
+    admin_page.wait_for_url("**/admin/disclosure/ownerunknown/")
+    queue = result_rows(admin_page)
+    admin_page.click(f"#result_list a[href$='/ownerunknown/{unknown.pk}/change/']")
+    admin_page.wait_for_url(f"**/admin/disclosure/ownerunknown/{unknown.pk}/change/")
+    reason, detail = readonly(admin_page, "reason"), readonly(admin_page, "detail_text")
+    on_entry = admin_page.evaluate(INJECTED)
+    admin_page.click(".field-network .readonly a")
+    admin_page.wait_for_url(f"**/admin/disclosure/network/{unknown.network_id}/change/")
+    name = readonly(admin_page, "name")
+    raw = admin_page.locator(".field-raw_answer pre").text_content() or ""
+    on_network = admin_page.evaluate(INJECTED)
+
+    assert dialogs == [] and page_errors == [] and blocked_requests == []
+    assert on_entry == on_network == NOTHING_INJECTED
+    assert len(queue) == 1 and queue[0][:2] == ["81.0.1.9", "no_contact"]
+    assert reason == "no_contact"
+    assert detail == "RDAP answer for 81.0.1.0/24 names no usable e-mail address"
+    assert name == "<script>alert(1)</script>"
+    assert '"name": "<script>alert(1)</script>"' in raw
+    assert '"<img src=x onerror=alert(2)>"' in raw and '"href": "javascript:alert(3)"' in raw
+    assert f'"{HOLDER_NAME}"' in raw and '"<a href=\\"javascript:alert(6)\\">report here</a>"' in raw
+
+
+def test_a_contact_added_by_staff_becomes_the_recipient(
+    admin_page: Page, owners: dict[str, HostOwner], dialogs: list, page_errors: list
+) -> None:
+    owner = owners["81.0.0.7"]
+    holder = owner.network.holder
+    assert owner.recipient.email == RDAP_ABUSE
+
+    admin_page.goto("/admin/disclosure/organisation/")
+    organisations = result_rows(admin_page)
+    admin_page.click(f"#result_list a[href$='/organisation/{holder.pk}/change/']")
+    admin_page.wait_for_url(f"**/admin/disclosure/organisation/{holder.pk}/change/")
+    admin_page.click("#contacts-group .add-row a")
+    new_row = admin_page.locator("#contacts-group tr.dynamic-contacts:not(.has_original)")
+    new_row.locator("input[name$='-email']").fill(STAFF_EMAIL)
+    new_row.locator("select[name$='-role']").select_option("security")
+    new_row.locator("textarea[name$='-note']").fill("Asked by phone <script>alert(7)</script>")
+    admin_page.click("input[name=_continue]")
+    admin_page.wait_for_load_state()
+    saved = admin_page.locator("ul.messagelist").inner_text()
+    listed = admin_page.locator("#contacts-group tr.has_original input[name$='-email']").evaluate_all(
+        "els => els.map(e => e.value)"
+    )
+    message = run_action(admin_page, "/admin/disclosure/hostowner/", [owner.pk], "choose_recipient_again")
+    owner_rows = result_rows(admin_page)
+    admin_page.click(f"#result_list a[href$='/hostowner/{owner.pk}/change/']")
+    admin_page.wait_for_url(f"**/admin/disclosure/hostowner/{owner.pk}/change/")
+    recipient, why = readonly(admin_page, "recipient"), readonly(admin_page, "recipient_reason")
+    on_owner = admin_page.evaluate(INJECTED)
+    exported = {row["ip"]: row for row in service_export_rows()}
+
+    assert dialogs == [] and page_errors == [] and on_owner == NOTHING_INJECTED
+    assert [HOLDER_NAME, "Other"] in [row[:2] for row in organisations]
+    assert "was changed successfully" in saved
+    assert sorted(listed) == [RDAP_ABUSE, STAFF_EMAIL]
+    assert Contact.objects.get(email=STAFF_EMAIL).source == Contact.Source.STAFF
+    assert message == "1 recipients chosen again."
+    assert [row[5] for row in owner_rows if row[0] == "81.0.0.7"] == [STAFF_EMAIL]
+    assert recipient.startswith(f"{STAFF_EMAIL} (security, ")
+    assert why == f"network holder {HOLDER_NAME}: security contact entered by staff"
+    assert exported["81.0.0.7"]["recipient_email"] == STAFF_EMAIL
+    assert exported["81.0.0.7"]["owner_status"] == "resolved"
+
+
+def test_an_inhibition_blocks_the_recipients_until_its_last_day(
+    admin_page: Page, owners: dict[str, HostOwner], dialogs: list, page_errors: list
+) -> None:
+    owner = owners["81.0.0.7"]
+    holder = owner.network.holder
+    today = timezone.localdate()
+
+    admin_page.goto("/admin/disclosure/inhibition/add/")
+    admin_page.fill("#id_organisation", str(holder.pk))
+    admin_page.fill("#id_reason", "Migration freeze until the new year <script>alert(8)</script>")
+    admin_page.fill("#id_until", today.isoformat())  # the last day counts
+    admin_page.click("input[name=_save]")
+    admin_page.wait_for_url("**/admin/disclosure/inhibition/")
+    inhibitions = result_rows(admin_page)
+    inhibition = Inhibition.objects.get()
+    run_action(admin_page, "/admin/disclosure/hostowner/", [owner.pk], "choose_recipient_again")
+    admin_page.goto(f"/admin/disclosure/hostowner/{owner.pk}/change/")
+    blocked_status, blocked_detail = readonly(admin_page, "status"), readonly(admin_page, "detail_text")
+    blocked_recipient = readonly(admin_page, "recipient")
+    blocked_export = {row["ip"]: row for row in service_export_rows()}["81.0.0.7"]
+
+    # The inhibition ended yesterday: the next choice uses the contact again.
+    admin_page.goto(f"/admin/disclosure/inhibition/{inhibition.pk}/change/")
+    admin_page.fill("#id_until", (today - timedelta(days=1)).isoformat())
+    admin_page.click("input[name=_save]")
+    admin_page.wait_for_url("**/admin/disclosure/inhibition/")
+    run_action(admin_page, "/admin/disclosure/hostowner/", [owner.pk], "choose_recipient_again")
+    admin_page.goto(f"/admin/disclosure/hostowner/{owner.pk}/change/")
+    released_status, released_recipient = readonly(admin_page, "status"), readonly(admin_page, "recipient")
+    on_page = admin_page.evaluate(INJECTED)
+
+    assert dialogs == [] and page_errors == [] and on_page == NOTHING_INJECTED
+    assert len(inhibitions) == 1
+    assert inhibitions[0][0].startswith(f"inhibit {HOLDER_NAME} until")
+    assert inhibitions[0][2:4] == ["Migration freeze until the new year <script>alert(8)</script>", "staff-admin"]
+    assert inhibition.created_by == "staff-admin" and inhibition.organisation_id == holder.pk
+    assert blocked_status == "Every candidate recipient is inhibited"
+    assert blocked_detail == f"every candidate is inhibited: {RDAP_ABUSE}"
+    assert blocked_recipient == "-"
+    assert blocked_export["owner_status"] == "inhibited" and blocked_export["recipient_email"] is None
+    assert released_status == "Resolved" and released_recipient.startswith(f"{RDAP_ABUSE} (abuse, ")
+
+
+def test_the_history_of_a_contact_shows_the_staff_edit(
+    admin_page: Page, owners: dict[str, HostOwner], dialogs: list, page_errors: list
+) -> None:
+    contact = Contact.objects.get(email=RDAP_ABUSE)
+
+    admin_page.goto("/admin/disclosure/contact/")
+    admin_page.click(f"#result_list a[href$='/contact/{contact.pk}/change/']")
+    admin_page.wait_for_url(f"**/admin/disclosure/contact/{contact.pk}/change/")
+    admin_page.uncheck("#id_enabled")
+    admin_page.fill("#id_note", "Bounced twice <img src=x onerror=alert(9)>")
+    admin_page.click("input[name=_continue]")
+    admin_page.wait_for_load_state()
+    admin_page.click("a.historylink")
+    admin_page.wait_for_url(f"**/admin/disclosure/contact/{contact.pk}/history/")
+    rows = admin_page.locator("#change-history tbody tr").all_inner_texts()
+    on_history = admin_page.evaluate(INJECTED)
+
+    assert dialogs == [] and page_errors == [] and on_history == NOTHING_INJECTED
+    assert len(rows) == 2
+    edit, created = rows
+    assert "staff-admin" in edit and "Changed" in edit
+    assert "enabled" in edit.lower() and "note" in edit.lower()
+    assert "Created" in created and "staff-admin" not in created
