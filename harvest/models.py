@@ -98,7 +98,8 @@ class Service(models.Model):
         TCP = "tcp", "TCP"
         UDP = "udp", "UDP"
 
-    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="services")
+    # No index of its own: the unique (host, port, transport) constraint serves lookups by host.
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="services", db_index=False)
     port = models.PositiveIntegerField()
     transport = models.CharField(max_length=3, choices=Transport.choices, default=Transport.TCP)
     product = models.CharField(max_length=255, blank=True)
