@@ -642,8 +642,9 @@ def inhibition_create(
 
 
 def contact_set_enabled(*, contact: Contact, enabled: bool) -> Contact:
-    Contact.objects.filter(pk=contact.pk).update(enabled=enabled, updated_at=timezone.now())
-    contact.refresh_from_db()
+    # A model save, not a queryset update: the change must land in the contact's history.
+    contact.enabled = enabled
+    contact.save(update_fields=["enabled", "updated_at"])
     return contact
 
 
