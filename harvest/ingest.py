@@ -107,7 +107,7 @@ class BatchWriter:
 
     def flush(self, checkpoint: Checkpoint) -> None:
         with transaction.atomic():
-            bulk.relax_commit_durability()
+            bulk.tune_batch_transaction()
             counts = self._write_batch()
             self._write_rejections(counts)
             self._save_run(counts, checkpoint)
