@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from django.db import connection
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import JsonbLoader
 
@@ -48,9 +49,7 @@ def tune_batch_transaction() -> None:
     """
     if is_postgres():
         with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            cursor.execute("SET LOCAL enable_seqscan TO OFF")
-            cursor.execute("SET LOCAL jit TO OFF")
+            cursor.execute("SET LOCAL synchronous_commit TO OFF; SET LOCAL enable_seqscan TO OFF; SET LOCAL jit TO OFF")
 
 
 def insert_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> list[int]:
@@ -62,7 +61,8 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> li
     cols = ", ".join(["id", *columns])
     if is_postgres():
         with connection.cursor() as cursor:
-            with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+            raw = cursor.cursor
+            with raw.copy(f"COPY {table} ({cols}) FROM STDIN", writer=QueuedLibpqWriter(raw)) as copy:
                 for pk, row in zip(ids, rows, strict=True):
                     copy.write_row((pk, *row))
     else:
@@ -126,7 +126,7 @@ def _update_postgres(table: str, columns: Sequence[str], rows: Sequence[tuple]) 
     with connection.cursor() as cursor:
         raw = cursor.cursor
         raw.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA")  # noqa: S608
-        with raw.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+        with raw.copy(f"COPY {stage} ({cols}) FROM STDIN", writer=QueuedLibpqWriter(raw)) as copy:
             for row in rows:
                 copy.write_row(row)
         raw.execute(f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.id = s.id")  # noqa: S608
