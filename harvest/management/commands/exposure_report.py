@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -34,9 +35,12 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(report | {"files": [str(p) for p in written]}))
             return
-        self._print(report)
-        for path in written:
-            self.stdout.write(f"wrote {path}")
+        try:
+            self._print(report)
+            for path in written:
+                self.stdout.write(f"wrote {path}")
+        except BrokenPipeError:  # `| head` closed the pipe: not an error
+            sys.stderr.close()
 
     def _print(self, r: dict) -> None:
         w = self.stdout.write
