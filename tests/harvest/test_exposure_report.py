@@ -255,6 +255,9 @@ def test_it_renders_a_pdf_with_the_figures(corpus: dict, tmp_path: Path) -> None
     assert "Services per class" in text
     assert "Microsoft Azure" in text and "AS8075" in text and "SURFsara" in text
     assert "Mirth Connect" in text
+    # Figure 8's numbers: 4 medical services of 14 classified.
+    assert re.search(r"medical\s+4\s+28\.57\s*%", text)
+    assert re.search(r"non_medical\s+7\s+50\.00\s*%", text)
     # The hostile organisation is printed as text (wrapped over lines), not turned into an image.
     compact = re.sub(r"\s+", "", text)
     assert '<imgsrc="file:///etc/passwd">Evil&Co' in compact
