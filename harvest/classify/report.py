@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from django.db.models import Count, Q
@@ -270,8 +270,14 @@ class ReportURLFetcher(URLFetcher):
 # --- writing files ---------------------------------------------------------------------------
 
 
-def exposure_report_write(*, report: dict, out: str | Path, formats: Iterable[str] = FORMATS) -> list[Path]:
-    """Write the report's files into `out` (created if missing); returns the paths written."""
+def exposure_report_write(
+    *, report: dict, out: str | Path, formats: Iterable[str] = FORMATS, progress: Callable[[], None] | None = None
+) -> list[Path]:
+    """Write the report's files into `out` (created if missing); returns the paths written.
+
+    `progress` is called once per format written.
+    """
+    step = progress or (lambda: None)
     formats = set(formats)
     unknown = formats - set(FORMATS)
     if unknown:
@@ -285,25 +291,33 @@ def exposure_report_write(*, report: dict, out: str | Path, formats: Iterable[st
 
     def write(name: str, content: str | bytes) -> None:
         path = out / name
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
+        try:
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content, encoding="utf-8")
+        except OSError as exc:
+            raise ReportError(f"cannot write {path}: {exc.strerror}") from None
         written.append(path)
 
     if "json" in formats:
         write("exposure_report.json", json.dumps(report, indent=2, ensure_ascii=False))
+        step()
     if "csv" in formats:
         for table in CSV_TABLES:
             write(f"{table}.csv", exposure_report_csv(report=report, table=table))
+        step()
     chart_formats = tuple(f for f in ("png", "svg") if f in formats or (f == "png" and formats & {"html", "pdf"}))
     charts = render_charts(report, chart_formats) if chart_formats else {}
-    for name, by_format in charts.items():
-        for fmt, content in by_format.items():
-            if fmt in formats:
-                write(f"{name}.{fmt}", content)
+    for fmt in ("png", "svg"):
+        if fmt in formats:
+            for name, by_format in charts.items():
+                write(f"{name}.{fmt}", by_format[fmt])
+            step()
     if "html" in formats:
         write("exposure_report.html", exposure_report_html(report=report, charts=charts))
+        step()
     if "pdf" in formats:
         write("exposure_report.pdf", exposure_report_pdf(report=report, charts=charts))
+        step()
     return written

@@ -345,3 +345,12 @@ def test_the_command_rejects_an_unknown_format(corpus: dict, tmp_path: Path) -> 
 
     with pytest.raises(CommandError, match="unknown format.*docx"):
         call_command("exposure_report", "--out", str(tmp_path), "--format", "json,docx", stdout=io.StringIO())
+
+
+def test_the_command_says_when_it_cannot_write_the_folder(corpus: dict, tmp_path: Path) -> None:
+    from django.core.management import CommandError
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(CommandError, match=f"cannot create {blocker}"):
+        call_command("exposure_report", "--out", str(blocker), "--format", "json", stdout=io.StringIO())

@@ -8,6 +8,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from harvest.classify import report as reports
+from medexpo.lib.progress import Progress
 
 
 class Command(BaseCommand):
@@ -24,14 +25,20 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the report data as one JSON object")
 
     def handle(self, *args: object, **options: object) -> None:
-        formats = [f.strip() for f in str(options["format"]).split(",") if f.strip()]
-        report = reports.exposure_report_build(top=max(1, options["top"]))
+        formats = sorted({f.strip() for f in str(options["format"]).split(",") if f.strip()})
+        steps = 1 + (len(formats) if options["out"] else 0)
+        enabled = False if options["json"] else None
         written = []
-        if options["out"]:
-            try:
-                written = reports.exposure_report_write(report=report, out=options["out"], formats=formats)
-            except reports.ReportError as exc:
-                raise CommandError(str(exc)) from None
+        with Progress(total=steps, unit="step", desc="exposure report", enabled=enabled) as bar:
+            report = reports.exposure_report_build(top=max(1, options["top"]))
+            bar.advance()
+            if options["out"]:
+                try:
+                    written = reports.exposure_report_write(
+                        report=report, out=options["out"], formats=formats, progress=bar.advance
+                    )
+                except reports.ReportError as exc:
+                    raise CommandError(str(exc)) from None
         if options["json"]:
             self.stdout.write(json.dumps(report | {"files": [str(p) for p in written]}))
             return
