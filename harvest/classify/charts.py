@@ -33,6 +33,7 @@ def _classes(report: dict) -> Figure:
         [_label(n) for n in names], [counts[n] for n in names], color=[CLASS_COLOURS.get(n, "#888") for n in names]
     )
     ax.bar_label(bars, labels=[f"{counts[n]} ({report['class_share'].get(n, 0):.2%})" for n in names])
+    ax.margins(y=0.15)  # room for the labels above the bars
     ax.set_title("Services per class (study Figure 8)")
     ax.set_ylabel("services")
     return fig
