@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from django.db import connection
-from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import JsonbLoader
 
@@ -38,14 +37,15 @@ def _identity(value: datetime) -> datetime:
 
 
 def tune_batch_transaction() -> None:
-    """Settings for one ingest batch's transaction on PostgreSQL (no-op elsewhere).
+    """Settings for one batch transaction of a bulk job on PostgreSQL (no-op elsewhere).
 
     - synchronous_commit off: the server acknowledges the commit before its WAL reaches the
-      disk. Safe here: a batch and its checkpoint commit together, so a server crash can only
-      lose whole recent batches with their checkpoints, and resuming reads them again.
-    - enable_seqscan and jit off: each batch looks up a few thousand rows by unique index.
-      During a bulk harvest the table's statistics lag far behind its size, and the planner
-      would otherwise scan the whole, growing table (and JIT-compile the plan) every batch.
+      disk. Safe for batch jobs that can redo lost work: an ingest batch commits with its
+      checkpoint, so a server crash loses whole recent batches together with their checkpoints
+      and resuming reads them again; lost verdicts are simply pending again.
+    - enable_seqscan and jit off: each batch looks up a few thousand rows by index. During and
+      right after a bulk harvest the statistics lag far behind the table's size, and the planner
+      would otherwise scan the whole table (and JIT-compile the plan) for every batch.
     """
     if is_postgres():
         with connection.cursor() as cursor:
@@ -61,8 +61,7 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> li
     cols = ", ".join(["id", *columns])
     if is_postgres():
         with connection.cursor() as cursor:
-            raw = cursor.cursor
-            with raw.copy(f"COPY {table} ({cols}) FROM STDIN", writer=QueuedLibpqWriter(raw)) as copy:
+            with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                 for pk, row in zip(ids, rows, strict=True):
                     copy.write_row((pk, *row))
     else:
@@ -119,17 +118,38 @@ def pg_select_any(sql: str, values: Sequence) -> list[tuple]:
         return cursor.fetchall()
 
 
+def upsert_rows(table: str, columns: Sequence[str], rows: Sequence[tuple], *, conflict: Sequence[str]) -> None:
+    """INSERT rows, updating the other columns of a row whose `conflict` columns already exist."""
+    if not rows:
+        return
+    cols = ", ".join(columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in conflict)
+    on_conflict = f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}"
+    with connection.cursor() as cursor:
+        if is_postgres():
+            stage = _stage(cursor.cursor, table, columns, rows)
+            cursor.cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {on_conflict}")  # noqa: S608
+            return
+        marks = ", ".join(["%s"] * len(columns))
+        cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks}) {on_conflict}", rows)  # noqa: S608
+
+
 def _update_postgres(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
-    stage = f"_medexpo_stage_{next(_stage_names)}"
-    cols = ", ".join(["id", *columns])
     assignments = ", ".join(f"{c} = s.{c}" for c in columns)
     with connection.cursor() as cursor:
-        raw = cursor.cursor
-        raw.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA")  # noqa: S608
-        with raw.copy(f"COPY {stage} ({cols}) FROM STDIN", writer=QueuedLibpqWriter(raw)) as copy:
-            for row in rows:
-                copy.write_row(row)
-        raw.execute(f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.id = s.id")  # noqa: S608
+        stage = _stage(cursor.cursor, table, ["id", *columns], rows)
+        cursor.cursor.execute(f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.id = s.id")  # noqa: S608
+
+
+def _stage(raw: object, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> str:
+    """COPY rows into a temporary table shaped like `table` (dropped at commit); return its name."""
+    stage = f"_medexpo_stage_{next(_stage_names)}"
+    cols = ", ".join(columns)
+    raw.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA")  # noqa: S608
+    with raw.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    return stage
 
 
 def _allocate_ids(table: str, count: int) -> list[int]:

@@ -7,7 +7,6 @@ The engine (`classify.engine.classify`) is pure; these functions feed it banners
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
 
@@ -25,7 +24,7 @@ from harvest.classify.engine import classify
 from harvest.classify.rules import RuleSet, load_rules
 from harvest.classify.types import CLASSES, Banner, Verdict, banner_from_shodan
 from harvest.models import Classification, Service
-from harvest.records import RecordError, parse_address
+from harvest.records import RecordError, clean_text, parse_address
 from harvest.services import register_export_enricher
 
 BATCH_SIZE = 1000
@@ -163,7 +162,7 @@ def _service_batches(rules_version: str, everything: bool, size: int, summary: R
     while True:
         t0 = time.perf_counter()
         with transaction.atomic():
-            _without_jit()
+            bulk.tune_batch_transaction()
             rows = [
                 _Row(*values)
                 for values in base.filter(pk__gt=last)
@@ -177,17 +176,6 @@ def _service_batches(rules_version: str, everything: bool, size: int, summary: R
             return
         yield rows
         last = rows[-1].id
-
-
-def _without_jit() -> None:
-    # Every batch query is an index lookup of about a thousand rows. Right after a bulk harvest
-    # PostgreSQL's statistics are stale or missing, and the planner then expects most of the table:
-    # it JIT-compiles (50-250 ms) and scans the whole table in parallel (about 250 ms at 1,000,000
-    # services) for queries that take 5 ms through the index. Measured: reads fell from 389 s.
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute("SET LOCAL enable_seqscan = off")
 
 
 def _add_host_context(rows: list[_Row]) -> None:
@@ -259,14 +247,11 @@ def _store(judged: list[tuple[_Row, Verdict | None, str]], rules_version: str) -
     rows = [_stored_values(row, verdict, reason, rules_version, now) for row, verdict, reason in judged]
     ids = [row.id for row, _, _ in judged]
     with transaction.atomic():
-        _without_jit()
+        bulk.tune_batch_transaction()
         Classification.objects.filter(service_id__in=ids, current=True).exclude(rules_version=rules_version).update(
             current=False
         )
-        if bulk.is_postgres():
-            _upsert_postgres(rows)
-        else:
-            _upsert_sqlite(rows)
+        bulk.upsert_rows(_TABLE, _COLUMNS, rows, conflict=("service_id", "rules_version"))
 
 
 _TABLE = Classification._meta.db_table
@@ -286,34 +271,6 @@ _COLUMNS = (
     "current",
     "classified_at",
 )
-_UPDATED = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
-_stages = itertools.count()
-
-
-def _upsert_postgres(rows: list[tuple]) -> None:
-    stage = f"_medexpo_verdicts_{next(_stages)}"
-    cols = ", ".join(_COLUMNS)
-    with connection.cursor() as cursor:
-        raw = cursor.cursor
-        raw.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {_TABLE} WITH NO DATA")  # noqa: S608
-        with raw.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        raw.execute(
-            f"INSERT INTO {_TABLE} ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608 - identifiers are ours
-            f"ON CONFLICT (service_id, rules_version) DO UPDATE SET {_UPDATED}"
-        )
-
-
-def _upsert_sqlite(rows: list[tuple]) -> None:
-    cols = ", ".join(_COLUMNS)
-    marks = ", ".join(["%s"] * len(_COLUMNS))
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {_TABLE} ({cols}) VALUES ({marks}) "  # noqa: S608 - identifiers are ours
-            f"ON CONFLICT (service_id, rules_version) DO UPDATE SET {_UPDATED}",
-            rows,
-        )
 
 
 def _stored_values(row: _Row, verdict: Verdict | None, reason: str, version: str, now: object) -> tuple:
@@ -361,19 +318,8 @@ def _evidence(e: object) -> dict:
 
 
 def _safe_text(value: object, limit: int = MAX_JSON_TEXT) -> str:
-    """Text any database's JSON can hold: PostgreSQL jsonb refuses NUL and lone surrogates.
-
-    NUL is shown as U+2400, as in Service.banner; the exact bytes stay in Service.raw.
-    """
-    text = value if isinstance(value, str) else ("" if value is None else str(value))
-    text = text[:limit]
-    if "\x00" in text:
-        text = text.replace("\x00", "\u2400")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
+    """Text any database's JSON can hold (PostgreSQL jsonb refuses NUL and lone surrogates)."""
+    return clean_text(value if isinstance(value, str) else ("" if value is None else str(value)), limit)
 
 
 def _json_safe(value: object, depth: int) -> object:
