@@ -92,14 +92,16 @@ class BannerRecord:
 
 def clean_text(value: object, limit: int = MAX_FIELD) -> str:
     """A string safe for any database: no NUL, no lone surrogates, at most `limit` characters."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        value = str(value) if isinstance(value, int | float) else ""
+    if type(value) is not str:
+        if value is None:
+            return ""
+        value = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else ""
     if len(value) > limit:
         value = value[:limit]
     if "\x00" in value:
         value = value.replace("\x00", "\u2400")
+    if value.isascii():  # no surrogates possible; avoids an encode per field
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
