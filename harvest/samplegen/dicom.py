@@ -36,11 +36,13 @@ class Implementation:
 
 
 # Real implementation identities. DCMTK-based servers (dcmqrscp, storescp, Orthanc, Horos)
-# report DCMTK's own UID and version name.
+# report DCMTK's own UID and version name. DCMTK 3.6.0 is left out of the genuine servers: its
+# identity is the one Shodan's probe sends, which the corpus gives its honeypot-like server, and
+# a label must not differ between byte-identical replies.
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
     *(
         Implementation(f"DCMTK 3.6.{minor}", f"1.2.276.0.7230010.3.0.3.6.{minor}", f"OFFIS_DCMTK_36{minor}")
-        for minor in range(0, 9)
+        for minor in range(1, 9)
     ),  # fmt: skip
     Implementation("Orthanc (DCMTK 3.6.7)", "1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367", 0),
     Implementation("Orthanc (DCMTK 3.6.8)", "1.2.276.0.7230010.3.0.3.6.8", "OFFIS_DCMTK_368", 0),
