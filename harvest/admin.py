@@ -125,35 +125,28 @@ def _link(viewname: str, pk: int | None, label: object) -> SafeString | str:
     return format_html('<a href="{}">{}</a>', reverse(viewname, args=[pk]), label)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class _NoWrites:
     """Staff may look and search, never add, edit or delete: the rows are what a source said."""
 
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ReadOnlyAdmin(_NoWrites, admin.ModelAdmin):
     list_per_page = 100
     # The full count is another COUNT(*) over tables of millions of rows on every page.
     show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
-class ReadOnlyTabularInline(admin.TabularInline):
+class ReadOnlyTabularInline(_NoWrites, admin.TabularInline):
     extra = 0
     can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 class TopValuesFilter(admin.SimpleListFilter):
