@@ -129,7 +129,10 @@ class BatchWriter:
             ts = record.timestamp or self.fallback_ts
             _apply_host(hosts, record, ts)
             outcome = self._apply_service(services, record, ts, history)
-            if outcome == Reason.DUPLICATE:
+            if outcome == Reason.DUPLICATE and self.run.source == HarvestRun.Source.SEARCH:
+                # Two queries of a plan returning the same banner is normal overlap, not bad input.
+                counts["unchanged"] += 1
+            elif outcome == Reason.DUPLICATE:
                 self._rejections.append((position, Reason.DUPLICATE, Reason.DESCRIPTIONS[Reason.DUPLICATE]))
             else:
                 counts[outcome] += 1

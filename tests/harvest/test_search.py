@@ -110,8 +110,9 @@ def test_it_stores_real_shared_banners_with_another_country(shodan_standin: Shod
     assert service.host.ip == "123.45.6.7"
     assert service.product == "OpenSSH"
     assert HarvestRun.objects.get().country == "US"
-    # Two queries matched the same banner: stored once, the second sighting counted as duplicate.
-    assert summary["accepted"] == 1 and summary["rejected"] == {"duplicate": 1}
+    # Two queries matched the same banner: stored once; the second sighting is overlap between
+    # queries, counted as unchanged, not rejected.
+    assert (summary["new"], summary["unchanged"], summary["accepted"], summary["rejected"]) == (1, 1, 2, {})
 
 
 def test_count_only_spends_nothing(shodan_standin: ShodanStandIn) -> None:
