@@ -13,7 +13,7 @@ import os
 import random
 import time
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 
 from disclosure.rdap_client import LookupOptions, RateLimiter
@@ -36,6 +36,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: object, **options: object) -> None:
+        if "disclosure_network" not in connection.introspection.table_names():
+            raise CommandError("the database has no tables yet: run `python manage.py migrate` first")
         # The stand-ins live with the tests; they are only needed here, when benchmarking.
         from tests.standins.dns_server import RunningDns
         from tests.standins.rdap_server import RdapStandin, RunningServer
