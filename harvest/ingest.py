@@ -341,8 +341,9 @@ def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime
         state.first_seen = ts
         state.dirty = True
     if ts >= state.last_seen:
+        newer = ts > state.last_seen
         state.last_seen = ts
-        state.dirty = _take_host_fields(state, record) or state.dirty or ts > state.last_seen
+        state.dirty = _take_host_fields(state, record) or newer or state.dirty
 
 
 def _take_host_fields(state: _HostState, record: BannerRecord) -> bool:

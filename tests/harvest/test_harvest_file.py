@@ -59,6 +59,14 @@ def test_a_newer_banner_updates_the_service_and_keeps_the_old_one_as_history(tmp
     assert json.loads(history.raw)["data"] == "old banner"
 
 
+def test_the_host_window_follows_its_services(tmp_path) -> None:
+    harvest(write_lines(tmp_path / "a.json", [line(banner(timestamp="2026-02-01T00:00:00"))]))
+    harvest(write_lines(tmp_path / "b.json", [line(banner(port=22, data="SSH-2.0", timestamp="2026-03-01T00:00:00"))]))
+    harvest(write_lines(tmp_path / "c.json", [line(banner(port=443, data="tls", timestamp="2026-01-01T00:00:00"))]))
+    host = Host.objects.get()
+    assert (host.first_seen.month, host.last_seen.month) == (1, 3)
+
+
 def test_an_older_record_only_widens_the_window(tmp_path) -> None:
     harvest(write_lines(tmp_path / "a.json", [line(banner(timestamp="2026-03-01T00:00:00"))]))
     harvest(write_lines(tmp_path / "b.json", [line(banner(timestamp="2026-01-01T00:00:00"))]))
