@@ -12,6 +12,7 @@ import json
 import os
 import random
 import time
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("--rate", type=float, default=0.0, help="requests per second and registry (0: none)")
         parser.add_argument("--json", action="store_true")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         if "disclosure_network" not in connection.introspection.table_names():
             raise CommandError("the database has no tables yet: run `python manage.py migrate` first")
         # The stand-ins live with the tests; they are only needed here, when benchmarking.

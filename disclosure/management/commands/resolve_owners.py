@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
@@ -17,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=None, help="parallel lookups (default: settings)")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         hosts = list(hosts_needing_owner())
         with Progress(
             total=len(hosts), unit="addr", desc="owners", enabled=None if not options["json"] else False

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -55,7 +56,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         result = {"machine": _machine(), "engine": self._engine(Path(options["corpus"]))}
         if not options["json"]:
             self._print_engine(result["engine"])

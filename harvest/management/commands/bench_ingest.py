@@ -21,6 +21,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -50,7 +51,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=2019)
         parser.add_argument("--json", action="store_true")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         sizes = options["banners"] or [200_000]
         if options["million"] and 1_000_000 not in sizes:
             sizes.append(1_000_000)

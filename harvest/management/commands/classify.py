@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=services.BATCH_SIZE, help="services per transaction")
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         try:
             rules = services.classification_rules_load()
             summary = self._run(rules, options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
@@ -14,7 +15,7 @@ SAMPLE = Path(settings.BASE_DIR) / "fixtures" / "sample"
 class Command(BaseCommand):
     help = "Set up the database and run harvest, classify, owners and the report on the bundled sample data."
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         banners = SAMPLE / "banners.jsonl.gz"
         if not banners.exists():
             raise CommandError(f"the bundled sample corpus is missing: {banners}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--top", type=int, default=10, help="entries in the top lists (default 10)")
         parser.add_argument("--json", action="store_true", help="print the report data as one JSON object")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         formats = sorted({f.strip() for f in str(options["format"]).split(",") if f.strip()})
         steps = 1 + (len(formats) if options["out"] else 0)
         enabled = False if options["json"] else None

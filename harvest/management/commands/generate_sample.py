@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="number of banners")
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         enabled = False if options["json"] else None
         with Progress(total=options["count"], unit="banner", desc="generate", enabled=enabled) as bar:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -41,7 +42,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=None, help="banners per transaction")
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         if options["count_only"]:
             return self._count_only(options)
         try:
