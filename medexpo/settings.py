@@ -152,6 +152,9 @@ SHODAN_TIMEOUT = float(os.environ.get("SHODAN_TIMEOUT", "30"))
 SHODAN_MAX_RETRIES = envint("SHODAN_MAX_RETRIES", 5)
 SHODAN_BACKOFF = float(os.environ.get("SHODAN_BACKOFF", "1.0"))  # first retry delay in seconds, then doubling
 MEDEXPO_COUNTRY = os.environ.get("MEDEXPO_COUNTRY", "NL").upper()
+# The scheduled weekly harvest (manage.py setup_schedules): which plan, and its credit cap per run.
+MEDEXPO_HARVEST_PLAN = os.environ.get("MEDEXPO_HARVEST_PLAN", "medical")
+MEDEXPO_HARVEST_MAX_CREDITS = envint("MEDEXPO_HARVEST_MAX_CREDITS", 100)
 
 # Ingest batch size: a checkpoint is written after every batch.
 HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000)

@@ -1,0 +1,82 @@
+"""python manage.py setup_schedules [--json]: the scheduler's recurring work, defined in code.
+
+Idempotent: schedules are matched by name and updated in place. Run it after each deployment;
+`manage.py qcluster` then runs them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django_q.models import Schedule
+
+HARVEST = "harvest: search plan"
+
+
+def schedules() -> list[dict]:
+    """What should be scheduled with the current settings."""
+    wanted = [
+        # every hour (cron 0 * * * *): new banners get a verdict soon after they arrive
+        {
+            "name": "harvest: classify pending",
+            "func": "harvest.tasks.classify_pending",
+            "kwargs": {},
+            "schedule_type": Schedule.HOURLY,
+        },
+        # every day (cron 0 3 * * *): new hosts get an owner; failed lookups are retried
+        {
+            "name": "disclosure: resolve owners",
+            "func": "disclosure.tasks.resolve_owners",
+            "kwargs": {},
+            "schedule_type": Schedule.DAILY,
+        },
+    ]
+    if settings.SHODAN_API_KEY:
+        # every week (cron 0 2 * * 1): re-harvest, with a cap on the query credits one run may spend
+        wanted.append(
+            {
+                "name": HARVEST,
+                "func": "harvest.tasks.harvest_plan",
+                "kwargs": {"plan": settings.MEDEXPO_HARVEST_PLAN, "max_credits": settings.MEDEXPO_HARVEST_MAX_CREDITS},
+                "schedule_type": Schedule.WEEKLY,
+            },
+        )
+    return wanted
+
+
+class Command(BaseCommand):
+    help = "Create or update the recurring background work (django-q2 schedules)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args: object, **options: Any) -> None:
+        wanted = schedules()
+        result = {"created": [], "updated": [], "removed": []}
+        for item in wanted:
+            _, created = Schedule.objects.update_or_create(
+                name=item["name"],
+                defaults={
+                    "func": item["func"],
+                    "kwargs": item["kwargs"],
+                    "schedule_type": item["schedule_type"],
+                    "repeats": -1,
+                },
+            )
+            result["created" if created else "updated"].append(item["name"])
+        if not any(item["name"] == HARVEST for item in wanted):
+            # Without a Shodan key a scheduled harvest could only fail.
+            removed, _ = Schedule.objects.filter(name=HARVEST).delete()
+            if removed:
+                result["removed"].append(HARVEST)
+        if options["json"]:
+            self.stdout.write(json.dumps(result))
+            return
+        for key, names in result.items():
+            for name in names:
+                self.stdout.write(f"{key:<8} {name}")
+        if not settings.SHODAN_API_KEY:
+            self.stdout.write("no SHODAN_API_KEY: no scheduled harvest")

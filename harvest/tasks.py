@@ -1,0 +1,18 @@
+"""Background work for harvest (django-q2). Tasks take JSON-able values only and call services."""
+
+from __future__ import annotations
+
+from harvest import search, services
+from harvest.classify.services import classification_run_pending
+
+
+def harvest_plan(plan: str, country: str = "", max_credits: int | None = None) -> dict:
+    """Search Shodan with a query plan; a stopped run (credits, key) is resumable from the admin's run id."""
+    run = search.harvest_search_start(plan=plan, country=country, max_credits=max_credits)
+    run = services.harvest_execute(run=run, batch_size=search.SEARCH_BATCH_SIZE)
+    return services.harvest_run_summary(run=run)
+
+
+def classify_pending() -> dict:
+    """Classify what is new, changed or unclassified under the current rules."""
+    return classification_run_pending().as_dict()

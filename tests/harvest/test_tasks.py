@@ -1,0 +1,31 @@
+"""The harvest tasks run through django-q2 (synchronously in tests) and call the real services."""
+
+import pytest
+from django_q.tasks import async_task, result
+
+from harvest.models import Classification, HarvestRun, Service
+from tests.factories import line, many, write_lines
+from tests.standins.shodan_server import ShodanStandIn
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_harvest_task_runs_a_plan_against_shodan(shodan_standin: ShodanStandIn, plan_file) -> None:
+    task_id = async_task("harvest.tasks.harvest_plan", plan=plan_file("port:104"), max_credits=50)
+    summary = result(task_id)
+    assert summary["status"] == "completed"
+    assert summary["accepted"] > 0 and summary["credits_spent"] > 0
+    run = HarvestRun.objects.get()
+    assert (run.source, run.status) == ("search", "completed")
+    assert Service.objects.filter(port=104).count() == summary["new"]
+
+
+def test_the_classify_task_classifies_what_is_pending(tmp_path) -> None:
+    from harvest import services
+
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(5)])
+    services.harvest_execute(run=services.harvest_file_start(path=path))
+    first = result(async_task("harvest.tasks.classify_pending"))
+    again = result(async_task("harvest.tasks.classify_pending"))
+    assert Classification.objects.filter(current=True).count() == 5
+    assert (first["classified"], again["classified"]) == (5, 0)
