@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from harvest.classify.types import CATEGORIES, CLASSES
 from harvest.ingest import REJECTION_ROWS_PER_REASON
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
@@ -182,6 +183,39 @@ class PortFilter(TopValuesFilter):
     parameter_name = "port"
 
 
+class VerdictFilter(admin.SimpleListFilter):
+    """Services by the class of their current verdict; "not classified" for those without one."""
+
+    title = "verdict"
+    parameter_name = "verdict"
+    NONE = "none"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(c, c) for c in CLASSES] + [(self.NONE, "not classified")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value == self.NONE:
+            return queryset.filter(verdict_cls__isnull=True)
+        if value in CLASSES:
+            return queryset.filter(verdict_cls=value)
+        return queryset
+
+
+class CategoryFilter(admin.SimpleListFilter):
+    """Services by the category of their current verdict (dicom, hl7, pacs_web, ...)."""
+
+    title = "verdict category"
+    parameter_name = "category"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(c, c) for c in CATEGORIES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        return queryset.filter(verdict_category=value) if value in CATEGORIES else queryset
+
+
 class AsnFilter(TopValuesFilter):
     title = "ASN"
     parameter_name = "asn"
@@ -312,7 +346,7 @@ class ServiceAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("host",)
     search_fields = ("host__ip", "product", "banner", "host__org")
-    list_filter = (PortFilter, "transport", "module")
+    list_filter = (VerdictFilter, CategoryFilter, PortFilter, "transport", "module")
     fieldsets = (
         (None, {"fields": ("host_link", "port", "transport", "product", "version", "module", "org")}),
         ("Seen", {"fields": ("first_seen", "last_seen", "banner_since", "last_run_link")}),
@@ -345,6 +379,7 @@ class ServiceAdmin(ReadOnlyAdmin):
         return (
             super()
             .get_queryset(request)
+            .select_related("host")  # the change page's title names the host's address
             .annotate(
                 verdict_cls=Subquery(current.values("cls")[:1]),
                 verdict_category=Subquery(current.values("category")[:1]),

@@ -430,3 +430,38 @@ def test_it_shows_a_service_with_a_long_history_in_a_fixed_number_of_queries(
     with django_assert_num_queries(small):  # type: ignore[operator]
         html = admin_client.get(change_url(service)).content.decode()
     assert "version 27" in html and "version 1<" in html and "version 14<" in html
+
+
+@pytest.mark.django_db
+def test_it_filters_services_by_verdict_class_and_category(tmp_path: Path, admin_client: Client) -> None:
+    from harvest.classify.services import classification_run_pending
+
+    ingest(
+        tmp_path,
+        [
+            banner("192.0.2.30", 2575, "\x0bMSH|^~\\&|HiX|ZH|||20260101||ACK^A01|1|P|2.4\rMSA|AA|1\r\x1c\r"),
+            banner("192.0.2.31", 22, "SSH-2.0-OpenSSH_9.6"),
+            banner("192.0.2.32", 104, ""),  # module dicom, no answer: blank
+        ],
+    )
+    classification_run_pending()
+    ingest(tmp_path, [banner("192.0.2.33", 80, "HTTP/1.1 200 OK\r\n\r\n")], name="later.json")
+    url = changelist_url(Service)
+
+    def listed(**query: str) -> set[str]:
+        html = results(admin_client.get(url, query).content.decode())
+        return {ip for ip in ("192.0.2.30", "192.0.2.31", "192.0.2.32", "192.0.2.33") if ip in html}
+
+    assert listed(verdict="medical") == {"192.0.2.30"}
+    assert listed(verdict="non_medical") == {"192.0.2.31"}
+    assert listed(verdict="unknown") == {"192.0.2.32"}
+    assert listed(verdict="none") == {"192.0.2.33"}
+    assert listed(category="hl7") == {"192.0.2.30"}
+    assert listed(category="blank") == {"192.0.2.32"}
+
+
+@pytest.mark.django_db
+def test_a_service_page_is_titled_with_the_host_address(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [banner("192.0.2.40", 104, "x")])
+    html = admin_client.get(change_url(Service.objects.get())).content.decode()
+    assert "192.0.2.40:104/tcp" in html
