@@ -105,12 +105,14 @@ def harvest_execute(
                 marks = writer.mark()
         writer.flush(last)
     except HarvestStopped as stop:
+        # A source stops between events: keep what its last checkpoint covers; the rest is read
+        # again on resume.
         writer.rewind(marks)
         writer.flush(last)
         return _mark(run, HarvestRun.Status.STOPPED, str(stop))
     except KeyboardInterrupt:
-        writer.rewind(marks)
-        writer.flush(last)
+        # It may arrive anywhere, even inside a flush: write nothing more. The last committed batch
+        # carries its checkpoint, and resuming reads everything after it again.
         _mark(run, HarvestRun.Status.STOPPED, "interrupted; resume with --resume")
         raise
     except Exception as exc:

@@ -213,3 +213,33 @@ def test_the_gzip_reader_streams(tmp_path) -> None:
         for r in many(10):
             fh.write(line(r))
     assert harvest(path).new == 10
+
+
+def test_an_interrupted_run_keeps_only_committed_batches_and_resumes_exactly(tmp_path) -> None:
+    records = many(25)
+    path = write_lines(tmp_path / "f.json", [line(r) for r in records])
+    run = services.harvest_file_start(path=path)
+
+    def interrupted_source(run: HarvestRun, progress: object) -> object:
+        for n, event in enumerate(services.SOURCES[HarvestRun.Source.FILE](run, progress)):
+            if n == 31:  # mid-way between two checkpoints of the second batch
+                raise KeyboardInterrupt
+            yield event
+
+    services.register_source("interrupted")(interrupted_source)
+    run.source = "interrupted"
+    run.save(update_fields=["source"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            services.harvest_execute(run=run, batch_size=10)
+    finally:
+        del services.SOURCES["interrupted"]
+    run.refresh_from_db()
+    assert run.status == "stopped" and run.checkpoint == {"line": 10, "offset": run.checkpoint["offset"]}
+    assert Service.objects.count() == 10 == run.accepted
+
+    run.source = HarvestRun.Source.FILE
+    run.save(update_fields=["source"])
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=10)
+    assert (done.status, done.seen, done.new, done.rejected) == ("completed", 25, 25, {})
+    assert endpoints() == {(r["ip_str"], 80, "tcp") for r in records}
