@@ -10,8 +10,9 @@ Must be called inside a transaction: the SQLite id allocation relies on the writ
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
 from psycopg.types.datetime import TimestamptzLoader
@@ -89,7 +90,7 @@ def update_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> No
         )
 
 
-def set_column(table: str, column: str, value: object, ids: Sequence[int]) -> None:
+def set_column(table: str, column: str, value: Any, ids: Sequence[int]) -> None:
     """UPDATE table SET column = value for the given ids, in one statement."""
     if not ids:
         return
@@ -103,7 +104,7 @@ def set_column(table: str, column: str, value: object, ids: Sequence[int]) -> No
             cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id IN ({marks})", [value, *part])  # noqa: S608
 
 
-def pg_select_any(sql: str, values: Sequence) -> list[tuple]:
+def pg_select_any(sql: str, values: Iterable[Any]) -> list[tuple]:
     """Run a SELECT with one array parameter on PostgreSQL, loading timestamps in C.
 
     Django registers a Python timestamptz loader on its connections (to attach its time zone);
@@ -141,7 +142,7 @@ def _update_postgres(table: str, columns: Sequence[str], rows: Sequence[tuple]) 
         cursor.cursor.execute(f"UPDATE {table} t SET {assignments} FROM {stage} s WHERE t.id = s.id")  # noqa: S608
 
 
-def _stage(raw: object, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> str:
+def _stage(raw: Any, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> str:
     """COPY rows into a temporary table shaped like `table` (dropped at commit); return its name."""
     stage = f"_medexpo_stage_{next(_stage_names)}"
     cols = ", ".join(columns)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -141,6 +141,7 @@ class BatchWriter:
         return counts
 
     def _load_hosts(self, ips: set[str]) -> dict[str, _HostState]:
+        rows: Iterable[tuple]
         if bulk.is_postgres():
             rows = bulk.pg_select_any(
                 "SELECT id, host(ip), first_seen, last_seen, org, isp, asn, country, hostnames, os "
@@ -154,7 +155,8 @@ class BatchWriter:
         return {row[1]: _HostState(*row) for row in rows}
 
     def _load_services(self, hosts: dict[str, _HostState]) -> dict[tuple, _ServiceState]:
-        by_id = {h.id: h.ip for h in hosts.values()}
+        by_id = {h.id: h.ip for h in hosts.values() if h.id is not None}
+        rows: Iterable[tuple]
         columns = (
             "id",
             "host_id",

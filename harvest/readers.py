@@ -14,7 +14,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from harvest.ingest import Checkpoint
 from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_line, records_from_host_line
@@ -37,17 +37,18 @@ def file_identity(path: Path) -> dict:
     return {"size": stat.st_size, "mtime": int(stat.st_mtime)}
 
 
-def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
+def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     """The decoded stream and the underlying file (whose position measures progress)."""
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by the caller
     if raw.read(2) == GZIP_MAGIC:
         raw.seek(0)
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+        decoded: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        return decoded, raw
     raw.seek(0)
     return raw, raw
 
 
-def _lines(stream: BinaryIO, offset: int) -> Iterator[tuple[bytes | _TooLarge, int]]:
+def _lines(stream: IO[bytes], offset: int) -> Iterator[tuple[bytes | _TooLarge, int]]:
     """(line, offset after it); a line over the limit is skipped without being held in memory."""
     while True:
         line = stream.readline(MAX_RECORD_BYTES + 1)
@@ -116,8 +117,8 @@ def _host_line_events(line: bytes, line_no: int) -> Iterator:
         return
     for record in good:
         yield ("record", f"line {line_no}", record)
-    for index, exc in bad:
-        yield ("reject", f"line {line_no} data[{index}]", exc.reason, exc.detail)
+    for index, error in bad:
+        yield ("reject", f"line {line_no} data[{index}]", error.reason, error.detail)
 
 
 def file_size(path: Path | str) -> int:

@@ -15,7 +15,7 @@ costs nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 from django.conf import settings
@@ -185,7 +185,7 @@ class _SearchRun:
             if self.progress is not None:
                 self.progress(self.query)
 
-    def _count(self) -> Iterator:
+    def _count(self) -> Generator[tuple, None, int]:
         try:
             return self._call(shodan_client.count, self.queries[self.query]).total
         except _QueryFailed as failed:

@@ -11,6 +11,7 @@ import logging
 import random
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import requests
 
@@ -33,7 +34,7 @@ class Session(requests.Session):
         self.last_status: int | None = None
         self.last_headers: dict[str, str] = {}
 
-    def request(self, method: str, url: str, **kwargs: object) -> requests.Response:  # type: ignore[override]
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
         self.last_status = None
         self.last_headers = {}

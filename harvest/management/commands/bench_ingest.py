@@ -118,9 +118,9 @@ class Command(BaseCommand):
 def _parse_only(path: Path, parser: str) -> dict:
     proc = subprocess.Popen([sys.executable, "-c", PARSE_ONLY, str(path), parser], stdout=subprocess.PIPE)
     out, peak_mb = _wait(proc)
-    count, seconds = out.split()
-    seconds = float(seconds)
-    return {"seconds": round(seconds, 2), "per_s": round(int(count) / seconds), "peak_mb": round(peak_mb)}
+    count_text, seconds_text = out.split()
+    seconds = float(seconds_text)
+    return {"seconds": round(seconds, 2), "per_s": round(int(count_text) / seconds), "peak_mb": round(peak_mb)}
 
 
 def _ingest(url: str, path: Path, n: int) -> dict:
@@ -160,20 +160,22 @@ def _wait(proc: subprocess.Popen) -> tuple[bytes, float]:
     ru_maxrss would include the parent's memory at fork, so the child's own high-water mark
     (VmHWM, reset by exec) is sampled from /proc until it exits.
     """
+    assert proc.stdout is not None, "started with stdout=PIPE"
+    stdout = proc.stdout
     peak_kb = 0
     chunks = []
-    os.set_blocking(proc.stdout.fileno(), False)
+    os.set_blocking(stdout.fileno(), False)
     while proc.poll() is None:
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
-        chunk = proc.stdout.read()
+        chunk = stdout.read()
         if chunk:
             chunks.append(chunk)
         time.sleep(0.02)
-    rest = proc.stdout.read()
+    rest = stdout.read()
     if rest:
         chunks.append(rest)
     if proc.returncode != 0:
-        raise RuntimeError(f"{proc.args} failed with exit code {proc.returncode}")
+        raise RuntimeError(f"{proc.args!r} failed with exit code {proc.returncode}")
     return b"".join(chunks), peak_kb / 1024
 
 
