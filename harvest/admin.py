@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from urllib.parse import urlencode
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Length, Substr
@@ -28,6 +28,7 @@ from harvest.classify.types import CATEGORIES, CLASSES
 from harvest.ingest import REJECTION_ROWS_PER_REASON
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
+from harvest.services import HarvestError, harvest_run_enqueue_resume
 
 BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service page
 HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
@@ -487,6 +488,7 @@ class RejectionAdmin(ReadOnlyAdmin):
 
 @admin.register(HarvestRun)
 class HarvestRunAdmin(ReadOnlyAdmin):
+    actions = ("resume",)
     list_display = (
         "id",
         "source",
@@ -513,6 +515,17 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         ("Rejected", {"fields": ("rejected_table",)}),
         ("Resume", {"fields": ("checkpoint_json", "options_json"), "classes": ("collapse",)}),
     )
+
+    @admin.action(description="Resume the selected runs in the background")
+    def resume(self, request: HttpRequest, queryset: QuerySet[HarvestRun]) -> None:
+        for run in queryset:
+            try:
+                harvest_run_enqueue_resume(run=run)
+            except HarvestError as exc:
+                self.message_user(request, str(exc), level=messages.WARNING)
+            else:
+                self.message_user(request, f"Run {run.pk} will resume in the background.")
+
     readonly_fields = (
         "source",
         "plan",

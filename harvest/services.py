@@ -6,7 +6,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from harvest.ingest import BatchWriter, Checkpoint
 from harvest.models import HarvestRun, Service
@@ -79,6 +81,12 @@ def harvest_run_get_resumable(*, run_id: int) -> HarvestRun:
         if file_identity(path)["size"] != run.options.get("file", {}).get("size"):
             raise HarvestError(f"run {run_id}: {path} has changed since the run started; start a new run")
     return run
+
+
+def harvest_run_enqueue_resume(*, run: HarvestRun) -> None:
+    """Resume a run in the background (a qcluster worker), once the current transaction commits."""
+    run = harvest_run_get_resumable(run_id=run.pk)
+    transaction.on_commit(lambda: async_task("harvest.tasks.harvest_resume", run.pk, task_name=f"resume run {run.pk}"))
 
 
 def harvest_execute(

@@ -13,6 +13,14 @@ def harvest_plan(plan: str, country: str = "", max_credits: int | None = None) -
     return services.harvest_run_summary(run=run)
 
 
+def harvest_resume(run_id: int) -> dict:
+    """Continue a stopped or interrupted run from its last checkpoint."""
+    run = services.harvest_run_get_resumable(run_id=run_id)
+    batch_size = search.SEARCH_BATCH_SIZE if run.source == run.Source.SEARCH else None
+    run = services.harvest_execute(run=run, batch_size=batch_size)
+    return services.harvest_run_summary(run=run)
+
+
 def classify_pending() -> dict:
     """Classify what is new, changed or unclassified under the current rules."""
     return classification_run_pending().as_dict()

@@ -465,3 +465,27 @@ def test_a_service_page_is_titled_with_the_host_address(tmp_path: Path, admin_cl
     ingest(tmp_path, [banner("192.0.2.40", 104, "x")])
     html = admin_client.get(change_url(Service.objects.get())).content.decode()
     assert "192.0.2.40:104/tcp" in html
+
+
+@pytest.mark.django_db
+def test_staff_resume_a_stopped_run_in_the_background(
+    tmp_path: Path, admin_client: Client, django_capture_on_commit_callbacks
+) -> None:
+    path = tmp_path / "banners.json"
+    path.write_text("\n".join(json.dumps(b) for b in many(7)) + "\n")
+    stopped = services.harvest_file_start(path=path)  # never executed: stands for a run cut short
+    stopped.status = HarvestRun.Status.STOPPED
+    stopped.save(update_fields=["status"])
+    done = ingest(tmp_path, many(2, offset=50), name="other.json")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            changelist_url(HarvestRun),
+            {"action": "resume", "index": 0, "_selected_action": [stopped.pk, done.pk]},
+            follow=True,
+        )
+    text = response.content.decode()
+    assert f"Run {stopped.pk} will resume in the background." in text
+    assert f"run {done.pk} has completed" in text.lower()
+    stopped.refresh_from_db()
+    assert (stopped.status, stopped.new) == ("completed", 7)  # the task ran (synchronously in tests)
