@@ -142,7 +142,7 @@ class _Opener(urllib.request.OpenerDirector):
         self.stats = stats
         self.problem: RdapError | None = None
 
-    def open(self, fullurl: Any, data: Any = None, timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT) -> Any:
+    def open(self, fullurl: Any, data: Any = None, timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT) -> Any:  # type: ignore[attr-defined]  # urllib's own default
         url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else str(fullurl)
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise HTTPLookupError(f"refusing a non-HTTP URL: {url[:100]}")
@@ -292,7 +292,7 @@ def parse_network(raw: Any, *, asn: Any = None, asn_description: Any = None, reg
         end = parse_address(raw["endAddress"])
     except (KeyError, TypeError, ValueError) as exc:
         raise RdapError("malformed_answer", f"bad or missing start/end address: {exc}"[:300], permanent=True)
-    if start.version != end.version or start > end:
+    if start.version != end.version or start > end:  # type: ignore[operator]  # same version by then
         raise RdapError("malformed_answer", f"bad range {start} - {end}", permanent=True)
     cidrs = _cidrs(raw, start, end)
     return RdapNetwork(
@@ -362,7 +362,8 @@ def iter_entities(entities: Any, parent: str = "", depth: int = 0) -> list[RdapE
     for raw in entities[:100]:
         if not isinstance(raw, dict):
             continue
-        roles = raw.get("roles") if isinstance(raw.get("roles"), list) else []
+        raw_roles = raw.get("roles")
+        roles: list = raw_roles if isinstance(raw_roles, list) else []
         name, kind, emails = _vcard(raw.get("vcardArray"))
         entity = RdapEntity(
             handle=_text(raw.get("handle"), 100),

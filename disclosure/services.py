@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -590,14 +590,16 @@ def _recipient_candidates(
     if network is None or network.holder_id is None:
         return
     holder = network.holder
+    if holder is None:
+        return
     contacts = contacts_of(holder.pk)
     for contact in _ranked(c for c in contacts if c.source == Contact.Source.STAFF):
         yield contact, f"network holder {holder.name}: {contact.role} contact entered by staff"
     by_address = {(c.email, c.role): c for c in contacts if c.source == Contact.Source.RDAP}
     for candidate in network.contact_candidates:
-        contact = by_address.get((candidate["email"], candidate["role"]))
-        if contact is not None:
-            yield contact, f"network {network.cidr} holder {holder.name}: {candidate['why']}"
+        found = by_address.get((candidate["email"], candidate["role"]))
+        if found is not None:
+            yield found, f"network {network.cidr} holder {holder.name}: {candidate['why']}"
 
 
 def _ranked(contacts: Iterable[Contact]) -> list[Contact]:
@@ -626,7 +628,7 @@ def owner_unknown_queue() -> Iterable[HostOwner]:
 
 def inhibition_create(
     *,
-    until: object,
+    until: date,
     reason: str,
     organisation: Organisation | None = None,
     contact: Contact | None = None,

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
+from typing import ClassVar
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
@@ -176,7 +177,7 @@ class TopValuesFilter(admin.SimpleListFilter):
             return queryset
         if not value.isdigit() or len(value) > 10:
             return queryset.none()
-        return queryset.filter(**{self.parameter_name: int(value)})
+        return queryset.filter(**{str(self.parameter_name): int(value)})
 
 
 class PortFilter(TopValuesFilter):
@@ -324,7 +325,9 @@ class ServiceBannerInline(ReadOnlyTabularInline):
 class ServiceChangeList(ChangeList):
     """The list shows only the start of each banner: banners and raw records stay in the database."""
 
-    def get_queryset(self, request: HttpRequest, exclude_parameters: list[str] | None = None) -> QuerySet[Service]:
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Service]:
         queryset = super().get_queryset(request, exclude_parameters)
         return queryset.defer("banner", "raw").annotate(banner_head=Substr("banner", 1, PREVIEW_LIMIT + 1))
 
@@ -369,7 +372,7 @@ class ServiceAdmin(ReadOnlyAdmin):
         "banner_text",
         "raw_record",
     )
-    inlines = (ServiceBannerInline,)
+    inlines: ClassVar[tuple[type[admin.TabularInline], ...]] = (ServiceBannerInline,)  # type: ignore[misc]
 
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
         return ServiceChangeList

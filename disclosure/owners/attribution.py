@@ -52,7 +52,8 @@ def facts_from_host(*, hostnames: Iterable[str], org: str, raws: Iterable[str]) 
         names.extend(_strings(record.get("domains")))
         cert = (record.get("ssl") or {}).get("cert") if isinstance(record.get("ssl"), dict) else None
         if isinstance(cert, dict):
-            subject = cert.get("subject") if isinstance(cert.get("subject"), dict) else {}
+            raw_subject = cert.get("subject")
+            subject: dict = raw_subject if isinstance(raw_subject, dict) else {}
             cert_names.extend(_strings([subject.get("CN")]))
             cert_orgs.extend(_strings([subject.get("O")]))
             for extension in cert.get("extensions") or []:
@@ -85,9 +86,9 @@ def attribute_operator(facts: BannerFacts, registry: Iterable[RegistryOrganisati
     ):
         for text in texts:
             for organisation in registry:
-                name = _name_match(text, organisation)
-                if name:
-                    return Attribution(organisation, f"{label} {text[:100]!r} names {name}")
+                matched = _name_match(text, organisation)
+                if matched:
+                    return Attribution(organisation, f"{label} {text[:100]!r} names {matched}")
     return None
 
 

@@ -7,6 +7,7 @@ module or organisation name is text, not a formula to parse.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import matplotlib
 
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 CLASS_COLOURS = {"medical": "#c0392b", "non_medical": "#2e86c1", "unknown": "#95a5a6", "unclassified": "#d5d8dc"}
 MAX_LABEL = 40
-STYLE = {"text.parse_math": False, "svg.fonttype": "none", "svg.hashsalt": "medexpo", "font.size": 9}
+STYLE: dict[str, Any] = {"text.parse_math": False, "svg.fonttype": "none", "svg.hashsalt": "medexpo", "font.size": 9}
 
 
 def _label(text: object) -> str:
@@ -90,7 +91,7 @@ CHARTS = {
 def render_charts(report: dict, formats: tuple[str, ...] = ("png", "svg")) -> dict[str, dict[str, bytes]]:
     """{chart name: {format: bytes}} for every chart of the report."""
     out: dict[str, dict[str, bytes]] = {}
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]  # the stubs list keys as literals
         for name, draw in CHARTS.items():
             fig = draw(report)
             try:

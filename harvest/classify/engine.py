@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from harvest.classify.decoders import dicom, hl7, http
 from harvest.classify.rules import MAX_SCAN, FieldRules, Rule, RuleSet
@@ -31,7 +32,7 @@ def safe_text(text: str, limit: int = MAX_EXCERPT) -> str:
     return _UNPRINTABLE.sub(".", text[:limit])
 
 
-def _safe(value: object) -> object:
+def _safe(value: Any) -> Any:
     if isinstance(value, str):
         return safe_text(value, 1024)
     if isinstance(value, dict):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, cast
 
 import ahocorasick
 
@@ -117,7 +118,7 @@ class FieldRules:
     searching: tuple[Rule, ...]
     # All needles of `searching` in one Aho-Corasick automaton (value: indexes into `searching`),
     # so one pass over the text finds which rules can match; `always` lists rules without needles.
-    automaton: object | None
+    automaton: Any
     always: frozenset[int]
     # Anchored rules by the first character a match can start with; `any_start` can start anywhere.
     by_start: dict  # str -> tuple[Rule, ...]
@@ -195,7 +196,10 @@ def _read(path: Path) -> tuple[bytes, dict]:
 
 def _build(paths: list[Path]) -> RuleSet:
     digest = hashlib.sha256()
-    files, rules, settings, seen = [], [], {}, set()
+    files: list = []
+    rules: list = []
+    settings: dict[str, Any] = {}
+    seen: set = set()
     for path in paths:
         raw, doc = _read(path)
         digest.update(path.name.encode() + b"\0" + raw + b"\0")
@@ -241,14 +245,14 @@ def _file_header(name: str, doc: dict) -> str:
     return version
 
 
-def _setting(name: str, key: str, value: object, settings: dict) -> None:
+def _setting(name: str, key: str, value: Any, settings: dict) -> None:
     if key not in SETTINGS:
         raise RuleError(name, "settings", f"unknown setting {key!r}")
     if not isinstance(value, SETTINGS[key]) or isinstance(value, bool):
         raise RuleError(name, "settings", f"{key} must be {SETTINGS[key].__name__}")
     if key in settings:
         raise RuleError(name, "settings", f"{key} is set in two files")
-    if key == "silent_ports" and not all(isinstance(p, int) and 0 < p < 65536 for p in value):
+    if key == "silent_ports" and not all(isinstance(p, int) and 0 < p < 65536 for p in cast(list, value)):
         raise RuleError(name, "settings", "silent_ports must be port numbers")
     settings[key] = value
 
@@ -349,7 +353,7 @@ def _index(rules: list[Rule]) -> tuple[FieldRules, ...]:
         any_start = tuple(r for r in anchored if starts[r.id] is None)
         chars = {c for r in anchored for c in (starts[r.id] or ())}
         # Each list keeps the file order of the rules, whichever way it was reached.
-        by_start = {c: tuple(r for r in anchored if starts[r.id] is None or c in starts[r.id]) for c in chars}
+        by_start = {c: tuple(r for r in anchored if starts[r.id] is None or c in (starts[r.id] or ())) for c in chars}
         searching = tuple(r for r in mine if not r.anchored)
         always = frozenset(i for i, r in enumerate(searching) if r.needles is None)
         out.append(FieldRules(name, anchored, searching, _automaton(searching), always, by_start, any_start))
@@ -405,7 +409,12 @@ def _first_chars(ops: list) -> set[str] | None:
             return _class_chars(av)
         if op is sre_parse.BRANCH:
             sets = [_first_chars(list(branch)) for branch in av[1]]
-            return None if any(s is None for s in sets) else set().union(*sets)
+            found: set[str] = set()
+            for chars in sets:
+                if chars is None:
+                    return None
+                found |= chars
+            return found
         if op is sre_parse.SUBPATTERN:
             return _first_chars(list(av[-1]))
         if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and av[0] >= 1:
@@ -461,7 +470,7 @@ def _needles(ops: Iterable[tuple]) -> list[str] | None:
         if op is sre_parse.BRANCH:
             branches = [_needles(branch) for branch in av[1]]
             if all(branches):
-                consider([n for b in branches for n in b])
+                consider([n for b in branches for n in b or ()])
         elif op is sre_parse.SUBPATTERN:
             consider(_needles(av[-1]))
         elif op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and av[0] >= 1:
@@ -490,7 +499,10 @@ SHORT_ALIAS = 4  # aliases this short ("AMC", "MST") are too ambiguous to look f
 
 def _healthcare(doc: dict) -> Healthcare:
     words = tuple(w.lower() for w in doc.get("words") or [] if isinstance(w, str) and w)
-    orgs, names, short, domains = [], set(), set(), set()
+    orgs: list = []
+    names: set[str] = set()
+    short: set[str] = set()
+    domains: set[str] = set()
     for item in doc.get("organisation") or []:
         org = Organisation(
             name=str(item.get("name", "")),

@@ -203,7 +203,7 @@ def _parse_raw(raw: str) -> dict:
 def _judge(batch: list[_Row], rules: RuleSet, summary: RunSummary) -> list[tuple[_Row, Verdict | None, str]]:
     """(row, verdict, "") for every service, or (row, None, reason) when its stored record is unreadable."""
     t0 = time.perf_counter()
-    banners = []
+    banners: list[tuple[_Row, Banner | None, str]] = []
     for row in batch:
         try:
             banners.append((row, banner_from_shodan(_parse_raw(row.raw), row.host_modules), ""))

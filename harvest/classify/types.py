@@ -160,7 +160,7 @@ def banner_from_shodan(obj: dict, host_modules: tuple[str, ...] = ()) -> Banner:
     return Banner(
         port=_port(obj.get("port")),
         transport=transport if transport in ("tcp", "udp") else "tcp",
-        data=obj.get("data") if isinstance(obj.get("data"), str) else "",
+        data=data if isinstance(data := obj.get("data"), str) else "",
         module=_text(_dict(obj.get("_shodan")).get("module"), 64),
         product=_text(obj.get("product"), MAX_SHORT),
         version=_text(obj.get("version"), MAX_SHORT),

@@ -12,6 +12,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from harvest.samplegen import dicom, hl7_acks
 from harvest.samplegen.networks import Network
@@ -109,7 +110,7 @@ def http(
     lines.append(f"Content-Length: {len(page.encode())}")
     lines.extend(headers)
     data = "\r\n".join(lines) + "\r\n\r\n"
-    info = {
+    info: dict[str, Any] = {
         "status": status,
         "title": title,
         "server": server or None,

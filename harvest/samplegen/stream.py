@@ -353,7 +353,7 @@ def open_output(path: Path, compresslevel: int = 9) -> IO[str]:
     if path.name.endswith(".gz"):
         raw = open(path, "wb")  # noqa: SIM115 - closed with the wrapper
         gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
-        return _Closing(gz, raw)
+        return _Closing(gz, raw)  # type: ignore[return-value]  # a text stream over gzip, closed together
     return open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
 
 

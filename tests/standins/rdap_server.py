@@ -82,7 +82,7 @@ class RdapStandin:
     scripts: dict[str, Script] = field(default_factory=dict)
     requests: Counter = field(default_factory=Counter)  # path kind -> count
     paths: list[str] = field(default_factory=list)
-    _starts: list[tuple[int, int]] = field(default_factory=list)
+    _starts: list[tuple[tuple[int, int], int]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, response: dict, *, registry: str, asn: int | None, country: str = "", date: str = "") -> None:

@@ -99,7 +99,7 @@ class Command(BaseCommand):
         }
 
 
-def _addresses(standin: object, count: int) -> list[str]:
+def _addresses(standin: Any, count: int) -> list[str]:
     """`count` distinct addresses, spread evenly over the networks, in random order."""
     networks = standin.networks
     addresses = []

@@ -55,7 +55,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: Any) -> None:
         wanted = schedules()
-        result = {"created": [], "updated": [], "removed": []}
+        result: dict[str, list[str]] = {"created": [], "updated": [], "removed": []}
         for item in wanted:
             _, created = Schedule.objects.update_or_create(
                 name=item["name"],

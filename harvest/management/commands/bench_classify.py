@@ -20,6 +20,7 @@ import platform
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ def _host_contexts(raws: list[bytes]) -> list[tuple[str, ...]]:
     return contexts
 
 
-def _timed(fn: object, per_pass: int) -> dict:
+def _timed(fn: Callable[[], object], per_pass: int) -> dict:
     fn()  # warm up: caches, regex compilation
     passes, started = 0, time.perf_counter()
     while True:

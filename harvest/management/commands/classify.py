@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from harvest.classify import services
+from harvest.classify.rules import RuleSet
 from harvest.models import Service
 from medexpo.lib.progress import Progress
 
@@ -41,7 +42,7 @@ class Command(BaseCommand):
         if "evaluation" in result:
             self._print_evaluation(result["evaluation"])
 
-    def _run(self, rules: object, options: dict) -> services.RunSummary:
+    def _run(self, rules: RuleSet, options: dict) -> services.RunSummary:
         if options["all"]:
             total = Service.objects.count()
         else:
