@@ -19,14 +19,14 @@ HARVEST = "harvest: search plan"
 def schedules() -> list[dict]:
     """What should be scheduled with the current settings."""
     wanted = [
-        # every hour (cron 0 * * * *): new banners get a verdict soon after they arrive
+        # every hour from when the schedule is created: new banners get a verdict soon after they arrive
         {
             "name": "harvest: classify pending",
             "func": "harvest.tasks.classify_pending",
             "kwargs": {},
             "schedule_type": Schedule.HOURLY,
         },
-        # every day (cron 0 3 * * *): new hosts get an owner; failed lookups are retried
+        # every day: new hosts get an owner; failed lookups are retried
         {
             "name": "disclosure: resolve owners",
             "func": "disclosure.tasks.resolve_owners",
@@ -35,7 +35,7 @@ def schedules() -> list[dict]:
         },
     ]
     if settings.SHODAN_API_KEY:
-        # every week (cron 0 2 * * 1): re-harvest, with a cap on the query credits one run may spend
+        # every week: re-harvest, with a cap on the query credits one run may spend
         wanted.append(
             {
                 "name": HARVEST,

@@ -50,9 +50,10 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("\nDone. Where to look next:"))
         self.stdout.write(f"   report        {report}/exposure_report.html (and .pdf, .json, .csv, PNG and SVG charts)")
         self.stdout.write(f"   services      {export}")
-        self.stdout.write("   admin         .venv/bin/python manage.py createsuperuser")
-        self.stdout.write("                 .venv/bin/python manage.py runserver   ->  http://127.0.0.1:8000/admin/")
-        self.stdout.write("   (run both with DEBUG=1 in the environment, as ./dev demo does)")
+        env = "DEBUG=1" if out == Path(settings.BASE_DIR) / "data" else f"DEBUG=1 MEDEXPO_DATA_DIR={out}"
+        self.stdout.write(f"   admin         {env} .venv/bin/python manage.py createsuperuser")
+        self.stdout.write(f"                 {env} .venv/bin/python manage.py runserver")
+        self.stdout.write("                 then http://127.0.0.1:8000/admin/")
 
     def _step(self, title: str, command: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"\n{title}") + f"   [{command}]")
