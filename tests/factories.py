@@ -56,3 +56,17 @@ def many(n: int, *, start: str = "198.51.0.0", port: int = 80, timestamp: str = 
         banner(str(ipaddress.ip_address(base + i)), port, data=f"HTTP/1.1 200 OK\r\nX-Id: {i}\r\n", timestamp=timestamp)
         for i in range(n)
     ]
+
+
+def minimal_banner(ip: str, port: int, data: str, *, timestamp: str, **extra: object) -> dict:
+    """A banner with only what ingest needs, the module Shodan would name for the port, and extras."""
+    return {
+        "ip_str": ip,
+        "port": port,
+        "transport": "tcp",
+        "data": data,
+        "timestamp": timestamp,
+        "_shodan": {"module": "dicom" if port == 104 else "http"},
+        "location": {"country_code": "NL"},
+        **extra,
+    }

@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import Page
 
 from harvest.models import HarvestRun, Service
+from tests.factories import minimal_banner
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -23,16 +24,7 @@ HOSTILE_HOSTNAME = "<svg onload=alert(5)>.example"
 
 
 def banner(ip: str, port: int, data: str, **extra: object) -> dict:
-    return {
-        "ip_str": ip,
-        "port": port,
-        "transport": "tcp",
-        "data": data,
-        "timestamp": "2026-03-04T05:06:07.000000",
-        "_shodan": {"module": "dicom" if port == 104 else "http"},
-        "location": {"country_code": "NL"},
-        **extra,
-    }
+    return minimal_banner(ip, port, data, **{"timestamp": "2026-03-04T05:06:07.000000", **extra})
 
 
 HOSTILE = banner(

@@ -18,6 +18,7 @@ from django.urls import reverse
 from harvest import services
 from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT, text_block, visible_text
 from harvest.models import HarvestRun, Host, Service
+from tests.factories import minimal_banner
 
 HOSTILE_BANNER = (
     "HTTP/1.1 200 OK\r\nServer: <script>alert(1)</script>\r\n"
@@ -41,16 +42,7 @@ HOSTILE = {
 
 
 def banner(ip: str, port: int, data: str, **extra: object) -> dict:
-    return {
-        "ip_str": ip,
-        "port": port,
-        "transport": "tcp",
-        "data": data,
-        "timestamp": "2026-01-02T03:04:05.000000",
-        "_shodan": {"module": "dicom" if port == 104 else "http"},
-        "location": {"country_code": "NL"},
-        **extra,
-    }
+    return minimal_banner(ip, port, data, **{"timestamp": "2026-01-02T03:04:05.000000", **extra})
 
 
 def ingest(tmp_path: Path, lines: list[dict | bytes], name: str = "banners.json") -> HarvestRun:
