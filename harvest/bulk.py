@@ -10,6 +10,7 @@ Must be called inside a transaction: the SQLite id allocation relies on the writ
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -58,21 +59,23 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> li
     if not rows:
         return []
     assert connection.in_atomic_block, "bulk writes must run inside a transaction"
-    ids = _allocate_ids(table, len(rows))
-    cols = ", ".join(["id", *columns])
-    if is_postgres():
-        with connection.cursor() as cursor:
-            with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                for pk, row in zip(ids, rows, strict=True):
-                    copy.write_row((pk, *row))
-    else:
-        marks = ", ".join(["%s"] * (len(columns) + 1))
-        with connection.cursor() as cursor:
-            cursor.executemany(
-                f"INSERT INTO {table} ({cols}) VALUES ({marks})",  # noqa: S608 - identifiers are ours
-                [(pk, *row) for pk, row in zip(ids, rows, strict=True)],
-            )
+    ids = allocate_ids(table, len(rows))
+    copy_in(table, ["id", *columns], [(pk, *row) for pk, row in zip(ids, rows, strict=True)])
     return ids
+
+
+def copy_in(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+    """Insert rows as they are (ids included): COPY on PostgreSQL, executemany on SQLite."""
+    if not rows:
+        return
+    cols = ", ".join(columns)
+    with connection.cursor() as cursor:
+        if is_postgres():
+            with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+                copy.write(copy_text(rows))
+            return
+        marks = ", ".join(["%s"] * len(columns))
+        cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608 - identifiers are ours
 
 
 def update_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
@@ -148,12 +151,16 @@ def _stage(raw: Any, table: str, columns: Sequence[str], rows: Sequence[tuple]) 
     cols = ", ".join(columns)
     raw.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA")  # noqa: S608
     with raw.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+        copy.write(copy_text(rows))
     return stage
 
 
-def _allocate_ids(table: str, count: int) -> list[int]:
+def allocate_ids(table: str, count: int) -> list[int]:
+    """Ids for `count` new rows of `table`. PostgreSQL draws them from the table's sequence (any
+    connection, any transaction); SQLite takes the next free ones, which only holds inside the
+    transaction that inserts them."""
+    if count == 0:
+        return []
     with connection.cursor() as cursor:
         if is_postgres():
             cursor.execute(
@@ -163,3 +170,36 @@ def _allocate_ids(table: str, count: int) -> list[int]:
         cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")  # noqa: S608
         start = cursor.fetchone()[0] + 1
         return list(range(start, start + count))
+
+
+# --- COPY text format -----------------------------------------------------------------------
+# psycopg's write_row adapts every value through its dumpers (about 10 µs a service row, a third
+# of it timestamps); formatting the few types ingest writes directly is several times cheaper.
+
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
+def copy_text(rows: Iterable[Sequence[Any]]) -> bytes:
+    """Rows in PostgreSQL's COPY text format: tab-separated, \\N for NULL, specials escaped."""
+    return "".join(["\t".join([_copy_field(v) for v in row]) + "\n" for row in rows]).encode("utf-8")
+
+
+def _copy_field(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        if _COPY_SPECIAL.search(value) is None:
+            return value
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "\\N"
+    if kind is datetime:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime in a bulk write")
+        return value.isoformat()
+    if kind is bool:
+        return "t" if value else "f"
+    if kind is float:
+        return repr(value)
+    raise TypeError(f"cannot COPY a {kind.__name__}")

@@ -4,17 +4,27 @@ A batch, its rejections, the run's counters and the run's checkpoint commit toge
 killed at any moment (kill -9 included) resumes from the last checkpoint with nothing lost and
 nothing counted twice. Within a batch, records are applied in input order to an in-memory state
 of each host and service, so the result is the same whatever the batch boundaries are.
+
+A batch is handled in two steps: *prepare* (read the stored state of the batch's hosts and
+services, apply the records in memory, allocate ids, and turn every write into plain rows) and
+*apply* (write those rows, the rejections and the run's counters and checkpoint in one
+transaction). On PostgreSQL, outside a surrounding transaction, apply runs in a writer thread on
+its own connection while the next batch is prepared, so parsing and merging in Python overlap the
+database's work. Batches still commit one at a time and in order. The next batch reads the hosts
+and services of the batch still being written from memory (the state after it), and everything
+else from the database, which the batch in flight does not touch.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import reset_queries, transaction
+import orjson
+from django.db import connection, reset_queries, transaction
 from django.utils import timezone
 
 from harvest import bulk
@@ -64,8 +74,23 @@ class Checkpoint:
     credits_spent: int | None = None
 
 
+@dataclass(slots=True)
+class _Plan:
+    """Everything one batch writes, as plain rows: applying it reads no in-memory state."""
+
+    host_inserts: list[tuple] = field(default_factory=list)
+    host_updates: list[tuple] = field(default_factory=list)
+    service_inserts: list[tuple] = field(default_factory=list)
+    history: list[ServiceBanner] = field(default_factory=list)
+    service_rewrites: list[tuple] = field(default_factory=list)
+    service_sightings: list[tuple] = field(default_factory=list)
+    service_touches: list[int] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    run_fields: dict = field(default_factory=dict)
+
+
 class BatchWriter:
-    def __init__(self, run: HarvestRun, batch_size: int) -> None:
+    def __init__(self, run: HarvestRun, batch_size: int, *, pipelined: bool | None = None) -> None:
         self.run = run
         self.batch_size = batch_size
         self.fallback_ts = run.started_at
@@ -73,6 +98,12 @@ class BatchWriter:
         self._rejections: list[tuple[str, str, str]] = []
         self._seen = 0
         self._dt: Callable = bulk.datetime_adapter()
+        # The state of the previous batch's hosts and services, after it.
+        self._carry_hosts: dict[str, _HostState] = {}
+        self._carry_services: dict[tuple, _ServiceState] = {}
+        if pipelined is None:
+            pipelined = bulk.is_postgres() and not connection.in_atomic_block
+        self._writer: _Writer | None = _Writer() if pipelined else None
 
     @property
     def pending(self) -> int:
@@ -106,41 +137,71 @@ class BatchWriter:
         return False
 
     def flush(self, checkpoint: Checkpoint) -> None:
-        with transaction.atomic():
-            bulk.tune_batch_transaction()
-            counts = self._write_batch()
-            self._write_rejections(counts)
-            self._save_run(counts, checkpoint)
+        if self._writer is None:
+            with transaction.atomic():
+                bulk.tune_batch_transaction()
+                _apply(self._prepare(checkpoint))
+        else:
+            with transaction.atomic():  # the reads and id allocation, with the batch settings
+                bulk.tune_batch_transaction()
+                plan = self._prepare(checkpoint)
+            self._writer.submit(plan)
         self._records.clear()
         self._rejections.clear()
         self._seen = 0
         reset_queries()  # with DEBUG on, Django would keep every batch's SQL in memory
 
-    # --- the batch ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Wait for the batch being written (raising its error, if any) and stop the writer."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
-    def _write_batch(self) -> Counter:
+    # --- prepare: in memory, on the caller's thread ----------------------------------------
+
+    def _prepare(self, checkpoint: Checkpoint) -> _Plan:
+        plan = _Plan()
         counts: Counter = Counter()
-        if not self._records:
-            return counts
-        hosts = self._load_hosts({r.ip for _, r in self._records})
-        services = self._load_services(hosts)
-        history: list[ServiceBanner] = []
-        for position, record in self._records:
-            ts = record.timestamp or self.fallback_ts
-            _apply_host(hosts, record, ts)
-            outcome = self._apply_service(services, record, ts, history)
-            if outcome == Reason.DUPLICATE and self.run.source == HarvestRun.Source.SEARCH:
-                # Two queries of a plan returning the same banner is normal overlap, not bad input.
-                counts["unchanged"] += 1
-            elif outcome == Reason.DUPLICATE:
-                self._rejections.append((position, Reason.DUPLICATE, Reason.DESCRIPTIONS[Reason.DUPLICATE]))
-            else:
-                counts[outcome] += 1
-        self._save_hosts(hosts)
-        self._save_services(services, hosts, history)
-        return counts
+        hosts: dict[str, _HostState] = {}
+        services: dict[tuple, _ServiceState] = {}
+        if self._records:
+            hosts, services = self._load({r.ip for _, r in self._records})
+            for position, record in self._records:
+                ts = record.timestamp or self.fallback_ts
+                _apply_host(hosts, record, ts)
+                outcome = self._apply_service(services, record, ts, plan.history)
+                if outcome == Reason.DUPLICATE and self.run.source == HarvestRun.Source.SEARCH:
+                    # Two queries of a plan returning the same banner is normal overlap, not bad input.
+                    counts["unchanged"] += 1
+                elif outcome == Reason.DUPLICATE:
+                    self._rejections.append((position, Reason.DUPLICATE, Reason.DESCRIPTIONS[Reason.DUPLICATE]))
+                else:
+                    counts[outcome] += 1
+            self._plan_hosts(hosts, plan)
+            self._plan_services(services, hosts, plan)
+        self._carry_hosts, self._carry_services = hosts, services
+        self._plan_rejections(counts, plan)
+        self._plan_run(counts, checkpoint, plan)
+        return plan
+
+    def _load(self, ips: set[str]) -> tuple[dict[str, _HostState], dict[tuple, _ServiceState]]:
+        """The batch's hosts with all their services: from the previous batch where it had them
+        (it may not have committed yet), from the database otherwise."""
+        carried = {ip: self._carry_hosts[ip] for ip in ips if ip in self._carry_hosts}
+        for state in carried.values():
+            state.dirty = False
+        services = {}
+        for key, state in self._carry_services.items():
+            if state.host_ip in carried:
+                state.record, state.dirty, state.touched, state.is_new = None, False, False, False
+                services[key] = state
+        stored = self._load_hosts(ips - carried.keys())
+        services.update(self._load_services(stored))
+        return {**carried, **stored}, services
 
     def _load_hosts(self, ips: set[str]) -> dict[str, _HostState]:
+        if not ips:
+            return {}
         rows: Iterable[tuple]
         if bulk.is_postgres():
             rows = bulk.pg_select_any(
@@ -156,6 +217,8 @@ class BatchWriter:
 
     def _load_services(self, hosts: dict[str, _HostState]) -> dict[tuple, _ServiceState]:
         by_id = {h.id: h.ip for h in hosts.values() if h.id is not None}
+        if not by_id:
+            return {}
         rows: Iterable[tuple]
         columns = (
             "id",
@@ -218,91 +281,49 @@ class BatchWriter:
         state.dirty = state.dirty or changed
         return "updated" if changed else "unchanged"
 
-    # --- writes -------------------------------------------------------------------------
-
-    def _save_hosts(self, hosts: dict[str, _HostState]) -> None:
-        table = Host._meta.db_table
+    def _plan_hosts(self, hosts: dict[str, _HostState], plan: _Plan) -> None:
         new = [h for h in hosts.values() if h.id is None]
-        ids = bulk.insert_rows(table, _HOST_COLUMNS, [_host_row(h, self._dt) for h in new])
-        for state, pk in zip(new, ids, strict=True):
+        for state, pk in zip(new, bulk.allocate_ids(Host._meta.db_table, len(new)), strict=True):
             state.id = pk
             state.dirty = False
-        dirty = [h for h in hosts.values() if h.dirty]
-        bulk.update_rows(table, _HOST_COLUMNS[1:], [(h.id, *_host_row(h, self._dt)[1:]) for h in dirty])
+            plan.host_inserts.append((pk, *_host_row(state, self._dt)))
+        plan.host_updates = [(h.id, *_host_row(h, self._dt)[1:]) for h in hosts.values() if h.dirty]
 
-    def _save_services(self, services: dict, hosts: dict[str, _HostState], history: list) -> None:
-        table = Service._meta.db_table
+    def _plan_services(self, services: dict, hosts: dict[str, _HostState], plan: _Plan) -> None:
         run_id = self.run.pk
+        dt = self._dt
         new = [s for s in services.values() if s.id is None]
-        rows = [(hosts[s.host_ip].id, s.port, s.transport, *_content(s, self._dt), run_id) for s in new]
-        for state, pk in zip(new, bulk.insert_rows(table, _SERVICE_INSERT, rows), strict=True):
+        for state, pk in zip(new, bulk.allocate_ids(Service._meta.db_table, len(new)), strict=True):
             state.id = pk
             state.is_new = True
-        self._save_history(history, services)
-        old = [s for s in services.values() if not s.is_new]
-        bulk.update_rows(
-            table, _SERVICE_REWRITE, [(s.id, *_content(s, self._dt), run_id) for s in old if s.record is not None]
-        )
-        bulk.update_rows(
-            table,
-            ("first_seen", "last_seen", "banner_since", "last_run_id"),
-            [
-                (
-                    s.id,
-                    self._dt(s.first_seen),
-                    self._dt(s.last_seen),
-                    self._dt(s.banner_since),
-                    run_id,
-                )
-                for s in old
-                if s.dirty and s.record is None
-            ],
-        )
-        bulk.set_column(table, "last_run_id", run_id, [s.id for s in old if s.touched and not s.dirty])
-
-    def _save_history(self, history: list[ServiceBanner], services: dict) -> None:
-        """History rows of a stored banner need its text, read only for the services that changed."""
-        if not history:
-            return
-        from_db: dict[int, list[ServiceBanner]] = {}
-        for item in history:
+            plan.service_inserts.append(
+                (pk, hosts[state.host_ip].id, state.port, state.transport, *_content(state, dt), run_id)
+            )
+        for item in plan.history:
             item.service_id = services[item._medexpo_key].id  # type: ignore[attr-defined]
-            if item.raw == "":
-                from_db.setdefault(item.service_id, []).append(item)
-        if from_db:
-            for sid, banner, raw in Service.objects.filter(id__in=from_db).values_list("id", "banner", "raw"):
-                for item in from_db[sid]:
-                    item.banner, item.raw = banner, raw
-        bulk.insert_rows(
-            ServiceBanner._meta.db_table,
-            ("service_id", "banner", "raw", "banner_hash", "first_seen", "last_seen", "run_id"),
-            [
-                (
-                    h.service_id,
-                    h.banner,
-                    h.raw,
-                    h.banner_hash,
-                    self._dt(h.first_seen),
-                    self._dt(h.last_seen),
-                    self.run.pk,
-                )
-                for h in history
-            ],
-        )
+            item.run_id = run_id
+        for s in services.values():
+            if s.is_new or not s.touched:
+                continue
+            if s.record is not None:
+                plan.service_rewrites.append((s.id, *_content(s, dt), run_id))
+            elif s.dirty:
+                plan.service_sightings.append((s.id, dt(s.first_seen), dt(s.last_seen), dt(s.banner_since), run_id))
+            else:
+                plan.service_touches.append(s.id)
 
-    def _write_rejections(self, counts: Counter) -> None:
-        if not self._rejections:
-            return
+    def _plan_rejections(self, counts: Counter, plan: _Plan) -> None:
         stored = Counter(self.run.rejected)
-        rows = []
         for position, reason, detail in self._rejections:
             if stored[reason] < REJECTION_ROWS_PER_REASON:
-                rows.append(Rejection(run_id=self.run.pk, position=position[:100], reason=reason, detail=detail[:500]))
+                plan.rejections.append(
+                    Rejection(run_id=self.run.pk, position=position[:100], reason=reason, detail=detail[:500])
+                )
             stored[reason] += 1
             counts[f"rejected:{reason}"] += 1
-        Rejection.objects.bulk_create(rows)
 
-    def _save_run(self, counts: Counter, checkpoint: Checkpoint) -> None:
+    def _plan_run(self, counts: Counter, checkpoint: Checkpoint, plan: _Plan) -> None:
+        """The run's counters after this batch: kept on self.run, and written with the batch."""
         run = self.run
         rejected = Counter(run.rejected)
         for key, value in counts.items():
@@ -318,19 +339,85 @@ class BatchWriter:
         if checkpoint.credits_spent is not None:
             run.credits_spent = checkpoint.credits_spent
         run.updated_at = timezone.now()
-        run.save(
-            update_fields=[
-                "rejected",
-                "seen",
-                "new",
-                "updated",
-                "unchanged",
-                "accepted",
-                "checkpoint",
-                "credits_spent",
-                "updated_at",
-            ]
-        )
+        plan.run_fields = {name: getattr(run, name) for name in _RUN_FIELDS}
+        plan.run_fields["pk"] = run.pk
+
+
+_RUN_FIELDS = ("rejected", "seen", "new", "updated", "unchanged", "accepted", "checkpoint", "credits_spent", "updated_at")
+
+
+# --- apply: one transaction, on the writer's connection ------------------------------------
+
+
+def _apply(plan: _Plan) -> None:
+    """Write a prepared batch. Must run inside a transaction."""
+    bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts)
+    bulk.update_rows(Host._meta.db_table, _HOST_COLUMNS[1:], plan.host_updates)
+    table = Service._meta.db_table
+    bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts)
+    _write_history(plan.history)  # before the rewrites: it may read the banners they replace
+    bulk.update_rows(table, _SERVICE_REWRITE, plan.service_rewrites)
+    bulk.update_rows(table, ("first_seen", "last_seen", "banner_since", "last_run_id"), plan.service_sightings)
+    if plan.service_touches:
+        bulk.set_column(table, "last_run_id", plan.run_fields["pk"], plan.service_touches)
+    Rejection.objects.bulk_create(plan.rejections)
+    fields = dict(plan.run_fields)
+    HarvestRun.objects.filter(pk=fields.pop("pk")).update(**fields)
+
+
+def _write_history(history: list[ServiceBanner]) -> None:
+    """History rows of a stored banner need its text, read only for the services that changed."""
+    if not history:
+        return
+    from_db: dict[int, list[ServiceBanner]] = {}
+    for item in history:
+        if item.raw == "":
+            from_db.setdefault(item.service_id, []).append(item)
+    if from_db:
+        for sid, banner, raw in Service.objects.filter(id__in=from_db).values_list("id", "banner", "raw"):
+            for item in from_db[sid]:
+                item.banner, item.raw = banner, raw
+    dt = bulk.datetime_adapter()
+    bulk.insert_rows(
+        ServiceBanner._meta.db_table,
+        ("service_id", "banner", "raw", "banner_hash", "first_seen", "last_seen", "run_id"),
+        [(h.service_id, h.banner, h.raw, h.banner_hash, dt(h.first_seen), dt(h.last_seen), h.run_id) for h in history],
+    )
+
+
+class _Writer:
+    """Applies prepared batches one at a time, in order, in a thread with its own connection."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medexpo-ingest-writer")
+        self._pending: Future | None = None
+
+    def submit(self, plan: _Plan) -> None:
+        self.wait()  # the previous batch commits before the next one is read from the database
+        self._pending = self._pool.submit(_apply_in_transaction, plan)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.submit(_close_connection).result()
+            self._pool.shutdown()
+
+
+def _close_connection() -> None:
+    connection.close()  # the writer thread's own connection: `connection` is per thread
+
+
+def _apply_in_transaction(plan: _Plan) -> None:
+    with transaction.atomic():
+        bulk.tune_batch_transaction()
+        _apply(plan)
+    reset_queries()
 
 
 def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime) -> None:
@@ -384,7 +471,7 @@ def _host_row(h: _HostState, dt: Callable) -> tuple:
         h.isp,
         h.asn,
         h.country,
-        json.dumps(h.hostnames),
+        orjson.dumps(h.hostnames).decode(),
         h.os,
         dt(h.first_seen),
         dt(h.last_seen),

@@ -112,21 +112,33 @@ def harvest_execute(
                 writer.maybe_flush(last)
                 marks = writer.mark()
         writer.flush(last)
+        writer.close()
     except HarvestStopped as stop:
         # A source stops between events: keep what its last checkpoint covers; the rest is read
         # again on resume.
         writer.rewind(marks)
         writer.flush(last)
+        writer.close()
         return _mark(run, HarvestRun.Status.STOPPED, str(stop))
     except KeyboardInterrupt:
-        # It may arrive anywhere, even inside a flush: write nothing more. The last committed batch
-        # carries its checkpoint, and resuming reads everything after it again.
+        # It may arrive anywhere, even inside a flush: write nothing more. A batch already handed
+        # to the writer commits whole with its checkpoint; resuming reads everything after it again.
+        _close_after_failure(writer)
         _mark(run, HarvestRun.Status.STOPPED, "interrupted; resume with --resume")
         raise
     except Exception as exc:
+        _close_after_failure(writer)
         _mark(run, HarvestRun.Status.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     return _mark(run, HarvestRun.Status.COMPLETED, "")
+
+
+def _close_after_failure(writer: BatchWriter) -> None:
+    """Let a batch in flight end before the run is marked; the error being raised is the one to report."""
+    try:
+        writer.close()
+    except Exception:  # noqa: BLE001, S110 - the run is failing already; its first error is reported
+        pass
 
 
 def _mark(run: HarvestRun, status: str, message: str) -> HarvestRun:
