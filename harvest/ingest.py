@@ -343,7 +343,17 @@ class BatchWriter:
         plan.run_fields["pk"] = run.pk
 
 
-_RUN_FIELDS = ("rejected", "seen", "new", "updated", "unchanged", "accepted", "checkpoint", "credits_spent", "updated_at")
+_RUN_FIELDS = (
+    "rejected",
+    "seen",
+    "new",
+    "updated",
+    "unchanged",
+    "accepted",
+    "checkpoint",
+    "credits_spent",
+    "updated_at",
+)
 
 
 # --- apply: one transaction, on the writer's connection ------------------------------------
