@@ -10,7 +10,6 @@ Must be called inside a transaction: the SQLite id allocation relies on the writ
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -175,31 +174,53 @@ def allocate_ids(table: str, count: int) -> list[int]:
 # --- COPY text format -----------------------------------------------------------------------
 # psycopg's write_row adapts every value through its dumpers (about 10 µs a service row, a third
 # of it timestamps); formatting the few types ingest writes directly is several times cheaper.
-
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+# Substring tests are used rather than a regular expression: on a 1 KB banner a character-class
+# search costs 4 µs, the four tests 0.1 µs.
 
 
 def copy_text(rows: Iterable[Sequence[Any]]) -> bytes:
     """Rows in PostgreSQL's COPY text format: tab-separated, \\N for NULL, specials escaped."""
-    return "".join(["\t".join([_copy_field(v) for v in row]) + "\n" for row in rows]).encode("utf-8")
+    stamps: dict[datetime, str] = {}  # rows often repeat a timestamp (first seen = last seen)
+    lines = []
+    for row in rows:
+        fields = []
+        for value in row:
+            kind = type(value)
+            if kind is str:
+                if "\\" in value:
+                    value = value.replace("\\", "\\\\")
+                if "\t" in value:
+                    value = value.replace("\t", "\\t")
+                if "\n" in value:
+                    value = value.replace("\n", "\\n")
+                if "\r" in value:
+                    value = value.replace("\r", "\\r")
+                fields.append(value)
+            elif kind is int:
+                fields.append(str(value))
+            elif kind is datetime:
+                text = stamps.get(value)
+                if text is None:
+                    text = stamps[value] = _timestamp(value)
+                fields.append(text)
+            else:
+                fields.append(_copy_other(value))
+        lines.append("\t".join(fields))
+    lines.append("")
+    return "\n".join(lines).encode("utf-8")
 
 
-def _copy_field(value: Any) -> str:
-    kind = type(value)
-    if kind is str:
-        if _COPY_SPECIAL.search(value) is None:
-            return value
-        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    if kind is int:
-        return str(value)
+def _timestamp(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime in a bulk write")
+    return value.isoformat()
+
+
+def _copy_other(value: Any) -> str:
     if value is None:
         return "\\N"
-    if kind is datetime:
-        if value.tzinfo is None:
-            raise ValueError("naive datetime in a bulk write")
-        return value.isoformat()
-    if kind is bool:
+    if type(value) is bool:
         return "t" if value else "f"
-    if kind is float:
+    if type(value) is float:
         return repr(value)
-    raise TypeError(f"cannot COPY a {kind.__name__}")
+    raise TypeError(f"cannot COPY a {type(value).__name__}")

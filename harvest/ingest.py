@@ -447,15 +447,22 @@ def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime
 
 def _take_host_fields(state: _HostState, record: BannerRecord) -> bool:
     """The newest record wins, but an empty field never blanks a known value."""
-    before = (state.org, state.isp, state.asn, state.country, state.hostnames, state.os)
-    state.org = record.org or state.org
-    state.isp = record.isp or state.isp
-    state.asn = record.asn if record.asn is not None else state.asn
-    state.country = record.country or state.country
+    changed = False
+    if record.org and record.org != state.org:
+        state.org, changed = record.org, True
+    if record.isp and record.isp != state.isp:
+        state.isp, changed = record.isp, True
+    if record.asn is not None and record.asn != state.asn:
+        state.asn, changed = record.asn, True
+    if record.country and record.country != state.country:
+        state.country, changed = record.country, True
+    if record.os and record.os != state.os:
+        state.os, changed = record.os, True
     if record.hostnames:
-        state.hostnames = sorted(set(state.hostnames) | set(record.hostnames))[:64]
-    state.os = record.os or state.os
-    return before != (state.org, state.isp, state.asn, state.country, state.hostnames, state.os)
+        names = sorted(set(state.hostnames).union(record.hostnames))[:64]
+        if names != state.hostnames:
+            state.hostnames, changed = names, True
+    return changed
 
 
 _HOST_COLUMNS = ("ip", "org", "isp", "asn", "country", "hostnames", "os", "first_seen", "last_seen")
