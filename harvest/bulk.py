@@ -9,6 +9,7 @@ Must be called inside a transaction: the SQLite id allocation relies on the writ
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -63,15 +64,21 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> li
     return ids
 
 
-def copy_in(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
-    """Insert rows as they are (ids included): COPY on PostgreSQL, executemany on SQLite."""
+def copy_in(
+    table: str, columns: Sequence[str], rows: Sequence[tuple], *, line: Callable[[tuple], str] | None = None
+) -> None:
+    """Insert rows as they are (ids included): COPY on PostgreSQL, executemany on SQLite.
+
+    `line` formats one row as a COPY text line (see copy_escape) where a hot path knows its
+    column types; by default copy_text formats any row."""
     if not rows:
         return
     cols = ", ".join(columns)
     with connection.cursor() as cursor:
         if is_postgres():
+            payload = "".join(map(line, rows)).encode("utf-8") if line else copy_text(rows)
             with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                copy.write(copy_text(rows))
+                copy.write(payload)
             return
         marks = ", ".join(["%s"] * len(columns))
         cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608 - identifiers are ours
@@ -162,13 +169,25 @@ def allocate_ids(table: str, count: int) -> list[int]:
         return []
     with connection.cursor() as cursor:
         if is_postgres():
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, count]
-            )
+            # The sequence by name: pg_get_serial_sequence() in the query would run once per id
+            # (9 ms rather than 1 ms for 2,000 ids).
+            cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [_sequence(table), count])
             return [row[0] for row in cursor.fetchall()]
         cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")  # noqa: S608
         start = cursor.fetchone()[0] + 1
         return list(range(start, start + count))
+
+
+_sequences: dict[tuple[str, str], str] = {}
+
+
+def _sequence(table: str) -> str:
+    key = (connection.settings_dict["NAME"], table)
+    if key not in _sequences:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
+            _sequences[key] = cursor.fetchone()[0]
+    return _sequences[key]
 
 
 # --- COPY text format -----------------------------------------------------------------------
@@ -176,6 +195,25 @@ def allocate_ids(table: str, count: int) -> list[int]:
 # of it timestamps); formatting the few types ingest writes directly is several times cheaper.
 # Substring tests are used rather than a regular expression: on a 1 KB banner a character-class
 # search costs 4 µs, the four tests 0.1 µs.
+
+
+def copy_escape(value: str) -> str:
+    """A text value for a COPY text line."""
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    if "\t" in value:
+        value = value.replace("\t", "\\t")
+    if "\n" in value:
+        value = value.replace("\n", "\\n")
+    if "\r" in value:
+        value = value.replace("\r", "\\r")
+    return value
+
+
+@functools.lru_cache(maxsize=8192)
+def copy_timestamp(value: datetime) -> str:
+    """A timestamp for a COPY text line; cached, as a batch repeats its timestamps."""
+    return _timestamp(value)
 
 
 def copy_text(rows: Iterable[Sequence[Any]]) -> bytes:

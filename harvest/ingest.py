@@ -94,7 +94,7 @@ class BatchWriter:
         self.run = run
         self.batch_size = batch_size
         self.fallback_ts = run.started_at
-        self._records: list[tuple[str, BannerRecord]] = []
+        self._records: list[tuple[int | str, BannerRecord]] = []
         self._rejections: list[tuple[str, str, str]] = []
         self._seen = 0
         self._dt: Callable = bulk.datetime_adapter()
@@ -104,12 +104,14 @@ class BatchWriter:
         if pipelined is None:
             pipelined = bulk.is_postgres() and not connection.in_atomic_block
         self._writer: _Writer | None = _Writer() if pipelined else None
+        self.pipelined = pipelined
 
     @property
     def pending(self) -> int:
         return len(self._records) + len(self._rejections)
 
-    def add(self, position: str, record: BannerRecord) -> None:
+    def add(self, position: int | str, record: BannerRecord) -> None:
+        """`position`: a line number, or a text such as "query 'x' page 2 item 3"."""
         self._seen += 1
         self._records.append((position, record))
 
@@ -174,7 +176,9 @@ class BatchWriter:
                     # Two queries of a plan returning the same banner is normal overlap, not bad input.
                     counts["unchanged"] += 1
                 elif outcome == Reason.DUPLICATE:
-                    self._rejections.append((position, Reason.DUPLICATE, Reason.DESCRIPTIONS[Reason.DUPLICATE]))
+                    self._rejections.append(
+                        (_position(position), Reason.DUPLICATE, Reason.DESCRIPTIONS[Reason.DUPLICATE])
+                    )
                 else:
                     counts[outcome] += 1
             self._plan_hosts(hosts, plan)
@@ -361,10 +365,10 @@ _RUN_FIELDS = (
 
 def _apply(plan: _Plan) -> None:
     """Write a prepared batch. Must run inside a transaction."""
-    bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts)
+    bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts, line=_host_line)
     bulk.update_rows(Host._meta.db_table, _HOST_COLUMNS[1:], plan.host_updates)
     table = Service._meta.db_table
-    bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts)
+    bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, line=_service_line)
     _write_history(plan.history)  # before the rewrites: it may read the banners they replace
     bulk.update_rows(table, _SERVICE_REWRITE, plan.service_rewrites)
     bulk.update_rows(table, ("first_seen", "last_seen", "banner_since", "last_run_id"), plan.service_sightings)
@@ -428,6 +432,10 @@ def _apply_in_transaction(plan: _Plan) -> None:
         bulk.tune_batch_transaction()
         _apply(plan)
     reset_queries()
+
+
+def _position(position: int | str) -> str:
+    return f"line {position}" if isinstance(position, int) else position
 
 
 def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime) -> None:
@@ -509,6 +517,27 @@ def _content(s: _ServiceState, dt: Callable) -> tuple:
         dt(s.first_seen),
         dt(s.last_seen),
         dt(s.banner_since),
+    )
+
+
+# COPY lines of the two hot inserts (the rows above, with the id first). Only the free-text
+# columns can hold COPY's special characters; the others are numbers, hex, addresses and codes.
+_esc = bulk.copy_escape
+_ts = bulk.copy_timestamp
+
+
+def _host_line(r: tuple) -> str:
+    asn = "\\N" if r[4] is None else r[4]
+    return (
+        f"{r[0]}\t{r[1]}\t{_esc(r[2])}\t{_esc(r[3])}\t{asn}\t{_esc(r[5])}\t{_esc(r[6])}\t{_esc(r[7])}"
+        f"\t{_ts(r[8])}\t{_ts(r[9])}\n"
+    )
+
+
+def _service_line(r: tuple) -> str:
+    return (
+        f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{_esc(r[4])}\t{_esc(r[5])}\t{_esc(r[6])}\t{_esc(r[7])}\t{_esc(r[8])}"
+        f"\t{r[9]}\t{_ts(r[10])}\t{_ts(r[11])}\t{_ts(r[12])}\t{r[13]}\n"
     )
 
 

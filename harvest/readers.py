@@ -1,10 +1,12 @@
 """Stream Shodan files line by line with bounded memory, as events for the ingest driver.
 
 Events are tuples:
-  ("record", position, BannerRecord)       a valid banner
+  ("record", line, BannerRecord)           a valid banner, by line number
   ("reject", position, reason, detail)     a bad record, counted and skipped
   ("error", position, reason, detail)      a problem with the file itself (reported, not a record)
-  ("checkpoint", Checkpoint)               a safe point to resume from
+  ("line", line, offset)                   a safe point to resume from: the line number and the
+                                           byte offset (in the decoded stream) after it
+Per-line events are plain tuples: at 100,000 lines a second every object counts.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from harvest.ingest import Checkpoint
 from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_line, records_from_host_line
 
 GZIP_MAGIC = b"\x1f\x8b"
-SKIP_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
 
 ProgressFn = Callable[[int], None]
 
@@ -49,23 +50,42 @@ def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
 
 
 def _lines(stream: IO[bytes], offset: int) -> Iterator[tuple[bytes | _TooLarge, int]]:
-    """(line, offset after it); a line over the limit is skipped without being held in memory."""
+    """(line without its newline, offset after it); a line over the limit is skipped without being
+    held in memory. Reads with read1(): a truncated gzip stream then still yields every line
+    before the damage, and splitting blocks is far cheaper than readline() per line."""
+    rest = b""
+    skipped = 0  # > 0 while inside an over-long line: its bytes so far
     while True:
-        line = stream.readline(MAX_RECORD_BYTES + 1)
-        if not line:
-            return
-        offset += len(line)
-        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
-            size = len(line)
-            while True:
-                chunk = stream.readline(SKIP_CHUNK)
-                offset += len(chunk)
-                size += len(chunk)
-                if not chunk or chunk.endswith(b"\n"):
-                    break
-            yield _TooLarge(size), offset
+        block = stream.read1(READ_CHUNK)
+        if not block:
+            break
+        if skipped:
+            end = block.find(b"\n")
+            if end < 0:
+                skipped += len(block)
+                continue
+            skipped += end + 1
+            offset += skipped
+            yield _TooLarge(skipped), offset
+            skipped = 0
+            block = block[end + 1 :]
+        lines = (rest + block if rest else block).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            offset += len(line) + 1
+            if len(line) >= MAX_RECORD_BYTES:
+                yield _TooLarge(len(line) + 1), offset
+            else:
+                yield line, offset
+        if len(rest) > MAX_RECORD_BYTES:
+            skipped, rest = len(rest), b""
+    if skipped:
+        yield _TooLarge(skipped), offset + skipped
+    elif rest:
+        if len(rest) > MAX_RECORD_BYTES:
+            yield _TooLarge(len(rest)), offset + len(rest)
         else:
-            yield line, offset
+            yield rest, offset + len(rest)
 
 
 def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: ProgressFn | None = None) -> Iterator:
@@ -88,7 +108,7 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
                     )
                 elif line.strip():
                     yield from parse(line, line_no)
-                yield ("checkpoint", Checkpoint({"line": line_no, "offset": end}))
+                yield ("line", line_no, end)
                 if progress is not None and line_no % 256 == 0:
                     progress(raw.tell())
         except EOFError as exc:
@@ -104,7 +124,7 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
 
 def _banner_line_events(line: bytes, line_no: int) -> Iterator:
     try:
-        yield ("record", f"line {line_no}", record_from_line(line))
+        yield ("record", line_no, record_from_line(line))
     except RecordError as exc:
         yield ("reject", f"line {line_no}", exc.reason, exc.detail)
 
@@ -116,7 +136,7 @@ def _host_line_events(line: bytes, line_no: int) -> Iterator:
         yield ("reject", f"line {line_no}", exc.reason, exc.detail)
         return
     for record in good:
-        yield ("record", f"line {line_no}", record)
+        yield ("record", line_no, record)
     for index, error in bad:
         yield ("reject", f"line {line_no} data[{index}]", error.reason, error.detail)
 

@@ -99,10 +99,19 @@ def harvest_execute(
     marks = writer.mark()
     try:
         events = SOURCES[run.source](run, progress)
-        for event in prefetch(events) if run.source in READ_AHEAD else events:
+        # Reading ahead in a thread pays only while the database work holds up this thread; with
+        # the pipelined writer it would only compete for the GIL.
+        if run.source in READ_AHEAD and not writer.pipelined:
+            events = prefetch(events)
+        for event in events:
             kind = event[0]
             if kind == "record":
                 writer.add(event[1], event[2])
+            elif kind == "line":
+                if writer.pending >= writer.batch_size:
+                    writer.flush(Checkpoint({"line": event[1], "offset": event[2]}))
+                last = event
+                marks = writer.mark()
             elif kind == "reject":
                 writer.reject(event[1], event[2], event[3])
             elif kind == "error":
@@ -111,13 +120,14 @@ def harvest_execute(
                 last = event[1]
                 writer.maybe_flush(last)
                 marks = writer.mark()
+        last = _checkpoint(last)
         writer.flush(last)
         writer.close()
     except HarvestStopped as stop:
         # A source stops between events: keep what its last checkpoint covers; the rest is read
         # again on resume.
         writer.rewind(marks)
-        writer.flush(last)
+        writer.flush(_checkpoint(last))
         writer.close()
         return _mark(run, HarvestRun.Status.STOPPED, str(stop))
     except KeyboardInterrupt:
@@ -131,6 +141,13 @@ def harvest_execute(
         _mark(run, HarvestRun.Status.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     return _mark(run, HarvestRun.Status.COMPLETED, "")
+
+
+def _checkpoint(last: Checkpoint | tuple) -> Checkpoint:
+    """A checkpoint event's payload, or a file's ("line", line, offset) event as a checkpoint."""
+    if isinstance(last, tuple):
+        return Checkpoint({"line": last[1], "offset": last[2]})
+    return last
 
 
 def _close_after_failure(writer: BatchWriter) -> None:
