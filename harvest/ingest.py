@@ -237,7 +237,7 @@ class BatchWriter:
         )
         if bulk.is_postgres():
             rows = bulk.pg_select_any(
-                f"SELECT {', '.join(columns)} FROM harvest_service WHERE host_id = ANY(%s)",  # noqa: S608
+                f"SELECT {', '.join(columns)} FROM harvest_service WHERE host_id = ANY(%s::bigint[])",  # noqa: S608
                 by_id,
             )
         else:
@@ -441,8 +441,10 @@ def _position(position: int | str) -> str:
 def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime) -> None:
     state = hosts.get(record.ip)
     if state is None:
-        state = hosts[record.ip] = _HostState(None, record.ip, ts, ts, dirty=True)
-        _take_host_fields(state, record)
+        names = sorted(set(record.hostnames))[:64] if record.hostnames else []
+        hosts[record.ip] = _HostState(
+            None, record.ip, ts, ts, record.org, record.isp, record.asn, record.country, names, record.os, True
+        )
         return
     if ts < state.first_seen:
         state.first_seen = ts
