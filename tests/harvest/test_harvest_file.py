@@ -1,14 +1,17 @@
 """Ingest of download and host-lookup files through the real services and command, on the real database."""
 
 import gzip
+import itertools
 import json
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
-from harvest import services
+from harvest import readers, services
+from harvest.ingest import BatchWriter
 from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
 from tests.factories import banner, line, many, write_lines
@@ -243,3 +246,81 @@ def test_an_interrupted_run_keeps_only_committed_batches_and_resumes_exactly(tmp
     done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=10)
     assert (done.status, done.seen, done.new, done.rejected) == ("completed", 25, 25, {})
     assert endpoints() == {(r["ip_str"], 80, "tcp") for r in records}
+
+
+def test_hostile_fields_are_stored_exactly(tmp_path) -> None:
+    record = banner(
+        "192.0.2.77",
+        8080,
+        data="line1\r\nline2\t\\N\\.",
+        product="a\tb\\N",
+        version="\n",
+        org="x\\y",
+        isp="\r",
+        os="tab\t",
+        hostnames=["h\\1.example", "h\t2.example"],
+    )
+    harvest(write_lines(tmp_path / "f.json", [line(record)]))
+    service = Service.objects.select_related("host").get()
+    assert (service.banner, service.product, service.version) == ("line1\r\nline2\t\\N\\.", "a\tb\\N", "\n")
+    assert json.loads(service.raw) == record
+    host = service.host
+    assert (host.org, host.isp, host.os, host.hostnames) == ("x\\y", "\r", "tab\t", ["h\t2.example", "h\\1.example"])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 1000])
+def test_the_pipelined_writer_gives_the_same_result(tmp_path, batch_size: int) -> None:
+    """Outside a transaction on PostgreSQL batches are written by a writer thread while the next
+    one is prepared; the next batch must see the state of the one still being written."""
+    probe = BatchWriter(HarvestRun.objects.create(source="file"), 10)
+    probe.close()
+    assert probe.pipelined == (connection.vendor == "postgresql")
+    records = [
+        banner("192.0.2.1", 80, data="v1", timestamp="2026-01-01T00:00:00", hostnames=["a.example"]),
+        banner("192.0.2.1", 80, data="v2", timestamp="2026-01-03T00:00:00", org="Older Org"),
+        banner("192.0.2.1", 80, data="v0", timestamp="2026-01-02T00:00:00", hostnames=["b.example"]),
+        banner("192.0.2.1", 443, data="tls", timestamp="2026-01-01T00:00:00"),
+        banner("192.0.2.2", 80, data="other", timestamp="2026-01-01T00:00:00"),
+        banner("192.0.2.1", 80, data="v2", timestamp="2026-01-03T00:00:00"),
+        banner("192.0.2.1", 80, data="v3", timestamp="2026-01-04T00:00:00", org="Newer Org"),
+    ]
+    path = write_lines(tmp_path / "f.json", [line(r) for r in records])
+    run = harvest(path, batch_size=batch_size)
+    assert (run.new, run.updated, run.rejected) == (3, 3, {Reason.DUPLICATE: 1})
+    service = Service.objects.get(port=80, host__ip="192.0.2.1")
+    assert service.banner == "v3" and service.first_seen.day == 1 and service.last_seen.day == 4
+    assert sorted(ServiceBanner.objects.values_list("banner", flat=True)) == ["v0", "v1", "v2"]
+    host = Host.objects.get(ip="192.0.2.1")
+    assert host.org == "Newer Org" and host.hostnames == ["a.example"] and host.last_seen.day == 4
+
+    later = [
+        banner("192.0.2.1", 80, data="v3", timestamp="2026-01-04T00:00:00"),
+        banner("192.0.2.1", 443, data="tls", timestamp="2026-01-05T00:00:00"),
+        banner("192.0.2.2", 80, data="changed", timestamp="2026-01-06T00:00:00"),
+    ]
+    again = harvest(write_lines(tmp_path / "g.json", [line(r) for r in later]), batch_size=batch_size)
+    assert (again.new, again.updated, again.unchanged, again.rejected) == (0, 2, 1, {})
+    assert Service.objects.get(port=443).last_seen.day == 5 and ServiceBanner.objects.count() == 4
+    assert Host.objects.get(ip="192.0.2.2").last_seen.day == 6
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_lines_split_across_read_blocks_are_whole(tmp_path, monkeypatch, chunk: int) -> None:
+    monkeypatch.setattr(readers, "READ_CHUNK", chunk)
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 400)
+    good = [line(r) for r in many(4)]
+    huge = line(banner("192.0.2.99", data="A" * 1000))
+    content = [good[0], b"\n", huge, good[1], huge, good[2], good[3].rstrip(b"\n")]
+    path = write_lines(tmp_path / "f.json", content)
+    events = list(readers.file_events(path, {}, hosts=False))
+    ends = [e[2] for e in events if e[0] == "line"]
+    assert ends == list(itertools.accumulate(len(c) for c in content))
+    assert [(e[1], e[2]) for e in events if e[0] == "reject"] == [
+        ("line 3", Reason.TOO_LARGE),
+        ("line 5", Reason.TOO_LARGE),
+    ]
+    assert [e[1] for e in events if e[0] == "record"] == [1, 4, 6, 7]
+
+    resumed = list(readers.file_events(path, {"line": 4, "offset": ends[3]}, hosts=False))
+    assert [e[1] for e in resumed if e[0] == "record"] == [6, 7]

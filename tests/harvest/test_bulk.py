@@ -1,0 +1,76 @@
+"""The bulk writer's own COPY formatting, read back from the real database."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from django.db import connection, transaction
+
+from harvest import bulk
+from harvest.models import HarvestRun, Host, Rejection
+
+pytestmark = pytest.mark.django_db
+
+HOSTILE = [
+    "",
+    "plain",
+    "tab\there",
+    "line\nbreak",
+    "carriage\rreturn",
+    "back\\slash",
+    "\\N",
+    "\\.",
+    "ends with a backslash\\",
+    "\t\n\r\\ all at once \\t\\n",
+    "ümlaut ☃ \u2400 \U0001f600",
+    "x" * 400 + "\\" + "\t",
+]
+
+
+def test_hostile_text_survives_the_copy_format() -> None:
+    run = HarvestRun.objects.create(source="file")
+    with transaction.atomic():
+        ids = bulk.insert_rows(
+            Rejection._meta.db_table,
+            ("run_id", "position", "reason", "detail"),
+            [(run.pk, "p", "r", t) for t in HOSTILE],
+        )
+    stored = dict(Rejection.objects.filter(pk__in=ids).values_list("pk", "detail"))
+    assert [stored[pk] for pk in ids] == HOSTILE
+
+
+def test_nulls_numbers_and_timestamps_survive_the_copy_format() -> None:
+    when = datetime(2026, 3, 1, 12, 30, 5, 123456, tzinfo=UTC)
+    rows = [
+        ("192.0.2.1", "a", "", None, "", "[]", "", when, when),
+        ("2001:db8::1", "b", "i", 4_294_967_295, "NL", '["x\\ty"]', "os", when - timedelta(days=1), when),
+        ("192.0.2.2", "c", "", 0, "", "[]", "", datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))), when),
+    ]
+    dt = bulk.datetime_adapter()
+    columns = ("ip", "org", "isp", "asn", "country", "hostnames", "os", "first_seen", "last_seen")
+    with transaction.atomic():
+        bulk.insert_rows(Host._meta.db_table, columns, [(*r[:7], dt(r[7]), dt(r[8])) for r in rows])
+    hosts = {h.ip: h for h in Host.objects.all()}
+    assert hosts["192.0.2.1"].asn is None and hosts["192.0.2.1"].first_seen == when
+    assert hosts["2001:db8::1"].asn == 4_294_967_295 and hosts["2001:db8::1"].hostnames == ["x\ty"]
+    assert hosts["2001:db8::1"].first_seen == when - timedelta(days=1)
+    assert hosts["192.0.2.2"].asn == 0 and hosts["192.0.2.2"].first_seen == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_copy_text_escapes_every_special_character() -> None:
+    text = bulk.copy_text([("a\tb", None, 3, True, 1.5), ("\\N", "c\nd\re\\", -1, False, 0.0)]).decode()
+    assert text == "a\\tb\t\\N\t3\tt\t1.5\n\\\\N\tc\\nd\\re\\\\\t-1\tf\t0.0\n"
+
+
+def test_copy_text_refuses_what_it_cannot_write_exactly() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        bulk.copy_text([(datetime(2026, 1, 1),)])
+    with pytest.raises(TypeError):
+        bulk.copy_text([(object(),)])
+
+
+def test_ids_come_from_the_table_sequence() -> None:
+    with transaction.atomic():
+        first = bulk.allocate_ids(Host._meta.db_table, 3)
+        second = bulk.allocate_ids(Host._meta.db_table, 2)
+    assert len(set(first + second)) == 5 or connection.vendor == "sqlite"
+    assert first == sorted(first) and bulk.allocate_ids(Host._meta.db_table, 0) == []
