@@ -192,13 +192,13 @@ class BatchWriter:
         """The batch's hosts with all their services: from the previous batch where it had them
         (it may not have committed yet), from the database otherwise."""
         carried = {ip: self._carry_hosts[ip] for ip in ips if ip in self._carry_hosts}
-        for state in carried.values():
-            state.dirty = False
-        services = {}
-        for key, state in self._carry_services.items():
-            if state.host_ip in carried:
-                state.record, state.dirty, state.touched, state.is_new = None, False, False, False
-                services[key] = state
+        for host in carried.values():
+            host.dirty = False
+        services: dict[tuple, _ServiceState] = {}
+        for key, service in self._carry_services.items():
+            if service.host_ip in carried:
+                service.record, service.dirty, service.touched, service.is_new = None, False, False, False
+                services[key] = service
         stored = self._load_hosts(ips - carried.keys())
         services.update(self._load_services(stored))
         return {**carried, **stored}, services

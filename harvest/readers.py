@@ -15,8 +15,8 @@ import gzip
 import os
 import zlib
 from collections.abc import Callable, Iterator
+from io import BufferedIOBase
 from pathlib import Path
-from typing import IO
 
 from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_line, records_from_host_line
 
@@ -38,18 +38,18 @@ def file_identity(path: Path) -> dict:
     return {"size": stat.st_size, "mtime": int(stat.st_mtime)}
 
 
-def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+def _open(path: Path) -> tuple[BufferedIOBase, BufferedIOBase]:
     """The decoded stream and the underlying file (whose position measures progress)."""
-    raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    raw: BufferedIOBase = open(path, "rb")  # noqa: SIM115 - closed by the caller
     if raw.read(2) == GZIP_MAGIC:
         raw.seek(0)
-        decoded: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        decoded: BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb")
         return decoded, raw
     raw.seek(0)
     return raw, raw
 
 
-def _lines(stream: IO[bytes], offset: int) -> Iterator[tuple[bytes | _TooLarge, int]]:
+def _lines(stream: BufferedIOBase, offset: int) -> Iterator[tuple[bytes | _TooLarge, int]]:
     """(line without its newline, offset after it); a line over the limit is skipped without being
     held in memory. Reads with read1(): a truncated gzip stream then still yields every line
     before the damage, and splitting blocks is far cheaper than readline() per line."""
