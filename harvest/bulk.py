@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from django.db import connection
 from psycopg.types.datetime import TimestamptzLoader
-from psycopg.types.json import JsonbLoader
+from psycopg.types.json import set_json_loads
 
 _stage_names = itertools.count()
 _SQLITE_CHUNK = 900  # stays below SQLite's limit on bound parameters
@@ -127,7 +128,7 @@ def pg_select_any(sql: str, values: Iterable[int | str]) -> list[tuple]:
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
         cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
-        cursor.adapters.register_loader("jsonb", JsonbLoader)
+        set_json_loads(orjson.loads, cursor)  # the standard library's json is 2-3x slower
         cursor.execute(sql, [literal])
         return cursor.fetchall()
 
