@@ -114,22 +114,22 @@ def set_column(table: str, column: str, value: Any, ids: Sequence[int]) -> None:
             cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id IN ({marks})", [value, *part])  # noqa: S608
 
 
-def pg_select_any(sql: str, values: Iterable[int | str]) -> list[tuple]:
-    """Run a SELECT with one array parameter on PostgreSQL, loading timestamps in C.
+def pg_select_any(sql: str, *arrays: Iterable[int | str]) -> list[tuple]:
+    """Run a SELECT with array parameters on PostgreSQL, loading timestamps in C.
 
     Django registers a Python timestamptz loader on its connections (to attach its time zone);
     at hundreds of thousands of values per run that dominates, so this cursor uses psycopg's own
     loaders. The session time zone is UTC, as Django sets it.
-    The array goes as one text literal, cast in `sql` (`%s::inet[]`): psycopg's list adapter
-    dumps element by element in Python. Values are numbers or canonical addresses, which need
-    no quoting in an array literal.
+    Each array goes as one text literal, cast in `sql` (`%s::inet[]`): psycopg's list adapter
+    dumps element by element in Python. Values are numbers, codes or canonical addresses, which
+    need no quoting in an array literal.
     """
-    literal = "{" + ",".join(map(str, values)) + "}"
+    literals = ["{" + ",".join(map(str, values)) + "}" for values in arrays]
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
         cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
         set_json_loads(orjson.loads, cursor)  # the standard library's json is 2-3x slower
-        cursor.execute(sql, [literal])
+        cursor.execute(sql, literals)
         return cursor.fetchall()
 
 

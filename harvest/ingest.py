@@ -167,7 +167,7 @@ class BatchWriter:
         hosts: dict[str, _HostState] = {}
         services: dict[tuple, _ServiceState] = {}
         if self._records:
-            hosts, services = self._load({r.ip for _, r in self._records})
+            hosts, services = self._load({r.key for _, r in self._records})
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
                 _apply_host(hosts, record, ts)
@@ -188,20 +188,24 @@ class BatchWriter:
         self._plan_run(counts, checkpoint, plan)
         return plan
 
-    def _load(self, ips: set[str]) -> tuple[dict[str, _HostState], dict[tuple, _ServiceState]]:
-        """The batch's hosts with all their services: from the previous batch where it had them
-        (it may not have committed yet), from the database otherwise."""
-        carried = {ip: self._carry_hosts[ip] for ip in ips if ip in self._carry_hosts}
-        for host in carried.values():
+    def _load(self, keys: set[tuple]) -> tuple[dict[str, _HostState], dict[tuple, _ServiceState]]:
+        """The batch's hosts and services (by address, port, transport) as stored: from the
+        previous batch where it had them (it may not have committed yet), from the database
+        otherwise. The previous batch wrote nothing that it does not hold in memory."""
+        ips = {key[0] for key in keys}
+        hosts = {ip: self._carry_hosts[ip] for ip in ips if ip in self._carry_hosts}
+        for host in hosts.values():
             host.dirty = False
+        hosts.update(self._load_hosts(ips - hosts.keys()))
         services: dict[tuple, _ServiceState] = {}
-        for key, service in self._carry_services.items():
-            if service.host_ip in carried:
+        for key in keys:
+            service = self._carry_services.get(key)
+            if service is not None:
                 service.record, service.dirty, service.touched, service.is_new = None, False, False, False
                 services[key] = service
-        stored = self._load_hosts(ips - carried.keys())
-        services.update(self._load_services(stored))
-        return {**carried, **stored}, services
+        wanted = [(host.id, k) for k in keys if k not in services and (host := hosts.get(k[0])) and host.id]
+        services.update(self._load_services(wanted))
+        return hosts, services
 
     def _load_hosts(self, ips: set[str]) -> dict[str, _HostState]:
         if not ips:
@@ -219,29 +223,24 @@ class BatchWriter:
             )
         return {row[1]: _HostState(*row) for row in rows}
 
-    def _load_services(self, hosts: dict[str, _HostState]) -> dict[tuple, _ServiceState]:
-        by_id = {h.id: h.ip for h in hosts.values() if h.id is not None}
-        if not by_id:
+    def _load_services(self, wanted: list[tuple[int, tuple]]) -> dict[tuple, _ServiceState]:
+        """Stored services by (host id, (address, port, transport)); only those asked for: a
+        host's other services cost heap reads on wide rows and are not needed."""
+        if not wanted:
             return {}
         rows: Iterable[tuple]
-        columns = (
-            "id",
-            "host_id",
-            "port",
-            "transport",
-            "banner_hash",
-            "first_seen",
-            "last_seen",
-            "banner_since",
-            "last_run_id",
-        )
+        columns = "id, host_id, port, transport, banner_hash, first_seen, last_seen, banner_since, last_run_id"
         if bulk.is_postgres():
             rows = bulk.pg_select_any(
-                f"SELECT {', '.join(columns)} FROM harvest_service WHERE host_id = ANY(%s::bigint[])",  # noqa: S608
-                by_id,
+                f"SELECT {columns} FROM harvest_service JOIN unnest(%s::bigint[], %s::int[], %s::text[]) "  # noqa: S608
+                "AS k(host_id, port, transport) USING (host_id, port, transport)",
+                [w[0] for w in wanted],
+                [w[1][1] for w in wanted],
+                [w[1][2] for w in wanted],
             )
         else:
-            rows = Service.objects.filter(host_id__in=by_id).values_list(*columns)
+            rows = Service.objects.filter(host_id__in={w[0] for w in wanted}).values_list(*columns.split(", "))
+        by_id = {w[0]: w[1][0] for w in wanted}
         services = {}
         for sid, host_id, port, transport, bhash, first, last, since, last_run in rows:
             ip = by_id[host_id]
