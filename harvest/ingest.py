@@ -194,8 +194,8 @@ class BatchWriter:
         otherwise. The previous batch wrote nothing that it does not hold in memory."""
         ips = {key[0] for key in keys}
         hosts = {ip: self._carry_hosts[ip] for ip in ips if ip in self._carry_hosts}
-        for host in hosts.values():
-            host.dirty = False
+        for carried in hosts.values():
+            carried.dirty = False
         hosts.update(self._load_hosts(ips - hosts.keys()))
         services: dict[tuple, _ServiceState] = {}
         for key in keys:
@@ -203,7 +203,8 @@ class BatchWriter:
             if service is not None:
                 service.record, service.dirty, service.touched, service.is_new = None, False, False, False
                 services[key] = service
-        wanted = [(host.id, k) for k in keys if k not in services and (host := hosts.get(k[0])) and host.id]
+        ids = {ip: host.id for ip, host in hosts.items() if host.id is not None}
+        wanted = [(ids[k[0]], k) for k in keys if k not in services and k[0] in ids]
         services.update(self._load_services(wanted))
         return hosts, services
 
