@@ -324,3 +324,47 @@ def test_lines_split_across_read_blocks_are_whole(tmp_path, monkeypatch, chunk: 
 
     resumed = list(readers.file_events(path, {"line": 4, "offset": ends[3]}, hosts=False))
     assert [e[1] for e in resumed if e[0] == "record"] == [6, 7]
+
+
+REFUSE_PORT_8080 = {
+    "postgresql": [
+        "CREATE FUNCTION refuse_8080() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN IF NEW.port = 8080 THEN RAISE EXCEPTION 'port 8080 refused'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_8080 BEFORE INSERT ON harvest_service FOR EACH ROW EXECUTE FUNCTION refuse_8080()",
+    ],
+    "sqlite": [
+        "CREATE TRIGGER refuse_8080 BEFORE INSERT ON harvest_service WHEN NEW.port = 8080 "
+        "BEGIN SELECT RAISE(ABORT, 'port 8080 refused'); END",
+    ],
+}
+ALLOW_PORT_8080 = {
+    "postgresql": ["DROP TRIGGER refuse_8080 ON harvest_service", "DROP FUNCTION refuse_8080()"],
+    "sqlite": ["DROP TRIGGER refuse_8080"],
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_the_database_refuses_fails_the_run_and_keeps_the_batches_before(tmp_path) -> None:
+    """On PostgreSQL the refused batch is written by the writer thread: its error must reach the
+    run, and nothing after the last committed batch may be counted."""
+    records = [banner("192.0.2.1", port) for port in (80, 81, 8080, 82)]
+    path = write_lines(tmp_path / "f.json", [line(r) for r in records])
+    with connection.cursor() as cursor:
+        for sql in REFUSE_PORT_8080[connection.vendor]:
+            cursor.execute(sql)
+    try:
+        run = services.harvest_file_start(path=path)
+        with pytest.raises(Exception, match="port 8080 refused"):
+            services.harvest_execute(run=run, batch_size=1)
+    finally:
+        with connection.cursor() as cursor:
+            for sql in ALLOW_PORT_8080[connection.vendor]:
+                cursor.execute(sql)
+    run.refresh_from_db()
+    assert run.status == "failed" and "port 8080 refused" in run.message
+    assert sorted(Service.objects.values_list("port", flat=True)) == [80, 81]
+    assert (run.checkpoint["line"], run.seen, run.new) == (2, 2, 2)
+
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=1)
+    assert (done.status, done.seen, done.new) == ("completed", 4, 4)
+    assert sorted(Service.objects.values_list("port", flat=True)) == [80, 81, 82, 8080]
