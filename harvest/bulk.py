@@ -66,23 +66,34 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> li
 
 
 def copy_in(
-    table: str, columns: Sequence[str], rows: Sequence[tuple], *, line: Callable[[tuple], str] | None = None
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple],
+    *,
+    line: Callable[[tuple], str] | None = None,
+    payload: bytes | None = None,
 ) -> None:
     """Insert rows as they are (ids included): COPY on PostgreSQL, executemany on SQLite.
 
-    `line` formats one row as a COPY text line (see copy_escape) where a hot path knows its
-    column types; by default copy_text formats any row."""
+    On PostgreSQL `payload` is the rows already in COPY text (see copy_payload); otherwise they
+    are formatted here, by `line` where a hot path knows its column types, else by copy_text."""
     if not rows:
         return
     cols = ", ".join(columns)
     with connection.cursor() as cursor:
         if is_postgres():
-            payload = "".join(map(line, rows)).encode("utf-8") if line else copy_text(rows)
+            if payload is None:
+                payload = copy_payload(rows, line)
             with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                 copy.write(payload)
             return
         marks = ", ".join(["%s"] * len(columns))
         cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608 - identifiers are ours
+
+
+def copy_payload(rows: Sequence[tuple], line: Callable[[tuple], str] | None = None) -> bytes:
+    """Rows in COPY text format, by `line` (one row to one line) or by copy_text."""
+    return "".join(map(line, rows)).encode("utf-8") if line else copy_text(rows)
 
 
 def update_rows(table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:

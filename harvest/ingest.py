@@ -79,8 +79,10 @@ class _Plan:
     """Everything one batch writes, as plain rows: applying it reads no in-memory state."""
 
     host_inserts: list[tuple] = field(default_factory=list)
+    host_payload: bytes | None = None  # the inserts in COPY text, on PostgreSQL
     host_updates: list[tuple] = field(default_factory=list)
     service_inserts: list[tuple] = field(default_factory=list)
+    service_payload: bytes | None = None
     history: list[ServiceBanner] = field(default_factory=list)
     service_rewrites: list[tuple] = field(default_factory=list)
     service_sightings: list[tuple] = field(default_factory=list)
@@ -291,6 +293,8 @@ class BatchWriter:
             state.id = pk
             state.dirty = False
             plan.host_inserts.append((pk, *_host_row(state, self._dt)))
+        if bulk.is_postgres():  # formatted here: the writer thread then needs the GIL only briefly
+            plan.host_payload = bulk.copy_payload(plan.host_inserts, _host_line)
         plan.host_updates = [(h.id, *_host_row(h, self._dt)[1:]) for h in hosts.values() if h.dirty]
 
     def _plan_services(self, services: dict, hosts: dict[str, _HostState], plan: _Plan) -> None:
@@ -303,6 +307,8 @@ class BatchWriter:
             plan.service_inserts.append(
                 (pk, hosts[state.host_ip].id, state.port, state.transport, *_content(state, dt), run_id)
             )
+        if bulk.is_postgres():
+            plan.service_payload = bulk.copy_payload(plan.service_inserts, _service_line)
         for item in plan.history:
             item.service_id = services[item._medexpo_key].id  # type: ignore[attr-defined]
             item.run_id = run_id
@@ -365,10 +371,10 @@ _RUN_FIELDS = (
 
 def _apply(plan: _Plan) -> None:
     """Write a prepared batch. Must run inside a transaction."""
-    bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts, line=_host_line)
+    bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts, payload=plan.host_payload)
     bulk.update_rows(Host._meta.db_table, _HOST_COLUMNS[1:], plan.host_updates)
     table = Service._meta.db_table
-    bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, line=_service_line)
+    bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, payload=plan.service_payload)
     _write_history(plan.history)  # before the rewrites: it may read the banners they replace
     bulk.update_rows(table, _SERVICE_REWRITE, plan.service_rewrites)
     bulk.update_rows(table, ("first_seen", "last_seen", "banner_since", "last_run_id"), plan.service_sightings)
