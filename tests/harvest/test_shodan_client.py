@@ -145,7 +145,10 @@ def test_it_paces_requests(shodan_standin: ShodanStandIn, settings) -> None:
     for _ in range(3):
         shodan_client.api_info()
     seen = shodan_standin.requests_to("/api-info")
-    assert all(b.at - a.at >= 0.14 for a, b in zip(seen, seen[1:], strict=False))
+    # Arrival times at the stand-in, which may lag the client's sends by a few ms on a busy
+    # machine; unpaced requests on loopback arrive within a few ms of each other.
+    assert len(seen) == 3
+    assert all(b.at - a.at >= 0.10 for a, b in zip(seen, seen[1:], strict=False))
 
 
 def test_it_sends_the_key_only_as_the_query_parameter(shodan_standin: ShodanStandIn) -> None:
