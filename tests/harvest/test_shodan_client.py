@@ -70,9 +70,10 @@ def test_it_backs_off_on_429_then_succeeds(shodan_standin: ShodanStandIn, settin
     assert len(page.banners) == 100
     seen = shodan_standin.requests_to("/shodan/host/search")
     assert [r.status for r in seen] == [429, 429, 200]
-    # Exponential: about 0.1 s then 0.2 s (with +-20 % jitter).
-    assert seen[1].at - seen[0].at >= 0.08
-    assert seen[2].at - seen[1].at >= 0.16
+    # Exponential: about 0.1 s then 0.2 s (with +-20 % jitter), less a little arrival jitter at the
+    # stand-in; without back-off the retries arrive within a few ms.
+    assert seen[1].at - seen[0].at >= 0.06
+    assert seen[2].at - seen[1].at >= 0.12
 
 
 def test_it_retries_a_503(shodan_standin: ShodanStandIn) -> None:
