@@ -70,20 +70,19 @@ def copy_in(
     columns: Sequence[str],
     rows: Sequence[tuple],
     *,
-    line: Callable[[tuple], str] | None = None,
     payload: bytes | None = None,
 ) -> None:
     """Insert rows as they are (ids included): COPY on PostgreSQL, executemany on SQLite.
 
-    On PostgreSQL `payload` is the rows already in COPY text (see copy_payload); otherwise they
-    are formatted here, by `line` where a hot path knows its column types, else by copy_text."""
+    On PostgreSQL `payload` is the rows already in COPY text (see copy_payload); otherwise
+    copy_text formats them here."""
     if not rows:
         return
     cols = ", ".join(columns)
     with connection.cursor() as cursor:
         if is_postgres():
             if payload is None:
-                payload = copy_payload(rows, line)
+                payload = copy_text(rows)
             with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                 copy.write(payload)
             return
@@ -234,29 +233,17 @@ def copy_timestamp(value: datetime) -> str:
 
 def copy_text(rows: Iterable[Sequence[Any]]) -> bytes:
     """Rows in PostgreSQL's COPY text format: tab-separated, \\N for NULL, specials escaped."""
-    stamps: dict[datetime, str] = {}  # rows often repeat a timestamp (first seen = last seen)
     lines = []
     for row in rows:
         fields = []
         for value in row:
             kind = type(value)
             if kind is str:
-                if "\\" in value:
-                    value = value.replace("\\", "\\\\")
-                if "\t" in value:
-                    value = value.replace("\t", "\\t")
-                if "\n" in value:
-                    value = value.replace("\n", "\\n")
-                if "\r" in value:
-                    value = value.replace("\r", "\\r")
-                fields.append(value)
+                fields.append(copy_escape(value))
             elif kind is int:
                 fields.append(str(value))
             elif kind is datetime:
-                text = stamps.get(value)
-                if text is None:
-                    text = stamps[value] = _timestamp(value)
-                fields.append(text)
+                fields.append(copy_timestamp(value))
             else:
                 fields.append(_copy_other(value))
         lines.append("\t".join(fields))

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from harvest import bulk
 from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
-from harvest.records import BannerRecord, Reason
+from harvest.records import MAX_HOSTNAMES, BannerRecord, Reason
 
 REJECTION_ROWS_PER_REASON = 1000  # beyond this a reason is only counted
 
@@ -447,7 +447,7 @@ def _position(position: int | str) -> str:
 def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime) -> None:
     state = hosts.get(record.ip)
     if state is None:
-        names = sorted(set(record.hostnames))[:64] if record.hostnames else []
+        names = sorted(set(record.hostnames))[:MAX_HOSTNAMES] if record.hostnames else []
         hosts[record.ip] = _HostState(
             None, record.ip, ts, ts, record.org, record.isp, record.asn, record.country, names, record.os, True
         )
@@ -475,7 +475,7 @@ def _take_host_fields(state: _HostState, record: BannerRecord) -> bool:
     if record.os and record.os != state.os:
         state.os, changed = record.os, True
     if record.hostnames:
-        names = sorted(set(state.hostnames).union(record.hostnames))[:64]
+        names = sorted(set(state.hostnames).union(record.hostnames))[:MAX_HOSTNAMES]
         if names != state.hostnames:
             state.hostnames, changed = names, True
     return changed
