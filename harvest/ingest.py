@@ -64,6 +64,23 @@ class _ServiceState:
     dirty: bool = False  # first/last seen or content changed
     touched: bool = False  # only last_run changed
     is_new: bool = False  # inserted by this batch
+    # Its earlier banners: those this writer added (stored or not yet), and once `history_loaded`
+    # also those read from the database. Read only when an older, different banner turns up.
+    history: list[_History] = field(default_factory=list)
+    history_loaded: bool = False
+
+
+@dataclass(slots=True)
+class _History:
+    """A banner a service showed before its current one, over [first_seen, last_seen]."""
+
+    id: int | None  # None until the batch that adds it is planned
+    banner_hash: str
+    first_seen: datetime
+    last_seen: datetime
+    run_id: int | None  # the run that saw it at last_seen
+    record: BannerRecord | None = None  # its text; None: the service's stored banner, read on apply
+    touched: bool = False  # a stored row whose run changed
 
 
 @dataclass(slots=True)
@@ -84,6 +101,7 @@ class _Plan:
     service_inserts: list[tuple] = field(default_factory=list)
     service_payload: bytes | None = None
     history: list[ServiceBanner] = field(default_factory=list)
+    history_touches: list[tuple] = field(default_factory=list)
     service_rewrites: list[tuple] = field(default_factory=list)
     service_sightings: list[tuple] = field(default_factory=list)
     service_touches: list[int] = field(default_factory=list)
@@ -173,7 +191,7 @@ class BatchWriter:
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
                 _apply_host(hosts, record, ts)
-                outcome = self._apply_service(services, record, ts, plan.history)
+                outcome = self._apply_service(services, record, ts)
                 if outcome == Reason.DUPLICATE and self.run.source == HarvestRun.Source.SEARCH:
                     # Two queries of a plan returning the same banner is normal overlap, not bad input.
                     counts["unchanged"] += 1
@@ -204,6 +222,8 @@ class BatchWriter:
             service = self._carry_services.get(key)
             if service is not None:
                 service.record, service.dirty, service.touched, service.is_new = None, False, False, False
+                for item in service.history:
+                    item.touched = False
                 services[key] = service
         ids = {ip: host.id for ip, host in hosts.items() if host.id is not None}
         wanted = [(ids[k[0]], k) for k in keys if k not in services and k[0] in ids]
@@ -252,7 +272,7 @@ class BatchWriter:
             )
         return services
 
-    def _apply_service(self, services: dict, record: BannerRecord, ts: datetime, history: list) -> str:
+    def _apply_service(self, services: dict, record: BannerRecord, ts: datetime) -> str:
         run_id = self.run.pk
         state = services.get(record.key)
         if state is None:
@@ -261,31 +281,64 @@ class BatchWriter:
             )
             return "new"
         same_banner = state.banner_hash == record.banner_hash
-        if state.last_run_id == run_id and ts == state.last_seen and same_banner:
-            return Reason.DUPLICATE
         if ts > state.last_seen or (ts == state.last_seen and not same_banner):
             # A newer banner: it becomes the current one, the old one goes to history if it differs.
             if not same_banner:
-                history.append(_history_of_current(state))
+                state.history.append(
+                    _History(
+                        None, state.banner_hash, state.banner_since, state.last_seen, state.last_run_id, state.record
+                    )
+                )
                 state.banner_since = ts
             state.banner_hash = record.banner_hash
             state.last_seen = ts
             state.record = record
-            changed = True
-        elif same_banner:
+            state.last_run_id = run_id
+            state.dirty = state.touched = True
+            return "updated"
+        if ts == state.last_seen:
+            # The latest sighting again. `last_run_id` is the run that made it: only a line this
+            # run has already read can find its own run there.
+            if state.last_run_id == run_id:
+                return Reason.DUPLICATE
+            state.last_run_id = run_id
+            state.touched = True
+            return "unchanged"
+        if same_banner:
             # The current banner seen earlier than we knew.
-            changed = ts < state.banner_since or ts < state.first_seen
-            state.banner_since = min(state.banner_since, ts)
+            if ts >= state.banner_since:
+                return "unchanged"
+            state.banner_since = ts
             state.first_seen = min(state.first_seen, ts)
-        else:
-            # An older, different banner (files need not be in time order): it is history.
-            history.append(_history_of_record(record, ts))
-            state.first_seen = min(state.first_seen, ts)
-            changed = True
-        state.last_run_id = run_id
-        state.touched = True
-        state.dirty = state.dirty or changed
-        return "updated" if changed else "unchanged"
+            state.dirty = state.touched = True
+            return "updated"
+        # An older, different banner (files need not be in time order): it is history, once.
+        for item in self._history(state):
+            if item.banner_hash == record.banner_hash and item.first_seen <= ts <= item.last_seen:
+                if ts < item.last_seen:
+                    return "unchanged"
+                if item.run_id == run_id:
+                    return Reason.DUPLICATE
+                item.run_id = run_id
+                item.touched = item.id is not None
+                return "unchanged"
+        state.history.append(_History(None, record.banner_hash, ts, ts, run_id, record))
+        state.first_seen = min(state.first_seen, ts)
+        state.dirty = state.touched = True
+        return "updated"
+
+    def _history(self, state: _ServiceState) -> list[_History]:
+        """The service's earlier banners. Those of the batch still being written are in memory
+        with their ids; the database adds every other one."""
+        if not state.history_loaded:
+            state.history_loaded = True
+            if state.id is not None:
+                known = {item.id for item in state.history}
+                rows = ServiceBanner.objects.filter(service_id=state.id).values_list(
+                    "id", "banner_hash", "first_seen", "last_seen", "run_id"
+                )
+                state.history.extend(_History(*row) for row in rows if row[0] not in known)
+        return state.history
 
     def _plan_hosts(self, hosts: dict[str, _HostState], plan: _Plan) -> None:
         new = [h for h in hosts.values() if h.id is None]
@@ -309,18 +362,39 @@ class BatchWriter:
             )
         if bulk.is_postgres():
             plan.service_payload = bulk.copy_payload(plan.service_inserts, _service_line)
-        for item in plan.history:
-            item.service_id = services[item._medexpo_key].id  # type: ignore[attr-defined]
-            item.run_id = run_id
+        self._plan_history(services, plan)
         for s in services.values():
             if s.is_new or not s.touched:
                 continue
             if s.record is not None:
-                plan.service_rewrites.append((s.id, *_content(s, dt), run_id))
+                plan.service_rewrites.append((s.id, *_content(s, dt), s.last_run_id))
             elif s.dirty:
-                plan.service_sightings.append((s.id, dt(s.first_seen), dt(s.last_seen), dt(s.banner_since), run_id))
+                plan.service_sightings.append(
+                    (s.id, dt(s.first_seen), dt(s.last_seen), dt(s.banner_since), s.last_run_id)
+                )
             else:
                 plan.service_touches.append(s.id)
+
+    def _plan_history(self, services: dict, plan: _Plan) -> None:
+        added = [(s, h) for s in services.values() for h in s.history if h.id is None]
+        ids = bulk.allocate_ids(ServiceBanner._meta.db_table, len(added))
+        for (state, item), pk in zip(added, ids, strict=True):
+            item.id = pk
+            r = item.record
+            plan.history.append(
+                ServiceBanner(
+                    id=pk,
+                    service_id=state.id,
+                    banner=r.banner if r else "",
+                    raw=r.raw if r else "",
+                    banner_hash=item.banner_hash,
+                    first_seen=item.first_seen,
+                    last_seen=item.last_seen,
+                    run_id=item.run_id,
+                )
+            )
+            item.record = None  # the row holds the text now; the state need not keep it
+        plan.history_touches = [(h.id, h.run_id) for s in services.values() for h in s.history if h.touched]
 
     def _plan_rejections(self, counts: Counter, plan: _Plan) -> None:
         stored = Counter(self.run.rejected)
@@ -376,6 +450,7 @@ def _apply(plan: _Plan) -> None:
     table = Service._meta.db_table
     bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, payload=plan.service_payload)
     _write_history(plan.history)  # before the rewrites: it may read the banners they replace
+    bulk.update_rows(ServiceBanner._meta.db_table, ("run_id",), plan.history_touches)
     bulk.update_rows(table, _SERVICE_REWRITE, plan.service_rewrites)
     bulk.update_rows(table, ("first_seen", "last_seen", "banner_since", "last_run_id"), plan.service_sightings)
     if plan.service_touches:
@@ -398,10 +473,13 @@ def _write_history(history: list[ServiceBanner]) -> None:
             for item in from_db[sid]:
                 item.banner, item.raw = banner, raw
     dt = bulk.datetime_adapter()
-    bulk.insert_rows(
+    bulk.copy_in(
         ServiceBanner._meta.db_table,
-        ("service_id", "banner", "raw", "banner_hash", "first_seen", "last_seen", "run_id"),
-        [(h.service_id, h.banner, h.raw, h.banner_hash, dt(h.first_seen), dt(h.last_seen), h.run_id) for h in history],
+        ("id", "service_id", "banner", "raw", "banner_hash", "first_seen", "last_seen", "run_id"),
+        [
+            (h.id, h.service_id, h.banner, h.raw, h.banner_hash, dt(h.first_seen), dt(h.last_seen), h.run_id)
+            for h in history
+        ],
     )
 
 
@@ -547,24 +625,3 @@ def _service_line(r: tuple) -> str:
         f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{_esc(r[4])}\t{_esc(r[5])}\t{_esc(r[6])}\t{_esc(r[7])}\t{_esc(r[8])}"
         f"\t{r[9]}\t{_ts(r[10])}\t{_ts(r[11])}\t{_ts(r[12])}\t{r[13]}\n"
     )
-
-
-def _history_of_current(state: _ServiceState) -> ServiceBanner:
-    """The service's current banner, superseded. Its text comes from the batch or the database."""
-    if state.record is not None:
-        item = _history_of_record(state.record, state.banner_since)
-        item.last_seen = state.last_seen
-    else:
-        item = ServiceBanner(
-            banner="", raw="", banner_hash=state.banner_hash, first_seen=state.banner_since, last_seen=state.last_seen
-        )
-    item._medexpo_key = (state.host_ip, state.port, state.transport)  # type: ignore[attr-defined]
-    return item
-
-
-def _history_of_record(record: BannerRecord, ts: datetime) -> ServiceBanner:
-    item = ServiceBanner(
-        banner=record.banner, raw=record.raw, banner_hash=record.banner_hash, first_seen=ts, last_seen=ts
-    )
-    item._medexpo_key = record.key  # type: ignore[attr-defined]
-    return item

@@ -113,7 +113,8 @@ class Service(models.Model):
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
     banner_since = models.DateTimeField(help_text="When the current banner was first seen.")
-    # Marks which run saw the service last, to tell a duplicate line within a run from a re-sighting.
+    # The run that saw the current banner at last_seen, to tell a duplicate line within a run from a
+    # re-sighting.
     # Written for every banner seen, so it has no index and no constraint: that keeps the update narrow.
     last_run = models.ForeignKey(
         HarvestRun,
@@ -148,6 +149,7 @@ class ServiceBanner(models.Model):
     banner_hash = models.CharField(max_length=32)
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
+    # The run that saw this banner at last_seen: a line it reads twice is then a duplicate.
     run = models.ForeignKey(HarvestRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:

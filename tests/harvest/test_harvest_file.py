@@ -368,3 +368,31 @@ def test_a_batch_the_database_refuses_fails_the_run_and_keeps_the_batches_before
     done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=1)
     assert (done.status, done.seen, done.new) == ("completed", 4, 4)
     assert sorted(Service.objects.values_list("port", flat=True)) == [80, 81, 82, 8080]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("batch_size", [1, 2, 1000])
+def test_reading_a_file_again_adds_no_history(tmp_path, batch_size: int) -> None:
+    """Older banners that differ from the current one are history; reading them again (the same
+    file twice, or one line twice) finds them there and adds nothing."""
+    records = [
+        banner("192.0.2.1", 80, data="v1", timestamp="2026-01-01T00:00:00"),
+        banner("192.0.2.1", 80, data="v3", timestamp="2026-01-04T00:00:00"),
+        banner("192.0.2.1", 80, data="v0", timestamp="2026-01-02T00:00:00"),
+        banner("192.0.2.1", 80, data="v2", timestamp="2026-01-03T00:00:00"),
+        banner("192.0.2.1", 80, data="v0", timestamp="2026-01-02T00:00:00"),
+    ]
+    path = write_lines(tmp_path / "f.json", [line(r) for r in records])
+    first = harvest(path, batch_size=batch_size)
+    assert (first.new, first.updated, first.rejected) == (1, 3, {Reason.DUPLICATE: 1})
+    history = sorted(ServiceBanner.objects.values_list("banner", "first_seen__day", "last_seen__day"))
+    assert history == [("v0", 2, 2), ("v1", 1, 1), ("v2", 3, 3)]
+
+    again = harvest(path, batch_size=batch_size)
+    assert (again.new, again.updated, again.unchanged, again.rejected) == (0, 0, 4, {Reason.DUPLICATE: 1})
+    assert sorted(ServiceBanner.objects.values_list("banner", "first_seen__day", "last_seen__day")) == history
+    assert Service.objects.get().banner == "v3"
+
+    # An older banner at a time no history row covers is still new history.
+    later = harvest(write_lines(tmp_path / "g.json", [line(records[0] | {"timestamp": "2026-01-02T12:00:00"})]))
+    assert later.updated == 1 and ServiceBanner.objects.filter(banner="v1").count() == 2
