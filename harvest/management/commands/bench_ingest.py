@@ -9,7 +9,10 @@ Generates N Shodan-format banners with the sample generator, then measures in th
              server-side COPY in one transaction: no Python, no merge, no look-ups. What the
              database alone needs to store these rows with their indexes and foreign keys; no
              ingest design that keeps this data model can be faster.
-Each step runs as its own process, so peak memory (max RSS) is that step's alone.
+Each step runs as its own process, so peak memory (max RSS) is that step's alone. Each step also
+reports the CPU time it cost per banner: the step's process (Python) and, on a PostgreSQL server
+on this machine, the server's processes (read from /proc). Their sum over the machine's cores is a
+lower bound on the step's wall time that no overlap of the two can beat.
 The scratch database lives on the configured server (PostgreSQL) or in a temporary folder
 (SQLite) and is dropped afterwards; the configured database itself is never touched.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -97,36 +101,57 @@ class Command(BaseCommand):
             steps["floor"] = floor
         for step in steps.values():
             step["vs_baseline"] = round(baseline["per_s"] / step["per_s"], 2)
+        cpu = ingest["cpu_us"]
+        if cpu["database"] is not None:
+            us = (cpu["process"] + cpu["database"]) / (os.cpu_count() or 1)
+            ingest["cpu_bound"] = {"us": round(us, 1), "vs_baseline": round(us * baseline["per_s"] / 1e6, 2)}
         return {"banners": n, "file_mb": round(size_mb, 1), "baseline": baseline, **steps}
 
     def _print(self, s: dict) -> None:
         w = self.stdout.write
         w(f"Ingest benchmark on {s['database']}, {s['cores']} cores, {s['date']}")
-        w(f"{'banners':>10} {'step':<13} {'seconds':>8} {'banners/s':>10} {'x baseline':>11} {'peak MB':>8}")
+        w(
+            f"{'banners':>10} {'step':<13} {'seconds':>8} {'banners/s':>10} {'x baseline':>11} {'peak MB':>8}"
+            f" {'CPU µs/banner: process':>23} {'database':>9}"
+        )
         for r in s["runs"]:
             for name in ("baseline", "baseline_json", "ingest", "reingest", "floor"):
                 if name not in r:
                     continue
                 step = r[name]
                 factor = f"{step['vs_baseline']:.2f}" if "vs_baseline" in step else "1.00"
+                cpu = step["cpu_us"]
                 w(
                     f"{r['banners']:>10,} {name:<13} {step['seconds']:>8.1f} {step['per_s']:>10,.0f} "
                     f"{factor:>11} {'-' if step['peak_mb'] is None else round(step['peak_mb']):>8}"
+                    f" {_figure(cpu['process']):>23} {_figure(cpu['database']):>9}"
+                )
+            bound = r["ingest"].get("cpu_bound")
+            if bound:
+                w(
+                    f"{r['banners']:>10,} ingest's CPU over {s['cores']} cores: at least {bound['us']:.1f} µs a "
+                    f"banner whatever the overlap, {bound['vs_baseline']:.2f}x baseline"
                 )
         if "memory_growth" in s:
             w(f"peak memory at the largest size vs the smallest: {s['memory_growth']:+.1%}")
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _parse_only(path: Path, parser: str) -> dict:
+    cpu = _Cpu()
     proc = subprocess.Popen([sys.executable, "-c", PARSE_ONLY, str(path), parser], stdout=subprocess.PIPE)
     out, peak_mb = _wait(proc)
     count_text, seconds_text = out.split()
-    seconds = float(seconds_text)
-    return {"seconds": round(seconds, 2), "per_s": round(int(count_text) / seconds), "peak_mb": round(peak_mb)}
+    seconds, n = float(seconds_text), int(count_text)
+    return {"seconds": round(seconds, 2), "per_s": round(n / seconds), "peak_mb": round(peak_mb), **cpu.per_banner(n)}
 
 
 def _ingest(url: str, path: Path, n: int) -> dict:
     """Rate over the run's own start and finish; the process's wall time includes Django's start."""
+    cpu = _Cpu()
     start = time.perf_counter()
     proc = _manage(url, "harvest", "--file", str(path), "--json", wait=False)
     out, peak_mb = _wait(proc)
@@ -143,6 +168,7 @@ def _ingest(url: str, path: Path, n: int) -> dict:
         "peak_mb": round(peak_mb),
         "new": result["new"],
         "unchanged": result["unchanged"],
+        **cpu.per_banner(n),
     }
 
 
@@ -163,6 +189,7 @@ def _floor(url: str, tmp: Path, n: int) -> dict:
         conn.execute("TRUNCATE harvest_host, harvest_service CASCADE")
         conn.commit()
         conn.execute("CHECKPOINT")
+        cpu = _Cpu()
         start = time.perf_counter()
         with conn.transaction():
             conn.execute("SET LOCAL synchronous_commit TO OFF")  # as ingest's batches do
@@ -171,7 +198,53 @@ def _floor(url: str, tmp: Path, n: int) -> dict:
                     while block := fh.read(1 << 20):
                         copy.write(block)
         seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "per_s": round(n / seconds), "peak_mb": None}  # the server's, not ours
+        usage = cpu.per_banner(n)
+    usage["cpu_us"]["process"] = None  # this process only waits
+    return {"seconds": round(seconds, 2), "per_s": round(n / seconds), "peak_mb": None, **usage}  # the server's
+
+
+class _Cpu:
+    """CPU time spent since creation by this process's finished children and by the PostgreSQL
+    server's processes on this machine (a finished backend's time is in the postmaster's
+    cutime/cstime once reaped)."""
+
+    def __init__(self) -> None:
+        self.children = _children_cpu()
+        self.server = _server_cpu()
+
+    def per_banner(self, n: int) -> dict:
+        server = _server_cpu()
+        process = (_children_cpu() - self.children) / n * 1e6
+        database = None if server is None or self.server is None else (server - self.server) / n * 1e6
+        return {"cpu_us": {"process": round(process, 1), "database": None if database is None else round(database, 1)}}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_cpu() -> float | None:
+    """Seconds of CPU of every process named postgres, with their reaped children; None when the
+    database is SQLite or the server's processes cannot be read (another machine)."""
+    if connection.vendor != "postgresql":
+        return None
+    ticks = 0
+    found = False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(") ")
+        if name != "postgres":
+            continue
+        fields = rest.split()
+        ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        found = True
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
 
 
 def _manage(url: str, *args: str, wait: bool = True) -> subprocess.Popen:
