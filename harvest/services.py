@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -11,9 +12,12 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from harvest.ingest import BatchWriter, Checkpoint
+from harvest.locking import harvest_lock
 from harvest.models import HarvestRun, Service
 from harvest.readers import file_events, file_identity
 from medexpo.lib.prefetch import prefetch
+
+logger = logging.getLogger(__name__)
 
 
 class HarvestError(Exception):
@@ -90,9 +94,33 @@ def harvest_run_enqueue_resume(*, run: HarvestRun) -> None:
 
 
 def harvest_execute(
-    *, run: HarvestRun, progress: ProgressFn | None = None, batch_size: int | None = None
+    *,
+    run: HarvestRun,
+    progress: ProgressFn | None = None,
+    batch_size: int | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> HarvestRun:
-    """Drive a new or resumed run to its end. Each batch commits with its checkpoint."""
+    """Drive a new or resumed run to its end. Each batch commits with its checkpoint.
+
+    One run writes at a time (harvest/locking.py): while another holds the lock, this one waits,
+    after telling `on_wait` (or the log) why. It then continues from its checkpoint as stored,
+    which another process may have moved on, or completed, in the meantime."""
+    with harvest_lock(on_wait=lambda: (on_wait or logger.warning)(_waiting_message(run))):
+        run.refresh_from_db()
+        if run.status == HarvestRun.Status.COMPLETED:
+            return run
+        return _execute(run, progress, batch_size)
+
+
+def _waiting_message(run: HarvestRun) -> str:
+    others = list(
+        HarvestRun.objects.filter(status=HarvestRun.Status.RUNNING).exclude(pk=run.pk).values_list("pk", flat=True)
+    )
+    named = f" (marked running: {', '.join(f'run {pk}' for pk in others)})" if others else ""
+    return f"run {run.pk} waits: another harvest is writing to this database{named}; it goes on when that one ends"
+
+
+def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | None) -> HarvestRun:
     _mark(run, HarvestRun.Status.RUNNING, "")
     writer = BatchWriter(run, batch_size or settings.HARVEST_BATCH_SIZE)
     last = Checkpoint(run.checkpoint)

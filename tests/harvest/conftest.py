@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from django.conf import settings
 
 from harvest import shodan_client
 from tests.conftest import ROOT, SHARED_DATA
@@ -95,3 +98,21 @@ def plan_file(tmp_path: Path):  # noqa: ANN201 - returns a small factory
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def own_database(tmp_path) -> Iterator[str]:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        yield f"sqlite:///{tmp_path / 'resume.sqlite3'}"
+        return
+    name = f"medexpo_resume_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(
+        host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname="postgres", autocommit=True
+    )
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -4,79 +4,14 @@ The harvest runs as a real `manage.py harvest` process against its own database 
 fresh PostgreSQL database when the suite runs on PostgreSQL), is killed twice mid-run, and is resumed.
 """
 
-import json
-import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
-from django.conf import settings
 
 from tests.factories import banner, line, many, write_lines
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def own_database(tmp_path) -> Iterator[str]:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        yield f"sqlite:///{tmp_path / 'resume.sqlite3'}"
-        return
-    name = f"medexpo_resume_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(
-        host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname="postgres", autocommit=True
-    )
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def manage(url: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "medexpo.settings"}
-    return subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-
-
-def run_json(url: str, *args: str) -> dict:
-    proc = manage(url, *args, "--json")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    return json.loads(out)
-
-
-def query(url: str, sql: str) -> list[tuple]:
-    if url.startswith("sqlite"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=5)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-    with psycopg.connect(url.replace("postgres://", "postgresql://")) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def checkpoint_line(url: str) -> int:
-    try:
-        rows = query(url, "SELECT checkpoint FROM harvest_harvestrun ORDER BY id DESC LIMIT 1")
-    except (sqlite3.OperationalError, psycopg.Error):
-        return 0
-    if not rows:
-        return 0
-    value = rows[0][0]
-    value = json.loads(value) if isinstance(value, str) else value
-    return int(value.get("line", 0))
+from tests.harvest.processes import checkpoint_line, manage, query, run_json
 
 
 def kill_after_line(proc: subprocess.Popen, url: str, target: int) -> int:

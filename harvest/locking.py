@@ -1,0 +1,88 @@
+"""One harvest writes at a time.
+
+A batch merges its records into the stored state it has just read, and the pipelined writer
+carries that state from one batch to the next. A second run writing the same hosts in between
+would be overwritten or collide on the unique address; the same run resumed twice at once (the
+command line and the admin's resume) would read and count its lines twice. So a run holds a lock
+for as long as it writes. The database (PostgreSQL: a session advisory lock) or the operating
+system (SQLite: a lock on a file beside the database) releases it when the process ends, however
+it ends: a run killed with SIGKILL never leaves it behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.db import connection
+
+# pg_advisory_lock(key1, key2): a namespace of our own, and the harvest lock within it.
+PG_LOCK_KEY = (0x6D656478, 1)  # "medx"
+
+_in_process = threading.Lock()  # an in-memory SQLite database is only this process's
+
+
+@contextmanager
+def harvest_lock(on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the harvest lock for the block. When another process holds it, call `on_wait` once
+    and wait for it."""
+    if connection.vendor == "postgresql":
+        with _advisory_lock(on_wait):
+            yield
+        return
+    path = sqlite_lock_path(str(connection.settings_dict["NAME"] or ""))
+    if path is None:
+        if not _in_process.acquire(blocking=False):
+            if on_wait:
+                on_wait()
+            _in_process.acquire()
+        try:
+            yield
+        finally:
+            _in_process.release()
+        return
+    with _file_lock(path, on_wait):
+        yield
+
+
+@contextmanager
+def _advisory_lock(on_wait: Callable[[], None] | None) -> Iterator[None]:
+    # Session level, on this thread's connection: it outlives the batches' transactions.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", list(PG_LOCK_KEY))
+        if not cursor.fetchone()[0]:
+            if on_wait:
+                on_wait()
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", list(PG_LOCK_KEY))
+    try:
+        yield
+    finally:
+        if connection.connection is not None and not connection.connection.closed:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", list(PG_LOCK_KEY))
+
+
+@contextmanager
+def _file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def sqlite_lock_path(name: str) -> Path | None:
+    """The lock file beside the SQLite database `name`, or None for an in-memory one."""
+    if not name or connection.creation.is_in_memory_db(name):  # type: ignore[attr-defined]
+        return None
+    return Path(name).with_name(Path(name).name + ".harvest-lock")

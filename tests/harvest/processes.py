@@ -1,0 +1,50 @@
+"""Real `manage.py` processes against a database of their own, for tests of what happens across
+processes: a run killed with SIGKILL, two runs at once."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def manage(url: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "medexpo.settings"}
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def run_json(url: str, *args: str) -> dict:
+    proc = manage(url, *args, "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out)
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=5)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    with psycopg.connect(url.replace("postgres://", "postgresql://")) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def checkpoint_line(url: str) -> int:
+    try:
+        rows = query(url, "SELECT checkpoint FROM harvest_harvestrun ORDER BY id DESC LIMIT 1")
+    except (sqlite3.OperationalError, psycopg.Error):
+        return 0
+    if not rows:
+        return 0
+    value = rows[0][0]
+    value = json.loads(value) if isinstance(value, str) else value
+    return int(value.get("line", 0))

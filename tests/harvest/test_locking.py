@@ -1,0 +1,120 @@
+"""One harvest writes at a time: real `manage.py harvest` processes on a database of their own.
+
+The test holds the harvest lock itself (as a run in progress would), starts the runs, sees each one
+say that it waits, then lets go: the runs then take turns, and the result is what running them
+one after the other gives.
+"""
+
+import fcntl
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from harvest.locking import PG_LOCK_KEY, sqlite_lock_path
+from tests.factories import line, many, write_lines
+from tests.harvest.processes import manage, query
+
+WAITING = re.compile(rb"run (\d+) waits: another harvest is writing to this database")
+
+
+@contextmanager
+def holding_the_lock(url: str) -> Iterator[None]:
+    if url.startswith("sqlite"):
+        path = sqlite_lock_path(url.removeprefix("sqlite:///"))
+        assert path is not None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            os.close(fd)
+        return
+    with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        assert conn.execute("SELECT pg_try_advisory_lock(%s, %s)", PG_LOCK_KEY).fetchone() == (True,)
+        yield
+
+
+def wait_for_waiting(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """Read the process's stderr until it says it waits; return the run it names."""
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+            if match := WAITING.search(seen):
+                return int(match.group(1))
+        elif proc.poll() is not None:
+            break
+    raise AssertionError(f"the process did not say it waits; stderr: {seen.decode(errors='replace')[-2000:]}")
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+def migrated(url: str) -> str:
+    migrate = manage(url, "migrate", "-v0")
+    assert migrate.wait(timeout=300) == 0, migrate.stderr.read().decode()
+    return url
+
+
+def test_two_runs_at_once_take_turns(tmp_path, own_database) -> None:
+    url = migrated(own_database)
+    older = many(3000, timestamp="2026-01-01T00:00:00")
+    newer = [r | {"data": "changed " + r["data"], "timestamp": "2026-02-01T00:00:00"} for r in older[:2000]]
+    newer += many(1000, start="203.0.113.0", timestamp="2026-02-01T00:00:00")
+    a = write_lines(tmp_path / "a.json", [line(r) for r in older])
+    b = write_lines(tmp_path / "b.json", [line(r) for r in newer])
+
+    with holding_the_lock(url):
+        first = manage(url, "harvest", "--file", str(a), "--batch-size", "25", "--json")
+        second = manage(url, "harvest", "--file", str(b), "--batch-size", "25", "--json")
+        waiting = {wait_for_waiting(first), wait_for_waiting(second)}
+        assert query(url, "SELECT count(*) FROM harvest_service") == [(0,)]  # nobody wrote while waiting
+    finish(first)
+    finish(second)
+
+    assert len(waiting) == 2
+    runs = dict(query(url, "SELECT target, status FROM harvest_harvestrun"))
+    assert runs == {str(a): "completed", str(b): "completed"}
+    assert query(url, "SELECT count(*) FROM harvest_service") == [(4000,)]
+    assert query(url, "SELECT count(*) FROM harvest_host") == [(4000,)]
+    # Whichever ran first, the newer banner is current and the older one is history, once.
+    assert query(url, "SELECT count(*) FROM harvest_service WHERE banner LIKE 'changed %'") == [(2000,)]
+    history = query(url, "SELECT count(*), count(DISTINCT service_id) FROM harvest_servicebanner")
+    assert history == [(2000, 2000)]
+
+
+def test_a_run_resumed_twice_at_once_is_done_once(tmp_path, own_database) -> None:
+    url = migrated(own_database)
+    records = many(3000)
+    path = write_lines(tmp_path / "a.json", [line(r) for r in records])
+
+    with holding_the_lock(url):
+        started = manage(url, "harvest", "--file", str(path))
+        run = wait_for_waiting(started)
+        started.send_signal(signal.SIGKILL)  # a run that never wrote anything, left "running"
+        started.wait()
+        resumes = [manage(url, "harvest", "--resume", str(run), "--batch-size", "50", "--json") for _ in range(2)]
+        assert [wait_for_waiting(proc) for proc in resumes] == [run, run]
+    results = [finish(proc) for proc in resumes]
+
+    assert all('"status": "completed"' in out for out in results)
+    assert query(url, f"SELECT seen, new, accepted, status FROM harvest_harvestrun WHERE id = {run}") == [
+        (3000, 3000, 3000, "completed")
+    ]
+    assert query(url, "SELECT count(*) FROM harvest_service") == [(3000,)]
