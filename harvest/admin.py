@@ -29,7 +29,7 @@ from harvest.classify.types import CATEGORIES, CLASSES
 from harvest.ingest import REJECTION_ROWS_PER_REASON
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
-from harvest.services import HarvestError, harvest_run_enqueue_resume
+from harvest.services import HarvestError, harvest_run_enqueue_resume, harvest_writing_run
 
 BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service page
 HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
@@ -498,7 +498,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         "plan",
         "target_short",
         "country",
-        "status",
+        "status_now",
         "started_at",
         "finished_at",
         "seen",
@@ -512,7 +512,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
     list_filter = ("source", "status", "country")
     search_fields = ("plan", "target", "message")
     fieldsets = (
-        (None, {"fields": ("source", "plan", "target", "country", "status", "message")}),
+        (None, {"fields": ("source", "plan", "target", "country", "status_now", "message")}),
         ("Time", {"fields": ("started_at", "updated_at", "finished_at")}),
         ("Counts", {"fields": ("seen", "accepted", "new", "updated", "unchanged", "credits_spent")}),
         ("Rejected", {"fields": ("rejected_table",)}),
@@ -534,7 +534,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         "plan",
         "target",
         "country",
-        "status",
+        "status_now",
         "message",
         "started_at",
         "updated_at",
@@ -549,6 +549,15 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         "checkpoint_json",
         "options_json",
     )
+
+    @admin.display(description="status", ordering="status")
+    def status_now(self, obj: HarvestRun) -> str:
+        """A run marked running may have no process behind it: only the lock holder is writing."""
+        if obj.status != HarvestRun.Status.RUNNING:
+            return obj.get_status_display()
+        if obj.pk == harvest_writing_run():
+            return "Running: writing now"
+        return "Running: not writing now (waiting for another run, or interrupted: resume it)"
 
     @admin.display(description="target")
     def target_short(self, obj: HarvestRun) -> str:

@@ -20,18 +20,22 @@ from pathlib import Path
 
 from django.db import connection
 
-# pg_advisory_lock(key1, key2): a namespace of our own, and the harvest lock within it.
+# pg_advisory_lock(key1, key2): a namespace of our own, and the harvest lock within it. The run
+# that holds it also holds (PG_RUN_NAMESPACE, run id), so others can tell which run is writing.
 PG_LOCK_KEY = (0x6D656478, 1)  # "medx"
+PG_RUN_NAMESPACE = 0x6D656479
 
 _in_process = threading.Lock()  # an in-memory SQLite database is only this process's
+_in_process_run: int | None = None
 
 
 @contextmanager
-def harvest_lock(on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold the harvest lock for the block. When another process holds it, call `on_wait` once
-    and wait for it."""
+def harvest_lock(run_id: int, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the harvest lock for the block, as run `run_id`. When another process holds it, call
+    `on_wait` once and wait for it."""
+    global _in_process_run
     if connection.vendor == "postgresql":
-        with _advisory_lock(on_wait):
+        with _advisory_lock(run_id, on_wait):
             yield
         return
     path = sqlite_lock_path(str(connection.settings_dict["NAME"] or ""))
@@ -40,17 +44,49 @@ def harvest_lock(on_wait: Callable[[], None] | None = None) -> Iterator[None]:
             if on_wait:
                 on_wait()
             _in_process.acquire()
+        _in_process_run = run_id
         try:
             yield
         finally:
+            _in_process_run = None
             _in_process.release()
         return
-    with _file_lock(path, on_wait):
+    with _file_lock(path, run_id, on_wait):
         yield
 
 
+def writing_run() -> int | None:
+    """The run that holds the harvest lock (is writing right now), if any. A run marked running
+    that is not this one has no process behind it: it was interrupted and waits for --resume."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objsubid = 2"
+                " AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                [PG_RUN_NAMESPACE],
+            )
+            row = cursor.fetchone()
+        return int(row[0]) if row else None
+    path = sqlite_lock_path(str(connection.settings_dict["NAME"] or ""))
+    if path is None:
+        return _in_process_run
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: the holder wrote its run id into the file
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else None
+        return None  # free (a shared lock is released when the descriptor closes)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def _advisory_lock(on_wait: Callable[[], None] | None) -> Iterator[None]:
+def _advisory_lock(run_id: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
     # Session level, on this thread's connection: it outlives the batches' transactions.
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", list(PG_LOCK_KEY))
@@ -58,16 +94,20 @@ def _advisory_lock(on_wait: Callable[[], None] | None) -> Iterator[None]:
             if on_wait:
                 on_wait()
             cursor.execute("SELECT pg_advisory_lock(%s, %s)", list(PG_LOCK_KEY))
+        cursor.execute("SELECT pg_advisory_lock(%s, %s)", [PG_RUN_NAMESPACE, run_id])
     try:
         yield
     finally:
         if connection.connection is not None and not connection.connection.closed:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", list(PG_LOCK_KEY))
+                cursor.execute(
+                    "SELECT pg_advisory_unlock(%s, %s), pg_advisory_unlock(%s, %s)",
+                    [PG_RUN_NAMESPACE, run_id, *PG_LOCK_KEY],
+                )
 
 
 @contextmanager
-def _file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
+def _file_lock(path: Path, run_id: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -76,6 +116,8 @@ def _file_lock(path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]
             if on_wait:
                 on_wait()
             fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(run_id).encode("ascii"), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from harvest.ingest import BatchWriter, Checkpoint
-from harvest.locking import harvest_lock
+from harvest.locking import harvest_lock, writing_run
 from harvest.models import HarvestRun, Service
 from harvest.readers import file_events, file_identity
 from medexpo.lib.prefetch import prefetch
@@ -90,6 +90,8 @@ def harvest_run_get_resumable(*, run_id: int) -> HarvestRun:
 def harvest_run_enqueue_resume(*, run: HarvestRun) -> None:
     """Resume a run in the background (a qcluster worker), once the current transaction commits."""
     run = harvest_run_get_resumable(run_id=run.pk)
+    if writing_run() == run.pk:
+        raise HarvestError(f"run {run.pk} is being written right now; it needs no resume")
     transaction.on_commit(lambda: async_task("harvest.tasks.harvest_resume", run.pk, task_name=f"resume run {run.pk}"))
 
 
@@ -105,18 +107,22 @@ def harvest_execute(
     One run writes at a time (harvest/locking.py): while another holds the lock, this one waits,
     after telling `on_wait` (or the log) why. It then continues from its checkpoint as stored,
     which another process may have moved on, or completed, in the meantime."""
-    with harvest_lock(on_wait=lambda: (on_wait or logger.warning)(_waiting_message(run))):
+    with harvest_lock(run.pk, on_wait=lambda: (on_wait or logger.warning)(_waiting_message(run))):
         run.refresh_from_db()
         if run.status == HarvestRun.Status.COMPLETED:
             return run
         return _execute(run, progress, batch_size)
 
 
+def harvest_writing_run() -> int | None:
+    """The run writing right now, if any (one at a time); others marked running are waiting or
+    were interrupted."""
+    return writing_run()
+
+
 def _waiting_message(run: HarvestRun) -> str:
-    others = list(
-        HarvestRun.objects.filter(status=HarvestRun.Status.RUNNING).exclude(pk=run.pk).values_list("pk", flat=True)
-    )
-    named = f" (marked running: {', '.join(f'run {pk}' for pk in others)})" if others else ""
+    writing = writing_run()
+    named = f" (run {writing})" if writing is not None else ""
     return f"run {run.pk} waits: another harvest is writing to this database{named}; it goes on when that one ends"
 
 

@@ -17,6 +17,7 @@ from django.urls import reverse
 
 from harvest import services
 from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT, text_block, visible_text
+from harvest.locking import harvest_lock
 from harvest.models import HarvestRun, Host, Service
 from tests.factories import minimal_banner
 
@@ -481,3 +482,26 @@ def test_staff_resume_a_stopped_run_in_the_background(
     assert f"run {done.pk} has completed" in text.lower()
     stopped.refresh_from_db()
     assert (stopped.status, stopped.new) == ("completed", 7)  # the task ran (synchronously in tests)
+
+
+@pytest.mark.django_db
+def test_the_runs_list_tells_a_run_writing_now_from_an_interrupted_one(tmp_path: Path, admin_client: Client) -> None:
+    path = tmp_path / "banners.json"
+    path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
+    interrupted = services.harvest_file_start(path=path)  # marked running, no process behind it
+    writing = services.harvest_file_start(path=path)
+    with harvest_lock(writing.pk):
+        text = admin_client.get(changelist_url(HarvestRun)).content.decode()
+        response = admin_client.post(
+            changelist_url(HarvestRun),
+            {"action": "resume", "index": 0, "_selected_action": [writing.pk]},
+            follow=True,
+        )
+        assert f"run {writing.pk} is being written right now" in response.content.decode().lower()
+    assert text.count("Running: writing now") == 1
+    assert text.count("Running: not writing now") == 1
+    row = re.compile(r'<a href="[^"]*/harvestrun/(\d+)/change/">\d+</a>(.*?)</tr>', re.S)
+    rows = dict(row.findall(text))
+    assert "writing now" in rows[str(writing.pk)] and "interrupted" in rows[str(interrupted.pk)]
+    text = admin_client.get(changelist_url(HarvestRun)).content.decode()
+    assert "Running: writing now" not in text and text.count("Running: not writing now") == 2

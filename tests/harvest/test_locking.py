@@ -17,20 +17,25 @@ from contextlib import contextmanager
 
 import psycopg
 
-from harvest.locking import PG_LOCK_KEY, sqlite_lock_path
+from harvest.locking import PG_LOCK_KEY, PG_RUN_NAMESPACE, sqlite_lock_path
 from tests.factories import line, many, write_lines
 from tests.harvest.processes import manage, query
 
-WAITING = re.compile(rb"run (\d+) waits: another harvest is writing to this database")
+WAITING = re.compile(rb"run (\d+) waits: another harvest is writing to this database \(run (\d+)\)")
+
+
+HOLDER = 99  # the run the test pretends to be while it holds the lock
 
 
 @contextmanager
 def holding_the_lock(url: str) -> Iterator[None]:
+    """Hold the harvest lock as run HOLDER would, the way harvest/locking.py takes it."""
     if url.startswith("sqlite"):
         path = sqlite_lock_path(url.removeprefix("sqlite:///"))
         assert path is not None
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, str(HOLDER).encode())
         try:
             yield
         finally:
@@ -38,11 +43,12 @@ def holding_the_lock(url: str) -> Iterator[None]:
         return
     with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
         assert conn.execute("SELECT pg_try_advisory_lock(%s, %s)", PG_LOCK_KEY).fetchone() == (True,)
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", [PG_RUN_NAMESPACE, HOLDER])
         yield
 
 
 def wait_for_waiting(proc: subprocess.Popen, timeout: float = 60) -> int:
-    """Read the process's stderr until it says it waits; return the run it names."""
+    """Read the process's stderr until it says it waits, naming the holder; return its own run."""
     assert proc.stderr is not None
     seen = b""
     deadline = time.monotonic() + timeout
@@ -54,6 +60,7 @@ def wait_for_waiting(proc: subprocess.Popen, timeout: float = 60) -> int:
                 break
             seen += chunk
             if match := WAITING.search(seen):
+                assert int(match.group(2)) == HOLDER  # it names the run that holds the lock
                 return int(match.group(1))
         elif proc.poll() is not None:
             break
