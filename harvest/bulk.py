@@ -21,7 +21,7 @@ from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import set_json_loads
 
 _stage_names = itertools.count()
-_SQLITE_CHUNK = 900  # stays below SQLite's limit on bound parameters
+SQLITE_CHUNK = 900  # stays below SQLite's limit on bound parameters
 
 
 def is_postgres() -> bool:
@@ -118,8 +118,8 @@ def set_column(table: str, column: str, value: Any, ids: Sequence[int]) -> None:
         if is_postgres():
             cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id = ANY(%s)", [value, list(ids)])  # noqa: S608
             return
-        for start in range(0, len(ids), _SQLITE_CHUNK):
-            part = ids[start : start + _SQLITE_CHUNK]
+        for start in range(0, len(ids), SQLITE_CHUNK):
+            part = ids[start : start + SQLITE_CHUNK]
             marks = ", ".join(["%s"] * len(part))
             cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id IN ({marks})", [value, *part])  # noqa: S608
 

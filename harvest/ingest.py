@@ -121,6 +121,7 @@ class BatchWriter:
         # The state of the previous batch's hosts and services, after it.
         self._carry_hosts: dict[str, _HostState] = {}
         self._carry_services: dict[tuple, _ServiceState] = {}
+        self._batch_services: dict[tuple, _ServiceState] = {}  # the batch being prepared
         if pipelined is None:
             pipelined = bulk.is_postgres() and not connection.in_atomic_block
         self._writer: _Writer | None = _Writer() if pipelined else None
@@ -188,6 +189,7 @@ class BatchWriter:
         services: dict[tuple, _ServiceState] = {}
         if self._records:
             hosts, services = self._load({r.key for _, r in self._records})
+            self._batch_services = services
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
                 _apply_host(hosts, record, ts)
@@ -331,14 +333,38 @@ class BatchWriter:
         """The service's earlier banners. Those of the batch still being written are in memory
         with their ids; the database adds every other one."""
         if not state.history_loaded:
-            state.history_loaded = True
-            if state.id is not None:
-                known = {item.id for item in state.history}
-                rows = ServiceBanner.objects.filter(service_id=state.id).values_list(
-                    "id", "banner_hash", "first_seen", "last_seen", "run_id"
-                )
-                state.history.extend(_History(*row) for row in rows if row[0] not in known)
+            self._load_history(state)
         return state.history
+
+    def _load_history(self, asking: _ServiceState) -> None:
+        """Read stored history at the first need in a batch, in one query for every stored
+        service of the batch with a record older than what is known of it: a file of host
+        lookups with history has many, and each would otherwise cost a query of its own."""
+        services = self._batch_services
+        fallback = self.fallback_ts
+        wanted = {asking.id: asking} if asking.id is not None else {}
+        for _, record in self._records:
+            state = services.get(record.key)
+            if (
+                state is not None
+                and state.id is not None
+                and not state.history_loaded
+                and (record.timestamp or fallback) < state.last_seen
+            ):
+                wanted[state.id] = state
+        asking.history_loaded = True
+        if not wanted:
+            return
+        rows: dict[int, list[tuple]] = {}
+        ids = list(wanted)
+        for start in range(0, len(ids), bulk.SQLITE_CHUNK):
+            chunk = ServiceBanner.objects.filter(service_id__in=ids[start : start + bulk.SQLITE_CHUNK]).order_by()
+            for row in chunk.values_list("service_id", "id", "banner_hash", "first_seen", "last_seen", "run_id"):
+                rows.setdefault(row[0], []).append(row[1:])
+        for sid, state in wanted.items():
+            state.history_loaded = True
+            known = {item.id for item in state.history}
+            state.history.extend(_History(*row) for row in rows.get(sid, ()) if row[0] not in known)
 
     def _plan_hosts(self, hosts: dict[str, _HostState], plan: _Plan) -> None:
         new = [h for h in hosts.values() if h.id is None]

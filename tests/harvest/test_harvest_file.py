@@ -396,3 +396,33 @@ def test_reading_a_file_again_adds_no_history(tmp_path, batch_size: int) -> None
     # An older banner at a time no history row covers is still new history.
     later = harvest(write_lines(tmp_path / "g.json", [line(records[0] | {"timestamp": "2026-01-02T12:00:00"})]))
     assert later.updated == 1 and ServiceBanner.objects.filter(banner="v1").count() == 2
+
+
+def test_stored_history_is_read_once_a_batch(tmp_path) -> None:
+    """A file of host lookups with history holds many older banners: reading it again looks up
+    the stored history of the batch's services together, not one query per service."""
+    records = []
+    for i in range(300):
+        ip = f"192.0.2.{i % 250}"
+        port = 8000 + i
+        records += [
+            banner(ip, port, data=f"v2-{i}", timestamp="2026-01-03T00:00:00"),
+            banner(ip, port, data=f"v1-{i}", timestamp="2026-01-02T00:00:00"),
+            banner(ip, port, data=f"v0-{i}", timestamp="2026-01-01T00:00:00"),
+        ]
+    path = write_lines(tmp_path / "f.json", [line(r) for r in records])
+    harvest(path, batch_size=500)
+    assert ServiceBanner.objects.count() == 600
+
+    sql: list[str] = []
+
+    def record(execute, query, params, many, context):  # noqa: ANN001, ANN202 - Django's wrapper signature
+        sql.append(query)
+        return execute(query, params, many, context)
+
+    with connection.execute_wrapper(record):  # sees every query; ingest resets the debug log
+        again = harvest(path, batch_size=500)
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 900)
+    assert ServiceBanner.objects.count() == 600
+    reads = [q for q in sql if q.startswith("SELECT") and "servicebanner" in q]
+    assert 1 <= len(reads) <= 2  # two batches of 500 lines
