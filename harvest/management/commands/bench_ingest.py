@@ -2,6 +2,8 @@
 
 Generates N Shodan-format banners with the sample generator, then measures in the same run:
   baseline   reading and JSON-parsing the same file, nothing else
+  validate   reading, parsing and validating it as ingest does (harvest.readers.file_events),
+             without the database: the part of ingest's Python work that any design must do
   ingest     `harvest --file` into a fresh scratch database (all inserts), timed from the run's
              recorded start to its finish (the process's own wall time is reported too)
   re-ingest  the same file again (all re-sightings, no inserts)
@@ -49,6 +51,18 @@ with gzip.open(sys.argv[1], "rb") as fh:
 print(n, time.perf_counter() - start)
 """
 
+# Django is set up before the clock starts; the events are what `harvest --file` consumes.
+VALIDATE_ONLY = """
+import sys, time, django
+from pathlib import Path
+django.setup()
+from harvest.readers import file_events
+start = time.perf_counter(); n = 0
+for event in file_events(Path(sys.argv[1]), {}, hosts=False):
+    n += event[0] == "record"
+print(n, time.perf_counter() - start)
+"""
+
 
 class Command(BaseCommand):
     help = "Measure ingest speed and peak memory against a parse-only baseline."
@@ -87,6 +101,7 @@ class Command(BaseCommand):
             size_mb = path.stat().st_size / 1e6
             baseline = _parse_only(path, "orjson")
             baseline_json = _parse_only(path, "json")
+            validate = _validate_only(path)
             with _scratch_database(Path(tmp)) as url:
                 _manage(url, "migrate", "-v0")
                 if not quiet:
@@ -96,7 +111,7 @@ class Command(BaseCommand):
                     self.stderr.write("re-ingesting ...")
                 again = _ingest(url, path, n)
                 floor = _floor(url, Path(tmp), n) if url.startswith("postgres") else None
-        steps = {"baseline_json": baseline_json, "ingest": ingest, "reingest": again}
+        steps = {"baseline_json": baseline_json, "validate": validate, "ingest": ingest, "reingest": again}
         if floor:
             steps["floor"] = floor
         for step in steps.values():
@@ -115,7 +130,7 @@ class Command(BaseCommand):
             f" {'CPU µs/banner: process':>23} {'database':>9}"
         )
         for r in s["runs"]:
-            for name in ("baseline", "baseline_json", "ingest", "reingest", "floor"):
+            for name in ("baseline", "baseline_json", "validate", "ingest", "reingest", "floor"):
                 if name not in r:
                     continue
                 step = r[name]
@@ -141,8 +156,20 @@ def _figure(value: float | None) -> str:
 
 
 def _parse_only(path: Path, parser: str) -> dict:
+    return _timed_script(PARSE_ONLY, str(path), parser)
+
+
+def _validate_only(path: Path) -> dict:
+    return _timed_script(VALIDATE_ONLY, str(path))
+
+
+def _timed_script(script: str, *args: str) -> dict:
+    """Run a script that prints "<records> <seconds>" (its own timing, start-up excluded)."""
     cpu = _Cpu()
-    proc = subprocess.Popen([sys.executable, "-c", PARSE_ONLY, str(path), parser], stdout=subprocess.PIPE)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "medexpo.settings"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, env=env, cwd=settings.BASE_DIR
+    )
     out, peak_mb = _wait(proc)
     count_text, seconds_text = out.split()
     seconds, n = float(seconds_text), int(count_text)
