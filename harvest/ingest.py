@@ -283,6 +283,12 @@ class BatchWriter:
             )
             return "new"
         same_banner = state.banner_hash == record.banner_hash
+        if ts == state.last_seen and not same_banner:
+            # Another banner at the moment of the current one: the later line wins, unless this
+            # one is already history at that moment (the same lines read again).
+            known = self._in_history(state, record.banner_hash, ts)
+            if known is not None:
+                return _seen_again(known, ts, run_id)
         if ts > state.last_seen or (ts == state.last_seen and not same_banner):
             # A newer banner: it becomes the current one, the old one goes to history if it differs.
             if not same_banner:
@@ -306,35 +312,33 @@ class BatchWriter:
             state.last_run_id = run_id
             state.touched = True
             return "unchanged"
-        if same_banner:
-            # The current banner seen earlier than we knew.
-            if ts >= state.banner_since:
-                return "unchanged"
+        if same_banner and ts >= state.banner_since:
+            return "unchanged"  # within what is known of the current banner
+        # An older sighting. Files need not be in time order: history may already hold it.
+        known = self._in_history(state, record.banner_hash, ts)
+        if known is not None:
+            return _seen_again(known, ts, run_id)
+        if same_banner and not any(h.first_seen < state.banner_since and h.last_seen >= ts for h in state.history):
+            # The current banner, seen earlier than we knew and with nothing else in between.
             state.banner_since = ts
             state.first_seen = min(state.first_seen, ts)
             state.dirty = state.touched = True
             return "updated"
-        # An older, different banner (files need not be in time order): it is history, once.
-        for item in self._history(state):
-            if item.banner_hash == record.banner_hash and item.first_seen <= ts <= item.last_seen:
-                if ts < item.last_seen:
-                    return "unchanged"
-                if item.run_id == run_id:
-                    return Reason.DUPLICATE
-                item.run_id = run_id
-                item.touched = item.id is not None
-                return "unchanged"
+        # An older banner, or an earlier spell of the current one: it is history, once.
         state.history.append(_History(None, record.banner_hash, ts, ts, run_id, record))
         state.first_seen = min(state.first_seen, ts)
         state.dirty = state.touched = True
         return "updated"
 
-    def _history(self, state: _ServiceState) -> list[_History]:
-        """The service's earlier banners. Those of the batch still being written are in memory
-        with their ids; the database adds every other one."""
+    def _in_history(self, state: _ServiceState, banner_hash: str, ts: datetime) -> _History | None:
+        """The history row of this banner that covers `ts`, if any. Rows of the batch still being
+        written are in memory with their ids; the database adds every other one."""
         if not state.history_loaded:
             self._load_history(state)
-        return state.history
+        for item in state.history:
+            if item.banner_hash == banner_hash and item.first_seen <= ts <= item.last_seen:
+                return item
+        return None
 
     def _load_history(self, asking: _ServiceState) -> None:
         """Read stored history at the first need in a batch, in one query for every stored
@@ -542,6 +546,18 @@ def _apply_in_transaction(plan: _Plan) -> None:
         bulk.tune_batch_transaction()
         _apply(plan)
     reset_queries()
+
+
+def _seen_again(item: _History, ts: datetime, run_id: int) -> str:
+    """A banner that history already holds at `ts`. As for the current banner, a line at the
+    row's last_seen that the row's own run has read is a duplicate."""
+    if ts < item.last_seen:
+        return "unchanged"
+    if item.run_id == run_id:
+        return Reason.DUPLICATE
+    item.run_id = run_id
+    item.touched = item.id is not None
+    return "unchanged"
 
 
 def _position(position: int | str) -> str:
