@@ -23,10 +23,16 @@ records = st.lists(
         st.sampled_from([80, 104]),
         st.sampled_from(["a", "b", "c"]),
         st.integers(min_value=1, max_value=4),  # the day: few moments, so ties happen
+        st.sampled_from(["", "Org X", "Org Y"]),  # the host's organisation; empty must not blank it
+        st.sampled_from([[], ["a.example"], ["b.example"]]),
     ),
     min_size=1,
     max_size=14,
 )
+
+
+def _line(ip: str, port: int, data: str, day: int, org: str, hostnames: list) -> bytes:
+    return line(banner(ip, port, data=data, timestamp=f"2026-01-0{day}T00:00:00", org=org, hostnames=hostnames))
 
 
 class _Rollback(Exception):  # noqa: N818 - control flow: undo one attempt
@@ -37,14 +43,15 @@ def harvest(path: Path, batch_size: int) -> HarvestRun:
     return services.harvest_execute(run=services.harvest_file_start(path=path), batch_size=batch_size)
 
 
-def stored() -> tuple[list, list]:
+def stored() -> tuple[list, list, list]:
+    hosts = sorted(Host.objects.values_list("ip", "org", "hostnames", "first_seen", "last_seen"))
     current = sorted(
         Service.objects.values_list("host__ip", "port", "banner", "first_seen", "last_seen", "banner_since")
     )
     history = sorted(
         ServiceBanner.objects.values_list("service__host__ip", "service__port", "banner", "first_seen", "last_seen")
     )
-    return current, history
+    return hosts, current, history
 
 
 def outcome(path: Path, batch_size: int, *, again: bool = False) -> tuple:
@@ -67,7 +74,7 @@ def outcome(path: Path, batch_size: int, *, again: bool = False) -> tuple:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=records, batch_size=st.integers(min_value=1, max_value=4))
 def test_the_result_depends_on_the_banners_alone(tmp_path, items, batch_size) -> None:
-    lines = [line(banner(ip, port, data=data, timestamp=f"2026-01-0{day}T00:00:00")) for ip, port, data, day in items]
+    lines = [_line(*item) for item in items]
     path = write_lines(tmp_path / "f.json", lines)
 
     state, counts, state_again, counts_again = outcome(path, batch_size, again=True)
@@ -80,8 +87,8 @@ def test_the_result_depends_on_the_banners_alone(tmp_path, items, batch_size) ->
     # a window already known counts as unchanged. Either way nothing is stored twice.
     assert rejected.keys() <= {"duplicate"}
 
-    current, history = state
-    assert len(current) == len({(ip, port) for ip, port, _, _ in items})
+    _, current, history = state
+    assert len(current) == len({(item[0], item[1]) for item in items})
     assert len(history) == len(set(history))  # no banner is history twice over the same time
 
 
@@ -98,7 +105,7 @@ def _empty() -> None:
 def test_the_pipelined_writer_gives_the_same_result(tmp_path, items, batch_size) -> None:
     """Outside a transaction on PostgreSQL each batch is written by the writer thread while the
     next is prepared from the state of the one in flight."""
-    lines = [line(banner(ip, port, data=data, timestamp=f"2026-01-0{day}T00:00:00")) for ip, port, data, day in items]
+    lines = [_line(*item) for item in items]
     path = write_lines(tmp_path / "f.json", lines)
     _empty()
     harvest(path, 1000)
