@@ -33,6 +33,7 @@ class Progress:
             leave=False,
         )
         self._position = 0
+        self._stream = stream
 
     def moved_to(self, position: int) -> None:
         if position > self._position:
@@ -42,6 +43,14 @@ class Progress:
     def advance(self, n: int = 1) -> None:
         self._bar.update(n)
         self._position += n
+
+    def note(self, message: str) -> None:
+        """A line for the user above the bar (which stays intact), or on the stream when no bar
+        is shown: a note is worth seeing even under --json or in a pipe."""
+        if self._bar.disable:
+            print(message, file=self._stream, flush=True)
+        else:
+            self._bar.write(message, file=self._stream)
 
     def close(self) -> None:
         self._bar.close()

@@ -79,17 +79,12 @@ class Command(BaseCommand):
                 batch_size = options["batch_size"]
                 if run.source == HarvestRun.Source.SEARCH and batch_size is None:
                     batch_size = search.SEARCH_BATCH_SIZE
-                return services.harvest_execute(
-                    run=run, progress=bar.moved_to, batch_size=batch_size, on_wait=self._say
-                )
+                return services.harvest_execute(run=run, progress=bar.moved_to, batch_size=batch_size, on_wait=bar.note)
             except KeyboardInterrupt:
                 raise CommandError(f"interrupted: resume with --resume {run.pk}") from None
             except Exception:  # noqa: BLE001 - recorded on the run, reported below
                 run.refresh_from_db()
                 return run
-
-    def _say(self, message: str) -> None:
-        self.stderr.write(message)
 
     def _count_only(self, options: dict) -> None:
         if not options["plan"]:
