@@ -224,8 +224,6 @@ class BatchWriter:
             service = self._carry_services.get(key)
             if service is not None:
                 service.record, service.dirty, service.touched, service.is_new = None, False, False, False
-                for item in service.history:
-                    item.touched = False
                 services[key] = service
         ids = {ip: host.id for ip, host in hosts.items() if host.id is not None}
         wanted = [(ids[k[0]], k) for k in keys if k not in services and k[0] in ids]
@@ -406,7 +404,16 @@ class BatchWriter:
                 plan.service_touches.append(s.id)
 
     def _plan_history(self, services: dict, plan: _Plan) -> None:
-        added = [(s, h) for s in services.values() for h in s.history if h.id is None]
+        """New history rows (ids allocated here), and stored rows whose run changed (then
+        cleared: the state is carried to the next batch)."""
+        added = []
+        for state in services.values():
+            for item in state.history:
+                if item.id is None:
+                    added.append((state, item))
+                elif item.touched:
+                    plan.history_touches.append((item.id, item.run_id))
+                    item.touched = False
         ids = bulk.allocate_ids(ServiceBanner._meta.db_table, len(added))
         for (state, item), pk in zip(added, ids, strict=True):
             item.id = pk
@@ -424,7 +431,6 @@ class BatchWriter:
                 )
             )
             item.record = None  # the row holds the text now; the state need not keep it
-        plan.history_touches = [(h.id, h.run_id) for s in services.values() for h in s.history if h.touched]
 
     def _plan_rejections(self, counts: Counter, plan: _Plan) -> None:
         stored = Counter(self.run.rejected)

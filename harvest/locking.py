@@ -38,7 +38,7 @@ def harvest_lock(run_id: int, on_wait: Callable[[], None] | None = None) -> Iter
         with _advisory_lock(run_id, on_wait):
             yield
         return
-    path = sqlite_lock_path(str(connection.settings_dict["NAME"] or ""))
+    path = _sqlite_lock_file()
     if path is None:
         if not _in_process.acquire(blocking=False):
             if on_wait:
@@ -67,7 +67,7 @@ def writing_run() -> int | None:
             )
             row = cursor.fetchone()
         return int(row[0]) if row else None
-    path = sqlite_lock_path(str(connection.settings_dict["NAME"] or ""))
+    path = _sqlite_lock_file()
     if path is None:
         return _in_process_run
     try:
@@ -121,6 +121,10 @@ def _file_lock(path: Path, run_id: int, on_wait: Callable[[], None] | None) -> I
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _sqlite_lock_file() -> Path | None:
+    return sqlite_lock_path(str(connection.settings_dict["NAME"] or ""))
 
 
 def sqlite_lock_path(name: str) -> Path | None:

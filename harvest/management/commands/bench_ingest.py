@@ -213,7 +213,7 @@ def _floor(url: str, tmp: Path, n: int) -> dict:
             with dump.open("wb") as fh, conn.cursor().copy(f"COPY {table} TO STDOUT") as copy:
                 for block in copy:
                     fh.write(block)
-        conn.execute("TRUNCATE harvest_host, harvest_service CASCADE")
+        conn.execute(f"TRUNCATE {', '.join(FLOOR_TABLES)} CASCADE")
         conn.commit()
         conn.execute("CHECKPOINT")
         cpu = _Cpu()
