@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Length, Substr
+from django.db.models.functions import Coalesce, Length, Substr
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -35,6 +35,7 @@ BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service pag
 HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
 RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the pretty-printed raw record
 PREVIEW_LIMIT = 48  # banner column of the service list
+BANNER_SEARCH = "banner:"  # a service search that starts so looks in banner text
 
 PRE_STYLE = (
     "white-space: pre-wrap; overflow-wrap: anywhere; max-height: 40em; overflow: auto; "
@@ -112,14 +113,30 @@ def text_block(text: str, *, limit: int, total: int | None = None) -> SafeString
 def pretty_json(raw: str) -> str:
     """A JSON record indented for reading; text that is not JSON is returned as it is."""
     try:
-        value = json.loads(raw)
-    except ValueError:
+        return json.dumps(json.loads(raw), indent=2, ensure_ascii=False, sort_keys=True)
+    except (ValueError, RecursionError):  # ingest keeps records nested deeper than json can recurse
         return raw
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
 def _short_time(value: datetime) -> str:
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M")
+
+
+def _text_column(field: str, description: str | None = None) -> Callable[[admin.ModelAdmin, Any], str]:
+    """A column or read-only field showing a model's text field with controls made visible
+    (bidi overrides, zero-width characters): the field alone would show them as they are."""
+
+    @admin.display(description=description or field, ordering=field)
+    def column(self: admin.ModelAdmin, obj: Any) -> str:
+        return visible_text(getattr(obj, field) or "")
+
+    column.__name__ = f"{field}_text"
+    return column
+
+
+def _is_number(value: str, digits: int) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses or misreads."""
+    return value.isascii() and value.isdigit() and len(value) <= digits
 
 
 def _link(viewname: str, pk: int | None, label: object) -> SafeString | str:
@@ -175,7 +192,7 @@ class TopValuesFilter(admin.SimpleListFilter):
         value = self.value()
         if value is None:
             return queryset
-        if not value.isdigit() or len(value) > 10:
+        if not _is_number(value, 10):
             return queryset.none()
         return queryset.filter(**{str(self.parameter_name): int(value)})
 
@@ -218,6 +235,23 @@ class CategoryFilter(admin.SimpleListFilter):
         return queryset.filter(verdict_category=value) if value in CATEGORIES else queryset
 
 
+class ModuleFilter(admin.SimpleListFilter):
+    """Shodan's crawler modules, most common first. The names come from the records, so the
+    labels show controls and bidi characters the way every other banner text is shown."""
+
+    title = "module"
+    parameter_name = "module"
+    limit = 50
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        rows = Service.objects.values_list("module").annotate(rows=Count("pk")).order_by("-rows", "module")
+        return [(module, visible_text(module) or "(none)") for module, _ in rows[: self.limit]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        return queryset if value is None else queryset.filter(module=value)
+
+
 class AsnFilter(TopValuesFilter):
     title = "ASN"
     parameter_name = "asn"
@@ -250,9 +284,21 @@ class CountryFilter(admin.SimpleListFilter):
 
 class ServiceInline(ReadOnlyTabularInline):
     model = Service
-    fields = ("port", "transport", "product", "version", "module", "first_seen", "last_seen", "banner_since")
+    fields = (
+        "port",
+        "transport",
+        "product_text",
+        "version_text",
+        "module_text",
+        "first_seen",
+        "last_seen",
+        "banner_since",
+    )
     readonly_fields = fields
     show_change_link = True
+    product_text = _text_column("product")
+    version_text = _text_column("version")
+    module_text = _text_column("module")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
         # Banners can be a megabyte each; the inline shows none of them.
@@ -261,37 +307,58 @@ class ServiceInline(ReadOnlyTabularInline):
 
 @admin.register(Host)
 class HostAdmin(ReadOnlyAdmin):
-    list_display = ("ip", "org", "isp", "asn", "country", "hostnames_list", "os", "first_seen", "last_seen", "services")
-    search_fields = ("ip", "org", "hostnames")
-    list_filter = (CountryFilter, AsnFilter)
-    fieldsets = (
-        (None, {"fields": ("ip", "org", "isp", "asn", "country", "hostnames_list", "os")}),
-        ("Seen", {"fields": ("first_seen", "last_seen", "services")}),
-    )
-    readonly_fields = (
+    list_display = (
         "ip",
-        "org",
-        "isp",
+        "org_text",
+        "isp_text",
         "asn",
         "country",
         "hostnames_list",
-        "os",
+        "os_text",
         "first_seen",
         "last_seen",
-        "services",
+        "service_total",
+    )
+    search_fields = ("ip", "org", "hostnames")
+    list_filter = (CountryFilter, AsnFilter)
+    fieldsets = (
+        (None, {"fields": ("ip", "org_text", "isp_text", "asn", "country", "hostnames_list", "os_text")}),
+        ("Seen", {"fields": ("first_seen", "last_seen", "service_total")}),
+    )
+    readonly_fields = (
+        "ip",
+        "org_text",
+        "isp_text",
+        "asn",
+        "country",
+        "hostnames_list",
+        "os_text",
+        "first_seen",
+        "last_seen",
+        "service_total",
     )
     inlines = (ServiceInline,)
+    org_text = _text_column("org")
+    isp_text = _text_column("isp", "ISP")
+    os_text = _text_column("os", "OS")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
-        return super().get_queryset(request).annotate(service_count=Count("services"))
+        # Counted per listed host: a join and GROUP BY would count every service of the table
+        # before the page's LIMIT.
+        count = (
+            Service.objects.filter(host=OuterRef("pk")).order_by().values("host").annotate(n=Count("pk")).values("n")
+        )
+        return super().get_queryset(request).annotate(service_count=Coalesce(Subquery(count), 0))
 
     @admin.display(description="hostnames")
     def hostnames_list(self, obj: Host) -> str:
         names = obj.hostnames if isinstance(obj.hostnames, list) else []
         return visible_text(", ".join(str(n) for n in names))
 
+    # Not named "services": the admin would sort by that relation (a join listing each host once per
+    # service) rather than by the count.
     @admin.display(description="services", ordering="service_count")
-    def services(self, obj: Host) -> int:
+    def service_total(self, obj: Host) -> int:
         return obj.service_count  # type: ignore[attr-defined]
 
 
@@ -338,9 +405,9 @@ class ServiceAdmin(ReadOnlyAdmin):
         "host_ip",
         "port",
         "transport",
-        "product",
-        "version",
-        "module",
+        "product_text",
+        "version_text",
+        "module_text",
         "org",
         "first",
         "last",
@@ -349,10 +416,16 @@ class ServiceAdmin(ReadOnlyAdmin):
         "banner_preview",
     )
     list_select_related = ("host",)
-    search_fields = ("host__ip", "product", "banner", "host__org")
-    list_filter = (VerdictFilter, CategoryFilter, PortFilter, "transport", "module")
+    # Banners are searched only when asked for (see get_search_results): on every search they
+    # would make each one read every banner in the table.
+    search_fields = ("host__ip", "product", "host__org")
+    search_help_text = (
+        f"Address, product or organisation. To search banner text, start with {BANNER_SEARCH} "
+        "(it reads every banner: slow on a large harvest)."
+    )
+    list_filter = (VerdictFilter, CategoryFilter, PortFilter, "transport", ModuleFilter)
     fieldsets = (
-        (None, {"fields": ("host_link", "port", "transport", "product", "version", "module", "org")}),
+        (None, {"fields": ("host_link", "port", "transport", "product_text", "version_text", "module_text", "org")}),
         ("Seen", {"fields": ("first_seen", "last_seen", "banner_since", "last_run_link")}),
         ("Banner", {"fields": ("banner_text",)}),
         ("Raw record", {"fields": ("raw_record",), "classes": ("collapse",)}),
@@ -361,9 +434,9 @@ class ServiceAdmin(ReadOnlyAdmin):
         "host_link",
         "port",
         "transport",
-        "product",
-        "version",
-        "module",
+        "product_text",
+        "version_text",
+        "module_text",
         "org",
         "first_seen",
         "last_seen",
@@ -373,6 +446,17 @@ class ServiceAdmin(ReadOnlyAdmin):
         "raw_record",
     )
     inlines: ClassVar[tuple[type[admin.TabularInline], ...]] = (ServiceBannerInline,)  # type: ignore[misc]
+    product_text = _text_column("product")
+    version_text = _text_column("version")
+    module_text = _text_column("module")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Service], search_term: str
+    ) -> tuple[QuerySet[Service], bool]:
+        if search_term.startswith(BANNER_SEARCH):
+            phrase = search_term.removeprefix(BANNER_SEARCH).strip()
+            return (queryset.filter(banner__icontains=phrase) if phrase else queryset), False
+        return super().get_search_results(request, queryset, search_term)
 
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
         return ServiceChangeList
@@ -462,7 +546,7 @@ class RunFilter(admin.SimpleListFilter):
         value = self.value()
         if value is None:
             return queryset
-        return queryset.filter(run_id=int(value)) if value.isdigit() else queryset.none()
+        return queryset.filter(run_id=int(value)) if _is_number(value, 18) else queryset.none()
 
 
 @admin.register(Rejection)
@@ -519,7 +603,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         ("Resume", {"fields": ("checkpoint_json", "options_json"), "classes": ("collapse",)}),
     )
 
-    @admin.action(description="Resume the selected runs in the background")
+    @admin.action(description="Resume the selected runs in the background", permissions=["resume"])
     def resume(self, request: HttpRequest, queryset: QuerySet[HarvestRun]) -> None:
         for run in queryset:
             try:
@@ -528,6 +612,10 @@ class HarvestRunAdmin(ReadOnlyAdmin):
                 self.message_user(request, str(exc), level=messages.WARNING)
             else:
                 self.message_user(request, f"Run {run.pk} will resume in the background.")
+
+    def has_resume_permission(self, request: HttpRequest) -> bool:
+        # Viewing runs is not enough: resuming a search run spends Shodan credits.
+        return request.user.has_perm(f"{HarvestRun._meta.app_label}.resume_harvestrun")
 
     readonly_fields = (
         "source",
@@ -550,14 +638,22 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         "options_json",
     )
 
+    def get_list_display(self, request: HttpRequest) -> list:  # type: ignore[override]
+        """The status column asks who holds the harvest lock once a page, not once a row."""
+        holder: list[int | None] = []
+
+        @admin.display(description="status", ordering="status")
+        def status_now(obj: HarvestRun) -> str:
+            if obj.status == HarvestRun.Status.RUNNING and not holder:
+                holder.append(harvest_writing_run())
+            return _run_status(obj, holder[0] if holder else None)
+
+        return [status_now if name == "status_now" else name for name in self.list_display]
+
     @admin.display(description="status", ordering="status")
     def status_now(self, obj: HarvestRun) -> str:
-        """A run marked running may have no process behind it: only the lock holder is writing."""
-        if obj.status != HarvestRun.Status.RUNNING:
-            return obj.get_status_display()
-        if obj.pk == harvest_writing_run():
-            return "Running: writing now"
-        return "Running: not writing now (waiting for another run, or interrupted: resume it)"
+        writing = harvest_writing_run() if obj.status == HarvestRun.Status.RUNNING else None
+        return _run_status(obj, writing)
 
     @admin.display(description="target")
     def target_short(self, obj: HarvestRun) -> str:
@@ -601,6 +697,15 @@ class HarvestRunAdmin(ReadOnlyAdmin):
     def _rejections_url(run: HarvestRun, reason: str) -> str:
         query = urlencode({"run": run.pk, "reason__exact": reason})
         return reverse("admin:harvest_rejection_changelist") + "?" + query
+
+
+def _run_status(run: HarvestRun, writing: int | None) -> str:
+    """A run marked running may have no process behind it: only the lock holder is writing."""
+    if run.status != HarvestRun.Status.RUNNING:
+        return run.get_status_display()
+    if run.pk == writing:
+        return "Running: writing now"
+    return "Running: not writing now (waiting for another run, or interrupted: resume it)"
 
 
 # --- verdicts ------------------------------------------------------------------------------

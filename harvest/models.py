@@ -37,6 +37,8 @@ class HarvestRun(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        # Resuming a search run spends Shodan credits: more than looking at runs.
+        permissions = [("resume_harvestrun", "Can resume a harvest run")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["running", "completed", "stopped", "failed"]),

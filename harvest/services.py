@@ -242,7 +242,9 @@ def service_export_rows(*, chunk_size: int = 2000) -> Iterator[dict]:
     """Every stored service as a plain dict, streamed in primary-key order, in batches."""
     last_pk = 0
     while True:
-        batch = list(Service.objects.select_related("host").filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
+        # Banners and raw records (up to a megabyte each) are not exported: they stay in the database.
+        services = Service.objects.select_related("host").defer("banner", "raw")
+        batch = list(services.filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
         if not batch:
             return
         rows = [_export_row(service) for service in batch]

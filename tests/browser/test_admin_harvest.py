@@ -72,10 +72,12 @@ def test_it_logs_in_and_searches_services_by_banner_and_ip(admin_page: Page, har
     admin_page.wait_for_url("**/admin/harvest/service/")
     assert len(result_rows(admin_page)) == 3
 
-    by_banner = search(admin_page, "server response")
+    by_banner = search(admin_page, "banner:server response")
     by_ip = search(admin_page, "192.0.2.11")
+    help_text = admin_page.locator("#searchbar_helptext").inner_text()
 
     assert sorted(row.split("\t")[0] for row in by_banner) == ["192.0.2.10", "192.0.2.12"]
+    assert "banner:" in help_text
     assert [row.split("\t")[0] for row in by_ip] == ["192.0.2.11"]
     assert "nginx" in by_ip[0]
 
@@ -91,7 +93,7 @@ def test_it_shows_a_hostile_service_literally(
     shown_banner = admin_page.locator(".field-banner_text pre").inner_text()
     raw = admin_page.locator(".field-raw_record pre").text_content() or ""
     org = admin_page.locator(".field-org .readonly").inner_text()
-    product = admin_page.locator(".field-product .readonly").inner_text()
+    product = admin_page.locator(".field-product_text .readonly").inner_text()
     on_service_page = admin_page.evaluate(INJECTED)
     admin_page.click(".field-host_link a")
     admin_page.wait_for_url("**/admin/harvest/host/*/change/")

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -18,7 +19,7 @@ from django.urls import reverse
 from harvest import services
 from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT, text_block, visible_text
 from harvest.locking import harvest_lock
-from harvest.models import HarvestRun, Host, Service
+from harvest.models import HarvestRun, Host, Rejection, Service
 from tests.factories import minimal_banner
 
 HOSTILE_BANNER = (
@@ -159,7 +160,7 @@ def test_it_lists_earlier_banners_in_the_history(tmp_path: Path, admin_client: C
 
 
 @pytest.mark.django_db
-def test_it_searches_services_by_banner_ip_product_and_org(tmp_path: Path, admin_client: Client) -> None:
+def test_it_searches_services_by_ip_product_org_and_on_request_banner(tmp_path: Path, admin_client: Client) -> None:
     ingest(
         tmp_path,
         [
@@ -173,7 +174,9 @@ def test_it_searches_services_by_banner_ip_product_and_org(tmp_path: Path, admin
         table = results(admin_client.get(url, {"q": query}).content.decode())
         return {ip for ip in ("192.0.2.10", "192.0.2.11") if ip in table}
 
-    assert found("server response") == {"192.0.2.10"}
+    assert found("banner:server response") == {"192.0.2.10"}
+    assert found("banner: Server Response ") == {"192.0.2.10"}
+    assert found("server response") == set()  # banners only when asked for: each search would read them all
     assert found("192.0.2.11") == {"192.0.2.11"}
     assert found("orthanc") == {"192.0.2.10"}
     assert found("hosting") == {"192.0.2.11"}
@@ -186,7 +189,7 @@ def test_it_filters_services_by_port_transport_and_module(tmp_path: Path, admin_
     url = changelist_url(Service)
 
     by_port = results(admin_client.get(url, {"port": "104"}).content.decode())
-    by_module = results(admin_client.get(url, {"module__exact": "http"}).content.decode())
+    by_module = results(admin_client.get(url, {"module": "http"}).content.decode())
     by_transport = results(admin_client.get(url, {"transport__exact": "udp"}).content.decode())
 
     assert "192.0.2.20" in by_port and "192.0.2.21" not in by_port
@@ -206,6 +209,33 @@ def test_it_offers_the_most_common_ports_and_asns_first(tmp_path: Path, admin_cl
     assert "64502" not in results(admin_client.get(changelist_url(Host), {"asn": "64500"}).content.decode())
     not_a_number = admin_client.get(changelist_url(Host), {"asn": "AS1"})
     assert not_a_number.status_code == 200 and "0 hosts" in not_a_number.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["²", "①", "٣", "1²"])
+def test_number_filters_take_only_ascii_digits(tmp_path: Path, admin_client: Client, value: str) -> None:
+    # str.isdigit() is true for these; int() refuses the first two and reads "٣" as 3.
+    ingest(tmp_path, many(4))
+    pages = {
+        "services": admin_client.get(changelist_url(Service), {"port": value}),
+        "hosts": admin_client.get(changelist_url(Host), {"asn": value}),
+        "rejections": admin_client.get(changelist_url(Rejection), {"run": value}),
+    }
+
+    assert {name: page.status_code for name, page in pages.items()} == dict.fromkeys(pages, 200)
+    assert "<tbody>" not in results(pages["services"].content.decode())
+    assert "0 hosts" in pages["hosts"].content.decode()
+
+
+@pytest.mark.django_db
+def test_the_module_filter_shows_hostile_module_names_visibly(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [banner("192.0.2.24", 80, "x", _shodan={"module": "ht\u202etp<b>"}), *many(2)])
+
+    page = admin_client.get(changelist_url(Service)).content.decode()
+    only = results(admin_client.get(changelist_url(Service), {"module": "ht\u202etp<b>"}).content.decode())
+
+    assert "ht\\u202etp&lt;b&gt;" in page and "\u202e" not in page and "<b>" not in page
+    assert "192.0.2.24" in only and "198.51" not in only
 
 
 @pytest.mark.django_db
@@ -255,7 +285,7 @@ def test_it_shows_hosts_with_their_service_count_and_services(tmp_path: Path, ad
     page = admin_client.get(change_url(host)).content.decode()
 
     row = re.search(r"<tr>.*?192\.0\.2\.66.*?</tr>", listing, re.S)
-    assert row is not None and '<td class="field-services">2</td>' in row.group(0)
+    assert row is not None and '<td class="field-service_total">2</td>' in row.group(0)
     assert "&lt;svg onload=alert(5)&gt;.example" in listing and "<svg" not in listing
     assert "<svg onload" not in page and "<b onmouseover" not in page
     assert "&lt;svg onload=alert(5)&gt;.example" in page
@@ -372,7 +402,8 @@ def _queries(client: Client, url: str) -> int:
     "url",
     [
         reverse("admin:harvest_service_changelist"),
-        reverse("admin:harvest_service_changelist") + "?q=banner",
+        reverse("admin:harvest_service_changelist") + "?q=product",
+        reverse("admin:harvest_service_changelist") + "?q=banner:banner",
         reverse("admin:harvest_host_changelist"),
         reverse("admin:harvest_host_changelist") + "?q=example",
         reverse("admin:harvest_harvestrun_changelist"),
@@ -505,3 +536,122 @@ def test_the_runs_list_tells_a_run_writing_now_from_an_interrupted_one(tmp_path:
     assert "writing now" in rows[str(writing.pk)] and "interrupted" in rows[str(interrupted.pk)]
     text = admin_client.get(changelist_url(HarvestRun)).content.decode()
     assert "Running: writing now" not in text and text.count("Running: not writing now") == 2
+
+
+@pytest.mark.django_db
+def test_looking_at_runs_is_not_enough_to_resume_them(
+    tmp_path: Path, client: Client, django_capture_on_commit_callbacks
+) -> None:
+    path = tmp_path / "banners.json"
+    path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
+    stopped = services.harvest_file_start(path=path)
+    stopped.status = HarvestRun.Status.STOPPED
+    stopped.save(update_fields=["status"])
+    staff = User.objects.create_user("handler", password="x", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_harvestrun"))
+    client.force_login(staff)
+
+    def resume() -> str:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(
+                changelist_url(HarvestRun),
+                {"action": "resume", "index": 0, "_selected_action": [stopped.pk]},
+                follow=True,
+            )
+        return response.content.decode()
+
+    listing = client.get(changelist_url(HarvestRun)).content.decode()
+    refused = resume()
+    stopped.refresh_from_db()
+    assert 'value="resume"' not in listing
+    assert "will resume" not in refused and stopped.status == "stopped"
+
+    staff.user_permissions.add(Permission.objects.get(codename="resume_harvestrun"))
+    staff = User.objects.get(pk=staff.pk)  # permissions are cached on the user object
+    client.force_login(staff)
+    assert 'value="resume"' in client.get(changelist_url(HarvestRun)).content.decode()
+    assert f"Run {stopped.pk} will resume in the background." in resume()
+    stopped.refresh_from_db()
+    assert (stopped.status, stopped.new) == ("completed", 3)
+
+
+@pytest.mark.django_db
+def test_a_record_nested_deeper_than_json_can_read_is_shown_as_text(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [banner("192.0.2.70", 80, "deep")])
+    service = Service.objects.get()
+    deep = '{"ip_str": "192.0.2.70", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    Service.objects.filter(pk=service.pk).update(raw=deep)  # stands for a record only orjson could parse
+
+    response = admin_client.get(change_url(service))
+
+    assert response.status_code == 200
+    assert "[" * 5000 in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_text_from_records_shows_its_bidi_and_invisible_characters(tmp_path: Path, admin_client: Client) -> None:
+    rlo = "\u202e"
+    ingest(
+        tmp_path,
+        [
+            banner(
+                "192.0.2.71",
+                8080,
+                "x",
+                product=f"PACS{rlo}gpj.exe",
+                version=f"1{rlo}2",
+                org=f"Org{rlo}BV",
+                isp=f"ISP{rlo}x",
+                os=f"Linux{rlo}x",
+                _shodan={"module": f"http{rlo}"},
+            )
+        ],
+    )
+    service = Service.objects.get()
+    pages = {
+        "service list": admin_client.get(changelist_url(Service)),
+        "service page": admin_client.get(change_url(service)),
+        "host list": admin_client.get(changelist_url(Host)),
+        "host page": admin_client.get(change_url(service.host)),
+    }
+
+    for name, page in pages.items():
+        html = page.content.decode()
+        assert rlo not in html, name
+    assert "PACS\\u202egpj.exe" in pages["service list"].content.decode()
+    assert "1\\u202e2" in pages["service page"].content.decode()
+    host_page = pages["host page"].content.decode()
+    for shown in ("Org\\u202eBV", "ISP\\u202ex", "Linux\\u202ex", "PACS\\u202egpj.exe", "http\\u202e"):
+        assert shown in host_page, shown
+
+
+@pytest.mark.django_db
+def test_the_host_list_counts_services_per_listed_host(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [*many(6), banner("198.51.0.1", 22, "ssh")])
+    admin_client.get(changelist_url(Host))
+
+    with CaptureQueriesContext(connection) as ctx:
+        listing = results(admin_client.get(changelist_url(Host), {"o": "-9"}).content.decode())
+
+    # No join of hosts with every service before the page's LIMIT: the count is a subquery per row.
+    page_queries = [q["sql"] for q in ctx.captured_queries if "LIMIT" in q["sql"] and "harvest_host" in q["sql"]]
+    assert page_queries and not any("JOIN" in sql for sql in page_queries)
+    shown = re.findall(r">(198\.51\.0\.\d+)</a>.*?field-service_total\">(\d+)<", listing, re.S)
+    # Sorted by the count, descending, each host once (sorting by the relation would repeat it).
+    assert shown[0] == ("198.51.0.1", "2") and len(shown) == len({ip for ip, _ in shown}) == 6
+
+
+@pytest.mark.django_db
+def test_the_runs_list_asks_for_the_writing_run_once_a_page(tmp_path: Path, admin_client: Client) -> None:
+    path = tmp_path / "banners.json"
+    path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
+    runs = [services.harvest_file_start(path=path) for _ in range(4)]  # marked running, none writing
+    admin_client.get(changelist_url(HarvestRun))
+
+    with harvest_lock(runs[1].pk), CaptureQueriesContext(connection) as ctx:
+        text = admin_client.get(changelist_url(HarvestRun)).content.decode()
+
+    assert text.count("Running: writing now") == 1 and text.count("Running: not writing now") == 3
+    # On PostgreSQL the holder comes from pg_locks (on SQLite from a lock file): once a page.
+    lock_queries = [q for q in ctx.captured_queries if "pg_locks" in q["sql"]]
+    assert len(lock_queries) == (1 if connection.vendor == "postgresql" else 0)

@@ -10,6 +10,10 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from harvest.services import service_export_rows
 
+# JSON allows these unescaped, but str.splitlines() and many JSON Lines readers end a line at
+# them: a hostile product name must not split its row in two.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
 
 class Command(BaseCommand):
     help = "Write every stored service, one JSON object per line."
@@ -23,7 +27,7 @@ class Command(BaseCommand):
         out = sys.stdout if to_stdout else open(options["output"], "w", encoding="utf-8")  # noqa: SIM115
         try:
             for row in service_export_rows():
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.write(json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS) + "\n")
         except BrokenPipeError:  # `| head` closed the pipe: not an error
             sys.stderr.close()
         finally:

@@ -1,0 +1,65 @@
+"""export_services: one JSON object per service and per line, without the stored banners."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from harvest import services
+from tests.factories import minimal_banner as _minimal_banner
+
+
+def minimal_banner(ip: str, port: int, data: str, **extra: object) -> dict:
+    return _minimal_banner(ip, port, data, timestamp="2026-01-02T03:04:05.000000", **extra)
+
+
+def ingest(tmp_path: Path, records: list[dict]) -> None:
+    path = tmp_path / "banners.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    services.harvest_execute(run=services.harvest_file_start(path=path))
+
+
+@pytest.mark.django_db
+def test_hostile_line_separators_do_not_split_a_row(tmp_path: Path) -> None:
+    ingest(
+        tmp_path,
+        [
+            minimal_banner("192.0.2.1", 80, "x", product="a\u2028b\u2029c\x85d", org="Org\u2028BV"),
+            minimal_banner("192.0.2.2", 443, "y", hostnames=["h\u2029.example"]),
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+
+    call_command("export_services", format="jsonl", output=str(out))
+
+    lines = out.read_text(encoding="utf-8").splitlines()  # splits at U+2028, U+2029 and U+0085 too
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 2
+    assert rows[0]["product"] == "a\u2028b\u2029c\x85d" and rows[0]["org"] == "Org\u2028BV"
+    assert rows[1]["hostnames"] == ["h\u2029.example"]
+
+
+@pytest.mark.django_db
+def test_the_export_does_not_read_banners_or_raw_records(tmp_path: Path) -> None:
+    ingest(tmp_path, [minimal_banner("192.0.2.3", 104, "B" * 200_000), minimal_banner("192.0.2.4", 80, "small")])
+
+    with CaptureQueriesContext(connection) as ctx:
+        rows = list(services.service_export_rows())
+
+    assert [(r["ip"], r["port"]) for r in rows] == [("192.0.2.3", 104), ("192.0.2.4", 80)]
+    selects = [q["sql"] for q in ctx.captured_queries if "harvest_service" in q["sql"].split("FROM", 1)[-1]]
+    assert selects and not any(
+        '"harvest_service"."raw"' in sql or '"harvest_service"."banner"' in sql for sql in selects
+    )
+
+
+@pytest.mark.django_db
+def test_an_empty_database_exports_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    call_command("export_services", format="jsonl", output=str(out))
+    assert out.read_text() == ""
