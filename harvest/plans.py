@@ -21,8 +21,10 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 MAX_QUERY_CHARS = 400
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,49}")
 COUNTRY_RE = re.compile(r"[A-Z]{2}")
-# A filter that the run sets itself, or that would make the plan depend on one country.
-COUNTRY_FILTER_RE = re.compile(r"(?:^|\s)-?country:", re.IGNORECASE)
+# A query's tokens: a double-quoted phrase, or a run of anything else. A token that starts with a
+# name and a colon is a filter: `port:104`, `-product:nginx`, `http.title:"a b"` (two tokens).
+_TOKEN_RE = re.compile(r'"[^"]*"|[^\s"]+')
+_FILTER_RE = re.compile(r"-?([A-Za-z][A-Za-z0-9_.]*):")
 
 FILE_KEYS = {"name", "description", "version", "include", "query", "generate"}
 QUERY_KEYS = {"query", "label", "category"}
@@ -67,6 +69,12 @@ def country_filter(country: str) -> str:
     if not COUNTRY_RE.fullmatch(code):
         raise PlanError(f"country must be a two-letter code like NL, got {country!r}")
     return code
+
+
+def query_filters(query: str) -> list[str]:
+    """The names of the filters in a Shodan query, in lower case and without a leading `-`. The
+    credit rule and the plan checks both read queries this way."""
+    return [m.group(1).lower() for token in _TOKEN_RE.findall(query) if (m := _FILTER_RE.match(token))]
 
 
 def _path_for(name: str) -> Path:
@@ -142,7 +150,8 @@ def _check_query(query: str, where: str) -> str:
         raise PlanError(f"{where}: the query is longer than {MAX_QUERY_CHARS} characters")
     if query.count('"') % 2:
         raise PlanError(f"{where}: unbalanced double quote in {query!r}")
-    if COUNTRY_FILTER_RE.search(query):
+    # A filter that the run sets itself, or that would make the plan depend on one country.
+    if "country" in query_filters(query):
         raise PlanError(f"{where}: {query!r} has a country filter; runs add country:XX themselves")
     return query
 

@@ -10,11 +10,13 @@ A page is the unit of resume: after each page the source emits a checkpoint
 banners and the credits spent so far. A resumed run starts from there, so no committed page is
 ever bought twice. Before its first page a query is counted (free), and a query with no results
 costs nothing.
+
+A credit limit (--max-credits) belongs to the run, in credits spent by the whole run: a resumed
+run gets what is left of it, not a new one, unless it is given more explicitly.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
@@ -23,7 +25,7 @@ from django.conf import settings
 from harvest import shodan_client
 from harvest.ingest import Checkpoint
 from harvest.models import HarvestRun
-from harvest.plans import PlanError, country_filter, plan_load
+from harvest.plans import PlanError, country_filter, plan_load, query_filters
 from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_object
 from harvest.services import HarvestError, HarvestStopped, ProgressFn, register_source
 from harvest.shodan_client import ShodanError
@@ -43,15 +45,11 @@ STOPPING_ERRORS = {
     ShodanError.ACCESS_DENIED,
     ShodanError.RETRIES_EXHAUSTED,
 }
-# A filter is a name and a colon outside double quotes: `port:104`, `-product:nginx`.
-_TOKEN_RE = re.compile(r'"[^"]*"|[^\s"]+')
-_FILTER_RE = re.compile(r"-?[A-Za-z][A-Za-z0-9_.]*:")
 
 
 def credits_for_page(*, query: str, page: int) -> int:
     """Query credits one search page costs under Shodan's rule (see the module docstring)."""
-    has_filter = any(_FILTER_RE.match(token) for token in _TOKEN_RE.findall(query))
-    return 1 if has_filter or page > 1 else 0
+    return 1 if query_filters(query) or page > 1 else 0
 
 
 # --- starting and sizing a search run -------------------------------------------------------
@@ -72,14 +70,16 @@ def harvest_search_start(*, plan: str, country: str = "", max_credits: int | Non
         plan=loaded.name,
         target="\n".join(queries),
         country=code,
-        options={"queries": queries, "labels": [q.label for q in loaded.queries], "max_credits": max_credits},
+        options={"queries": queries, "labels": [q.label for q in loaded.queries], "credit_limit": max_credits},
     )
 
 
 def harvest_search_set_budget(*, run: HarvestRun, max_credits: int | None) -> HarvestRun:
-    """Set the credit cap of the next invocation of a search run (None: no cap)."""
+    """Let a search run spend `max_credits` more than it has spent so far (None: no limit). This
+    is how a run stopped at its limit goes on; a plain resume keeps the limit the run has."""
     _check_budget(max_credits)
-    run.options = {**run.options, "max_credits": max_credits}
+    limit = None if max_credits is None else run.credits_spent + max_credits
+    run.options = {**run.options, "credit_limit": limit}
     run.save(update_fields=["options", "updated_at"])
     return run
 
@@ -163,9 +163,8 @@ class _SearchRun:
         self.query = int(run.checkpoint.get("query", 0))
         self.page = int(run.checkpoint.get("page", 1))
         self.spent = run.credits_spent
-        budget = run.options.get("max_credits")
-        self.budget = budget
-        self.limit = None if budget is None else run.credits_spent + int(budget)
+        # Runs started before the limit was stored kept their first --max-credits: the safe reading.
+        self.limit: int | None = run.options.get("credit_limit", run.options.get("max_credits"))
         self.credits_left = 0
 
     def events(self) -> Iterator:
@@ -197,19 +196,33 @@ class _SearchRun:
         cost = credits_for_page(query=query, page=self.page)
         self._check_credits(cost)
         try:
-            result = self._call(shodan_client.search_page, query, self.page)
-        except _QueryFailed as failed:
-            yield failed.event
+            result = self._buy_page(query, cost)
+        except ShodanError as exc:
+            yield self._checkpoint()  # what was paid commits even if the run stops here
+            yield self._failed(exc).event
             yield from self._next_query()
             return
-        self.spent += cost
-        self.credits_left -= cost
         yield from _page_events(result, self.query + 1, self.page)
         if self.page >= result.pages or not result.banners:
             yield from self._next_query()
         else:
             self.page += 1
             yield self._checkpoint()
+
+    def _buy_page(self, query: str, cost: int) -> shodan_client.SearchPage:
+        # A bad answer is retried and paid again: no more often than the limit and the key allow.
+        room = self.credits_left if self.limit is None else min(self.credits_left, self.limit - self.spent)
+        try:
+            result = shodan_client.search_page(query, self.page, max_answers=room // cost if cost else None)
+        except ShodanError as exc:
+            self._pay(cost * exc.answered)  # answers we could not use were charged all the same
+            raise
+        self._pay(cost * result.answers)
+        return result
+
+    def _pay(self, credits: int) -> None:
+        self.spent += credits
+        self.credits_left -= credits
 
     def _next_query(self) -> Iterator:
         self.query += 1
@@ -226,8 +239,8 @@ class _SearchRun:
         resume = f"resume with: manage.py harvest --resume {self.run.pk}"
         if self.limit is not None and self.spent + cost > self.limit:
             raise HarvestStopped(
-                f"--max-credits {self.budget} reached ({self.spent} credits spent on this run); "
-                f"next: {self._where()}; {resume}"
+                f"--max-credits reached: {self.spent} of the {self.limit} credits this run may spend; "
+                f"next: {self._where()}; allow N more with: manage.py harvest --resume {self.run.pk} --max-credits N"
             )
         if cost > self.credits_left:
             raise HarvestStopped(
@@ -239,12 +252,16 @@ class _SearchRun:
         try:
             return fn(*args)
         except ShodanError as exc:
-            if exc.kind in STOPPING_ERRORS:
-                raise HarvestStopped(
-                    f"{exc}; stopped at {self._where()}; resume with: manage.py harvest --resume {self.run.pk}"
-                ) from None
-            # Anything else concerns this query alone (a query Shodan refuses): report, go on.
-            raise _QueryFailed(("error", f"query {self.query + 1} page {self.page}", QUERY_FAILED, str(exc)))
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: ShodanError) -> _QueryFailed:
+        """The failure of this query to report, or HarvestStopped when no further call can succeed."""
+        if exc.kind in STOPPING_ERRORS:
+            raise HarvestStopped(
+                f"{exc}; stopped at {self._where()}; resume with: manage.py harvest --resume {self.run.pk}"
+            ) from None
+        # Anything else concerns this query alone (a query Shodan refuses): report, go on.
+        return _QueryFailed(("error", f"query {self.query + 1} page {self.page}", QUERY_FAILED, str(exc)))
 
 
 class _QueryFailed(Exception):  # noqa: N818 - internal control flow

@@ -6,8 +6,10 @@ kind of problem it is (`kind`), so callers never see the library's exceptions.
 
 Pacing and retries are ours: the library's own rate limiter is switched off (it sleeps in a busy
 loop and knows nothing of retries), requests are spaced by `SHODAN_REQUEST_INTERVAL` seconds
-(Shodan allows 1 request per second), and rate limits (429), server errors (5xx), timeouts and
-cut connections are retried `SHODAN_MAX_RETRIES` times with exponential backoff.
+(Shodan allows 1 request per second), and rate limits (429), server errors (5xx), timeouts, cut
+connections and 2xx answers we cannot read are retried `SHODAN_MAX_RETRIES` times with
+exponential backoff. Shodan charges a paid search for every 2xx answer, so a search page reports
+how many it took, and a caller can bound them.
 
 The API key is a secret: it is sent as Shodan requires (`?key=`), and scrubbed from every
 message this module produces.
@@ -21,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import requests
 import shodan
@@ -33,14 +35,14 @@ PAGE_SIZE = 100  # Shodan returns search results in pages of 100
 MAX_BANNER_CHARS = 1024 * 1024  # a banner bigger than this is not kept (see records.MAX_RECORD_BYTES)
 NO_CREDITS_TEXT = "insufficient query credits"
 
-T = TypeVar("T")
-
-# urllib3 logs each request's URL, ?key= included, at DEBUG level.
-protect_logs("urllib3.connectionpool", "urllib3.util.retry", "requests")
+# urllib3 logs request URLs, ?key= included: each request at DEBUG, a malformed answer at WARNING.
+protect_logs("urllib3", "requests")
 
 
 class ShodanError(Exception):
-    """A failed Shodan call. `permanent` errors will fail again if retried as they are."""
+    """A failed Shodan call. `permanent` errors will fail again if retried as they are.
+    `answered` is the number of 2xx answers the call got but could not use: a paid search was
+    charged for each."""
 
     INVALID_KEY = "invalid_key"
     NO_KEY = "no_key"
@@ -55,10 +57,11 @@ class ShodanError(Exception):
     BAD_RESPONSE = "bad_response"
     RETRIES_EXHAUSTED = "retries_exhausted"
 
-    def __init__(self, message: str, *, kind: str, permanent: bool) -> None:
+    def __init__(self, message: str, *, kind: str, permanent: bool, answered: int = 0) -> None:
         super().__init__(message)
         self.kind = kind
         self.permanent = permanent
+        self.answered = answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class SearchPage:
     page: int
     total: int
     banners: tuple[RawBanner, ...]
+    answers: int = 1  # 2xx answers it took, each charged: more than 1 when a bad one was retried
 
     @property
     def pages(self) -> int:
@@ -130,9 +134,7 @@ def api_info() -> ApiInfo:
 
     # Reference: https://developer.shodan.io/api (API Plan Information: GET /api-info)
     """
-    data = _call(lambda api: api.info())
-    if not isinstance(data, dict):
-        raise ShodanError("/api-info did not answer with an object", kind=ShodanError.BAD_RESPONSE, permanent=False)
+    data, _ = _call(lambda api: api.info(), valid=_is_object, invalid="/api-info did not answer with an object")
     return ApiInfo(
         plan=str(data.get("plan") or "")[:40],
         query_credits=_int(data.get("query_credits")),
@@ -146,28 +148,32 @@ def count(query: str, facets: list[str] | None = None) -> CountResult:
 
     # Reference: https://developer.shodan.io/api (Search Shodan without Results: GET /shodan/host/count)
     """
-    data = _call(lambda api: api.count(query, facets=facets or None))
-    if not isinstance(data, dict):
-        raise ShodanError("count did not answer with an object", kind=ShodanError.BAD_RESPONSE, permanent=False)
+    data, _ = _call(
+        lambda api: api.count(query, facets=facets or None),
+        valid=_is_object,
+        invalid="count did not answer with an object",
+    )
     return CountResult(query=query, total=_int(data.get("total")), facets=_facets(data.get("facets")))
 
 
-def search_page(query: str, page: int) -> SearchPage:
+def search_page(query: str, page: int, *, max_answers: int | None = None) -> SearchPage:
     """One page (up to 100 banners, full records) of a search.
 
     Costs 1 query credit when the query has a filter (ours always have `country:`) or the page is
-    beyond the first.
+    beyond the first, for each 2xx answer: a bad one retried is paid again. `max_answers` bounds
+    the answers bought (None: as many as the retries allow).
     # Reference: https://developer.shodan.io/api (Shodan Search: GET /shodan/host/search)
     """
     if page < 1:
         raise ValueError("Shodan pages start at 1")
-    data = _call(lambda api: api.search(query, page=page, minify=False))
-    if not isinstance(data, dict) or not isinstance(data.get("matches", []), list):
-        raise ShodanError(
-            "search did not answer with a list of matches", kind=ShodanError.BAD_RESPONSE, permanent=False
-        )
+    data, answers = _call(
+        lambda api: api.search(query, page=page, minify=False),
+        valid=_is_page,
+        invalid="search did not answer with a list of matches",
+        max_answers=max_answers,
+    )
     banners = tuple(_raw_banner(item) for item in data.get("matches", []))
-    return SearchPage(query=query, page=page, total=_int(data.get("total")), banners=banners)
+    return SearchPage(query=query, page=page, total=_int(data.get("total")), banners=banners, answers=answers)
 
 
 def host(ip: str) -> HostLookup:
@@ -175,9 +181,7 @@ def host(ip: str) -> HostLookup:
 
     # Reference: https://developer.shodan.io/api (Host Information: GET /shodan/host/{ip})
     """
-    data = _call(lambda api: api.host(ip))
-    if not isinstance(data, dict):
-        raise ShodanError("host lookup did not answer with an object", kind=ShodanError.BAD_RESPONSE, permanent=False)
+    data, _ = _call(lambda api: api.host(ip), valid=_is_object, invalid="host lookup did not answer with an object")
     ports = tuple(p for p in data.get("ports", []) if isinstance(p, int) and not isinstance(p, bool))
     return HostLookup(ip=ip, ports=ports, raw=json.dumps(data, ensure_ascii=True))
 
@@ -219,24 +223,67 @@ def _pace() -> None:
         _last_request = time.monotonic()
 
 
-def _call(fn: Callable[[shodan.Shodan], T]) -> T:
+def _call(
+    fn: Callable[[shodan.Shodan], Any],
+    *,
+    valid: Callable[[Any], bool],
+    invalid: str,
+    max_answers: int | None = None,
+) -> tuple[Any, int]:
+    """fn's answer once it is `valid`, and the number of 2xx answers that took. Retryable errors,
+    a 2xx answer that is not `valid` among them, are retried until the retries run out or
+    `max_answers` 2xx answers were bought."""
     api = _api()
     retries = settings.SHODAN_MAX_RETRIES
     delays = backoff_delays(retries=retries, base=_backoff_base())
+    answers = 0
     while True:
         _pace()
         try:
-            return fn(api)
+            data = fn(api)
+            error = _answer_error(api, data, valid, invalid)
         except shodan.APIError as exc:
-            error = _classify(exc, api)
+            error = _classify(api, str(exc), exc.__context__)
+        answers += _is_2xx(api._session.last_status)
+        if error is None:
+            return data, answers
+        error.answered = answers
         if error.permanent:
             raise error
+        if answers == max_answers:
+            raise _gave_up(error, f"gave up after {answers} paid answers, as many as allowed", answers)
         delay = next(delays, None)
         if delay is None:
-            raise ShodanError(
-                f"{error} (gave up after {retries} retries)", kind=ShodanError.RETRIES_EXHAUSTED, permanent=False
-            ) from None
+            raise _gave_up(error, f"gave up after {retries} retries", answers)
         time.sleep(delay)
+
+
+def _answer_error(api: shodan.Shodan, data: object, valid: Callable[[Any], bool], invalid: str) -> ShodanError | None:
+    """What is wrong with an answer the library returned, if anything."""
+    if not _is_2xx(api._session.last_status):
+        # The library raises only on 401, 403, 502, a body that is not JSON or one with an "error"
+        # key: a 429 or 503 with another body comes back as if it were data.
+        return _classify(api, json.dumps(data), None)
+    if not valid(data):
+        # Usually a body cut short or garbled on the way: worth a retry.
+        return ShodanError(invalid, kind=ShodanError.BAD_RESPONSE, permanent=False)
+    return None
+
+
+def _gave_up(error: ShodanError, why: str, answers: int) -> ShodanError:
+    return ShodanError(f"{error} ({why})", kind=ShodanError.RETRIES_EXHAUSTED, permanent=False, answered=answers)
+
+
+def _is_2xx(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300
+
+
+def _is_object(data: object) -> bool:
+    return isinstance(data, dict)
+
+
+def _is_page(data: object) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("matches", []), list)
 
 
 def _backoff_base() -> float:
@@ -245,11 +292,12 @@ def _backoff_base() -> float:
     return float(getattr(settings, "SHODAN_BACKOFF", max(1.0, settings.SHODAN_REQUEST_INTERVAL)))
 
 
-def _classify(exc: shodan.APIError, api: shodan.Shodan) -> ShodanError:
+def _classify(api: shodan.Shodan, message: str, cause: BaseException | None) -> ShodanError:
+    """The error for the last answer's status, with `message` (the library's, or the body) and the
+    exception that caused it when there was no answer."""
     session: Session = api._session
     status = session.last_status
-    text = scrub(str(exc), api.api_key)[:300]
-    cause = exc.__context__
+    text = scrub(message, api.api_key)[:300]
     if NO_CREDITS_TEXT in text.lower():
         return ShodanError(f"Shodan: no query credits left ({text})", kind=ShodanError.NO_CREDITS, permanent=True)
     if status is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -60,20 +60,44 @@ def scrub(text: str, *secrets: str) -> str:
     return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
 
 
-class ScrubSecrets(logging.Filter):
-    """Rewrite log records so that no key=... URL parameter reaches a handler. urllib3 logs every
-    request line at DEBUG, query string included."""
+class _ScrubbingRecordFactory:
+    """Makes log records as the factory it wraps does; in those of the protected loggers and their
+    children it scrubs key=... URL parameters from the message and the traceback."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __init__(self, wrapped: Callable[..., logging.LogRecord]) -> None:
+        self.wrapped = wrapped
+        self.prefixes: set[str] = set()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.wrapped(*args, **kwargs)
+        if any(record.name == p or record.name.startswith(p + ".") for p in self.prefixes):
+            _scrub_record(record)
+        return record
+
+
+def _scrub_record(record: logging.LogRecord) -> None:
+    try:
         message = record.getMessage()
-        if "=" in message:
-            record.msg, record.args = scrub(message), ()
-        return True
+    except (TypeError, ValueError):  # a bad format: the handler would print msg and args as they are
+        message = f"{record.msg} {record.args!r}"
+    if "=" in message:
+        record.msg, record.args = scrub(message), ()
+    if record.exc_info:
+        # Formatters print exc_text when there is one; the exception itself may quote the URL.
+        record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None
 
 
 def protect_logs(*logger_names: str) -> None:
-    """Install ScrubSecrets on the named loggers (once each)."""
-    for name in logger_names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, ScrubSecrets) for f in logger.filters):
-            logger.addFilter(ScrubSecrets())
+    """Keep key=... URL parameters out of every record of the named loggers and of their
+    children, present or future, whatever handler receives them. urllib3 quotes request URLs
+    at DEBUG and in warnings (urllib3.connection: "Failed to parse headers (url=...)").
+
+    A filter on a logger would not do: it never sees the records of its children, which reach
+    the handlers by propagation. Filters on handlers would miss handlers added later (Django's
+    logging setup, pytest's). So the records are scrubbed where they are made."""
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _ScrubbingRecordFactory):
+        factory = _ScrubbingRecordFactory(factory)
+        logging.setLogRecordFactory(factory)
+    factory.prefixes.update(logger_names)

@@ -96,9 +96,17 @@ def test_it_refuses_an_unknown_top_level_key(tmp_path: Path) -> None:
         plan_load(name=_write(tmp_path, '[[queries]]\nquery = "x"\n'))
 
 
-def test_it_refuses_a_country_filter_in_a_query(tmp_path: Path) -> None:
+@pytest.mark.parametrize("query", ["port:104 country:DE", '"x"country:DE', "-country:DE", 'Country:"DE"'])
+def test_it_refuses_a_country_filter_in_a_query(tmp_path: Path, query: str) -> None:
     with pytest.raises(PlanError, match="has a country filter"):
-        plan_load(name=_write(tmp_path, '[[query]]\nquery = "port:104 country:DE"\n'))
+        plan_load(name=_write(tmp_path, f"[[query]]\nquery = '{query}'\n"))
+
+
+@pytest.mark.parametrize("query", ['http.title:"Select your country: NL"', "ssl.cert.subject.country:DE"])
+def test_it_takes_country_inside_a_phrase_or_another_filter(tmp_path: Path, query: str) -> None:
+    # Tokens as the credit rule reads them: a phrase is one token, and so is a filter's name.
+    plan = plan_load(name=_write(tmp_path, f"[[query]]\nquery = '{query}'\n"))
+    assert [q.with_country("NL") for q in plan.queries] == [f"{query} country:NL"]
 
 
 def test_it_refuses_an_unbalanced_quote_and_empty_queries(tmp_path: Path) -> None:

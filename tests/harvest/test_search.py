@@ -13,10 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from harvest import shodan_client
 from harvest.models import HarvestRun, Host, Rejection, Service
 from harvest.plans import plan_load
 from harvest.records import RecordError, record_from_object
@@ -148,22 +150,87 @@ def test_count_only_needs_a_plan(shodan_standin: ShodanStandIn) -> None:
         call_command("harvest", "--resume", "1", "--count-only")
 
 
-def test_max_credits_caps_the_spend_and_the_run_resumes(shodan_standin: ShodanStandIn) -> None:
+def test_max_credits_caps_the_run_and_a_resume_can_allow_more(shodan_standin: ShodanStandIn) -> None:
     queries = plan_queries("ports")
     summary, _ = harvest("--plan", "ports", "--max-credits", "2")
     assert summary["status"] == "stopped"
-    assert "--max-credits 2 reached" in summary["message"]
+    assert "--max-credits reached: 2 of the 2 credits" in summary["message"]
     assert summary["credits_spent"] == shodan_standin.credits_spent == 2
     run_id = summary["run"]
-    # A resume without the option keeps the cap: at most 2 more.
+    assert f"--resume {run_id} --max-credits N" in summary["message"]
+    # The limit belongs to the run: a plain resume buys nothing more.
     summary, _ = harvest("--resume", str(run_id))
     assert summary["status"] == "stopped"
-    assert summary["credits_spent"] == shodan_standin.credits_spent == 4
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 2
+    # --max-credits N on a resume allows N more than spent so far.
+    summary, _ = harvest("--resume", str(run_id), "--max-credits", "1")
+    assert summary["status"] == "stopped"
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 3
     summary, _ = harvest("--resume", str(run_id), "--max-credits", "1000")
     assert summary["status"] == "completed"
     assert stored() == expected_services(shodan_standin, queries)
     assert shodan_standin.pages == expected_pages(shodan_standin, queries)  # every page bought once
     assert summary["credits_spent"] == shodan_standin.credits_spent
+
+
+def _interrupt_page(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Ctrl-C while the `call`-th search page is being fetched (before it reaches Shodan)."""
+    real = shodan_client.search_page
+    calls = []
+
+    def search_page(*args: Any, **kwargs: Any) -> shodan_client.SearchPage:
+        calls.append(args)
+        if len(calls) == call:
+            monkeypatch.setattr(shodan_client, "search_page", real)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shodan_client, "search_page", search_page)
+
+
+def test_an_interrupted_capped_run_resumes_to_the_uninterrupted_result(
+    shodan_standin: ShodanStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, _ = harvest("--plan", "ports", "--max-credits", "5")
+    assert reference["status"] == "stopped" and reference["credits_spent"] == 5
+    want = stored()
+    Host.objects.all().delete()
+    shodan_standin.state.pages.clear()
+
+    _interrupt_page(monkeypatch, 3)
+    with pytest.raises(CommandError, match="interrupted"):
+        harvest("--plan", "ports", "--max-credits", "5")
+    run = HarvestRun.objects.latest("pk")
+    assert run.credits_spent == 2
+    resumed, _ = harvest("--resume", str(run.pk))
+    assert resumed["status"] == "stopped"
+    assert resumed["credits_spent"] == shodan_standin.credits_spent == 5
+    assert stored() == want
+
+
+def test_batch_size_is_refused_with_a_plan(shodan_standin: ShodanStandIn) -> None:
+    with pytest.raises(CommandError, match="--batch-size does not apply to --plan"):
+        call_command("harvest", "--plan", "ports", "--batch-size", "1000")
+    assert not HarvestRun.objects.exists()
+    assert shodan_standin.state.requests == []
+
+
+def test_a_search_resume_ignores_batch_size_and_commits_every_page(
+    shodan_standin: ShodanStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = harvest("--plan", "ports", "--max-credits", "1")
+    run_id = str(first["run"])
+    _interrupt_page(monkeypatch, 4)
+    err = io.StringIO()
+    with pytest.raises(CommandError, match="interrupted"):
+        call_command("harvest", "--resume", run_id, "--max-credits", "100", "--batch-size", "1000", stderr=err)
+    run = HarvestRun.objects.get()
+    assert run.credits_spent == shodan_standin.credits_spent == 4  # the 3 pages bought before Ctrl-C
+    assert "--batch-size is ignored" in err.getvalue()
+    resumed, _ = harvest("--resume", run_id, "--batch-size", "1000")
+    assert resumed["status"] == "completed"
+    assert stored() == expected_services(shodan_standin, plan_queries("ports"))
+    assert shodan_standin.pages == expected_pages(shodan_standin, plan_queries("ports"))  # none bought twice
 
 
 def test_zero_credits_on_the_key_stops_before_paying(shodan_standin: ShodanStandIn) -> None:
@@ -239,6 +306,44 @@ def test_retries_exhausted_stop_the_run_resumably(shodan_standin: ShodanStandIn)
     summary, _ = harvest("--resume", str(summary["run"]))
     assert summary["status"] == "completed"
     assert stored() == expected_services(shodan_standin, plan_queries("ports"))
+
+
+@pytest.mark.parametrize("status,body", [(503, {"detail": "Service Unavailable"}), (429, {"message": "slow down"})])
+def test_a_429_or_5xx_without_an_error_key_is_retried_not_taken_for_a_page(
+    shodan_standin: ShodanStandIn, plan_file, status: int, body: dict
+) -> None:
+    queries = ["port:104 country:NL"]
+    shodan_standin.fail(status, times=1, body=body)
+    summary, _ = harvest("--plan", plan_file("port:104"))
+    assert summary["status"] == "completed", summary["message"]
+    assert stored() == expected_services(shodan_standin, queries)
+    assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries))
+
+
+def test_a_paid_page_of_the_wrong_shape_is_bought_again_and_counted(shodan_standin: ShodanStandIn, plan_file) -> None:
+    queries = ["port:104 country:NL"]
+    shodan_standin.garble([], times=1)
+    summary, _ = harvest("--plan", plan_file("port:104"))
+    assert summary["status"] == "completed", summary["message"]
+    assert "query_failed" not in summary["rejected"]
+    assert stored() == expected_services(shodan_standin, queries)
+    assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries)) + 1
+
+
+def test_bad_answers_stop_the_run_within_its_cap_and_their_credits_count(
+    shodan_standin: ShodanStandIn, plan_file
+) -> None:
+    plan = plan_file("port:104")
+    shodan_standin.garble([], times=10)
+    summary, _ = harvest("--plan", plan, "--max-credits", "2")
+    assert summary["status"] == "stopped"
+    assert "stopped at query 1 of 1 page 1" in summary["message"]
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 2  # two answers bought, not the 4 tries
+    shodan_standin.state.faults.clear()
+    summary, _ = harvest("--resume", str(summary["run"]), "--max-credits", "100")
+    assert summary["status"] == "completed"
+    assert stored() == expected_services(shodan_standin, ["port:104 country:NL"])
+    assert summary["credits_spent"] == shodan_standin.credits_spent
 
 
 def test_a_refused_query_is_reported_and_the_others_are_harvested(shodan_standin: ShodanStandIn, plan_file) -> None:

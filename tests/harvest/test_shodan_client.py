@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -106,6 +110,38 @@ def test_it_gives_up_after_the_configured_retries(shodan_standin: ShodanStandIn)
     assert len(shodan_standin.requests_to("/shodan/host/search")) == 4
 
 
+@pytest.mark.parametrize("status,body", [(503, {"detail": "Service Unavailable"}), (429, {"message": "slow down"})])
+def test_it_retries_a_429_or_5xx_whose_body_has_no_error_key(
+    shodan_standin: ShodanStandIn, status: int, body: dict
+) -> None:
+    # The library raises only on 401, 403, 502, a body that is not JSON or one with "error".
+    shodan_standin.fail(status, times=1, body=body)
+    page = shodan_client.search_page(DICOM_NL, 2)
+    assert len(page.banners) == 100 and page.answers == 1
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/search")] == [status, 200]
+    shodan_standin.fail(status, times=10, body=body)
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.search_page(DICOM_NL, 2)
+    assert caught.value.kind == ShodanError.RETRIES_EXHAUSTED
+    assert caught.value.answered == 0
+
+
+def test_it_retries_an_answer_of_the_wrong_shape_and_counts_it(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.garble([], times=1)
+    page = shodan_client.search_page(DICOM_NL, 1)
+    assert len(page.banners) == 100
+    assert page.answers == 2 == shodan_standin.credits_spent  # Shodan charged the bad answer too
+
+
+def test_it_buys_a_page_at_most_as_often_as_allowed(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.garble({"total": 5, "matches": "none"}, times=10)
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.search_page(DICOM_NL, 1, max_answers=2)
+    assert caught.value.kind == ShodanError.RETRIES_EXHAUSTED
+    assert caught.value.answered == 2 == shodan_standin.credits_spent
+    assert len(shodan_standin.requests_to("/shodan/host/search")) == 2
+
+
 def test_it_stops_at_once_on_an_invalid_key(shodan_standin: ShodanStandIn, settings) -> None:
     settings.SHODAN_API_KEY = "wrong-key-abcdef"
     with pytest.raises(ShodanError) as caught:
@@ -156,6 +192,46 @@ def test_it_sends_the_key_only_as_the_query_parameter(shodan_standin: ShodanStan
     shodan_client.count(DICOM_NL)
     assert all(f"key={STANDIN_KEY}" in url for url in shodan_standin.state.raw_urls)
     assert all("key" not in r.params for r in shodan_standin.state.requests)
+
+
+@pytest.fixture
+def broken_header_server() -> Iterator[str]:
+    """A server on 127.0.0.1 whose answers carry a header line without a colon, which urllib3
+    reports in a warning that quotes the whole URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = json.dumps({"plan": "x", "query_credits": 5, "scan_credits": 0}).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    answer = head.encode() + b"Connection: close\r\nX-Broken header line\r\n\r\n" + body
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_the_key_stays_out_of_urllib3_warnings(broken_header_server: str, settings, caplog, capfd) -> None:
+    key = "sk-header-test-0123456789"
+    settings.SHODAN_API_URL = broken_header_server
+    settings.SHODAN_API_KEY = key
+    settings.SHODAN_REQUEST_INTERVAL = 0.0
+    shodan_client.reset()
+    caplog.set_level(logging.WARNING)
+    try:
+        assert shodan_client.api_info().query_credits == 5
+    finally:
+        shodan_client.reset()
+    assert "Failed to parse headers" in caplog.text  # urllib3.connection's warning, URL and all
+    assert "key=***" in caplog.text
+    assert key not in caplog.text + capfd.readouterr().err  # the console handler writes to stderr
 
 
 def test_scrub_removes_keys_from_messages() -> None:

@@ -13,9 +13,10 @@ Queries are filtered crudely: `port:N[,M]`, `country:XX`, `product:`, `org:`, `h
 (suffix), quoted or bare keywords matched against data, org, hostnames, product and HTTP title,
 and `-filter:` negation. Other filters are refused with 400, as Shodan refuses unknown ones.
 
-A test can make it fail: answer a status n times (401, 429, 503, ...), answer slowly (beyond the
-client's timeout), cut the connection, or run out of credits after k pages. It counts every page
-it charged, so a test can prove that no page was bought twice.
+A test can make it fail: answer a status n times (401, 429, 503, ...; with Shodan's {"error": ...}
+body or another one), answer slowly (beyond the client's timeout), cut the connection, send a
+garbled body with an answer it charged for, or run out of credits after k pages. It counts every
+page it charged, so a test can prove that no page was bought twice.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ class QueryError(ValueError):
 
 @dataclass
 class Fault:
-    kind: str  # "status", "slow", "cut"
+    kind: str  # "status", "slow", "cut", "garble"
     path: str  # applies to requests whose path starts with this
     times: int
     status: int = 0
     seconds: float = 0.0
+    body: object = None  # what "status" and "garble" send instead
 
 
 @dataclass
@@ -188,9 +190,15 @@ class ShodanStandIn:
             self._texts.append(_text_of(banner))
             self._found.clear()
 
-    def fail(self, status: int, *, times: int = 1, path: str = "/shodan/host/search") -> None:
+    def fail(self, status: int, *, times: int = 1, path: str = "/shodan/host/search", body: object = None) -> None:
+        """Answer `status` instead, with `body` (default: Shodan's {"error": ...})."""
         with self.lock:
-            self.state.faults.append(Fault("status", path, times, status=status))
+            self.state.faults.append(Fault("status", path, times, status=status, body=body))
+
+    def garble(self, body: object, *, times: int = 1, path: str = "/shodan/host/search") -> None:
+        """Answer as usual (a search page is charged), but send `body` with the 200."""
+        with self.lock:
+            self.state.faults.append(Fault("garble", path, times, body=body))
 
     def slow(self, seconds: float, *, times: int = 1, path: str = "/shodan/host/search") -> None:
         with self.lock:
@@ -358,9 +366,12 @@ def _handler_for(standin: ShodanStandIn) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.kind == "slow":
                 time.sleep(fault.seconds)
             if fault is not None and fault.kind == "status":
-                status, body = fault.status, {"error": f"stand-in fault {fault.status}"}
+                body = fault.body if fault.body is not None else {"error": f"stand-in fault {fault.status}"}
+                status = fault.status
             else:
                 status, body = standin.answer(parts.path, params)
+                if fault is not None and fault.kind == "garble" and status == 200:
+                    body = fault.body
             seen.status = status
             self._send(status, body)
 

@@ -32,17 +32,30 @@ class Command(BaseCommand):
             help="with --plan: count each query's results and the credits it would cost; spends nothing",
         )
         parser.add_argument(
-            "--max-credits", type=int, metavar="N", help="search runs: spend at most N query credits in this invocation"
+            "--max-credits",
+            type=int,
+            metavar="N",
+            help="with --plan: the run spends at most N query credits; with --resume: N more than it has spent",
         )
         parser.add_argument(
             "--country",
             default="",
             help="country the data is about; with --plan, the country:XX filter (default: MEDEXPO_COUNTRY)",
         )
-        parser.add_argument("--batch-size", type=int, default=None, help="banners per transaction")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="with --file or --hosts: banners per transaction (a search run commits after every page)",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
     def handle(self, *args: object, **options: Any) -> None:
+        if options["plan"] and options["batch_size"] is not None:
+            raise CommandError(
+                "--batch-size does not apply to --plan: a search run commits after every page, "
+                "so that an interrupted run never buys a page twice"
+            )
         if options["count_only"]:
             return self._count_only(options)
         try:
@@ -74,17 +87,22 @@ class Command(BaseCommand):
         else:
             total, unit, scale = file_size(run.target), "B", True
         enabled = False if options["json"] else None
+        batch_size = self._batch_size(run, options["batch_size"])
         with Progress(total=total, unit=unit, unit_scale=scale, desc=f"run {run.pk}", enabled=enabled) as bar:
             try:
-                batch_size = options["batch_size"]
-                if run.source == HarvestRun.Source.SEARCH and batch_size is None:
-                    batch_size = search.SEARCH_BATCH_SIZE
                 return services.harvest_execute(run=run, progress=bar.moved_to, batch_size=batch_size, on_wait=bar.note)
             except KeyboardInterrupt:
                 raise CommandError(f"interrupted: resume with --resume {run.pk}") from None
             except Exception:  # noqa: BLE001 - recorded on the run, reported below
                 run.refresh_from_db()
                 return run
+
+    def _batch_size(self, run: HarvestRun, asked: int | None) -> int | None:
+        if run.source != HarvestRun.Source.SEARCH:
+            return asked
+        if asked is not None:
+            self.stderr.write(f"--batch-size is ignored: search run {run.pk} commits after every page")
+        return search.SEARCH_BATCH_SIZE
 
     def _count_only(self, options: dict) -> None:
         if not options["plan"]:
