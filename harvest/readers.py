@@ -6,19 +6,38 @@ Events are tuples:
   ("error", position, reason, detail)      a problem with the file itself (reported, not a record)
   ("line", line, offset)                   a safe point to resume from: the line number and the
                                            byte offset (in the decoded stream) after it
+  ("checkpoint", Checkpoint)               a safe point inside a host lookup too long for memory:
+                                           its line, and how many of its banners were read
 Per-line events are plain tuples: at 100,000 lines a second every object counts.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import re
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from io import BufferedIOBase
 from pathlib import Path
+from typing import IO
 
-from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_line, records_from_host_line
+from harvest.ingest import Checkpoint
+from harvest.records import (
+    HOST_FIELDS,
+    MAX_HOST_LINE_BYTES,
+    MAX_RECORD_BYTES,
+    UTF8_BOM,
+    Reason,
+    RecordError,
+    host_from_line,
+    parse_json,
+    record_from_host_item,
+    record_from_line,
+    record_size,
+)
 
 GZIP_MAGIC = b"\x1f\x8b"
 READ_CHUNK = 256 * 1024
@@ -30,7 +49,49 @@ class _TooLarge:
     __slots__ = ("size",)
 
     def __init__(self, size: int) -> None:
-        self.size = size
+        self.size = size  # without the line ending
+
+
+class _Spooled:
+    """A line too long to hold in memory (a large host lookup), copied to a temporary file."""
+
+    __slots__ = ("file",)
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+
+
+class _LongLine:
+    """A line over MAX_RECORD_BYTES as it is read: copied to a temporary file while within `limit`
+    (host lookups), only counted otherwise."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.last = b""
+        self.file: IO[bytes] | None = tempfile.TemporaryFile() if limit > MAX_RECORD_BYTES else None  # noqa: SIM115
+
+    def add(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        self.last = data[-1:]
+        if self.file is None:
+            return
+        if self.size > self.limit + 1:  # + 1: room for the "\r" of a "\r\n" ending
+            self.file.close()
+            self.file = None
+        else:
+            self.file.write(data)
+
+    def finish(self) -> _Spooled | _TooLarge:
+        size = self.size - (self.last == b"\r")
+        if self.file is not None and size <= self.limit:
+            self.file.seek(0)
+            return _Spooled(self.file)
+        if self.file is not None:
+            self.file.close()
+        return _TooLarge(size)
 
 
 def file_identity(path: Path) -> dict:
@@ -49,40 +110,52 @@ def _open(path: Path) -> tuple[BufferedIOBase, BufferedIOBase]:
     return raw, raw
 
 
-def _lines(stream: BufferedIOBase, offset: int) -> Iterator[tuple[bytes | _TooLarge, int]]:
-    """(line without its newline, offset after it); a line over the limit is skipped without being
-    held in memory. Reads with read1(): a truncated gzip stream then still yields every line
-    before the damage, and splitting blocks is far cheaper than readline() per line."""
+_Line = bytes | _TooLarge | _Spooled
+
+
+def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_Line, int]]:
+    """(line without its newline, offset after it). A line over `limit` (not counting its ending)
+    is skipped; one over MAX_RECORD_BYTES is never held in memory whole: within `limit` it is
+    copied to a temporary file. Reads with read1(): a truncated gzip stream then still yields every
+    line before the damage, and splitting blocks is far cheaper than readline() per line."""
     rest = b""
-    skipped = 0  # > 0 while inside an over-long line: its bytes so far
-    while True:
-        block = stream.read1(READ_CHUNK)
-        if not block:
-            break
-        if skipped:
-            end = block.find(b"\n")
-            if end < 0:
-                skipped += len(block)
-                continue
-            skipped += end + 1
-            offset += skipped
-            yield _TooLarge(skipped), offset
-            skipped = 0
-            block = block[end + 1 :]
-        lines = (rest + block if rest else block).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            offset += len(line) + 1
-            if len(line) >= MAX_RECORD_BYTES:
-                yield _TooLarge(len(line) + 1), offset
-            else:
-                yield line, offset
-        if len(rest) > MAX_RECORD_BYTES:
-            skipped, rest = len(rest), b""
-    if skipped:
-        yield _TooLarge(skipped), offset + skipped
-    elif rest:  # a last line without a newline; the loop above keeps it within the limit
-        yield rest, offset + len(rest)
+    long: _LongLine | None = None  # inside a line too long for memory
+    try:
+        while True:
+            block = stream.read1(READ_CHUNK)
+            if not block:
+                break
+            if long is not None:
+                end = block.find(b"\n")
+                if end < 0:
+                    long.add(block)
+                    continue
+                long.add(block[:end])
+                offset += long.size + 1
+                done, long = long.finish(), None
+                yield done, offset
+                block = block[end + 1 :]
+            lines = (rest + block if rest else block).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                offset += len(line) + 1
+                if len(line) > limit and record_size(line) > limit:
+                    yield _TooLarge(record_size(line)), offset
+                else:
+                    yield line, offset
+            if len(rest) > MAX_RECORD_BYTES + 1:  # + 1: room for the "\r" of a "\r\n" ending
+                long = _LongLine(limit)
+                long.add(rest)
+                rest = b""
+        if long is not None:
+            size = long.size
+            done, long = long.finish(), None
+            yield done, offset + size
+        elif rest:  # a last line without a newline, held to the same limit
+            yield (rest if record_size(rest) <= limit else _TooLarge(record_size(rest))), offset + len(rest)
+    finally:
+        if long is not None and long.file is not None:  # a damaged stream ended it mid-line
+            long.file.close()
 
 
 def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: ProgressFn | None = None) -> Iterator:
@@ -92,19 +165,19 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
     try:
         if offset:
             stream.seek(offset)
-        parse = _host_line_events if hosts else _banner_line_events
+        limit, what = (MAX_HOST_LINE_BYTES, "host lookup") if hosts else (MAX_RECORD_BYTES, "record")
+        skip = int(checkpoint.get("item", 0))  # banners of a long host lookup stored before a stop
         try:
-            for line, end in _lines(stream, offset):
+            for line, end in _lines(stream, offset, limit):
                 line_no += 1
                 if isinstance(line, _TooLarge):
-                    yield (
-                        "reject",
-                        f"line {line_no}",
-                        Reason.TOO_LARGE,
-                        f"record of {line.size} bytes, limit {MAX_RECORD_BYTES}",
-                    )
-                elif line.strip():
-                    yield from parse(line, line_no)
+                    yield ("reject", f"line {line_no}", Reason.TOO_LARGE, f"{what} of {line.size} bytes, limit {limit}")
+                elif hosts:
+                    yield from _host_line_events(line, line_no, offset, skip)
+                elif isinstance(line, bytes) and line.strip():  # a file of banners spools no line
+                    yield from _banner_line_events(line, line_no)
+                skip = 0
+                offset = end
                 yield ("line", line_no, end)
                 if progress is not None and line_no % 256 == 0:
                     progress(raw.tell())
@@ -126,16 +199,235 @@ def _banner_line_events(line: bytes, line_no: int) -> Iterator:
         yield ("reject", f"line {line_no}", exc.reason, exc.detail)
 
 
-def _host_line_events(line: bytes, line_no: int) -> Iterator:
+def _host_line_events(line: bytes | _Spooled, line_no: int, start: int, skip: int) -> Iterator:
+    """The banners of one host lookup. `start`: the offset of the line; `skip`: how many of its
+    banners a run that stopped inside it has stored already."""
+    if isinstance(line, bytes) and record_size(line) <= MAX_RECORD_BYTES:
+        if line.strip():
+            yield from _short_host_events(line, line_no, skip)
+        return
+    file = io.BytesIO(line) if isinstance(line, bytes) else line.file
     try:
-        good, bad = records_from_host_line(line)
+        yield from _long_host_events(file, line_no, start, skip)
+    finally:
+        file.close()
+
+
+def _short_host_events(line: bytes, line_no: int, skip: int) -> Iterator:
+    try:
+        inherited, banners = host_from_line(line)
     except RecordError as exc:
         yield ("reject", f"line {line_no}", exc.reason, exc.detail)
         return
-    for record in good:
-        yield ("record", line_no, record)
-    for index, error in bad:
-        yield ("reject", f"line {line_no} data[{index}]", error.reason, error.detail)
+    for index in range(skip, len(banners)):
+        try:
+            yield ("record", line_no, record_from_host_item(banners[index], index, inherited))
+        except RecordError as exc:
+            yield ("reject", f"line {line_no} data[{index}]", exc.reason, exc.detail)
+
+
+def _long_host_events(file: IO[bytes], line_no: int, start: int, skip: int) -> Iterator:
+    """A host lookup over MAX_RECORD_BYTES, in two passes over its copy: the first checks its
+    structure and reads the host fields (Shodan writes some, ip_str among them, after data[]),
+    the second parses one banner at a time. After each banner a checkpoint: a run stopped here
+    resumes with the next one, and a batch need not hold the whole host."""
+    at = len(UTF8_BOM) if file.read(len(UTF8_BOM)) == UTF8_BOM else 0
+    try:
+        inherited, data_at = _host_outline(_Scanner(file, at))
+    except RecordError as exc:
+        yield ("reject", f"line {line_no}", exc.reason, exc.detail)
+        return
+    if data_at is None:  # a line of blanks
+        return
+    scanner = _Scanner(file, data_at)
+    for index, (begin, end) in enumerate(_array_items(scanner)):
+        if index < skip:
+            continue
+        try:
+            if end - begin > MAX_RECORD_BYTES:
+                raise RecordError(Reason.TOO_LARGE, f"banner of {end - begin} bytes, limit {MAX_RECORD_BYTES}")
+            item = parse_json(scanner.read(begin, end))
+            yield ("record", line_no, record_from_host_item(item, index, inherited))
+        except RecordError as exc:
+            yield ("reject", f"line {line_no} data[{index}]", exc.reason, exc.detail)
+        yield ("checkpoint", Checkpoint({"line": line_no - 1, "offset": start, "item": index + 1}))
+
+
+def _host_outline(scanner: _Scanner) -> tuple[dict, int | None]:
+    """The fields a host's banners inherit and where its data[] begins (None for a blank line),
+    or RecordError for the whole line. Host fields over MAX_RECORD_BYTES are left out."""
+    first = scanner.peek()
+    if first is None:
+        return {}, None
+    if first != _LBRACE:
+        scanner.skip_value()
+        if first in b'["' and scanner.peek() is None:
+            raise RecordError(Reason.NOT_OBJECT)
+        raise RecordError(Reason.NOT_JSON, "a line that is not a JSON object")
+    scanner.expect(_LBRACE)
+    fields: dict = {}
+    data_at: int | None = None
+    if not scanner.take(_RBRACE):
+        while True:
+            key = _key(scanner)
+            scanner.expect(_COLON)
+            if key == "data" and scanner.peek() == _LBRACKET:
+                data_at = scanner.offset
+                for _ in _array_items(scanner):  # checks what separates the banners, parses none
+                    pass
+            else:
+                begin, end = scanner.skip_value()
+                if key == "data":
+                    data_at = None  # as for a short line, the last "data" counts
+                elif key in HOST_FIELDS and end - begin <= MAX_RECORD_BYTES:
+                    fields[key] = parse_json(scanner.read(begin, end))
+            if scanner.take(_RBRACE):
+                break
+            scanner.expect(_COMMA)
+    if scanner.peek() is not None:
+        raise scanner.error("the end of the line")
+    if data_at is None:
+        raise RecordError(Reason.NO_BANNERS)
+    return fields, data_at
+
+
+def _key(scanner: _Scanner) -> object:
+    if scanner.peek() != _QUOTE:
+        raise scanner.error("a key")
+    begin, end = scanner.skip_value()
+    return parse_json(scanner.read(begin, end)) if end - begin <= 256 else None  # no field of ours is longer
+
+
+def _array_items(scanner: _Scanner) -> Iterator[tuple[int, int]]:
+    """Where each value of the array at the scanner begins and ends."""
+    scanner.expect(_LBRACKET)
+    if scanner.take(_RBRACKET):
+        return
+    while True:
+        yield scanner.skip_value()
+        if scanner.take(_RBRACKET):
+            return
+        scanner.expect(_COMMA)
+
+
+_QUOTE, _COMMA, _COLON, _LBRACKET, _RBRACKET, _LBRACE, _RBRACE = b'",:[]{}'
+_CLOSES = {_RBRACKET: _LBRACKET, _RBRACE: _LBRACE}
+_NOT_SPACE = re.compile(rb"[^ \t\r\n]")
+# Up to the next bracket, passing over whole strings; group 1 is that bracket, or the quote of a
+# string that runs past the block, or empty at the block's end. One match per bracket, not per
+# string: a banner has about ten strings for each bracket.
+_TO_BRACKET = re.compile(rb'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+([\[\]{}"]?)', re.DOTALL)
+_IN_STRING = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)  # up to the closing quote
+_SCALAR = re.compile(rb'[^\s,:\[\]{}"]*+')
+
+
+class _Scanner:
+    """Finds where JSON values begin and end in a seekable file of one line, holding a block of it
+    at a time, so that a value of any size is passed over in bounded memory. It checks only what
+    delimits values (strings, brackets, commas, colons): each value used is parsed on its own."""
+
+    def __init__(self, file: IO[bytes], offset: int = 0) -> None:
+        self.file = file
+        self.buf = b""
+        self.base = offset  # the file offset of buf[0]
+        self.pos = 0  # the next byte to scan, in buf
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def read(self, begin: int, end: int) -> bytes:
+        self.file.seek(begin)
+        return self.file.read(end - begin)
+
+    def error(self, expected: str) -> RecordError:
+        return RecordError(Reason.NOT_JSON, f"expected {expected} at byte {self.offset} of the line")
+
+    def peek(self) -> int | None:
+        """The next byte that is not a blank, or None at the end of the line."""
+        while True:
+            found = _NOT_SPACE.search(self.buf, self.pos)
+            if found is not None:
+                self.pos = found.start()
+                return self.buf[self.pos]
+            self.pos = len(self.buf)
+            if not self._more():
+                return None
+
+    def take(self, char: int) -> bool:
+        if self.peek() == char:
+            self.pos += 1
+            return True
+        return False
+
+    def expect(self, char: int) -> None:
+        if not self.take(char):
+            raise self.error(repr(chr(char)))
+
+    def skip_value(self) -> tuple[int, int]:
+        """Pass over the next value; its (begin, end) offsets in the file."""
+        first = self.peek()
+        begin = self.offset
+        if first == _QUOTE:
+            self.pos += 1
+            self._skip_string()
+        elif first == _LBRACKET or first == _LBRACE:
+            self._skip_nested()
+        else:
+            self._skip_scalar()
+            if self.offset == begin:
+                raise self.error("a value")
+        return begin, self.offset
+
+    def _more(self) -> bool:
+        """Drop what has been scanned and read the next block."""
+        self.file.seek(self.base + len(self.buf))
+        block = self.file.read(READ_CHUNK)
+        if not block:
+            return False
+        self.buf = self.buf[self.pos :] + block
+        self.base += self.pos
+        self.pos = 0
+        return True
+
+    def _skip_string(self) -> None:
+        while True:  # from inside the string: the match stops at its closing quote, or at the block's end
+            found = _IN_STRING.match(self.buf, self.pos)
+            assert found is not None  # the pattern matches ""
+            end = found.end()
+            if end < len(self.buf) and self.buf[end] == _QUOTE:
+                self.pos = end + 1
+                return
+            self.pos = end  # a backslash at the very end is kept for the next block
+            if not self._more():
+                raise self.error("the end of a string")
+
+    def _skip_nested(self) -> None:
+        stack = bytearray()
+        while True:
+            found = _TO_BRACKET.match(self.buf, self.pos)
+            assert found is not None  # the pattern matches ""
+            self.pos = found.end()
+            char = found.group(1)
+            if not char:
+                if not self._more():
+                    raise self.error("a closing bracket")
+            elif char == b'"':
+                self._skip_string()
+            elif char in b"[{":
+                stack.append(char[0])
+            elif stack.pop() != _CLOSES[char[0]]:
+                raise self.error("a matching bracket")
+            elif not stack:
+                return
+
+    def _skip_scalar(self) -> None:
+        while True:
+            found = _SCALAR.match(self.buf, self.pos)
+            assert found is not None  # the pattern matches ""
+            self.pos = found.end()
+            if self.pos < len(self.buf) or not self._more():
+                return
 
 
 def file_size(path: Path | str) -> int:

@@ -17,8 +17,12 @@ from datetime import UTC, datetime
 import orjson
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+UTF8_BOM = b"\xef\xbb\xbf"
 
-MAX_RECORD_BYTES = 1024 * 1024  # a line longer than this is rejected, not read into memory
+MAX_RECORD_BYTES = 1024 * 1024  # a longer record (line, or banner of a host lookup) is rejected, not read into memory
+# A host lookup carries every banner of a host (with history, for busy hosts many megabytes) on
+# one line: it is read banner by banner, each held to MAX_RECORD_BYTES, up to this size.
+MAX_HOST_LINE_BYTES = 64 * 1024 * 1024
 MAX_HOSTNAMES = 64
 MAX_FIELD = 255
 
@@ -31,6 +35,7 @@ class Reason:
     NOT_UTF8 = "not_utf8"
     NOT_JSON = "not_json"
     NOT_OBJECT = "not_object"
+    TOO_DEEP = "too_deep"
     MISSING_ADDRESS = "missing_address"
     INVALID_ADDRESS = "invalid_address"
     MISSING_PORT = "missing_port"
@@ -47,6 +52,7 @@ class Reason:
         NOT_UTF8: "line is not valid UTF-8",
         NOT_JSON: "line is not valid JSON",
         NOT_OBJECT: "JSON value is not an object",
+        TOO_DEEP: "JSON nested too deeply to be encoded again for storage",
         MISSING_ADDRESS: "no ip, ip_str or ipv6 field",
         INVALID_ADDRESS: "address is not a valid IPv4 or IPv6 address",
         MISSING_PORT: "no port field",
@@ -113,23 +119,43 @@ def banner_hash(data: str) -> str:
     return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def record_size(line: bytes) -> int:
+    """The size a limit applies to: the line without its ending, so that the last line of a file
+    (often without one) is held to the same rule as the others."""
+    size = len(line)
+    if line.endswith(b"\n"):
+        size -= 1
+    if size and line[size - 1] == 13:  # "\r" of a "\r\n" ending
+        size -= 1
+    return size
+
+
 def parse_line(line: bytes) -> dict:
     """Decode one line of a download file into a JSON object, or raise RecordError."""
-    if len(line) > MAX_RECORD_BYTES:
-        raise RecordError(Reason.TOO_LARGE, f"record of {len(line)} bytes, limit {MAX_RECORD_BYTES}")
-    if b"\x00" in line:
-        raise RecordError(Reason.NUL_BYTE)
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            raise RecordError(Reason.NOT_UTF8, f"invalid UTF-8 at byte {uexc.start}") from None
-        obj = _parse_lenient(line, exc)
+    if len(line) > MAX_RECORD_BYTES and record_size(line) > MAX_RECORD_BYTES:
+        raise RecordError(Reason.TOO_LARGE, f"record of {record_size(line)} bytes, limit {MAX_RECORD_BYTES}")
+    obj = parse_json(line)
     if not isinstance(obj, dict):
         raise RecordError(Reason.NOT_OBJECT, f"JSON {type(obj).__name__}, expected an object")
     return obj
+
+
+def parse_json(text: bytes) -> object:
+    """Any JSON value, as parse_line() reads a line: strictly with orjson, leniently if need be."""
+    if b"\x00" in text:
+        raise RecordError(Reason.NUL_BYTE)
+    if text.startswith(UTF8_BOM):
+        # orjson refuses a BOM that editors put in front of a file, and the lenient parser would
+        # keep it in the stored record; it is not part of the record.
+        text = text[len(UTF8_BOM) :]
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise RecordError(Reason.NOT_UTF8, f"invalid UTF-8 at byte {uexc.start}") from None
+        return _parse_lenient(text, exc)
 
 
 def _parse_lenient(line: bytes, first_error: Exception) -> object:
@@ -137,7 +163,7 @@ def _parse_lenient(line: bytes, first_error: Exception) -> object:
     # and that Python's json accepts; clean_text() makes them safe afterwards.
     try:
         return json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # json recurses once per level; orjson stops at 1,024 levels
         raise RecordError(Reason.NOT_JSON, _short(str(first_error))) from None
 
 
@@ -159,15 +185,19 @@ def parse_address(obj: dict) -> str:
     if not present:
         raise RecordError(Reason.MISSING_ADDRESS)
     value = present[0]
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
         if isinstance(value, bool):
             raise ValueError
         if isinstance(value, int):
-            address = ipaddress.ip_address(value)
+            # Shodan's integer `ip` is IPv4; ip_address() would read a larger number as IPv6.
+            address = ipaddress.IPv4Address(value)
         elif isinstance(value, str) and len(value) <= 64:
             address = ipaddress.ip_address(value.strip())
         else:
             raise ValueError
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise ValueError  # "fe80::1%eth0": a zone means something only on the scanning host
     except ValueError:
         raise RecordError(Reason.INVALID_ADDRESS, f"address {_short(repr(value), 80)}") from None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -179,8 +209,10 @@ def parse_port(obj: dict) -> int:
     if "port" not in obj or obj["port"] is None:
         raise RecordError(Reason.MISSING_PORT)
     value = obj["port"]
-    if isinstance(value, str) and value.strip().isdigit() and len(value) < 7:
-        value = int(value)
+    if isinstance(value, str) and len(value) < 7:
+        digits = value.strip()
+        if _ascii_digits(digits):
+            value = int(digits)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise RecordError(Reason.INVALID_PORT, f"port {_short(repr(value), 80)}")
     return value
@@ -204,9 +236,9 @@ def parse_timestamp(value: object) -> datetime | None:
             pass
     try:
         ts = datetime.fromisoformat(value)
-    except ValueError:
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except (ValueError, OverflowError):  # overflow: an offset moved 0001-01-01 or 9999-12-31 out of range
         return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def parse_asn(value: object) -> int | None:
@@ -216,10 +248,15 @@ def parse_asn(value: object) -> int | None:
         return value if 0 <= value < 2**32 else None
     if isinstance(value, str):
         digits = value.strip().upper().removeprefix("AS")
-        if digits.isdigit() and len(digits) <= 10:
+        if _ascii_digits(digits) and len(digits) <= 10:
             number = int(digits)
             return number if number < 2**32 else None
     return None
+
+
+def _ascii_digits(text: str) -> bool:
+    # str.isdigit() is also true of "²" and "٣", which int() refuses or reads as another number.
+    return text.isascii() and text.isdigit()
 
 
 def _hostnames(value: object) -> tuple[str, ...]:
@@ -235,7 +272,8 @@ def _hostnames(value: object) -> tuple[str, ...]:
 def _country(obj: dict) -> str:
     location = obj.get("location")
     code = location.get("country_code") if isinstance(location, dict) else None
-    if isinstance(code, str) and len(code) == 2 and code.isalpha():
+    # ASCII only: "ß".upper() is "SS", and the column holds two characters.
+    if isinstance(code, str) and len(code) == 2 and code.isascii() and code.isalpha():
         return code.upper()
     return ""
 
@@ -249,7 +287,7 @@ def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> Ba
     transport = parse_transport(obj)
     data = obj.get("data")
     if not isinstance(data, str):
-        data = "" if data is None else json.dumps(data, ensure_ascii=True)[:MAX_RECORD_BYTES]
+        data = "" if data is None else _json_text(data)[:MAX_RECORD_BYTES]
     shodan_meta = obj.get("_shodan")
     module = shodan_meta.get("module") if isinstance(shodan_meta, dict) else ""
     return BannerRecord(  # positional: keyword arguments cost 0.5 µs a banner here
@@ -272,29 +310,51 @@ def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> Ba
     )
 
 
+def _json_text(value: object) -> str:
+    """JSON text of a parsed value. Python's encoder recurses once per level, and orjson reads up
+    to 1,024 levels: what it cannot encode again is rejected (a cut-off text would hash and show
+    like no real banner)."""
+    try:
+        return json.dumps(value, ensure_ascii=True)
+    except RecursionError:
+        raise RecordError(Reason.TOO_DEEP) from None
+
+
 def record_from_line(line: bytes) -> BannerRecord:
-    """One line of a `shodan download` file: the raw record is the line itself, verbatim."""
+    """One line of a `shodan download` file: the raw record is the line itself, verbatim (a BOM
+    in front of it aside)."""
     obj = parse_line(line)
-    return record_from_object(obj, line.decode("utf-8").rstrip("\r\n"))
+    return record_from_object(obj, line.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n"))
 
 
 HOST_FIELDS = ("ip", "ip_str", "ipv6", "org", "isp", "asn", "hostnames", "os", "location")
 
 
-def records_from_host_line(line: bytes) -> tuple[list[BannerRecord], list[tuple[int, RecordError]]]:
-    """One host lookup (`/shodan/host/{ip}` shape): its banners, and the ones that failed by index."""
+def host_from_line(line: bytes) -> tuple[dict, list]:
+    """One host lookup (`/shodan/host/{ip}` shape): the fields its banners inherit, and its data[]
+    list of banners. Lines over MAX_RECORD_BYTES are read banner by banner (harvest/readers.py)."""
     obj = parse_line(line)
     banners = obj.get("data")
     if not isinstance(banners, list):
         raise RecordError(Reason.NO_BANNERS)
-    inherited = {k: obj[k] for k in HOST_FIELDS if k in obj}
+    return {k: obj[k] for k in HOST_FIELDS if k in obj}, banners
+
+
+def record_from_host_item(item: object, index: int, inherited: dict) -> BannerRecord:
+    """Banner `index` of a host lookup's data[], with the host's fields where it has none."""
+    if not isinstance(item, dict):
+        raise RecordError(Reason.NOT_OBJECT, f"data[{index}] is {type(item).__name__}")
+    return record_from_object(item, _json_text(item), inherited)
+
+
+def records_from_host_line(line: bytes) -> tuple[list[BannerRecord], list[tuple[int, RecordError]]]:
+    """One host lookup: its banners, and the ones that failed by index."""
+    inherited, banners = host_from_line(line)
     good: list[BannerRecord] = []
     bad: list[tuple[int, RecordError]] = []
     for index, item in enumerate(banners):
         try:
-            if not isinstance(item, dict):
-                raise RecordError(Reason.NOT_OBJECT, f"data[{index}] is {type(item).__name__}")
-            good.append(record_from_object(item, json.dumps(item, ensure_ascii=True), inherited))
+            good.append(record_from_host_item(item, index, inherited))
         except RecordError as exc:
             bad.append((index, exc))
     return good, bad

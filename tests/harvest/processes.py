@@ -39,12 +39,16 @@ def query(url: str, sql: str) -> list[tuple]:
 
 
 def checkpoint_line(url: str) -> int:
+    return int(checkpoint(url).get("line", 0))
+
+
+def checkpoint(url: str) -> dict:
+    """The latest run's checkpoint, {} before there is one."""
     try:
         rows = query(url, "SELECT checkpoint FROM harvest_harvestrun ORDER BY id DESC LIMIT 1")
     except (sqlite3.OperationalError, psycopg.Error):
-        return 0
+        return {}
     if not rows:
-        return 0
+        return {}
     value = rows[0][0]
-    value = json.loads(value) if isinstance(value, str) else value
-    return int(value.get("line", 0))
+    return json.loads(value) if isinstance(value, str) else value

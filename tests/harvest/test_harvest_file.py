@@ -3,9 +3,12 @@
 import gzip
 import itertools
 import json
+import tracemalloc
+from collections.abc import Iterable
 from io import StringIO
 from pathlib import Path
 
+import orjson
 import pytest
 from django.core.management import call_command
 from django.db import connection
@@ -13,7 +16,7 @@ from django.db import connection
 from harvest import readers, services
 from harvest.ingest import BatchWriter
 from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
-from harvest.records import Reason
+from harvest.records import MAX_RECORD_BYTES, UTF8_BOM, Reason, RecordError, records_from_host_line
 from tests.factories import banner, line, many, write_lines
 
 pytestmark = pytest.mark.django_db
@@ -128,6 +131,103 @@ def test_a_bad_record_is_counted_with_its_line_and_its_neighbours_are_kept(tmp_p
     assert rejection.detail
 
 
+DEEP = b"[" * 1000 + b"]" * 1000  # orjson reads it; Python's json cannot encode it again
+HOSTILE_LINES = {
+    "a superscript digit as port": ('{"ip_str": "192.0.2.203", "port": "²"}\n'.encode(), Reason.INVALID_PORT),
+    "an Arabic-Indic digit as port": ('{"ip_str": "192.0.2.203", "port": "٣"}\n'.encode(), Reason.INVALID_PORT),
+    "JSON too deep to parse": (b"[" * 100_000 + b"\n", Reason.NOT_JSON),
+    "data too deep to encode": (b'{"ip_str": "192.0.2.203", "port": 80, "data": ' + DEEP + b"}\n", Reason.TOO_DEEP),
+    "an IPv6 zone number": (line(banner("fe80::2%1")), Reason.INVALID_ADDRESS),
+    "an IPv6 zone name": (line(banner("fe80::1%eth0")), Reason.INVALID_ADDRESS),
+    "an integer ip past IPv4": (b'{"ip": 4294967296, "port": 80}\n', Reason.INVALID_ADDRESS),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_LINES))
+def test_a_hostile_value_is_rejected_with_its_line_and_the_run_goes_on(tmp_path, case: str) -> None:
+    bad, reason = HOSTILE_LINES[case]
+    good = many(4)
+    path = write_lines(tmp_path / "f.json", [line(good[0]), line(good[1]), bad, line(good[2]), line(good[3])])
+    run = harvest(path)
+    assert (run.status, run.rejected) == ("completed", {reason: 1})
+    assert Rejection.objects.get(run=run).position == "line 3"
+    assert endpoints() == {(r["ip_str"], 80, "tcp") for r in good}
+    again = harvest(path)  # reading the stored rows back (an address as the database gives it)
+    assert (again.status, again.unchanged, again.rejected) == ("completed", 4, {reason: 1})
+
+
+def test_a_hostile_banner_of_a_host_lookup_is_rejected_by_index(tmp_path) -> None:
+    host = (
+        '{"ip_str": "192.0.2.60", "data": [{"port": "²"}, {"port": 22}, {"port": 23, "x": '.encode()
+        + DEEP
+        + '}, {"port": "٣"}]}\n'.encode()
+    )
+    run = harvest(write_lines(tmp_path / "h.json", [host]), hosts=True)
+    assert (run.status, run.rejected) == ("completed", {Reason.INVALID_PORT: 2, Reason.TOO_DEEP: 1})
+    rejections = Rejection.objects.order_by("position").values_list("position", "reason")
+    assert list(rejections) == [
+        ("line 1 data[0]", Reason.INVALID_PORT),
+        ("line 1 data[2]", Reason.TOO_DEEP),
+        ("line 1 data[3]", Reason.INVALID_PORT),
+    ]
+    assert endpoints() == {("192.0.2.60", 22, "tcp")}
+
+
+def test_an_asn_of_other_digits_is_ignored_and_the_banner_kept(tmp_path) -> None:
+    run = harvest(write_lines(tmp_path / "f.json", [line(banner(asn="AS²")), line(banner("192.0.2.11", asn="AS٣"))]))
+    assert (run.status, run.new, run.rejected) == ("completed", 2, {})
+    assert list(Host.objects.values_list("asn", flat=True)) == [None, None]
+
+
+def test_a_time_an_offset_takes_out_of_range_falls_back_to_the_run_start(tmp_path) -> None:
+    records = [
+        banner("192.0.2.1", timestamp="9999-12-31T23:00:00-05:00"),
+        banner("192.0.2.2", timestamp="0001-01-01T00:00:00+05:00"),
+    ]
+    run = harvest(write_lines(tmp_path / "f.json", [line(r) for r in records]))
+    assert (run.status, run.new, run.rejected) == ("completed", 2, {})
+    assert set(Service.objects.values_list("first_seen", flat=True)) == {run.started_at}
+
+
+def test_a_country_code_that_upper_case_lengthens_is_left_empty(tmp_path) -> None:
+    """ "ß".upper() is "SS": three characters would not fit the column (PostgreSQL refuses the batch)."""
+    codes = ["ßa", "ﬀa", "nl"]
+    records = [banner(f"192.0.2.{i}", location={"country_code": code}) for i, code in enumerate(codes, 1)]
+    run = harvest(write_lines(tmp_path / "f.json", [line(r) for r in records]))
+    assert (run.status, run.new) == ("completed", 3)
+    assert sorted(Host.objects.values_list("country", flat=True)) == ["", "", "NL"]
+
+
+def test_a_byte_order_mark_is_not_stored(tmp_path) -> None:
+    """An editor's BOM in front of a line: the record is kept, and stored as JSON others can read."""
+    record = line(banner())
+    run = harvest(write_lines(tmp_path / "f.json", [UTF8_BOM + record, line(banner("192.0.2.11"))]))
+    assert (run.status, run.new, run.rejected) == ("completed", 2, {})
+    stored = Service.objects.get(host__ip="192.0.2.10").raw
+    assert stored == record.decode().rstrip("\n")
+    assert orjson.loads(stored)["port"] == 80
+
+
+def sized(size: int, ip: str = "192.0.2.10") -> bytes:
+    """A banner line of exactly `size` bytes, without a line ending."""
+    start = len(json.dumps(banner(ip, data="")).encode())
+    return json.dumps(banner(ip, data="A" * (size - start))).encode()
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("last", ["exact", "over"])
+def test_the_size_limit_is_the_same_with_or_without_a_final_newline(tmp_path, ending: bytes, last: str) -> None:
+    """A record of up to MAX_RECORD_BYTES, not counting its line ending, is read; the last line of
+    a file (often without an ending) is held to the same rule."""
+    exact, over = sized(MAX_RECORD_BYTES), sized(MAX_RECORD_BYTES + 1, "192.0.2.11")
+    content = [exact + ending, over + ending, exact if last == "exact" else over]
+    events = list(readers.file_events(write_lines(tmp_path / "f.json", content), {}, hosts=False))
+    outcome = [(e[1], "ok") if e[0] == "record" else (e[1], e[3]) for e in events if e[0] in ("record", "reject")]
+    too_large = f"record of {MAX_RECORD_BYTES + 1} bytes, limit {MAX_RECORD_BYTES}"
+    assert outcome == [(1, "ok"), ("line 2", too_large), (3, "ok") if last == "exact" else ("line 3", too_large)]
+    assert [e[2] for e in events if e[0] == "line"] == list(itertools.accumulate(len(c) for c in content))
+
+
 def test_a_five_megabyte_banner_is_rejected_without_losing_the_rest(tmp_path) -> None:
     good = many(3)
     huge = line(banner("192.0.2.99", data="A" * (5 * 1024 * 1024)))
@@ -179,6 +279,158 @@ def test_a_host_lookup_reports_each_bad_banner_by_index(tmp_path) -> None:
     assert set(Rejection.objects.values_list("position", flat=True)) == {"line 1 data[1]", "line 1 data[2]", "line 2"}
     service = Service.objects.get()
     assert (service.port, service.host.org) == (22, "Host Org")  # host fields are inherited
+
+
+def host_lookup(
+    banners: list, ip: str = "192.0.2.70", *, separators: tuple[str, str] | None = None, **fields: object
+) -> bytes:
+    """A host lookup as Shodan writes it: some host fields, ip_str among them, after data[]."""
+    host = {"org": "Host Org", "data": banners, "asn": "AS64500", "ip_str": ip, **fields}
+    return json.dumps(host, separators=separators).encode() + b"\n"
+
+
+def busy_host(n: int, size: int = 4000) -> list[dict]:
+    return [{"port": 1000 + i, "data": f"{i} " + "x" * size, "timestamp": "2026-01-01T00:00:00"} for i in range(n)]
+
+
+def test_a_host_lookup_over_a_megabyte_is_read_banner_by_banner(tmp_path) -> None:
+    """Busy hosts, and lookups with history, exceed the per-banner limit as a whole: each banner is
+    held to it on its own."""
+    banners = busy_host(300)
+    banners.insert(150, {"port": 9, "data": "A" * MAX_RECORD_BYTES})  # {"port": 9, "data": "AA…"}: 23 bytes more
+    path = write_lines(tmp_path / "h.json", [host_lookup(banners), host_lookup([{"port": 22}], "192.0.2.71")])
+    run = harvest(path, hosts=True)
+    assert (run.status, run.new, run.rejected) == ("completed", 301, {Reason.TOO_LARGE: 1})
+    rejection = Rejection.objects.get()
+    assert rejection.position == "line 1 data[150]"
+    assert rejection.detail == f"banner of {MAX_RECORD_BYTES + 23} bytes, limit {MAX_RECORD_BYTES}"
+    host = Host.objects.get(ip="192.0.2.70")
+    assert (host.org, host.asn, host.services.count()) == ("Host Org", 64500, 300)
+    assert json.loads(host.services.get(port=1000).raw)["data"] == banners[0]["data"]
+
+
+def test_a_host_lookup_over_the_host_limit_is_rejected_whole(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(readers, "MAX_HOST_LINE_BYTES", 2 * MAX_RECORD_BYTES)
+    big = host_lookup(busy_host(600))
+    path = write_lines(tmp_path / "h.json", [big, host_lookup([{"port": 22}], "192.0.2.71")])
+    run = harvest(path, hosts=True)
+    assert (run.status, run.new, run.rejected) == ("completed", 1, {Reason.TOO_LARGE: 1})
+    rejection = Rejection.objects.get()
+    assert (rejection.position, rejection.detail) == (
+        "line 1",
+        f"host lookup of {len(big) - 1} bytes, limit {2 * MAX_RECORD_BYTES}",
+    )
+
+
+def test_a_run_stopped_inside_a_long_host_lookup_resumes_with_the_next_banner(tmp_path) -> None:
+    banners = busy_host(300)
+    banners[10]["port"] = 70000  # rejected before the stop, and only then
+    banners[250]["port"] = "x"
+    lines = [host_lookup([{"port": 21}], "192.0.2.69"), host_lookup(banners), host_lookup([{"port": 22}], "192.0.2.71")]
+    path = write_lines(tmp_path / "h.json", lines)
+    run = services.harvest_file_start(path=path, hosts=True)
+
+    def interrupted_source(run: HarvestRun, progress: object) -> object:
+        for n, event in enumerate(services.SOURCES[HarvestRun.Source.HOSTS](run, progress)):
+            if n == 250:  # inside the long line, after some of its checkpoints
+                raise KeyboardInterrupt
+            yield event
+
+    services.register_source("interrupted")(interrupted_source)
+    run.source = "interrupted"
+    run.save(update_fields=["source"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            services.harvest_execute(run=run, batch_size=50)
+    finally:
+        del services.SOURCES["interrupted"]
+    run.refresh_from_db()
+    stored = run.checkpoint["item"]
+    assert run.status == "stopped" and run.checkpoint == {"line": 1, "offset": len(lines[0]), "item": stored}
+    assert 10 < stored < 250
+    assert (run.rejected, run.accepted, Service.objects.count()) == ({Reason.INVALID_PORT: 1}, stored, stored)
+
+    run.source = HarvestRun.Source.HOSTS
+    run.save(update_fields=["source"])
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=50)
+    assert (done.status, done.seen, done.new, done.rejected) == ("completed", 302, 300, {Reason.INVALID_PORT: 2})
+    positions = sorted(Rejection.objects.values_list("position", flat=True))
+    assert positions == ["line 2 data[10]", "line 2 data[250]"]
+    assert Service.objects.filter(host__ip="192.0.2.70").count() == 298
+
+
+TRICKY_BANNERS = [
+    {"port": 1, "data": 'a quote " a backslash \\ brackets ]}[{ "}, {" and a last backslash \\'},
+    {"port": 2, "data": "caf\u00e9 \u2603 \U0001f600 \ud800", "x": [[], {}, [{"a": [1, {"b": "]"}]}]]},
+    {"port": 3, "data": None, "n": -1.5e3, "t": True, "f": False, "z": None},
+    "not an object",
+    {"port": 70000},
+    {"port": 5, "nested": {"data": "}"}, "empty": ""},
+]
+PADDING = "y" * 500  # a host field no banner inherits, to make the lines longer than the banner limit
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_long_host_lookups_split_across_read_blocks_read_as_short_ones(tmp_path, monkeypatch, chunk: int) -> None:
+    """Lines over the banner limit are read banner by banner, in blocks: whatever the blocks, the
+    result is that of reading the line whole, and resuming after any banner gives the rest."""
+    monkeypatch.setattr(readers, "READ_CHUNK", chunk)
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 400)
+    content = [
+        host_lookup(TRICKY_BANNERS, tags=[PADDING]),
+        UTF8_BOM + host_lookup(TRICKY_BANNERS, "192.0.2.71", separators=(" ,\t", " :  "), tags=[PADDING]),
+        b'{"data": [' + b" " * 500 + b'{"port": 1}]}\n',  # no address: data[0] is rejected
+        b'{"data": "none", "ip_str": "192.0.2.72", "x": "' + PADDING.encode() + b'"}\n',
+        b'{"data": [{"port": 1}] "ip_str": "192.0.2.72", "x": "' + PADDING.encode() + b'"}\n',
+        b'[{"data": [{"port": 1}], "ip_str": "192.0.2.72", "x": "' + PADDING.encode() + b'"}]\n',
+        b" " * 600 + b"\n",
+    ]
+    path = write_lines(tmp_path / "h.json", content)
+    events = list(readers.file_events(path, {}, hosts=True))
+    assert all(len(text) > 400 for text in content)
+
+    expected = [event for n, text in enumerate(content, 1) for event in read_whole(text, n)]
+    assert [e[:3] for e in events if e[0] in ("record", "reject")] == expected
+    assert [e[2] for e in events if e[0] == "line"] == list(itertools.accumulate(len(c) for c in content))
+
+    for at, event in enumerate(events):
+        if event[0] == "checkpoint":
+            resumed = readers.file_events(path, event[1].state, hosts=True)
+            assert plain(resumed) == plain(events[at + 1 :])
+
+
+def read_whole(text: bytes, line_no: int) -> list[tuple]:
+    """The events of a host lookup read as one JSON document (records.py), without the details."""
+    if not text.strip():
+        return []
+    try:
+        good, bad = records_from_host_line(text)
+    except RecordError as exc:
+        return [("reject", f"line {line_no}", exc.reason)]
+    failed = dict(bad)
+    records = iter(good)
+    return [
+        ("reject", f"line {line_no} data[{i}]", failed[i].reason) if i in failed else ("record", line_no, next(records))
+        for i in range(len(good) + len(bad))
+    ]
+
+
+def plain(events: Iterable[tuple]) -> list:
+    return [event[1].state if event[0] == "checkpoint" else event for event in events]
+
+
+def test_a_long_host_lookup_is_read_in_bounded_memory(tmp_path) -> None:
+    """Copied to a temporary file and read a block and a banner at a time: never held whole."""
+    line_bytes = host_lookup(busy_host(5000))  # 20 MB
+    path = write_lines(tmp_path / "h.json", [line_bytes])
+    tracemalloc.start()
+    try:
+        records = sum(e[0] == "record" for e in readers.file_events(path, {}, hosts=True))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert records == 5000
+    assert peak < 8 * MAX_RECORD_BYTES < len(line_bytes) / 2, f"peak {peak} bytes"
 
 
 def test_the_command_prints_a_summary_and_json(tmp_path) -> None:

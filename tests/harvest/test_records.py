@@ -6,6 +6,7 @@ import pytest
 
 from harvest.records import (
     MAX_RECORD_BYTES,
+    UTF8_BOM,
     Reason,
     RecordError,
     clean_text,
@@ -13,6 +14,8 @@ from harvest.records import (
     records_from_host_line,
 )
 from tests.factories import banner, line
+
+DEEP = b"[" * 1000 + b"]" * 1000  # orjson reads up to 1,024 levels; Python's json recurses once per level
 
 
 def test_it_reads_the_real_intelmq_banners(shared_data) -> None:
@@ -60,6 +63,13 @@ def test_it_reads_the_real_host_lookup(shared_data) -> None:
         (line(banner() | {"port": "http"}), Reason.INVALID_PORT),
         (line(banner() | {"port": True}), Reason.INVALID_PORT),
         (line(banner(transport="sctp")), Reason.INVALID_TRANSPORT),
+        (line(banner() | {"port": "²"}), Reason.INVALID_PORT),  # "²".isdigit(), but int() refuses it
+        (line(banner() | {"port": "٣"}), Reason.INVALID_PORT),  # an Arabic-Indic 3, not port 3
+        (line(banner() | {"ip_str": "fe80::2%1"}), Reason.INVALID_ADDRESS),  # zone ids: PostgreSQL refuses them
+        (line(banner() | {"ip_str": "fe80::1%eth0"}), Reason.INVALID_ADDRESS),
+        (line({"ip": 2**32, "port": 80}), Reason.INVALID_ADDRESS),  # the integer `ip` is IPv4 only
+        (b"[" * 100_000, Reason.NOT_JSON),  # too deep for orjson and for Python's json
+        (b'{"ip_str": "192.0.2.1", "port": 80, "data": ' + DEEP + b"}", Reason.TOO_DEEP),
         (b'{"ip_str": "192.0.2.1", "port": 80, "data": "a\x00b"}', Reason.NUL_BYTE),
         (b'{"ip_str": "192.0.2.1", "port": 80, "data": "caf\xe9"}', Reason.NOT_UTF8),
     ],
@@ -76,6 +86,35 @@ def test_it_rejects_a_record_over_the_size_limit() -> None:
     with pytest.raises(RecordError) as exc:
         record_from_line(huge)
     assert exc.value.reason == Reason.TOO_LARGE
+
+
+def sized(size: int) -> bytes:
+    """A banner line of exactly `size` bytes, without a line ending."""
+    start = json.dumps(banner(data="")).encode()
+    return json.dumps(banner(data="A" * (size - len(start)))).encode()
+
+
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"])
+def test_the_size_limit_does_not_count_the_line_ending(ending: bytes) -> None:
+    assert record_from_line(sized(MAX_RECORD_BYTES) + ending).port == 80
+    with pytest.raises(RecordError) as exc:
+        record_from_line(sized(MAX_RECORD_BYTES + 1) + ending)
+    assert exc.value.detail == f"record of {MAX_RECORD_BYTES + 1} bytes, limit {MAX_RECORD_BYTES}"
+
+
+def test_it_drops_a_byte_order_mark_from_the_stored_record() -> None:
+    raw = line(banner())
+    record = record_from_line(UTF8_BOM + raw)
+    assert record.raw == raw.decode().rstrip("\n")
+    good, bad = records_from_host_line(UTF8_BOM + json.dumps({"ip_str": "192.0.2.3", "data": [{"port": 1}]}).encode())
+    assert (len(good), bad) == (1, [])
+
+
+def test_it_rejects_a_host_banner_too_deep_to_encode_and_keeps_the_others() -> None:
+    host = b'{"ip_str": "192.0.2.3", "data": [{"port": 1, "x": ' + DEEP + b'}, {"port": 2}]}'
+    good, bad = records_from_host_line(host)
+    assert [r.port for r in good] == [2]
+    assert [(index, error.reason) for index, error in bad] == [(0, Reason.TOO_DEEP)]
 
 
 def test_it_keeps_escaped_nuls_and_binary_as_characters() -> None:
@@ -98,6 +137,7 @@ def test_it_normalises_addresses() -> None:
     assert record_from_line(line(banner() | {"ip_str": "::ffff:192.0.2.5"})).ip == "192.0.2.5"
     assert record_from_line(line(banner("2001:0db8:0000::0001"))).ip == "2001:db8::1"
     assert record_from_line(line({"ip": 3221225985, "port": 1})).ip == "192.0.2.1"
+    assert record_from_line(line({"ip": 2**32 - 1, "port": 1})).ip == "255.255.255.255"
 
 
 def test_it_is_lenient_about_everything_else() -> None:
@@ -113,6 +153,24 @@ def test_it_is_lenient_about_everything_else() -> None:
     record = record_from_line(line(odd))
     assert record.country == "" and record.hostnames == () and record.asn is None and record.timestamp is None
     assert record.banner == "" and record.org == "12"
+
+
+@pytest.mark.parametrize("asn", ["AS²", "AS٣", "²", "٣٣"])
+def test_an_asn_of_other_digits_is_ignored(asn: str) -> None:
+    assert record_from_line(line(banner(asn=asn))).asn is None
+    assert record_from_line(line(banner(asn=" as64496 "))).asn == 64496
+
+
+@pytest.mark.parametrize("timestamp", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"])
+def test_an_offset_that_leaves_the_date_range_makes_the_time_unknown(timestamp: str) -> None:
+    assert record_from_line(line(banner(timestamp=timestamp))).timestamp is None
+    kept = record_from_line(line(banner(timestamp="9999-12-31T23:00:00+05:00")))
+    assert kept.timestamp is not None and kept.timestamp.hour == 18
+
+
+@pytest.mark.parametrize(("code", "country"), [("nl", "NL"), ("ßa", ""), ("ﬀa", ""), ("ŉa", ""), ("N1", "")])
+def test_a_country_code_is_two_ascii_letters(code: str, country: str) -> None:
+    assert record_from_line(line(banner(location={"country_code": code}))).country == country
 
 
 def test_clean_text_bounds_and_sanitises() -> None:

@@ -4,6 +4,7 @@ The harvest runs as a real `manage.py harvest` process against its own database 
 fresh PostgreSQL database when the suite runs on PostgreSQL), is killed twice mid-run, and is resumed.
 """
 
+import json
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from tests.factories import banner, line, many, write_lines
-from tests.harvest.processes import checkpoint_line, manage, query, run_json
+from tests.harvest.processes import checkpoint, checkpoint_line, manage, query, run_json
 
 
 def kill_after_line(proc: subprocess.Popen, url: str, target: int) -> int:
@@ -67,3 +68,40 @@ def test_a_killed_run_resumes_exactly(tmp_path, own_database) -> None:
     positions = query(url, "SELECT position, reason FROM harvest_rejection ORDER BY id")
     assert len(positions) == 20 and len(set(positions)) == 20  # each bad line reported exactly once
     assert query(url, "SELECT count(*) FROM harvest_servicebanner") == [(1,)]
+
+
+def test_a_run_killed_inside_a_long_host_lookup_resumes_exactly(tmp_path, own_database) -> None:
+    """A host lookup over a megabyte is read banner by banner, with a checkpoint after each: a run
+    killed inside it resumes with the banner after the last committed batch."""
+    url = own_database
+    banners = [{"port": 1000 + i, "data": f"{i} " + "x" * 1000} for i in range(6_000)]
+    for i in range(0, 6_000, 1_000):
+        banners[i]["port"] = 70_000 + i  # rejected: invalid_port
+    lines = [
+        json.dumps({"ip_str": "192.0.2.1", "data": [{"port": 21}]}).encode() + b"\n",
+        json.dumps({"org": "Busy", "data": banners, "ip_str": "192.0.2.2"}).encode() + b"\n",
+        json.dumps({"ip_str": "192.0.2.3", "data": [{"port": 22}]}).encode() + b"\n",
+    ]
+    path = write_lines(tmp_path / "hosts.json", lines)
+    migrate = manage(url, "migrate", "-v0")
+    assert migrate.wait(timeout=300) == 0, migrate.stderr.read().decode()
+
+    first = manage(url, "harvest", "--hosts", str(path), "--batch-size", "50")
+    deadline = time.monotonic() + 120
+    while checkpoint(url).get("item", 0) < 1_500:
+        if first.poll() is not None:
+            pytest.fail(f"the harvest ended before banner 1500: {first.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail("no progress within 120 s")
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    stopped = checkpoint(url)
+    assert stopped["line"] == 1 and 1_500 <= stopped["item"] < 6_000
+
+    result = run_json(url, "harvest", "--resume", "1")
+    assert result["status"] == "completed"
+    assert (result["seen"], result["new"], result["rejected"]) == (6_002, 5_996, {"invalid_port": 6})
+    assert query(url, "SELECT count(*) FROM harvest_service") == [(5_996,)]
+    positions = query(url, "SELECT position FROM harvest_rejection")
+    assert sorted(positions) == sorted((f"line 2 data[{i}]",) for i in range(0, 6_000, 1_000))  # each once
