@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterable
+
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
@@ -31,7 +34,7 @@ def contact_candidates(network: RdapNetwork) -> list[dict]:
         rank_role = min((ROLE_ORDER.index(r) for r in roles), default=len(ROLE_ORDER))
         role = ROLE_ORDER[rank_role] if rank_role < len(ROLE_ORDER) else "administrative"
         for email in entity.emails:
-            if not _valid(email):
+            if address_problem(email):
                 continue  # registries hold typos and worse; an address we cannot mail is no contact
             why = _why(entity, role, bool(roles))
             rank = (rank_role, 1 if entity.parent else 0, position)
@@ -59,9 +62,54 @@ def network_holder(network: RdapNetwork) -> tuple[str, str]:
     return network.handle, network.name or network.handle
 
 
-def _valid(email: str) -> bool:
+def unusable_addresses(entities: Iterable[RdapEntity]) -> list[dict]:
+    """The answer's addresses that are never contacts, each with why: shown to staff, never mailed."""
+    found: dict[str, dict] = {}
+    for entity in entities:
+        for email in entity.emails:
+            problem = address_problem(email)
+            if problem and email not in found:
+                found[email] = {"email": email, "handle": entity.handle, "why": problem}
+    return list(found.values())
+
+
+def address_problem(email: str) -> str | None:
+    """Why an address must not be mailed, or None: what staff see must be what is sent.
+
+    Django's validator takes any character from U+00A1 in a domain, and its mail code drops some
+    of them on the way out (IDNA maps a zero-width space to nothing: abuse@exa<U+200B>mple.com is
+    sent to abuse@example.com) or fails at sending time (a bidi override). So an address with a
+    control, format, separator or space character anywhere is refused, and the domain must come
+    back from IDNA (the standard library's codec) as it went in.
+    """
+    hidden = next((char for char in email if _hidden(char)), None)
+    if hidden is not None:
+        name = unicodedata.name(hidden, "(a control character)")
+        return f"contains U+{ord(hidden):04X} {name}: control, invisible and space characters are not sent as shown"
     try:
         validate_email(email)
     except ValidationError:
-        return False
-    return True
+        return "not a valid e-mail address"
+    local, _, domain = email.rpartition("@")
+    if local.startswith('"'):
+        return "has a quoted local part (sent without its quotes, it is another address)"
+    return _domain_problem(domain)
+
+
+def _hidden(char: str) -> bool:
+    # C*: controls, format (bidi, zero-width), surrogates, private use, unassigned; Z*: spaces
+    # and the line and paragraph separators.
+    return unicodedata.category(char)[0] in "CZ" or char.isspace()
+
+
+def _domain_problem(domain: str) -> str | None:
+    try:
+        sent = domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        return f"the domain cannot be written for sending (IDNA): {exc}"
+    for label in domain.split("."):
+        # IDNA 2003 maps some characters to others or to nothing (ß to ss, U+034F to nothing):
+        # each non-ASCII label must come back as it was shown.
+        if not label.isascii() and label.encode("idna").decode("idna") != label.lower():
+            return f"the domain would be sent as {sent}, which is not the address shown"
+    return None
