@@ -21,6 +21,7 @@ DNS_NAME = re.compile(r"[a-z0-9*][a-z0-9-]{0,62}(?:\.[a-z0-9-]{1,63}){1,10}")
 NON_WORD = re.compile(r"[^0-9a-z]+")
 WORD = re.compile(r"[0-9A-Za-z+]+")
 SHORT_ALIAS = 5  # aliases shorter than this (AMC, JBZ, MST) must match case-sensitively as a word
+REGISTRY_COUNTRY = "NL"  # every organisation of the registry is Dutch
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,24 @@ def attribute_operator(facts: BannerFacts, registry: Iterable[RegistryOrganisati
     return None
 
 
-def registry_match_name(name: str, registry: Iterable[RegistryOrganisation]) -> RegistryOrganisation | None:
-    """The registered organisation a whole name (an RDAP registrant) stands for, if any."""
+def registry_match_name(
+    name: str, registry: Iterable[RegistryOrganisation], *, country: str | None = None
+) -> RegistryOrganisation | None:
+    """The registered organisation a whole name (an RDAP registrant) stands for, if any.
+
+    Anyone anywhere can register a network under any name, so a registrant name stands for a
+    Dutch hospital only on a Dutch network (`country`, the network's country code: a caller that
+    knows it must pass it), and only by the hospital's name or a long alias: "AMC", "MST" or
+    "CWZ" alone is somebody else's name somewhere. Banners (hostnames, certificates) still
+    attribute a host to a hospital by any of its names: see `attribute_operator`.
+    """
+    if country is not None and country.strip().upper() != REGISTRY_COUNTRY:
+        return None
     normalised = f" {_normalise(name)} "
     for organisation in registry:
         for candidate, pattern, short in _patterns(organisation):
+            if short and candidate != organisation.name:
+                continue
             if (name.strip() == candidate) if short else (normalised == pattern):
                 return organisation
     return None
