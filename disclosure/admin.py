@@ -1,22 +1,36 @@
 """Staff views of owners: organisations, contacts, inhibitions, networks, host owners, and the
 owner-unknown queue. Changes are kept in history (django-simple-history).
 
-Names, e-mail addresses and raw answers from RDAP are written by strangers: they reach the page
-only through Django's escaping (`format_html`, plain strings), never marked safe. Actions call
-services and report what happened.
+Names, handles, e-mail addresses, details and raw answers from RDAP (and evidence from hostnames,
+certificates and titles) are written by strangers: they reach the page only through Django's
+escaping (`format_html`, plain strings), never marked safe, and through `visible_text`, which shows
+control, bidi and zero-width characters as escapes. A field staff may edit is shown as it is in its
+input; wherever staff cannot edit it (view permission only, or a value that came from RDAP) it is
+replaced by its visible form (see `_VisibleAdmin.locked_fields`). Actions call services, report
+what happened, and need the change permission of what they act on.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.contrib.admin import helpers, widgets
+from django.core.exceptions import ValidationError
+from django.db.models import ForeignKey, QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from simple_history.admin import SimpleHistoryAdmin
 
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, OwnerUnknown
+from disclosure.owners.contacts import address_problem, unusable_addresses
+from disclosure.rdap_client import iter_entities
 from disclosure.services import (
     OwnerError,
     contact_set_enabled,
@@ -24,31 +38,234 @@ from disclosure.services import (
     owner_recompute,
     owners_resolve,
 )
+from harvest.admin import _text_column, text_block, visible_text
 
-RAW_DISPLAY_LIMIT = 64 * 1024
-PRE_STYLE = "white-space: pre-wrap; overflow-wrap: anywhere; max-height: 40em; overflow: auto; margin: 0"
-
-
-def _pre(text: str) -> str:
-    if len(text) > RAW_DISPLAY_LIMIT:
-        text = text[:RAW_DISPLAY_LIMIT] + f"\n… ({len(text) - RAW_DISPLAY_LIMIT} more characters)"
-    return format_html('<pre style="{}">{}</pre>', PRE_STYLE, text)
+RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the indented RDAP answer shown on a network page
 
 
-class ContactInline(admin.TabularInline):
+def json_text(value: Any, indent: int = 2) -> str:
+    """`json.dumps(value, indent=2, ensure_ascii=False)` without recursion.
+
+    An imported answer can nest deeper than the json module's indenting encoder can recurse
+    (a RecursionError, a server error on the page); this walks it with a stack of its own.
+    """
+    out: list[str] = []
+    stack: list[list[Any]] = []  # [items left, closing bracket, depth, first item?]
+
+    def start(item: Any, depth: int) -> None:
+        if isinstance(item, dict) and item:
+            out.append("{")
+            stack.append([iter(item.items()), "}", depth + 1, True])
+        elif isinstance(item, list) and item:
+            out.append("[")
+            stack.append([iter(enumerate(item)), "]", depth + 1, True])
+        else:  # a scalar, {} or []
+            out.append(_json_scalar(item))
+
+    start(value, 0)
+    while stack:
+        frame = stack[-1]
+        items, closing, depth, first = frame
+        entry = next(items, None)
+        if entry is None:
+            stack.pop()
+            out.append("\n" + " " * (indent * (depth - 1)) + closing)
+            continue
+        key, item = entry
+        out.append(("" if first else ",") + "\n" + " " * (indent * depth))
+        frame[3] = False
+        if closing == "}":
+            out.append(_json_scalar(str(key)) + ": ")
+        start(item, depth)
+    return "".join(out)
+
+
+def _json_scalar(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _link(viewname: str, obj: Any) -> SafeString | str:
+    """A link to a related row, labelled with its text made visible; "-" when there is none."""
+    if obj is None:
+        return "-"
+    return format_html('<a href="{}">{}</a>', reverse(viewname, args=[obj.pk]), visible_text(str(obj)))
+
+
+def _name_column(relation: str, description: str) -> Callable[[admin.ModelAdmin, Any], str]:
+    """A list column showing a related row's text made visible (the relation alone shows it as is)."""
+
+    @admin.display(description=description, ordering=f"{relation}__name")
+    def column(self: admin.ModelAdmin, obj: Any) -> str:
+        related = getattr(obj, relation)
+        return visible_text(str(related)) if related is not None else "-"
+
+    column.__name__ = f"{relation}_name"
+    return column
+
+
+class _Titled:
+    """A row where Django prints it (a change page's breadcrumbs, a list's checkbox label, an
+    inline row's label), named with its text made visible; everything else is the row's."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __str__(self) -> str:
+        return visible_text(str(self._obj))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
+
+
+class _VisibleInlineAdminFormSet(helpers.InlineAdminFormSet):
+    """An inline's rows, each labelled with its row's text made visible."""
+
+    def __iter__(self) -> Any:
+        for inline_form in super().__iter__():
+            if inline_form.original is not None:
+                inline_form.original = _Titled(inline_form.original)  # type: ignore[assignment]
+            yield inline_form
+
+
+class VisibleRawIdWidget(widgets.ForeignKeyRawIdWidget):
+    """The id box of a related row, labelled with the row's text made visible."""
+
+    def label_and_url_for_value(self, value: Any) -> tuple[str, str]:
+        label, url = super().label_and_url_for_value(value)
+        return visible_text(str(label)), url
+
+
+class VisibleEmailInput(widgets.AdminEmailInputWidget):
+    """An address in an input box with its controls made visible: an input shows a bidi override
+    or a zero-width space as it is. Saved back unchanged, such an address is refused (see
+    ContactForm), so staff see and fix what would not have been mailed anyway."""
+
+    def format_value(self, value: Any) -> str | None:
+        shown = super().format_value(value)
+        return None if shown is None else visible_text(shown)
+
+
+class ContactForm(forms.ModelForm):
+    """Staff type addresses that can be mailed; an address from RDAP stays as the registry sent it
+    (a wrong one is disabled instead, so a re-import does not bring it back)."""
+
+    class Meta:
+        model = Contact
+        fields = "__all__"
+        widgets = {"email": VisibleEmailInput}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "email" in self.fields and self.instance.pk and self.instance.source == Contact.Source.RDAP:
+            self.fields["email"].disabled = True
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"]
+        if not self.fields["email"].disabled:
+            problem = address_problem(email)
+            if problem:
+                raise ValidationError(f"This address cannot be mailed: {problem}.")
+        return email
+
+
+class _VisibleAdmin:
+    """Show stranger text visibly wherever staff do not edit it.
+
+    `locked_fields` maps an editable field to the read-only display that replaces it on a page
+    where staff cannot edit it: without the change permission, or for the fields that
+    `source_locked` names for this row (they came from RDAP and stay as the registry sent them).
+    """
+
+    locked_fields: ClassVar[dict[str, str]] = {}
+
+    def source_locked(self, obj: Any) -> set[str]:
+        return set()
+
+    def _locked(self, request: HttpRequest, obj: Any) -> set[str]:
+        if obj is None:
+            return set()
+        if not self.has_change_permission(request, obj):  # type: ignore[attr-defined]
+            return set(self.locked_fields)
+        return self.source_locked(obj) & set(self.locked_fields)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list:
+        fields = super().get_fields(request, obj)  # type: ignore[misc]
+        locked = self._locked(request, obj)
+        return [self.locked_fields[f] if f in locked else f for f in fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list:
+        readonly = list(super().get_readonly_fields(request, obj))  # type: ignore[misc]
+        return readonly + [self.locked_fields[f] for f in self._locked(request, obj)]
+
+    def formfield_for_foreignkey(self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in self.raw_id_fields:  # type: ignore[attr-defined]
+            kwargs["widget"] = VisibleRawIdWidget(
+                db_field.remote_field,
+                self.admin_site,  # type: ignore[attr-defined]
+                using=kwargs.get("using"),
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
+
+    def action_checkbox(self, obj: Any) -> SafeString:
+        return super().action_checkbox(_Titled(obj))  # type: ignore[misc]  # its aria-label names the row
+
+    def get_inline_formsets(
+        self, request: HttpRequest, formsets: list, inline_instances: list, obj: Any = None
+    ) -> list[helpers.InlineAdminFormSet]:
+        shown = super().get_inline_formsets(request, formsets, inline_instances, obj)  # type: ignore[misc]
+        for inline_formset in shown:
+            # Django builds them; only how a row is labelled changes.
+            inline_formset.__class__ = _VisibleInlineAdminFormSet
+        return shown
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict, add: bool = False, change: bool = False, form_url: str = "",
+        obj: Any = None,
+    ) -> TemplateResponse:  # fmt: skip
+        if obj is not None:  # the page's title and breadcrumbs name the object
+            context["subtitle"] = visible_text(str(obj))
+            context["original"] = _Titled(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)  # type: ignore[misc]
+
+
+class VisibleValuesFilter(admin.AllValuesFieldListFilter):
+    """A field's values as filter links, shown with their controls made visible."""
+
+    def choices(self, changelist: Any) -> Any:
+        for choice in super().choices(changelist):
+            yield {**choice, "display": visible_text(str(choice["display"]))}
+
+
+class ContactInline(_VisibleAdmin, admin.TabularInline):
     model = Contact
+    form = ContactForm
     extra = 0
-    fields = ["email", "role", "source", "enabled", "import_source", "imported_at", "pgp_fingerprint", "note"]
-    readonly_fields = ["source", "import_source", "imported_at"]
+    fields = ["email", "role", "source", "enabled", "import_source_text", "imported_at", "pgp_fingerprint", "note"]
+    readonly_fields = ["source", "import_source_text", "imported_at"]
+    locked_fields = {"email": "email_text"}
+    email_text = _text_column("email", "email")
+    import_source_text = _text_column("import_source", "import source")
 
 
 @admin.register(Organisation)
-class OrganisationAdmin(SimpleHistoryAdmin):
-    list_display = ["name", "kind", "sector", "country", "sector_cert_member", "source", "contact_count"]
-    list_filter = ["kind", "sector_cert_member", "source", "country"]
+class OrganisationAdmin(_VisibleAdmin, SimpleHistoryAdmin):
+    list_display = ["name_text", "kind", "sector", "country_text", "sector_cert_member", "source", "contact_count"]
+    list_filter = ["kind", "sector_cert_member", "source", ("country", VisibleValuesFilter)]
     search_fields = ["name", "source_key", "contacts__email"]
-    readonly_fields = ["source", "source_key", "created_at", "updated_at"]
+    fields = [
+        "name", "kind", "sector", "country", "domains", "sector_cert_member", "note", "source", "source_key_text",
+        "created_at", "updated_at",
+    ]  # fmt: skip
+    readonly_fields = ["source", "source_key_text", "created_at", "updated_at"]
+    locked_fields = {"name": "name_text", "country": "country_text"}
     inlines = [ContactInline]
+    name_text = _text_column("name")
+    country_text = _text_column("country")
+    source_key_text = _text_column("source_key", "source key")
+
+    def source_locked(self, obj: Organisation) -> set[str]:
+        # A registrant's name and country are what the registry said; staff-made rows stay editable.
+        return set() if obj.source == Organisation.Source.STAFF else {"name", "country"}
 
     @admin.display(description="contacts")
     def contact_count(self, obj: Organisation) -> int:
@@ -59,22 +276,43 @@ class OrganisationAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(Contact)
-class ContactAdmin(SimpleHistoryAdmin):
-    list_display = ["email", "role", "organisation", "source", "enabled", "imported_at"]
+class ContactAdmin(_VisibleAdmin, SimpleHistoryAdmin):
+    form = ContactForm
+    list_display = ["email_text", "role", "organisation_name", "source", "enabled", "usable", "imported_at"]
     list_filter = ["role", "source", "enabled"]
     list_select_related = ["organisation"]
     search_fields = ["email", "organisation__name", "import_source"]
     raw_id_fields = ["organisation"]
-    readonly_fields = ["source", "import_source", "imported_at", "created_at", "updated_at"]
+    fields = [
+        "organisation", "email", "role", "source", "enabled", "usable", "import_source_text", "imported_at",
+        "pgp_fingerprint", "note", "created_at", "updated_at",
+    ]  # fmt: skip
+    readonly_fields = ["source", "usable", "import_source_text", "imported_at", "created_at", "updated_at"]
+    locked_fields = {"email": "email_text", "organisation": "organisation_link"}
     actions = ["disable", "enable"]
+    email_text = _text_column("email", "email")
+    import_source_text = _text_column("import_source", "import source")
+    organisation_name = _name_column("organisation", "organisation")
 
-    @admin.action(description="Disable the selected contacts (never mailed)")
+    def source_locked(self, obj: Contact) -> set[str]:
+        return {"email"} if obj.source == Contact.Source.RDAP else set()
+
+    @admin.display(description="can be mailed")
+    def usable(self, obj: Contact) -> str:
+        problem = address_problem(obj.email)
+        return f"no: {problem}" if problem else "yes"
+
+    @admin.display(description="organisation")
+    def organisation_link(self, obj: Contact) -> SafeString | str:
+        return _link("admin:disclosure_organisation_change", obj.organisation)
+
+    @admin.action(description="Disable the selected contacts (never mailed)", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
         for contact in queryset:
             contact_set_enabled(contact=contact, enabled=False)
         self.message_user(request, f"{queryset.count()} contacts disabled.")
 
-    @admin.action(description="Enable the selected contacts")
+    @admin.action(description="Enable the selected contacts", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
         for contact in queryset:
             contact_set_enabled(contact=contact, enabled=True)
@@ -82,11 +320,25 @@ class ContactAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(Inhibition)
-class InhibitionAdmin(SimpleHistoryAdmin):
-    list_display = ["__str__", "until", "reason", "created_by", "created_at"]
+class InhibitionAdmin(_VisibleAdmin, SimpleHistoryAdmin):
+    list_display = ["target", "until", "reason", "created_by", "created_at"]
     list_select_related = ["organisation", "contact", "contact__organisation"]
     raw_id_fields = ["organisation", "contact"]
+    fields = ["organisation", "contact", "reason", "until", "created_by", "created_at"]
     readonly_fields = ["created_by", "created_at"]
+    locked_fields = {"organisation": "organisation_link", "contact": "contact_link"}
+
+    @admin.display(description="inhibition")
+    def target(self, obj: Inhibition) -> str:
+        return visible_text(str(obj))
+
+    @admin.display(description="organisation")
+    def organisation_link(self, obj: Inhibition) -> SafeString | str:
+        return _link("admin:disclosure_organisation_change", obj.organisation)
+
+    @admin.display(description="contact")
+    def contact_link(self, obj: Inhibition) -> SafeString | str:
+        return _link("admin:disclosure_contact_change", obj.contact)
 
     def save_model(self, request: HttpRequest, obj: Inhibition, form: object, change: bool) -> None:
         if not change:
@@ -95,55 +347,85 @@ class InhibitionAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(Network)
-class NetworkAdmin(SimpleHistoryAdmin):
-    list_display = ["cidr_list", "handle", "name", "registry", "asn", "holder", "source", "expires_at"]
+class NetworkAdmin(_VisibleAdmin, SimpleHistoryAdmin):
+    list_display = ["cidr_list", "handle_text", "name_text", "registry", "asn", "holder_name", "source", "expires_at"]
     list_filter = ["registry", "source"]
     list_select_related = ["holder"]
     search_fields = ["handle", "name", "start_address", "asn_description", "holder__name"]
     raw_id_fields = ["holder"]
-    exclude = ["raw", "contact_candidates"]
-    readonly_fields = [
-        "start_key", "end_key", "start_address", "end_address", "cidrs", "handle", "name", "country",
-        "registry", "asn", "asn_description", "source", "fetched_at", "candidates", "raw_answer",
+    fields = [
+        "start_key", "end_key", "start_address", "end_address", "cidrs", "handle_text", "name_text", "country_text",
+        "registry", "asn", "asn_description_text", "holder", "source", "fetched_at", "expires_at", "candidates",
+        "raw_answer",
     ]  # fmt: skip
+    readonly_fields = [
+        "start_key", "end_key", "start_address", "end_address", "cidrs", "handle_text", "name_text", "country_text",
+        "registry", "asn", "asn_description_text", "source", "fetched_at", "candidates", "raw_answer",
+    ]  # fmt: skip
+    locked_fields = {"holder": "holder_link"}
+    handle_text = _text_column("handle")
+    name_text = _text_column("name")
+    country_text = _text_column("country")
+    asn_description_text = _text_column("asn_description", "ASN description")
+    holder_name = _name_column("holder", "holder")
 
     @admin.display(description="CIDR")
     def cidr_list(self, obj: Network) -> str:
         return obj.cidr
 
+    @admin.display(description="holder")
+    def holder_link(self, obj: Network) -> SafeString | str:
+        return _link("admin:disclosure_organisation_change", obj.holder)
+
     @admin.display(description="contacts in the answer, best first")
-    def candidates(self, obj: Network) -> str:
-        lines = "\n".join(f"{c.get('email')} ({c.get('role')}): {c.get('why')}" for c in obj.contact_candidates)
-        return _pre(lines or "none")
+    def candidates(self, obj: Network) -> SafeString:
+        lines = [f"{c.get('email')} ({c.get('role')}): {c.get('why')}" for c in obj.contact_candidates]
+        raw_entities = obj.raw.get("entities") if isinstance(obj.raw, dict) else None
+        lines += [f"not used: {a['email']} (RDAP entity {a['handle']}): {a['why']}" for a in
+                  unusable_addresses(iter_entities(raw_entities))]  # fmt: skip
+        return text_block("\n".join(lines) or "none", limit=RAW_DISPLAY_LIMIT)
 
     @admin.display(description="RDAP answer")
-    def raw_answer(self, obj: Network) -> str:
-        return _pre(json.dumps(obj.raw, indent=2, ensure_ascii=False))
+    def raw_answer(self, obj: Network) -> SafeString:
+        return text_block(json_text(obj.raw), limit=RAW_DISPLAY_LIMIT)
 
 
-class HostOwnerAdminBase(admin.ModelAdmin):
-    list_display = ["host", "status", "reason", "network", "operator", "recipient_email", "attempts", "updated_at"]
+class HostOwnerAdminBase(_VisibleAdmin, admin.ModelAdmin):
+    list_display = ["host", "status", "reason", "network", "operator_name", "recipient_email", "attempts", "updated_at"]
     list_filter = ["status", "reason"]
     list_select_related = ["host", "network", "operator", "recipient"]
     search_fields = ["host__ip", "operator__name", "recipient__email", "reason"]
     raw_id_fields = ["override_recipient"]
     fields = [
-        "host", "status", "reason", "detail_text", "network", "operator", "operator_evidence", "recipient",
-        "recipient_reason", "override_recipient", "override_note", "attempts", "resolved_at",
+        "host", "status", "reason", "detail_text", "network", "operator_link", "operator_evidence_text",
+        "recipient_link", "recipient_reason_text", "override_recipient", "override_note", "attempts", "resolved_at",
     ]  # fmt: skip
     readonly_fields = [
-        "host", "status", "reason", "detail_text", "network", "operator", "operator_evidence", "recipient",
-        "recipient_reason", "attempts", "resolved_at",
+        "host", "status", "reason", "detail_text", "network", "operator_link", "operator_evidence_text",
+        "recipient_link", "recipient_reason_text", "attempts", "resolved_at",
     ]  # fmt: skip
+    locked_fields = {"override_recipient": "override_recipient_link"}
     actions = ["resolve_again", "choose_recipient_again"]
+    detail_text = _text_column("detail", "detail")
+    operator_evidence_text = _text_column("operator_evidence", "operator evidence")
+    recipient_reason_text = _text_column("recipient_reason", "recipient reason")
+    operator_name = _name_column("operator", "operator")
+
+    @admin.display(description="recipient", ordering="recipient__email")
+    def recipient_email(self, obj: HostOwner) -> str:
+        return visible_text(obj.recipient.email) if obj.recipient else "—"
+
+    @admin.display(description="operator")
+    def operator_link(self, obj: HostOwner) -> SafeString | str:
+        return _link("admin:disclosure_organisation_change", obj.operator)
 
     @admin.display(description="recipient")
-    def recipient_email(self, obj: HostOwner) -> str:
-        return obj.recipient.email if obj.recipient else "—"
+    def recipient_link(self, obj: HostOwner) -> SafeString | str:
+        return _link("admin:disclosure_contact_change", obj.recipient)
 
-    @admin.display(description="detail")
-    def detail_text(self, obj: HostOwner) -> str:
-        return format_html("{}", obj.detail)
+    @admin.display(description="override recipient")
+    def override_recipient_link(self, obj: HostOwner) -> SafeString | str:
+        return _link("admin:disclosure_contact_change", obj.override_recipient)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows come from resolution; staff correct them through the override
@@ -151,7 +433,9 @@ class HostOwnerAdminBase(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: HostOwner, form: object, change: bool) -> None:
         owner_override_set(owner=obj, contact=obj.override_recipient, note=obj.override_note)
 
-    @admin.action(description="Look the owners up again (RDAP)")
+    # Both actions write owners (and a lookup writes networks, organisations and contacts):
+    # looking at owners is not enough to run them.
+    @admin.action(description="Look the owners up again (RDAP)", permissions=["change"])
     def resolve_again(self, request: HttpRequest, queryset: QuerySet) -> None:
         hosts = [owner.host for owner in queryset.select_related("host")]
         try:
@@ -165,7 +449,7 @@ class HostOwnerAdminBase(admin.ModelAdmin):
             f"failed: {summary['failed'] or 'none'}.",
         )
 
-    @admin.action(description="Choose the recipient again (no lookup)")
+    @admin.action(description="Choose the recipient again (no lookup)", permissions=["change"])
     def choose_recipient_again(self, request: HttpRequest, queryset: QuerySet) -> None:
         for owner in queryset.select_related("network", "operator", "override_recipient"):
             owner_recompute(owner=owner)
@@ -180,7 +464,7 @@ class HostOwnerAdmin(HostOwnerAdminBase, SimpleHistoryAdmin):
 @admin.register(OwnerUnknown)
 class OwnerUnknownAdmin(HostOwnerAdminBase):
     # A proxy has no history table of its own: the change history is on the host owner's page.
-    list_display = ["host", "reason", "detail", "network", "attempts", "updated_at"]
+    list_display = ["host", "reason", "detail_text", "network", "attempts", "updated_at"]
     list_filter = ["reason"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:

@@ -146,7 +146,7 @@ def test_it_shows_the_queue_entry_reason_and_the_raw_answer_escaped(
     on_entry = admin_page.evaluate(INJECTED)
     admin_page.click(".field-network .readonly a")
     admin_page.wait_for_url(f"**/admin/disclosure/network/{unknown.network_id}/change/")
-    name = readonly(admin_page, "name")
+    name = readonly(admin_page, "name_text")
     raw = admin_page.locator(".field-raw_answer pre").text_content() or ""
     on_network = admin_page.evaluate(INJECTED)
 
@@ -187,7 +187,7 @@ def test_a_contact_added_by_staff_becomes_the_recipient(
     owner_rows = result_rows(admin_page)
     admin_page.click(f"#result_list a[href$='/hostowner/{owner.pk}/change/']")
     admin_page.wait_for_url(f"**/admin/disclosure/hostowner/{owner.pk}/change/")
-    recipient, why = readonly(admin_page, "recipient"), readonly(admin_page, "recipient_reason")
+    recipient, why = readonly(admin_page, "recipient_link"), readonly(admin_page, "recipient_reason_text")
     on_owner = admin_page.evaluate(INJECTED)
     exported = {row["ip"]: row for row in service_export_rows()}
 
@@ -222,7 +222,7 @@ def test_an_inhibition_blocks_the_recipients_until_its_last_day(
     run_action(admin_page, "/admin/disclosure/hostowner/", [owner.pk], "choose_recipient_again")
     admin_page.goto(f"/admin/disclosure/hostowner/{owner.pk}/change/")
     blocked_status, blocked_detail = readonly(admin_page, "status"), readonly(admin_page, "detail_text")
-    blocked_recipient = readonly(admin_page, "recipient")
+    blocked_recipient = readonly(admin_page, "recipient_link")
     blocked_export = {row["ip"]: row for row in service_export_rows()}["81.0.0.7"]
 
     # The inhibition ended yesterday: the next choice uses the contact again.
@@ -232,7 +232,7 @@ def test_an_inhibition_blocks_the_recipients_until_its_last_day(
     admin_page.wait_for_url("**/admin/disclosure/inhibition/")
     run_action(admin_page, "/admin/disclosure/hostowner/", [owner.pk], "choose_recipient_again")
     admin_page.goto(f"/admin/disclosure/hostowner/{owner.pk}/change/")
-    released_status, released_recipient = readonly(admin_page, "status"), readonly(admin_page, "recipient")
+    released_status, released_recipient = readonly(admin_page, "status"), readonly(admin_page, "recipient_link")
     on_page = admin_page.evaluate(INJECTED)
 
     assert dialogs == [] and page_errors == [] and on_page == NOTHING_INJECTED
@@ -270,3 +270,38 @@ def test_the_history_of_a_contact_shows_the_staff_edit(
     assert "staff-admin" in edit and "Changed" in edit
     assert "enabled" in edit.lower() and "note" in edit.lower()
     assert "Created" in created and "staff-admin" not in created
+
+
+def test_bidi_and_zero_width_characters_from_rdap_are_shown_as_escapes(
+    admin_page: Page, tmp_path: Path, dialogs: list, page_errors: list
+) -> None:
+    rlo, zwsp = "\u202e", "\u200b"
+    answer = ripe_answer("81.0.2.0", "81.0.2.255", "/24", "3", [f"abuse@exa{zwsp}mple.com", RDAP_ABUSE])
+    answer["name"] = f"ZORG{rlo}TEN-NET"
+    answer["entities"][0]["vcardArray"] = vcard(["fn", {}, "text", f"Zorg {rlo}VB tsoh"], ["kind", {}, "text", "org"])
+    (tmp_path / "strange.json").write_text(json.dumps(answer))
+    rdap_cache_import(directory=tmp_path)
+    # An address imported before addresses were checked for invisible characters.
+    holder = Contact.objects.get(email=RDAP_ABUSE).organisation
+    Contact.objects.create(organisation=holder, email=f"noc@exa{zwsp}mple.com", role="technical", source="rdap")
+
+    admin_page.goto("/admin/disclosure/network/")
+    listed = result_rows(admin_page)
+    admin_page.click("#result_list a[href$='/change/']")
+    admin_page.wait_for_url("**/admin/disclosure/network/*/change/")
+    name, candidates = readonly(admin_page, "name_text"), readonly(admin_page, "candidates")
+    network_text = admin_page.locator("body").inner_text()
+    admin_page.goto(f"/admin/disclosure/organisation/{holder.pk}/change/")
+    title = admin_page.locator("#content h2").first.inner_text()
+    holder_name = readonly(admin_page, "name_text")
+    emails = admin_page.locator("#contacts-group tr.has_original input[name$='-email']")
+    shown_emails = emails.evaluate_all("els => els.map(e => [e.value, e.disabled])")
+    organisation_text = admin_page.locator("body").inner_text()
+
+    assert dialogs == [] and page_errors == []
+    assert listed[0][1:3] == ["81.0.2.0 - 81.0.2.255", "ZORG\\u202eTEN-NET"]
+    assert name == "ZORG\\u202eTEN-NET"
+    assert "not used: abuse@exa\\u200bmple.com (RDAP entity AB3-RIPE): contains U+200B" in candidates
+    assert title == holder_name == "Zorg \\u202eVB tsoh"
+    assert sorted(shown_emails) == [[RDAP_ABUSE, True], ["noc@exa\\u200bmple.com", True]]  # kept as sent
+    assert rlo not in network_text + organisation_text and zwsp not in network_text + organisation_text

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from disclosure.models import Contact, HostOwner, Network, Organisation
+from disclosure.admin import json_text
+from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
 from disclosure.services import network_find_cached, owner_recompute, owners_resolve
 from harvest.services import EXPORT_ENRICHERS, service_export_rows
 from tests.disclosure.conftest import RDAP_DIR, Registries, make_host
@@ -164,6 +169,198 @@ def test_admin_pages_escape_everything_from_rdap(tmp_path: Path, staff_client: C
             assert payload not in body, (url, payload)
     detail = staff_client.get(reverse("admin:disclosure_network_change", args=[network.pk])).content.decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail  # shown, escaped
+
+
+RLO, ZWSP = "\u202e", "\u200b"  # a right-to-left override and a zero-width space
+STRANGE = {
+    "objectClassName": "ip network",
+    "handle": f"NET{RLO}1",
+    "startAddress": "81.0.0.0",
+    "endAddress": "81.0.0.255",
+    "name": f"EVIL{RLO}TEN{ZWSP}",
+    "country": f"N{RLO}",
+    "port43": "whois.ripe.net",
+    "entities": [
+        {
+            "handle": f"ORG{RLO}X",
+            "roles": ["registrant"],
+            "vcardArray": ["vcard", [["fn", {}, "text", f"Org {RLO}lpmaxe"]]],
+        },
+        {
+            "handle": f"AB{ZWSP}1",
+            "roles": ["abuse"],
+            "vcardArray": [
+                "vcard",
+                [["email", {}, "text", f"abuse@exa{ZWSP}mple.com"], ["email", {}, "text", "abuse@zorghost.example"]],
+            ],
+        },
+    ],
+}
+VIEWED = ["organisation", "contact", "inhibition", "network", "hostowner", "ownerunknown"]
+
+
+def page_text(body: str) -> str:
+    """What a page says: its text without tags (controls are marked up in <pre> blocks), unescaped."""
+    return html.unescape(re.sub(r"<[^>]*>", "", body))
+
+
+@pytest.fixture
+def viewer_client() -> Client:
+    """Staff who may look at every owner page and change nothing."""
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=[f"view_{name}" for name in VIEWED]))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("who", ["staff", "viewer"])
+def test_stranger_text_is_shown_with_its_controls_visible_on_every_owner_page(
+    tmp_path: Path, staff_client: Client, viewer_client: Client, who: str
+) -> None:
+    (tmp_path / "strange.json").write_text(json.dumps(STRANGE))
+    call_command("import_rdap_cache", str(tmp_path), "--json")
+    make_host("81.0.0.7", hostnames=[f"pacs{ZWSP}.erasmusmc.nl"])
+    make_host("8.8.8.8")  # outside the cache: the lookup fails (it goes to 127.0.0.1:9)
+    owners_resolve()
+    HostOwner.objects.filter(host__ip="8.8.8.8").update(detail=f"the server said {RLO}gnp.exe")
+    network, owner = Network.objects.get(), HostOwner.objects.get(host__ip="81.0.0.7")
+    unknown = HostOwner.objects.get(host__ip="8.8.8.8")
+    # An address imported before addresses were checked for invisible characters.
+    bad = Contact.objects.create(
+        organisation=network.holder, email=f"abuse@exa{ZWSP}mple.com", role="technical", source="rdap",
+        import_source=f"rdap:ripencc:AB{ZWSP}1",
+    )  # fmt: skip
+    inhibition = Inhibition.objects.create(contact=bad, reason="bounces", until=timezone.localdate())
+    holder, evidence = "Org \\u202elpmaxe", "hostname pacs\\u200b.erasmusmc.nl is in erasmusmc.nl"
+    address = "abuse@exa\\u200bmple.com"
+    pages = {
+        ("network", None): ["NET\\u202e1", "EVIL\\u202eTEN\\u200b", holder],
+        ("network", network.pk): ["NET\\u202e1", "EVIL\\u202eTEN\\u200b", "N\\u202e", holder,
+                                  f"not used: {address} (RDAP entity AB\\u200b1): contains U+200B ZERO WIDTH SPACE"],
+        ("organisation", None): [holder, "N\\u202e"],
+        ("organisation", network.holder_id): [holder, "N\\u202e", "rdap:ripencc:ORG\\u202eX", address,
+                                              "rdap:ripencc:AB\\u200b1"],
+        ("contact", None): [address, holder, "no: contains U+200B ZERO WIDTH SPACE"],
+        ("contact", bad.pk): [address, holder, "rdap:ripencc:AB\\u200b1"],
+        ("hostowner", None): ["81.0.0.7", "abuse@zorghost.example"],
+        ("hostowner", owner.pk): [evidence, f"holder {holder}: RDAP entity AB\\u200b1 on the network"],
+        ("ownerunknown", None): ["the server said \\u202egnp.exe"],
+        ("ownerunknown", unknown.pk): ["the server said \\u202egnp.exe"],
+        ("inhibition", None): [f"inhibit {address} (technical, {holder}) until"],
+        ("inhibition", inhibition.pk): [f"{address} (technical, {holder})"],
+    }  # fmt: skip
+    client = staff_client if who == "staff" else viewer_client
+
+    for (model, pk), shown in pages.items():
+        view = f"admin:disclosure_{model}_" + ("changelist" if pk is None else "change")
+        response = client.get(reverse(view, args=[] if pk is None else [pk]))
+        body = response.content.decode()
+        assert response.status_code == 200, (model, pk)
+        assert RLO not in body and ZWSP not in body, (
+            model,
+            pk,
+            body[body.find(RLO if RLO in body else ZWSP) - 200 :][:300],
+        )
+        missing = [text for text in shown if text not in page_text(body) and text not in body]
+        assert missing == [], (model, pk)
+
+
+def test_a_raw_answer_nested_deeper_than_json_can_recurse_is_shown_as_text(staff_client: Client) -> None:
+    nested = json.loads("[" * 900 + "]" * 900)  # an import takes it: the cache stores it as sent
+    now = timezone.now()
+    network = Network.objects.create(
+        start_key=ip_key("81.1.0.0"), end_key=ip_key("81.1.0.255"), start_address="81.1.0.0",
+        end_address="81.1.0.255", cidrs=["81.1.0.0/24"], handle="DEEP", raw={"handle": "DEEP", "remarks": nested},
+        fetched_at=now, expires_at=now + timedelta(days=1),
+    )  # fmt: skip
+
+    response = staff_client.get(reverse("admin:disclosure_network_change", args=[network.pk]))
+
+    assert response.status_code == 200
+    shown = page_text(response.content.decode())
+    assert '"handle": "DEEP",\n  "remarks": [\n    [\n      [' in shown
+    assert "Showing the first" in shown  # 900 levels of indentation are cut at the display limit
+
+
+@pytest.mark.parametrize("name", ["whoisit-rdap-ip_v4.json", "whoisit-rdap-ip_v6.json", "whoisit-rdap-entity.json"])
+def test_the_answer_is_indented_like_json_dumps(name: str) -> None:
+    raw = json.loads((RDAP_DIR / name).read_text())
+
+    assert json_text(raw) == json.dumps(raw, indent=2, ensure_ascii=False)
+    assert json_text({"a": [], "b": {}, "c": [1, {"d": None}], "e": "\u202e<"}) == json.dumps(
+        {"a": [], "b": {}, "c": [1, {"d": None}], "e": "\u202e<"}, indent=2, ensure_ascii=False
+    )
+
+
+def test_looking_at_contacts_and_owners_is_not_enough_to_run_their_actions(
+    viewer_client: Client, staff_client: Client
+) -> None:
+    organisation = Organisation.objects.create(name="Zorghost")
+    contact = Contact.objects.create(organisation=organisation, email="abuse@zorghost.example", role="abuse")
+    owner = HostOwner.objects.create(host=make_host("62.239.237.9"), override_recipient=contact)
+    actions = {
+        "contact": (contact.pk, ["disable", "enable"]),
+        "hostowner": (owner.pk, ["resolve_again", "choose_recipient_again"]),
+        "ownerunknown": (owner.pk, ["resolve_again", "choose_recipient_again"]),
+    }
+
+    for model, (pk, names) in actions.items():
+        url = reverse(f"admin:disclosure_{model}_changelist")
+        listing = viewer_client.get(url).content.decode()
+        for name in names:
+            assert f'value="{name}"' not in listing, (model, name)
+            viewer_client.post(url, {"action": name, "_selected_action": [pk]})
+    contact.refresh_from_db()
+    owner.refresh_from_db()
+    assert contact.enabled is True
+    assert (owner.attempts, owner.recipient, owner.resolved_at) == (0, None, None)
+
+    listings = {model: staff_client.get(reverse(f"admin:disclosure_{model}_changelist")).content.decode()
+                for model in actions}  # fmt: skip
+    assert all(f'value="{name}"' in listings[model] for model, (_, names) in actions.items() for name in names)
+    staff_client.post(
+        reverse("admin:disclosure_hostowner_changelist"),
+        {"action": "choose_recipient_again", "_selected_action": [owner.pk]},
+    )
+    owner.refresh_from_db()
+    assert owner.recipient == contact and owner.status == HostOwner.Status.RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("email", "saved"),
+    [
+        (f"security@exa{ZWSP}mple.com", False),
+        ("security@a\u2028b.com", False),
+        (f"security@{RLO}moc.elpmaxe", False),
+        ("security@b\u00fccher.example", True),
+        ("security@zorghost.example", True),
+    ],
+)
+def test_staff_can_enter_only_addresses_that_are_sent_as_shown(staff_client: Client, email: str, saved: bool) -> None:
+    organisation = Organisation.objects.create(name="Zorghost")
+    form = {"organisation": organisation.pk, "email": email, "role": "security", "source": "staff", "enabled": "on"}
+
+    response = staff_client.post(reverse("admin:disclosure_contact_add"), form)
+
+    assert Contact.objects.filter(email=email).exists() is saved
+    if not saved:
+        assert "This address cannot be mailed" in response.content.decode()
+
+
+def test_an_rdap_address_stays_as_the_registry_sent_it(staff_client: Client) -> None:
+    organisation = Organisation.objects.create(name="Zorghost", source="rdap", source_key="rdap:ripencc:ZH")
+    contact = Contact.objects.create(
+        organisation=organisation, email="abuse@zorghost.example", role="abuse", source="rdap"
+    )
+    url = reverse("admin:disclosure_contact_change", args=[contact.pk])
+    form = {"organisation": organisation.pk, "email": "mine@evil.example", "role": "abuse", "note": "bounced"}
+
+    response = staff_client.post(url, form)
+    contact.refresh_from_db()
+
+    assert response.status_code == 302
+    assert (contact.email, contact.enabled, contact.note) == ("abuse@zorghost.example", False, "bounced")
 
 
 def test_owner_unknown_queue_lists_only_unknown_owners_with_reasons(
