@@ -9,15 +9,21 @@ failure into one generic exception.
 from __future__ import annotations
 
 import email.utils
+import functools
+import http.client
 import ipaddress
 import json
+import math
+import re
 import socket
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 from ipwhois import IPWhois
@@ -33,6 +39,15 @@ from ipwhois.exceptions import (
 MAX_ANSWER_BYTES = 2_000_000  # a real ip-network answer is a few kB; refuse to hold anything huge
 MAX_429_RETRIES = 3
 MAX_BACKOFF_SECONDS = 60.0
+MAX_JSON_DEPTH = 64  # real answers nest about 15 levels; deeper ones are refused as malformed_json
+MAX_ASN = 2**32 - 1
+MAX_ENTITIES = 10_000  # per answer; bounds the work an answer of MAX_ANSWER_BYTES can cause
+MAX_ENTITY_DEPTH = 5
+READ_CHUNK = 64 * 1024
+ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+RETRY_AFTER_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+# Lone surrogates (JSON allows "\ud800") cannot be encoded as UTF-8, so no database stores them.
+SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 # Hostnames of the registries' RDAP and bootstrap services -> our registry names.
 REGISTRY_HOSTS = {
@@ -56,6 +71,7 @@ class RdapError(Exception):
     """A lookup failed. `reason` is a short code for counting; `permanent` says whether to retry."""
 
     def __init__(self, reason: str, detail: str = "", *, permanent: bool = False) -> None:
+        detail = storable_text(detail)  # details quote answers, and are stored on the host owner
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
@@ -123,6 +139,80 @@ class RateLimiter:
             self._next[registry] = max(self._next.get(registry, 0.0), time.monotonic() + seconds)
 
 
+class _Deadline:
+    """The end of one request's time: when it passes, the request's sockets are shut down, so a
+    read blocked on a server that sends a byte now and then returns at once (a socket timeout
+    only bounds each read, not the whole answer)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._sockets.clear()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        # socket.socket's own shutdown, also for TLS sockets: it wakes a blocked read without
+        # touching the TLS state that the reading thread is using.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def _watched_connection(http_class: Callable[..., Any], deadline: _Deadline | None, host: str, **kwargs: Any) -> Any:
+    """An http.client connection whose socket is handed to `deadline` as soon as it exists."""
+    connection = http_class(host, **kwargs)
+    if deadline is not None:
+        create = connection._create_connection
+
+        def create_watched(*args: Any, **kw: Any) -> socket.socket:
+            sock = create(*args, **kw)
+            deadline.watch(sock)
+            return sock
+
+        connection._create_connection = create_watched
+    return connection
+
+
+class _DeadlineMixin:
+    """For urllib's HTTP(S) handlers: connections are watched by the opener's current deadline."""
+
+    parent: Any
+
+    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
+        deadline = getattr(self.parent, "deadline", None)
+        watched = functools.partial(_watched_connection, http_class, deadline)
+        return super().do_open(watched, req, **http_conn_args)  # type: ignore[misc]
+
+
+class _HTTPHandler(_DeadlineMixin, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_DeadlineMixin, urllib.request.HTTPSHandler):
+    pass
+
+
 class _Opener(urllib.request.OpenerDirector):
     """Rewrites, paces, counts and explains the requests ipwhois makes for one lookup."""
 
@@ -130,8 +220,8 @@ class _Opener(urllib.request.OpenerDirector):
         super().__init__()
         for handler in (
             urllib.request.ProxyHandler(),
-            urllib.request.HTTPHandler(),
-            urllib.request.HTTPSHandler(),
+            _HTTPHandler(),
+            _HTTPSHandler(),
             urllib.request.HTTPRedirectHandler(),  # ARIN's bootstrap answers with a redirect
         ):
             self.add_handler(handler)
@@ -141,6 +231,7 @@ class _Opener(urllib.request.OpenerDirector):
         self.limiter = limiter
         self.stats = stats
         self.problem: RdapError | None = None
+        self.deadline: _Deadline | None = None
 
     def open(self, fullurl: Any, data: Any = None, timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT) -> Any:  # type: ignore[attr-defined]  # urllib's own default
         url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else str(fullurl)
@@ -152,22 +243,30 @@ class _Opener(urllib.request.OpenerDirector):
         for attempt in range(MAX_429_RETRIES + 1):
             self.limiter.wait(registry)
             self.stats.requests += 1
+            # The whole answer (connection, headers, body) must arrive within the timeout. A
+            # redirect is a request of its own, with its own deadline: keep the outer one aside.
+            deadline, outer = _Deadline(self.options.timeout), self.deadline
+            self.deadline = deadline
             try:
                 response = super().open(request, data, timeout)
-                return self._checked(response)
+                return self._checked(response, deadline)
             except urllib.error.HTTPError as exc:
                 if exc.code == 429 and attempt < MAX_429_RETRIES:
                     self.limiter.push_back(registry, _retry_after(exc, attempt))
                     continue
                 self.problem = _http_problem(exc.code)
                 raise
-            except TimeoutError as exc:
-                self.problem = RdapError("timeout", str(exc))
-                raise
             except urllib.error.URLError as exc:
-                reason = "timeout" if isinstance(exc.reason, TimeoutError) else "connection_error"
-                self.problem = RdapError(reason, str(exc.reason))
+                timed_out = deadline.expired or isinstance(exc.reason, TimeoutError)
+                self.problem = _transport_problem(timed_out, str(exc.reason))
                 raise
+            except (OSError, http.client.HTTPException) as exc:  # the answer was cut short
+                timed_out = deadline.expired or isinstance(exc, TimeoutError)
+                self.problem = _transport_problem(timed_out, f"{type(exc).__name__}: {exc}")
+                raise HTTPLookupError("reading the answer failed") from exc
+            finally:
+                deadline.cancel()
+                self.deadline = outer
         raise AssertionError("unreachable")
 
     def _rewrite(self, url: str) -> str:
@@ -177,16 +276,32 @@ class _Opener(urllib.request.OpenerDirector):
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         return f"{self.options.base_url.rstrip('/')}/{parts.hostname}{path}"
 
-    def _checked(self, response: Any) -> Any:
-        """Read the answer here so that a huge or malformed one has a reason of its own."""
-        body = response.read(MAX_ANSWER_BYTES + 1)
-        if len(body) > MAX_ANSWER_BYTES:
+    def _checked(self, response: Any, deadline: _Deadline) -> Any:
+        """Read the answer here so that a slow, huge or malformed one has a reason of its own."""
+        if isinstance(response, _Body):
+            return response  # a redirect, already read by the request it led to
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size <= MAX_ANSWER_BYTES:
+                chunk = response.read1(READ_CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            response.close()
+        if deadline.expired:
+            self.problem = RdapError("timeout", f"no complete answer within {self.options.timeout:g} s")
+            raise HTTPLookupError("deadline passed")
+        if size > MAX_ANSWER_BYTES:
             self.problem = RdapError("answer_too_large", f"more than {MAX_ANSWER_BYTES} bytes", permanent=True)
             raise HTTPLookupError("answer too large")
+        body = b"".join(chunks)
         try:
-            json.loads(body.decode("utf-8", "replace"))
-        except ValueError as exc:
-            self.problem = RdapError("malformed_json", str(exc)[:200])
+            load_json(body.decode("utf-8", "replace"))
+        except RdapError as exc:
+            self.problem = exc
             raise HTTPLookupError("malformed JSON") from exc
         return _Body(body)
 
@@ -199,18 +314,46 @@ class _Body:
         return self._body
 
 
+def load_json(text: str) -> Any:
+    """Parse an answer as strict JSON (no NaN or Infinity), nested at most MAX_JSON_DEPTH deep."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise RdapError("malformed_json", "nested too deep to parse") from None
+    except ValueError as exc:
+        raise RdapError("malformed_json", str(exc)[:200]) from None
+    _storable(value)  # checks the depth and the numbers; the copy is made again when parsing
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _retry_after(exc: urllib.error.HTTPError, attempt: int) -> float:
+    """Seconds to wait after a 429: Retry-After (seconds or an HTTP date), else 1, 2, 4 s..."""
     value = exc.headers.get("Retry-After", "") if exc.headers else ""
-    seconds = None
-    if value.strip().isdigit():
-        seconds = float(value.strip())
-    elif value:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is not None:
-            seconds = parsed.timestamp() - time.time()
+    seconds = _retry_after_seconds(str(value or "").strip())
     if seconds is None:
         seconds = 2.0**attempt
     return min(max(seconds, 0.0), MAX_BACKOFF_SECONDS)
+
+
+def _retry_after_seconds(value: str) -> float | None:
+    """None for a value we cannot use: then the normal backoff applies."""
+    if RETRY_AFTER_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": the date is in UTC
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp() - time.time()
+
+
+def _transport_problem(timed_out: bool, detail: str) -> RdapError:
+    return RdapError("timeout" if timed_out else "connection_error", detail[:300])
 
 
 def _http_problem(code: int) -> RdapError:
@@ -249,15 +392,17 @@ def lookup_ip(ip: str, *, options: LookupOptions, limiter: RateLimiter, stats: L
 
     The ASN step (Team Cymru) tells which registry to ask; when it fails, ARIN's bootstrap
     redirect finds the registry instead, and the ASN comes from the answer when it has one.
+    An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is looked up as the IPv4 address it holds.
     """
     # Reference: https://ipwhois.readthedocs.io/en/latest/RDAP.html
     # Reference: https://www.rfc-editor.org/rfc/rfc9083 (RDAP JSON responses)
     refusal = address_refusal(ip)
     if refusal:
         raise RdapError(refusal, ip, permanent=True)
+    address = lookup_address(ip)
     opener = _Opener(options, limiter, stats)
     try:
-        whois = IPWhois(ip, timeout=options.timeout, proxy_opener=opener)
+        whois = IPWhois(str(address), timeout=options.timeout, proxy_opener=opener)
     except IPDefinedError as exc:
         raise RdapError("reserved", str(exc), permanent=True)
     if options.dns_server:
@@ -272,110 +417,238 @@ def lookup_ip(ip: str, *, options: LookupOptions, limiter: RateLimiter, stats: L
             )
         except (ASNLookupError, ASNRegistryError, ASNParseError):
             result = whois.lookup_rdap(**common, bootstrap=True, root_ent_check=False)
-    except (HTTPLookupError, HTTPRateLimitError) as exc:
+    except HTTPRateLimitError as exc:  # a "Rate Limit Notice" in an answer
+        raise opener.problem or RdapError("rate_limited", str(exc)) from exc
+    except HTTPLookupError as exc:
         raise opener.problem or RdapError("lookup_failed", str(exc)) from exc
     except RdapError:
         raise
     except Exception as exc:  # noqa: BLE001 - ipwhois raises bare errors on answers it cannot parse
         raise opener.problem or RdapError("unparseable_answer", f"{type(exc).__name__}: {exc}"[:300]) from exc
-    return parse_network(result["raw"], asn=result.get("asn"), asn_description=result.get("asn_description"))
+    return parse_network(
+        result["raw"], asn=result.get("asn"), asn_description=result.get("asn_description"), query=address
+    )
 
 
-def parse_network(raw: Any, *, asn: Any = None, asn_description: Any = None, registry: str = "") -> RdapNetwork:
-    """Validate a raw RDAP ip-network answer (old or current format) into an RdapNetwork."""
+def lookup_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address to look up for `ip`: itself, or the IPv4 address inside an IPv4-mapped one."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_network(
+    raw: Any,
+    *,
+    asn: Any = None,
+    asn_description: Any = None,
+    registry: str = "",
+    query: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+) -> RdapNetwork:
+    """Validate a raw RDAP ip-network answer (old or current format) into an RdapNetwork.
+
+    The range must hold `query` (the address asked for, when there is one) and every cidr0 CIDR
+    must lie inside the range: a registry's answer about some other network is no answer. Values
+    of the wrong type count as absent. Text is made storable: NUL becomes U+2400 (as harvest
+    stores it), a lone surrogate U+FFFD, in the fields and in the raw answer kept.
+    """
     if not isinstance(raw, dict):
         raise RdapError("malformed_answer", "the answer is not a JSON object", permanent=True)
+    stored = _storable(raw)
     if raw.get("objectClassName", "ip network") != "ip network":
-        raise RdapError("malformed_answer", f"not an ip network but {str(raw.get('objectClassName'))[:40]}")
+        raise RdapError("malformed_answer", f"not an ip network but {_text(raw.get('objectClassName'), 40)}")
     try:
-        start = parse_address(raw["startAddress"])
-        end = parse_address(raw["endAddress"])
-    except (KeyError, TypeError, ValueError) as exc:
+        start = parse_address(raw.get("startAddress"))
+        end = parse_address(raw.get("endAddress"))
+    except ValueError as exc:
         raise RdapError("malformed_answer", f"bad or missing start/end address: {exc}"[:300], permanent=True)
     if start.version != end.version or start > end:  # type: ignore[operator]  # same version by then
         raise RdapError("malformed_answer", f"bad range {start} - {end}", permanent=True)
-    cidrs = _cidrs(raw, start, end)
+    if query is not None and not (query.version == start.version and start <= query <= end):  # type: ignore[operator]
+        raise RdapError("malformed_answer", f"the answer's range {start} - {end} does not hold {query}")
+    answer_asn = _asn(asn)
     return RdapNetwork(
         start=str(start),
         end=str(end),
-        cidrs=cidrs,
+        cidrs=_cidrs(raw, start, end),
         handle=_text(raw.get("handle"), 100),
         name=_text(raw.get("name"), 255),
         country=_text(raw.get("country"), 2).upper(),
         registry=registry or _registry_of(raw),
-        asn=_asn(asn) if _asn(asn) is not None else _origin_asn(raw),
+        asn=answer_asn if answer_asn is not None else _origin_asn(raw),
         asn_description=_text(asn_description, 255),
         entities=tuple(iter_entities(raw.get("entities"))),
-        raw=raw,
+        raw=stored,
     )
 
 
 def parse_address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Registries write addresses loosely: "062.239.237.0", "62.239.237.0/32", upper-case IPv6."""
-    text = str(value).strip().split("/", 1)[0]
+    """Registries write addresses loosely: "062.239.237.0", "62.239.237.0/32", upper-case IPv6.
+
+    Only text with ASCII digits counts (int() would also take "٨١" or "8_1")."""
+    if not isinstance(value, str):
+        raise ValueError(f"not an address: {type(value).__name__}")
+    text = value.strip().split("/", 1)[0]
     if "." in text and ":" not in text:
-        text = ".".join(str(int(part)) for part in text.split("."))
+        parts = text.split(".")
+        if not all(ASCII_DIGITS.fullmatch(part) for part in parts):
+            raise ValueError(f"not an IPv4 address: {text[:60]!r}")
+        text = ".".join(str(int(part)) for part in parts)
     return ipaddress.ip_address(text)
 
 
 def _cidrs(raw: dict, start: Any, end: Any) -> tuple[str, ...]:
     cidrs = []
-    for item in raw.get("cidr0_cidrs") or []:
-        try:
-            prefix = item.get("v4prefix") or item.get("v6prefix")
-            cidrs.append(str(ipaddress.ip_network(f"{prefix}/{int(item['length'])}", strict=False)))
-        except (AttributeError, KeyError, TypeError, ValueError):
+    for item in _list(raw.get("cidr0_cidrs"))[:100]:
+        network = _cidr(item)
+        if network is None:
             continue
+        if network.version != start.version or not (start <= network[0] and network[-1] <= end):
+            raise RdapError("malformed_answer", f"CIDR {network} lies outside the range {start} - {end}")
+        cidrs.append(str(network))
     return tuple(cidrs) or tuple(str(n) for n in ipaddress.summarize_address_range(start, end))
 
 
+def _cidr(item: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """One cidr0 entry ({"v4prefix" or "v6prefix", "length"}), or None when it is not usable."""
+    if not isinstance(item, dict):
+        return None
+    prefix, length = item.get("v4prefix") or item.get("v6prefix"), item.get("length")
+    if isinstance(length, str) and ASCII_DIGITS.fullmatch(length):
+        length = int(length)
+    if not isinstance(length, int) or isinstance(length, bool):
+        return None
+    try:
+        return ipaddress.ip_network((parse_address(prefix), length), strict=False)
+    except ValueError:
+        return None
+
+
 def _registry_of(raw: dict) -> str:
-    port43 = str(raw.get("port43") or "").lower()
+    port43 = _text(raw.get("port43"), 100).lower()
     if port43 in PORT43_REGISTRY:
         return PORT43_REGISTRY[port43]
-    for link in raw.get("links") or []:
-        host = urllib.parse.urlsplit(str(link.get("href") or link.get("value") or "")).hostname or ""
+    for link in _list(raw.get("links"))[:100]:
+        if not isinstance(link, dict):
+            continue
+        href = link.get("href") if isinstance(link.get("href"), str) else link.get("value")
+        host = _hostname(href if isinstance(href, str) else "")
         if host in REGISTRY_HOSTS:
             return REGISTRY_HOSTS[host]
     return ""
 
 
+def _hostname(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:  # e.g. "http://[bad"
+        return ""
+
+
 def _asn(value: Any) -> int | None:
-    text = str(value or "").strip().upper().removeprefix("AS").split(" ")[0]
-    return int(text) if text.isdigit() else None
+    """An AS number (0 to 2^32-1) from an int or "AS123"/"123 ..." text; anything else is None."""
+    if isinstance(value, str):
+        text = value.strip().upper().removeprefix("AS").split(" ")[0]
+        value = int(text) if ASCII_DIGITS.fullmatch(text) and len(text) <= 10 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ASN:
+        return value
+    return None
 
 
 def _origin_asn(raw: dict) -> int | None:
-    origins = raw.get("arin_originas0_originautnums") or []
-    return _asn(origins[0]) if origins else None
+    """ARIN's origin AS list: the first usable number; bad values are passed over."""
+    for origin in _list(raw.get("arin_originas0_originautnums"))[:20]:
+        number = _asn(origin)
+        if number is not None:
+            return number
+    return None
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def storable_text(value: str) -> str:
+    """`value` as every database stores it: NUL as U+2400, lone surrogates as U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\u2400")
+    if not value.isascii():
+        value = SURROGATES.sub("\ufffd", value)
+    return value
 
 
 def _text(value: Any, limit: int) -> str:
-    return str(value or "").strip()[:limit]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return ""
+    return storable_text(value.strip()[:limit])
 
 
-def iter_entities(entities: Any, parent: str = "", depth: int = 0) -> list[RdapEntity]:
-    """Every entity, nested ones included, parents before their children (bounded depth)."""
+def _storable(value: Any) -> Any:
+    """A copy of a parsed JSON value that every database stores, otherwise as it came: text as
+    storable_text() makes it. Refuses values nested deeper than MAX_JSON_DEPTH and numbers that
+    are not finite (json.dumps would write NaN or Infinity, which PostgreSQL rejects).
+    Iterative, so that the depth is checked before any recursion could fail."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 1)]
+    while stack:
+        item, target, key, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise RdapError("malformed_json", f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            copy: Any = {}
+            for name, child in item.items():
+                name = storable_text(name) if isinstance(name, str) else name
+                copy[name] = None  # keeps the order of the keys
+                stack.append((child, copy, name, depth + 1))
+        elif isinstance(item, list):
+            copy = [None] * len(item)
+            stack.extend((child, copy, position, depth + 1) for position, child in enumerate(item))
+        elif isinstance(item, str):
+            copy = storable_text(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise RdapError("malformed_json", f"a number out of range: {item}")
+        else:
+            copy = item
+        target[key] = copy
+    return root[0]
+
+
+_END = object()
+
+
+def iter_entities(entities: Any, parent: str = "") -> list[RdapEntity]:
+    """Every entity, nested ones included, parents before their children: at most MAX_ENTITIES
+    (real answers have a few dozen), nested at most MAX_ENTITY_DEPTH deep."""
     found: list[RdapEntity] = []
-    if not isinstance(entities, list) or depth > 5:
-        return found
-    for raw in entities[:100]:
+    stack = [(iter(_list(entities)), parent, 0)]
+    while stack and len(found) < MAX_ENTITIES:
+        items, parent, depth = stack[-1]
+        raw = next(items, _END)
+        if raw is _END:
+            stack.pop()
+            continue
         if not isinstance(raw, dict):
             continue
-        raw_roles = raw.get("roles")
-        roles: list = raw_roles if isinstance(raw_roles, list) else []
-        name, kind, emails = _vcard(raw.get("vcardArray"))
-        entity = RdapEntity(
-            handle=_text(raw.get("handle"), 100),
-            roles=tuple(str(r).lower()[:30] for r in roles[:10]),
-            name=name,
-            kind=kind,
-            emails=emails,
-            parent=parent,
-        )
+        entity = _entity(raw, parent)
         found.append(entity)
-        found.extend(iter_entities(raw.get("entities"), entity.handle, depth + 1))
+        if depth < MAX_ENTITY_DEPTH:
+            stack.append((iter(_list(raw.get("entities"))), entity.handle, depth + 1))
     return found
+
+
+def _entity(raw: dict, parent: str) -> RdapEntity:
+    name, kind, emails = _vcard(raw.get("vcardArray"))
+    return RdapEntity(
+        handle=_text(raw.get("handle"), 100),
+        roles=tuple(_text(r, 30).lower() for r in _list(raw.get("roles"))[:10] if isinstance(r, str)),
+        name=name,
+        kind=kind,
+        emails=emails,
+        parent=parent,
+    )
 
 
 def _vcard(vcard: Any) -> tuple[str, str, tuple[str, ...]]:
@@ -383,15 +656,15 @@ def _vcard(vcard: Any) -> tuple[str, str, tuple[str, ...]]:
     if not (isinstance(vcard, list) and len(vcard) == 2 and isinstance(vcard[1], list)):
         return name, kind, ()
     for prop in vcard[1][:200]:
-        if not (isinstance(prop, list) and len(prop) >= 4):
+        if not (isinstance(prop, list) and len(prop) >= 4 and isinstance(prop[0], str)):
             continue
-        key, value = str(prop[0]).lower(), prop[3]
+        key, value = prop[0].lower(), prop[3]
         if key == "fn" and not name:
             name = _text(value, 255)
         elif key == "kind" and not kind:
             kind = _text(value, 20).lower()
         elif key == "email" and isinstance(value, str):
-            address = value.strip().lower()[:254]
+            address = _text(value, 254).lower()
             if "@" in address and address not in emails:
                 emails.append(address)
     return name, kind, tuple(emails[:10])

@@ -211,3 +211,142 @@ def test_it_accepts_registry_quirks_in_addresses() -> None:
     assert network.cidrs == ("74.125.0.0/16",) and network.registry == "arin"
     network = parse_network({"startAddress": "62.239.237.0/32", "endAddress": "62.239.237.255/32"})
     assert network.cidrs == ("62.239.237.0/24",)
+
+
+@pytest.mark.parametrize(("value", "wait"), [("1.5", 1.5), ("soon", 1.0), ("\u00b2", 1.0), ("-3", 1.0)])
+def test_an_unusable_retry_after_means_the_normal_backoff(registries: Registries, value: str, wait: float) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(rate_limited_times=1, retry_after=value)
+    started = time.monotonic()
+    network, stats = lookup(registries, "62.239.237.1")
+    assert wait - 0.05 <= time.monotonic() - started < wait + 0.9
+    assert stats.requests == 2 and network.cidrs == ("62.239.237.0/24",)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"startAddress": "9.9.9.0", "endAddress": "9.9.9.255"},  # some other network
+        {"startAddress": "2001:db8::", "endAddress": "2001:db8::ffff"},  # not even the same version
+        {"cidr0_cidrs": [{"v4prefix": "9.9.9.0", "length": 24}]},  # a CIDR outside the range
+    ],
+)
+def test_it_refuses_an_answer_about_another_network(registries: Registries, answer: dict) -> None:
+    network = registries.standin.find("62.239.237.1")
+    network.response = {**network.response, **answer}
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "62.239.237.1")
+    assert caught.value.reason == "malformed_answer"
+
+
+def test_every_cidr0_cidr_must_lie_inside_the_range() -> None:
+    raw = {"startAddress": "81.0.0.0", "endAddress": "81.0.0.255"}
+    with pytest.raises(RdapError) as caught:
+        parse_network({**raw, "cidr0_cidrs": [{"v4prefix": "9.9.9.0", "length": 24}]})
+    assert caught.value.reason == "malformed_answer" and "9.9.9.0/24" in caught.value.detail
+    inside = parse_network({**raw, "cidr0_cidrs": [{"v4prefix": "81.0.0.0", "length": "25"}]})
+    assert inside.cidrs == ("81.0.0.0/25",)
+
+
+@pytest.mark.parametrize(
+    ("asn", "origins", "expected"),
+    [
+        ("\u00b2", None, None),  # superscript two: isdigit() but no ASCII digit
+        ("\u0661\u0662\u0663", None, None),  # Arabic-Indic digits
+        ("99999999999999999999", None, None),
+        ("4294967296", None, None),
+        (None, ["\u00b2", "15169"], 15169),  # a bad origin is passed over
+        (None, [99999999999999999999, 8075], 8075),
+        ("\u00b2", [2856], 2856),  # an unusable ASN step falls back to the answer's own
+    ],
+)
+def test_an_asn_is_ascii_digits_within_32_bits(asn: object, origins: list | None, expected: int | None) -> None:
+    raw: dict = {"startAddress": "13.64.0.0", "endAddress": "13.95.255.255"}
+    if origins is not None:
+        raw["arin_originas0_originautnums"] = origins
+    assert parse_network(raw, asn=asn).asn == expected
+    assert parse_network(raw, asn="AS4294967295").asn == 4294967295  # the largest there is
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"cidr0_cidrs": 5},
+        {"cidr0_cidrs": [5, "x", {"v4prefix": 7, "length": 24}, {"v4prefix": "81.0.0.0", "length": True}]},
+        {"links": ["https://rdap.db.ripe.net/ip/81.0.0.0"], "port43": None},
+        {"links": 7, "port43": ["whois.ripe.net"]},
+        {"links": [{"href": 5, "value": {"x": 1}}, {"href": "http://[bad"}]},
+        {"arin_originas0_originautnums": 5},
+        {"arin_originas0_originautnums": {"0": 15169}},
+        {"entities": [{"handle": ["X"], "roles": "abuse", "vcardArray": ["vcard", [[1, {}, "text", "x"]]]}]},
+        {"entities": [{"roles": [{"r": 1}], "vcardArray": ["vcard", [["fn", {}, "text", ["A"]]]]}]},
+        {"handle": {"h": 1}, "name": ["N"], "country": True},
+    ],
+)
+def test_values_of_the_wrong_type_count_as_absent(extra: dict) -> None:
+    network = parse_network({"startAddress": "81.0.0.0", "endAddress": "81.0.0.255", **extra})
+    assert network.cidrs == ("81.0.0.0/24",) and network.asn is None
+    assert (network.handle, network.name, network.country) == ("", "", "")
+    assert all((e.handle, e.roles, e.name) == ("", (), "") for e in network.entities)
+
+
+@pytest.mark.parametrize("address", ["8_1.0.0.0", "\u0668\u0661.0.0.0"])
+def test_an_address_is_text_with_ascii_digits(address: object) -> None:
+    with pytest.raises(RdapError) as caught:
+        parse_network({"startAddress": address, "endAddress": "81.0.0.255"})
+    assert caught.value.reason == "malformed_answer"
+
+
+def test_text_is_made_storable_and_the_raw_answer_is_kept_otherwise_as_sent() -> None:
+    raw = {
+        "startAddress": "81.0.0.0",
+        "endAddress": "81.0.0.255",
+        "name": "NUL\x00NET",
+        "handle": "H\ud800",  # a lone surrogate, as JSON's "\ud800" gives it
+        "remarks": [{"description": ["a\x00b", 1, None, True, 2.5]}],
+        "k\x00ey": {"z": 1, "a": 2},
+        "entities": [
+            {"handle": "AB\x00", "roles": ["abuse"], "vcardArray": ["vcard", [["fn", {}, "text", "Ab\x00use"]]]}
+        ],
+    }
+    network = parse_network(raw)
+    assert (network.name, network.handle) == ("NUL\u2400NET", "H\ufffd")
+    assert (network.entities[0].handle, network.entities[0].name) == ("AB\u2400", "Ab\u2400use")
+    assert network.raw["remarks"] == [{"description": ["a\u2400b", 1, None, True, 2.5]}]
+    assert list(network.raw) == [k.replace("\x00", "\u2400") for k in raw]  # same keys, same order
+    assert list(network.raw["k\u2400ey"]) == ["z", "a"]
+    assert raw["name"] == "NUL\x00NET"  # the answer itself is left alone
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"objectClassName": "ip network", "x": ' + "[" * 50_000 + "]" * 50_000 + "}",  # too deep for json
+        '{"objectClassName": "ip network", "x": ' + "[" * 100 + "]" * 100 + "}",  # deeper than we keep
+        '{"objectClassName": "ip network", "startAddress": NaN}',
+        '{"objectClassName": "ip network", "startAddress": 1e999}',
+    ],
+)
+def test_an_answer_that_is_no_storable_json_is_malformed_json(registries: Registries, body: str) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(body=body.encode())
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "62.239.237.1")
+    assert caught.value.reason == "malformed_json"
+
+
+@pytest.mark.parametrize("drip_head", [False, True])
+def test_the_timeout_bounds_the_whole_answer_not_each_read(registries: Registries, drip_head: bool) -> None:
+    # 20 bytes 0.3 s apart: every read is quick, the answer takes 6 s; the timeout is 1 s.
+    registries.standin.scripts["62.239.237.1"] = Script(drip=0.3, drip_head=drip_head)
+    started = time.monotonic()
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "62.239.237.1")
+    assert caught.value.reason == "timeout"
+    assert time.monotonic() - started < 2.0
+    registries.standin.scripts["62.239.237.1"] = Script(drip=0.02, drip_head=drip_head)  # 0.4 s in all
+    network, _ = lookup(registries, "62.239.237.1")
+    assert network.cidrs == ("62.239.237.0/24",)
+
+
+def test_an_ipv4_mapped_address_is_looked_up_as_ipv4(registries: Registries) -> None:
+    network, stats = lookup(registries, "::ffff:62.239.237.1")
+    assert network.cidrs == ("62.239.237.0/24",) and stats.requests == 1

@@ -2,7 +2,8 @@
 
 Requests arrive as `/<registry host>/<path>` (the client's URL rewrite); the stand-in answers
 `.../ip/<address>` with the most specific network that holds the address, or 404. Failures can
-be scripted per address: an HTTP status, malformed JSON, a slow answer, or 429s before success.
+be scripted per address: an HTTP status, malformed JSON, a body of the test's own, a slow answer,
+an answer dripped a byte at a time, or 429s before success.
 The same table feeds the DNS stand-in (Team Cymru-style ASN answers).
 """
 
@@ -74,6 +75,12 @@ class Script:
     delay: float = 0.0
     rate_limited_times: int = 0  # answer 429 this many times first
     retry_after: str = "0"  # the Retry-After header of those 429s
+    body: bytes | None = None  # answer 200 with this body
+    drip: float = 0.0  # send the first DRIP_BYTES bytes one at a time, this many seconds apart
+    drip_head: bool = False  # drip the status line and headers instead of the body
+
+
+DRIP_BYTES = 20
 
 
 @dataclass
@@ -162,6 +169,8 @@ class RdapStandin:
                 return script.status, json.dumps({"errorCode": script.status}).encode(), {}
             if script.malformed:
                 return 200, b'{"handle": "BROKEN", "startAddress": ', {}
+            if script.body is not None:
+                return 200, script.body, {}
         try:
             network = self.find(query)
         except ValueError:
@@ -169,6 +178,12 @@ class RdapStandin:
         if network is None:
             return 404, b'{"errorCode": 404, "title": "Not Found"}', {}
         return 200, json.dumps(network.response).encode(), {}
+
+    def drip_of(self, path: str) -> tuple[float, bool]:
+        """(seconds between the first bytes, whether the head drips) scripted for a request."""
+        parts = [unquote(p) for p in path.split("?", 1)[0].split("/") if p]
+        script = self.scripts.get(parts[-1]) if parts else None
+        return (script.drip, script.drip_head) if script else (0.0, False)
 
     def serve(self) -> RunningServer:
         return RunningServer(self)
@@ -219,16 +234,28 @@ class RunningServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 status, body, headers = standin.answer(self.path)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/rdap+json")
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
+                drip, drip_head = standin.drip_of(self.path)
+                lines = [
+                    f"{self.protocol_version} {status} {self.responses.get(status, ('',))[0]}",
+                    "Content-Type: application/rdap+json",
+                    f"Content-Length: {len(body)}",
+                    *(f"{key}: {value}" for key, value in headers.items()),
+                ]
+                head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
                 try:
-                    self.wfile.write(body)
+                    self._send(head + body, drip, start=0 if drip_head else len(head))
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def _send(self, data: bytes, drip: float, start: int) -> None:
+                if drip:
+                    self.wfile.write(data[:start])
+                    for i in range(start, min(start + DRIP_BYTES, len(data))):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(drip)
+                    data = data[start + DRIP_BYTES :]
+                self.wfile.write(data)
 
             def log_message(self, *args: Any) -> None:
                 pass
