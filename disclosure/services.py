@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import json
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -16,7 +15,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
@@ -34,6 +33,10 @@ ProgressFn = Callable[[int], None]
 NEIGHBOURHOOD = {4: 16, 6: 32}
 # Cached networks are looked up no wider than this: bounds the index scan for a cache miss.
 LOOKUP_SPAN = {4: 8, 6: 12}
+# RDAP contacts kept per network answer, best first in the order the recipient rule uses (abuse,
+# security, technical, administrative; entities on the network before nested ones): the rule
+# takes the first usable one, so an answer listing thousands of addresses costs 50 rows.
+MAX_CONTACTS_PER_NETWORK = 50
 
 
 class OwnerError(Exception):
@@ -132,7 +135,9 @@ def network_resolve_addresses(
     """Map each public address to its registry network: from the cache, else one RDAP lookup.
 
     Lookups run `concurrency` at a time in threads; answers are saved here, in this thread.
-    A failure is recorded for its address and the rest go on.
+    A failure is recorded for its address and the rest go on. The outcomes are keyed by the
+    addresses exactly as given (e.g. `Host.ip`); an IPv4-mapped address (::ffff:a.b.c.d) is
+    looked up as the IPv4 address it holds, once for both spellings.
     """
     options = options or lookup_options_from_settings()
     limiter = limiter or rdap_client.RateLimiter(settings.RDAP_REQUESTS_PER_SECOND)
@@ -141,10 +146,12 @@ def network_resolve_addresses(
     outcomes: dict[str, AddressOutcome] = {}
     memory = _Intervals()
     now = timezone.now()
-    keys = {}
+    keys: dict[str, str] = {}
+    spellings: dict[str, list[str]] = {}  # the address looked up -> the texts given for it
     for text in addresses:
-        address = ipaddress.ip_address(text)
-        keys[str(address)] = ip_key(address)  # parse each address once
+        address = rdap_client.lookup_address(text)  # parse each address once
+        keys[str(address)] = ip_key(address)
+        spellings.setdefault(str(address), []).append(text)
     queue = deque(sorted(keys, key=keys.__getitem__))
     stats.addresses = len(queue)
     waiting: dict[str, list[str]] = {}
@@ -153,7 +160,8 @@ def network_resolve_addresses(
 
     def finish(ip: str, outcome: AddressOutcome) -> None:
         nonlocal done_count
-        outcomes[ip] = outcome
+        for text in spellings[ip]:
+            outcomes[text] = outcome
         if outcome.network is not None:
             stats.resolved += 1
             stats.from_cache += outcome.from_cache
@@ -206,14 +214,18 @@ def _save_answer(future: Future, memory: _Intervals, stats: ResolveStats) -> Add
     except rdap_client.RdapError as exc:
         return AddressOutcome(None, reason=exc.reason, detail=exc.detail[:500])
     except Exception as exc:  # noqa: BLE001 - one bad lookup must not stop the batch
-        return AddressOutcome(None, reason="unexpected_error", detail=f"{type(exc).__name__}: {exc}"[:500])
+        return AddressOutcome(None, reason="unexpected_error", detail=_error_detail(exc))
     try:
         network = network_save_answer(answer=answer, source=Network.Source.LIVE)
-    except DatabaseError as exc:  # e.g. another worker saved the same range a moment ago
-        return AddressOutcome(None, reason="save_failed", detail=f"{type(exc).__name__}: {exc}"[:500])
+    except Exception as exc:  # noqa: BLE001 - e.g. another worker saved the same range a moment ago
+        return AddressOutcome(None, reason="save_failed", detail=_error_detail(exc))
     stats.networks_fetched += 1
     memory.add(network)
     return AddressOutcome(network)
+
+
+def _error_detail(exc: BaseException) -> str:
+    return rdap_client.storable_text(f"{type(exc).__name__}: {exc}"[:500])
 
 
 @transaction.atomic
@@ -221,7 +233,7 @@ def network_save_answer(*, answer: rdap_client.RdapNetwork, source: str, fetched
     """Store (or refresh) one registry network, its holder and the holder's RDAP contacts."""
     fetched_at = fetched_at or timezone.now()
     holder = _holder_save(answer=answer, fetched_at=fetched_at)
-    candidates = contact_candidates(answer)
+    candidates = contact_candidates(answer)[:MAX_CONTACTS_PER_NETWORK]
     network, _ = Network.objects.update_or_create(
         start_key=ip_key(answer.start),
         end_key=ip_key(answer.end),
@@ -300,7 +312,9 @@ class ImportReport:
 def rdap_cache_import(*, directory: str | Path, progress: ProgressFn | None = None) -> ImportReport:
     """Load every `*.json` in `directory` (a raw RDAP ip-network answer each) into the cache.
 
-    A file that is not JSON, not an ip network or has no usable range is reported and skipped.
+    Each file is checked and saved on its own: a file that cannot be read, is not JSON, not an
+    ip network, has no usable range (or a CIDR outside it), or cannot be saved is reported by
+    name with the reason and skipped, and the rest are loaded.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -308,21 +322,32 @@ def rdap_cache_import(*, directory: str | Path, progress: ProgressFn | None = No
     report = ImportReport()
     for position, path in enumerate(sorted(directory.glob("*.json")), start=1):
         try:
-            if path.stat().st_size > rdap_client.MAX_ANSWER_BYTES:
-                raise rdap_client.RdapError("answer_too_large", f"{path.stat().st_size} bytes")
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            answer = rdap_client.parse_network(raw)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            report.rejected.append({"file": path.name, "reason": "malformed_json", "detail": str(exc)[:200]})
+            network = _import_file(path)
         except rdap_client.RdapError as exc:
             report.rejected.append({"file": path.name, "reason": exc.reason, "detail": exc.detail[:200]})
         else:
-            network = network_save_answer(answer=answer, source=Network.Source.IMPORT)
             report.loaded += 1
             report.networks.append(network.cidr)
         if progress:
             progress(position)
     return report
+
+
+def _import_file(path: Path) -> Network:
+    try:
+        size = path.stat().st_size
+        if size > rdap_client.MAX_ANSWER_BYTES:
+            raise rdap_client.RdapError("answer_too_large", f"{size} bytes")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise rdap_client.RdapError("malformed_json", str(exc)[:200]) from None
+    except OSError as exc:
+        raise rdap_client.RdapError("unreadable", f"{type(exc).__name__}: {exc}"[:200]) from None
+    answer = rdap_client.parse_network(rdap_client.load_json(text))
+    try:
+        return network_save_answer(answer=answer, source=Network.Source.IMPORT)
+    except Exception as exc:  # noqa: BLE001 - one file that cannot be stored must not stop the import
+        raise rdap_client.RdapError("save_failed", _error_detail(exc)[:200]) from None
 
 
 # --- hosts: operator, recipient ----------------------------------------------------------------
@@ -392,7 +417,9 @@ def owners_resolve(
         try:
             owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context)
         except IntegrityError:
-            # Another run created some of these owners meanwhile: read them and write again.
+            # Another run created some of these owners meanwhile: read them and write again. The
+            # context may hold organisations created by the attempt just rolled back: start afresh.
+            context = _Context()
             owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context)
         for owner in owners:
             summary.status[str(owner.status)] += 1
@@ -479,13 +506,18 @@ def _owner_compute(
     if refusal:
         owner.status, owner.reason, owner.detail = HostOwner.Status.SKIPPED, refusal, f"{host.ip} is not public"
         owner.network = None
+        _override_apply(owner=owner, inhibited=context.inhibited)
         return
     owner.network = outcome.network if outcome else None
     facts = facts_from_host(hostnames=host.hostnames, org=host.org, raws=raws)
     attribution = attribute_operator(facts, context.registry)
+    # The operator rests on this run's evidence only: when it is gone (a hostname changed), so is
+    # the operator. Staff steer the recipient with override_recipient, never through the operator.
     if attribution:
         owner.operator = context.registry_organisation(attribution.organisation)
         owner.operator_evidence = attribution.evidence[:500]
+    else:
+        owner.operator, owner.operator_evidence = None, ""
     _recipient_apply(owner=owner, outcome=outcome, inhibited=context.inhibited, contacts_of=context.contacts_of)
 
 
@@ -552,6 +584,14 @@ def _recipient_apply(
         owner.detail = f"RDAP answer for {owner.network.cidr} names no usable e-mail address"
 
 
+def _override_apply(*, owner: HostOwner, inhibited: tuple[set[int], set[int]]) -> None:
+    """A skipped (non-public) host is never looked up, but a recipient staff set for it holds."""
+    contact, reason, _ = recipient_choose(
+        override=owner.override_recipient, operator=None, network=None, inhibited=inhibited
+    )
+    owner.recipient, owner.recipient_reason = contact, reason[:500]
+
+
 def recipient_choose(
     *,
     override: Contact | None,
@@ -609,8 +649,10 @@ def _ranked(contacts: Iterable[Contact]) -> list[Contact]:
 def owner_recompute(*, owner: HostOwner) -> HostOwner:
     """Choose the recipient again without any lookup (after staff changed contacts or inhibitions)."""
     if owner.status == HostOwner.Status.SKIPPED:
-        return owner  # a non-public address has no owner to choose
-    _recipient_apply(owner=owner, outcome=None, inhibited=_active_inhibitions())
+        # A non-public address has no network or operator to choose from: only staff's override.
+        _override_apply(owner=owner, inhibited=_active_inhibitions())
+    else:
+        _recipient_apply(owner=owner, outcome=None, inhibited=_active_inhibitions())
     owner.save()
     return owner
 

@@ -7,14 +7,17 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation
 from disclosure.services import (
+    MAX_CONTACTS_PER_NETWORK,
     OwnersSummary,
     hosts_needing_owner,
     inhibition_create,
     network_find_cached,
+    owner_override_set,
     owner_recompute,
     owners_resolve,
 )
@@ -282,3 +285,153 @@ def test_inhibitions_need_one_target_and_a_reason(registries: Registries) -> Non
         inhibition_create(until=timezone.localdate(), reason="r")
     with pytest.raises(OwnerError):
         inhibition_create(organisation=organisation, until=timezone.localdate(), reason="  ")
+
+
+def test_an_answer_about_another_network_is_neither_used_nor_cached(registries: Registries, tmp_path) -> None:
+    # A genuine 9.9.9.0/24 is in the cache already; the registry answers 62.239.237.1 with it.
+    genuine = {"objectClassName": "ip network", "handle": "GENUINE", "startAddress": "9.9.9.0"}
+    (tmp_path / "genuine.json").write_text(json.dumps({**genuine, "endAddress": "9.9.9.255", "name": "QUAD9"}))
+    call_command("import_rdap_cache", str(tmp_path), "--json")
+    answer = registries.standin.find("62.239.237.1")
+    answer.response = {**answer.response, "startAddress": "9.9.9.0", "endAddress": "9.9.9.255"}
+    answer.response.pop("cidr0_cidrs", None)
+    host = make_host("62.239.237.1")
+    summary = resolve(registries).as_dict()
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.status, owner.reason, owner.network) == ("unknown", "malformed_answer", None)
+    assert "does not hold 62.239.237.1" in owner.detail
+    assert summary["failed"] == {"malformed_answer": 1}
+    cached = Network.objects.get()
+    assert (cached.handle, cached.name, cached.source) == ("GENUINE", "QUAD9", "import")  # not overwritten
+    assert network_find_cached(ip="62.239.237.1") is None
+
+
+@pytest.mark.parametrize("asn", ["99999999999999999999", "4294967296"])
+def test_an_unusable_asn_from_the_dns_step_leaves_the_network_with_no_asn(registries: Registries, asn: str) -> None:
+    registries.standin.find("62.239.237.1").asn = asn  # what the TXT answer says
+    host = make_host("62.239.237.1")
+    make_host("74.125.225.229")  # the batch goes on
+    summary = resolve(registries).as_dict()
+    owner = HostOwner.objects.get(host=host)
+    assert owner.status == HostOwner.Status.RESOLVED and owner.network.cidrs == ["62.239.237.0/24"]
+    assert owner.network.asn is None
+    assert summary["resolved"] == 2 and summary["failed"] == {}
+
+
+@pytest.mark.parametrize("origins", [["\u00b2"], [99999999999999999999], "8075", {"0": 8075}])
+def test_an_unusable_origin_asn_in_the_answer_is_passed_over(registries: Registries, origins: object) -> None:
+    network = registries.standin.find("13.64.5.5")
+    network.asn = None  # the ASN step knows nothing: ARIN's bootstrap, and the ASN from the answer
+    network.response = {**network.response, "arin_originas0_originautnums": origins}
+    host = make_host("13.64.5.5")
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert owner.status == HostOwner.Status.RESOLVED and owner.network.cidrs[0] == "13.64.0.0/11"
+    assert owner.network.asn is None
+
+
+def test_nul_and_lone_surrogates_in_an_answer_are_stored_as_visible_characters(registries: Registries) -> None:
+    answer = registries.standin.find("62.239.237.1")
+    answer.response = {**answer.response, "name": "BT\x00CORP\ud800", "remarks": [{"description": ["x\x00y"]}]}
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    resolve(registries)  # stored once: nothing is left to retry
+    owner = HostOwner.objects.get(host=host)
+    assert owner.status == HostOwner.Status.RESOLVED and owner.attempts == 1
+    network = Network.objects.get()
+    assert network.name == "BT\u2400CORP\ufffd" and network.raw["name"] == "BT\u2400CORP\ufffd"
+    assert network.raw["remarks"] == [{"description": ["x\u2400y"]}]
+    assert network.raw["handle"] == answer.response["handle"]  # otherwise as sent
+
+
+def test_an_answer_too_deep_to_parse_is_malformed_json(registries: Registries) -> None:
+    body = '{"objectClassName": "ip network", "x": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    registries.standin.scripts["62.239.237.1"] = Script(body=body.encode())
+    host = make_host("62.239.237.1")
+    summary = resolve(registries).as_dict()
+    assert HostOwner.objects.get(host=host).reason == "malformed_json"
+    assert summary["failed"] == {"malformed_json": 1}
+
+
+def test_contacts_kept_per_network_are_bounded_without_losing_the_best_one(registries: Registries) -> None:
+    def entity(handle: str, role: str, count: int, **extra: object) -> dict:
+        emails = [["email", {}, "text", f"{handle.lower()}-{i}@example.net"] for i in range(count)]
+        return {"handle": handle, "roles": [role], "vcardArray": ["vcard", emails], **extra}
+
+    answer = registries.standin.find("62.239.237.1")
+    # 100 entities of ten addresses each, the abuse desk nested last under the registrant.
+    registrant = entity("ORG", "registrant", 0, entities=[entity("ABUSE", "abuse", 1)])
+    crowd = [entity(f"T{i}", "technical" if i % 2 else "administrative", 10) for i in range(100)]
+    answer.response = {**answer.response, "entities": [*crowd, registrant]}
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    network = Network.objects.get()
+    assert Contact.objects.filter(organisation=network.holder).count() == MAX_CONTACTS_PER_NETWORK == 50
+    assert len(network.contact_candidates) == 50
+    assert [c["role"] for c in network.contact_candidates[:2]] == ["abuse", "technical"]
+    assert HostOwner.objects.get(host=host).recipient.email == "abuse-0@example.net"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_clash_with_an_overlapping_run_is_retried_from_a_fresh_start(registries: Registries) -> None:
+    hospital = make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
+    other = make_host("74.125.225.230")
+    created = []
+
+    def another_run_writes_meanwhile(execute, sql, params, many, context):  # noqa: ANN001, ANN202
+        # Between our read of the owners and our write (when the services' records are read),
+        # another run stores one of them.
+        if not created and sql.startswith("SELECT") and '"harvest_service"."raw"' in sql:
+            created.append(HostOwner.objects.create(host=other, status="unknown", reason="not_looked_up"))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(another_run_writes_meanwhile):
+        summary = resolve(registries).as_dict()
+    assert created and summary["owner_status"] == {"resolved": 2}
+    owner = HostOwner.objects.get(host=hospital)
+    assert owner.operator.name == "Erasmus MC" and Organisation.objects.filter(pk=owner.operator_id).exists()
+
+
+def test_a_staff_override_on_a_skipped_host_is_saved_and_followed(registries: Registries) -> None:
+    host = make_host("10.0.0.3")
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert owner.status == HostOwner.Status.SKIPPED
+    chosen = Contact.objects.create(
+        organisation=Organisation.objects.create(name="H"), email="it@h.example", role="security"
+    )
+    owner_override_set(owner=owner, contact=chosen, note="by phone")
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.override_recipient, owner.override_note, owner.recipient) == (chosen, "by phone", chosen)
+    assert owner.status == HostOwner.Status.SKIPPED and "set by staff" in owner.recipient_reason
+    resolve(registries, hosts=[host])  # a later run keeps it
+    assert HostOwner.objects.get(host=host).recipient == chosen
+    owner_override_set(owner=owner, contact=None)  # and clearing it clears the recipient
+    assert HostOwner.objects.get(host=host).recipient is None
+
+
+def test_an_ipv4_mapped_host_is_resolved_as_its_ipv4_address_and_stored_once(registries: Registries) -> None:
+    mapped = make_host("::ffff:62.239.237.1")
+    plain = make_host("62.239.237.9")
+    summary = resolve(registries).as_dict()
+    assert summary["requests"] == 1 and summary["failed"] == {}
+    for host in (mapped, plain):
+        owner = HostOwner.objects.get(host=host)
+        assert owner.status == HostOwner.Status.RESOLVED and owner.network.cidrs == ["62.239.237.0/24"]
+    assert list(hosts_needing_owner()) == []  # not retried on the next run
+    later = make_host("::ffff:62.239.237.2")
+    again = resolve(registries).as_dict()
+    assert again["requests"] == 0 and again["from_cache"] == 1
+    assert HostOwner.objects.get(host=later).recipient.email == "zzdnsr@bt.com"
+
+
+def test_the_operator_goes_when_its_evidence_goes(registries: Registries) -> None:
+    host = make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
+    resolve(registries)
+    assert HostOwner.objects.get(host=host).operator.name == "Erasmus MC"
+    host.hostnames = ["mail.example.com"]
+    host.save()
+    resolve(registries, hosts=[host])
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.operator, owner.operator_evidence) == (None, "")
+    assert owner.recipient.email == "arin-contact@google.com"  # the network's contact again
