@@ -23,7 +23,7 @@ from simple_history.utils import bulk_create_with_history, bulk_update_with_hist
 from disclosure import rdap_client
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
 from disclosure.owners.attribution import attribute_operator, facts_from_host, registry_match_name
-from disclosure.owners.contacts import ROLE_ORDER, contact_candidates, network_holder
+from disclosure.owners.contacts import ROLE_ORDER, address_problem, contact_candidates, network_holder
 from disclosure.owners.registry import RegistryOrganisation, load_registry
 from harvest.models import Host, Service
 
@@ -263,7 +263,7 @@ def _holder_save(*, answer: rdap_client.RdapNetwork, fetched_at: datetime) -> Or
     """The holder's organisation; a hospital on its own network is the registry's organisation,
     so its RDAP contacts serve it as operator too."""
     handle, name = network_holder(answer)
-    registered = registry_match_name(name, load_registry())
+    registered = registry_match_name(name, load_registry(), country=answer.country)
     if registered is not None:
         return _registry_organisation(registered)
     organisation, created = Organisation.objects.get_or_create(
@@ -608,8 +608,8 @@ def recipient_choose(
     skipped = []
     candidates = _recipient_candidates(override=override, operator=operator, network=network, contacts_of=contacts_of)
     for contact, why in candidates:
-        if not contact.enabled:
-            continue
+        if not contact.enabled or address_problem(contact.email) is not None:
+            continue  # an address stored before it was checked would not be sent as shown
         if contact.pk in inhibited_contacts or contact.organisation_id in inhibited_organisations:
             skipped.append(contact.email)
             continue

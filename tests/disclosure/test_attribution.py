@@ -188,10 +188,6 @@ def test_a_foreign_network_named_amc_does_not_take_over_amsterdam_umc(tmp_path: 
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="services._holder_save must pass the network's country to registry_match_name (country=answer.country)",
-)
 def test_a_foreign_network_under_a_hospitals_full_name_is_not_the_hospitals(tmp_path: Path) -> None:
     import_answers(tmp_path / "us", ip_network("NET-ISALA", "198.51.2.0", "198.51.2.255", "US", "Isala", "a@isala.us"))
 

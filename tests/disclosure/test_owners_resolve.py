@@ -198,6 +198,20 @@ def test_inhibitions_are_respected(registries: Registries) -> None:
     assert owner.recipient.email == "steve.a.marshall@bt.com"  # the expired one no longer counts
 
 
+def test_a_stored_address_that_would_not_be_sent_as_shown_is_passed_over(registries: Registries) -> None:
+    host = make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    # Stored before addresses were checked (create() runs no validation): IDNA would send the first
+    # to abuse@example.com, not to what staff see.
+    Contact.objects.create(organisation=owner.operator, email="abuse@exa\u200bmple.com", role="abuse")
+    Contact.objects.create(organisation=owner.operator, email="cert@erasmusmc.nl", role="security")
+
+    owner = owner_recompute(owner=owner)
+
+    assert owner.recipient.email == "cert@erasmusmc.nl"
+
+
 def test_a_reimport_never_touches_staff_contacts_or_reenables_disabled_ones(registries: Registries) -> None:
     make_host("62.239.237.1")
     resolve(registries)
