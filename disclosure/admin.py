@@ -38,7 +38,7 @@ from disclosure.services import (
     owner_recompute,
     owners_resolve,
 )
-from harvest.admin import _text_column, text_block, visible_text
+from medexpo.lib.display import text_block, text_column, visible_text
 
 RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the indented RDAP answer shown on a network page
 
@@ -243,8 +243,8 @@ class ContactInline(_VisibleAdmin, admin.TabularInline):
     fields = ["email", "role", "source", "enabled", "import_source_text", "imported_at", "pgp_fingerprint", "note"]
     readonly_fields = ["source", "import_source_text", "imported_at"]
     locked_fields = {"email": "email_text"}
-    email_text = _text_column("email", "email")
-    import_source_text = _text_column("import_source", "import source")
+    email_text = text_column("email", "email")
+    import_source_text = text_column("import_source", "import source")
 
 
 @admin.register(Organisation)
@@ -259,9 +259,9 @@ class OrganisationAdmin(_VisibleAdmin, SimpleHistoryAdmin):
     readonly_fields = ["source", "source_key_text", "created_at", "updated_at"]
     locked_fields = {"name": "name_text", "country": "country_text"}
     inlines = [ContactInline]
-    name_text = _text_column("name")
-    country_text = _text_column("country")
-    source_key_text = _text_column("source_key", "source key")
+    name_text = text_column("name")
+    country_text = text_column("country")
+    source_key_text = text_column("source_key", "source key")
 
     def source_locked(self, obj: Organisation) -> set[str]:
         # A registrant's name and country are what the registry said; staff-made rows stay editable.
@@ -290,8 +290,8 @@ class ContactAdmin(_VisibleAdmin, SimpleHistoryAdmin):
     readonly_fields = ["source", "usable", "import_source_text", "imported_at", "created_at", "updated_at"]
     locked_fields = {"email": "email_text", "organisation": "organisation_link"}
     actions = ["disable", "enable"]
-    email_text = _text_column("email", "email")
-    import_source_text = _text_column("import_source", "import source")
+    email_text = text_column("email", "email")
+    import_source_text = text_column("import_source", "import source")
     organisation_name = _name_column("organisation", "organisation")
 
     def source_locked(self, obj: Contact) -> set[str]:
@@ -363,10 +363,10 @@ class NetworkAdmin(_VisibleAdmin, SimpleHistoryAdmin):
         "registry", "asn", "asn_description_text", "source", "fetched_at", "candidates", "raw_answer",
     ]  # fmt: skip
     locked_fields = {"holder": "holder_link"}
-    handle_text = _text_column("handle")
-    name_text = _text_column("name")
-    country_text = _text_column("country")
-    asn_description_text = _text_column("asn_description", "ASN description")
+    handle_text = text_column("handle")
+    name_text = text_column("name")
+    country_text = text_column("country")
+    asn_description_text = text_column("asn_description", "ASN description")
     holder_name = _name_column("holder", "holder")
 
     @admin.display(description="CIDR")
@@ -406,9 +406,9 @@ class HostOwnerAdminBase(_VisibleAdmin, admin.ModelAdmin):
     ]  # fmt: skip
     locked_fields = {"override_recipient": "override_recipient_link"}
     actions = ["resolve_again", "choose_recipient_again"]
-    detail_text = _text_column("detail", "detail")
-    operator_evidence_text = _text_column("operator_evidence", "operator evidence")
-    recipient_reason_text = _text_column("recipient_reason", "recipient reason")
+    detail_text = text_column("detail", "detail")
+    operator_evidence_text = text_column("operator_evidence", "operator evidence")
+    recipient_reason_text = text_column("recipient_reason", "recipient reason")
     operator_name = _name_column("operator", "operator")
 
     @admin.display(description="recipient", ordering="recipient__email")

@@ -17,9 +17,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from harvest import services
-from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT, text_block, visible_text
+from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT
 from harvest.locking import harvest_lock
 from harvest.models import HarvestRun, Host, Rejection, Service
+from medexpo.lib.display import text_block, visible_text
 from tests.factories import minimal_banner
 
 HOSTILE_BANNER = (
