@@ -240,18 +240,7 @@ class HostAdmin(ReadOnlyAdmin):
         (None, {"fields": ("ip", "org_text", "isp_text", "asn", "country", "hostnames_list", "os_text")}),
         ("Seen", {"fields": ("first_seen", "last_seen", "service_total")}),
     )
-    readonly_fields = (
-        "ip",
-        "org_text",
-        "isp_text",
-        "asn",
-        "country",
-        "hostnames_list",
-        "os_text",
-        "first_seen",
-        "last_seen",
-        "service_total",
-    )
+    readonly_fields = list_display
     inlines = (ServiceInline,)
     org_text = text_column("org")
     isp_text = text_column("isp", "ISP")

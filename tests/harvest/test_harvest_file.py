@@ -22,6 +22,27 @@ from tests.factories import banner, line, many, write_lines
 pytestmark = pytest.mark.django_db
 
 
+def interrupt(run: HarvestRun, source: str, *, at_event: int, batch_size: int) -> None:
+    """Run `run` through its source until event `at_event`, where a KeyboardInterrupt (Ctrl-C)
+    stops it; the run is then read back as stored."""
+
+    def interrupted_source(run: HarvestRun, progress: object) -> object:
+        for n, event in enumerate(services.SOURCES[source](run, progress)):
+            if n == at_event:
+                raise KeyboardInterrupt
+            yield event
+
+    services.register_source("interrupted")(interrupted_source)
+    run.source = "interrupted"
+    run.save(update_fields=["source"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            services.harvest_execute(run=run, batch_size=batch_size)
+    finally:
+        del services.SOURCES["interrupted"]
+    run.refresh_from_db()
+
+
 def harvest(path: Path, *, hosts: bool = False, batch_size: int | None = None) -> HarvestRun:
     run = services.harvest_file_start(path=path, hosts=hosts)
     return services.harvest_execute(run=run, batch_size=batch_size)
@@ -330,21 +351,7 @@ def test_a_run_stopped_inside_a_long_host_lookup_resumes_with_the_next_banner(tm
     path = write_lines(tmp_path / "h.json", lines)
     run = services.harvest_file_start(path=path, hosts=True)
 
-    def interrupted_source(run: HarvestRun, progress: object) -> object:
-        for n, event in enumerate(services.SOURCES[HarvestRun.Source.HOSTS](run, progress)):
-            if n == 250:  # inside the long line, after some of its checkpoints
-                raise KeyboardInterrupt
-            yield event
-
-    services.register_source("interrupted")(interrupted_source)
-    run.source = "interrupted"
-    run.save(update_fields=["source"])
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            services.harvest_execute(run=run, batch_size=50)
-    finally:
-        del services.SOURCES["interrupted"]
-    run.refresh_from_db()
+    interrupt(run, HarvestRun.Source.HOSTS, at_event=250, batch_size=50)  # inside the long line
     stored = run.checkpoint["item"]
     assert run.status == "stopped" and run.checkpoint == {"line": 1, "offset": len(lines[0]), "item": stored}
     assert 10 < stored < 250
@@ -475,21 +482,7 @@ def test_an_interrupted_run_keeps_only_committed_batches_and_resumes_exactly(tmp
     path = write_lines(tmp_path / "f.json", [line(r) for r in records])
     run = services.harvest_file_start(path=path)
 
-    def interrupted_source(run: HarvestRun, progress: object) -> object:
-        for n, event in enumerate(services.SOURCES[HarvestRun.Source.FILE](run, progress)):
-            if n == 31:  # mid-way between two checkpoints of the second batch
-                raise KeyboardInterrupt
-            yield event
-
-    services.register_source("interrupted")(interrupted_source)
-    run.source = "interrupted"
-    run.save(update_fields=["source"])
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            services.harvest_execute(run=run, batch_size=10)
-    finally:
-        del services.SOURCES["interrupted"]
-    run.refresh_from_db()
+    interrupt(run, HarvestRun.Source.FILE, at_event=31, batch_size=10)  # between two checkpoints of batch 2
     assert run.status == "stopped" and run.checkpoint == {"line": 10, "offset": run.checkpoint["offset"]}
     assert Service.objects.count() == 10 == run.accepted
 
