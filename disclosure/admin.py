@@ -27,6 +27,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from simple_history.admin import SimpleHistoryAdmin
+from simple_history.models import ModelChange, ModelChangeValue
+from simple_history.template_utils import HistoricalRecordContextHelper
 
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, OwnerUnknown
 from disclosure.owners.contacts import address_problem, unusable_addresses
@@ -168,6 +170,18 @@ class ContactForm(forms.ModelForm):
         return email
 
 
+class _VisibleHistoryHelper(HistoricalRecordContextHelper):
+    """The history page's list of changes shows old and new values: stranger text among them."""
+
+    def prepare_delta_change_value(self, change: ModelChange, value: ModelChangeValue) -> Any:
+        value = super().prepare_delta_change_value(change, value)
+        if isinstance(value, str):
+            return visible_text(value)
+        if isinstance(value, list):
+            return [visible_text(v) if isinstance(v, str) else v for v in value]
+        return value
+
+
 class _VisibleAdmin:
     """Show stranger text visibly wherever staff do not edit it.
 
@@ -196,6 +210,9 @@ class _VisibleAdmin:
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list:
         readonly = list(super().get_readonly_fields(request, obj))  # type: ignore[misc]
         return readonly + [self.locked_fields[f] for f in self._locked(request, obj)]
+
+    def get_historical_record_context_helper(self, request: HttpRequest, historical_record: Any) -> Any:
+        return _VisibleHistoryHelper(self.model, historical_record)  # type: ignore[attr-defined]
 
     def formfield_for_foreignkey(self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name in self.raw_id_fields:  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
 from harvest.models import Host
+from medexpo.lib.text import visible_text
 
 
 def ip_key(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -64,7 +65,7 @@ class Organisation(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.name
+        return visible_text(self.name)  # the admin shows it in titles, history and recent actions
 
 
 class Contact(models.Model):
@@ -102,7 +103,7 @@ class Contact(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.email} ({self.role}, {self.organisation})"
+        return f"{visible_text(self.email)} ({self.role}, {self.organisation})"
 
     @property
     def is_manual(self) -> bool:

@@ -266,6 +266,27 @@ def test_stranger_text_is_shown_with_its_controls_visible_on_every_owner_page(
         assert missing == [], (model, pk)
 
 
+def test_names_of_strangers_are_visible_in_titles_history_and_recent_actions(staff_client: Client) -> None:
+    organisation = Organisation.objects.create(name=f"Zorg{RLO}VB", source="staff")
+    contact = Contact.objects.create(organisation=organisation, email=f"cert@zorg{ZWSP}.example", role="security")
+    # An edit through the admin: its log entry keeps str() of the object for "Recent actions".
+    change = reverse("admin:disclosure_contact_change", args=[contact.pk])
+    form = staff_client.get(change).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and not isinstance(v, (list, dict))}
+    staff_client.post(change, {**data, "note": "checked by phone", "email": "cert@zorg.example"})
+    pages = [
+        reverse("admin:index"),
+        reverse("admin:disclosure_organisation_history", args=[organisation.pk]),
+        reverse("admin:disclosure_contact_history", args=[contact.pk]),
+        reverse("admin:disclosure_organisation_delete", args=[organisation.pk]),
+    ]
+
+    for url in pages:
+        body = staff_client.get(url).content.decode()
+        assert RLO not in body and ZWSP not in body, url
+        assert "Zorg\\u202eVB" in page_text(body), url
+
+
 def test_a_raw_answer_nested_deeper_than_json_can_recurse_is_shown_as_text(staff_client: Client) -> None:
     nested = json.loads("[" * 900 + "]" * 900)  # an import takes it: the cache stores it as sent
     now = timezone.now()
