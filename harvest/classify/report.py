@@ -25,6 +25,7 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 from harvest.classify.charts import render_charts
 from harvest.classify.types import CLASSES
 from harvest.models import Classification, Service
+from medexpo.lib.text import visible_text
 
 MEDICAL_PORTS_FILE = Path(__file__).resolve().parent.parent / "data" / "medical_ports.toml"
 FORMATS = ("json", "csv", "png", "svg", "html", "pdf")
@@ -200,9 +201,28 @@ def _csv_rows(report: dict, table: str) -> Iterable[dict]:
 
 def _csv_safe(value: object) -> object:
     # A cell starting with = + - @ is a formula to spreadsheets; banners and orgs are hostile.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    # Spreadsheets also obey bidi overrides, so controls are shown as escapes, as in the HTML.
+    if not isinstance(value, str):
+        return value
+    value = visible_text(value)
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
+
+
+def exposure_report_visible(report: object) -> object:
+    """The report with every string made visible (controls, bidi, invisibles as escapes), for reading.
+
+    Orgs, hostnames, products, modules and evidence come from strangers: a right-to-left override
+    can make "Evil \u202eCM sumsarE" read as "Evil Erasmus MC". JSON keeps the data as it is.
+    """
+    if isinstance(report, str):
+        return visible_text(report)
+    if isinstance(report, dict):
+        return {key: exposure_report_visible(value) for key, value in report.items()}
+    if isinstance(report, list | tuple):
+        return [exposure_report_visible(value) for value in report]
+    return report
 
 
 def exposure_report_csv(*, report: dict, table: str) -> str:
@@ -243,7 +263,7 @@ def _render_html(report: dict, images: dict[str, str]) -> str:
     class_rows = [
         {"name": c, "count": report["classes"][c], "percent": 100 * report["class_share"][c]} for c in CLASSES
     ]
-    context = {"report": report, "charts": images, "class_rows": class_rows}
+    context = {"report": exposure_report_visible(report), "charts": images, "class_rows": class_rows}
     return render_to_string("harvest/exposure_report.html", context)
 
 

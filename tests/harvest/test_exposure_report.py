@@ -247,6 +247,60 @@ def test_it_escapes_hostile_text_in_the_html(corpus: dict) -> None:
     assert html.count('src="data:image/png;base64,') == 4
 
 
+# An organisation that a right-to-left override makes read as a hospital's name.
+SPOOFED_ORG = "Evil \u202eCM sumsarE\u202c\u200b"
+INVISIBLES = ("\u202e", "\u202c", "\u200b", "\x1b", "\x01")
+
+
+@pytest.fixture
+def spoofed(db: None) -> dict:
+    service = make_service("192.0.2.20", 104, org=SPOOFED_ORG, module="dic\x1b[31mom\u202e")
+    Host.objects.filter(pk=service.host_id).update(hostnames=["x\u202egro.live"])
+    judge(
+        service,
+        "medical",
+        "dicom",
+        product="Orth\u200banc\x01",
+        evidence=[{"rule": "dicom.x", "field": "data", "excerpt": "AE\u202eSOAP\x1b]0;t\x07"}],
+    )
+    return {}
+
+
+def test_it_shows_bidi_and_invisible_characters_as_escapes_in_the_html(spoofed: dict) -> None:
+    html = reports.exposure_report_html(report=reports.exposure_report_build(), charts={})
+
+    assert not [c for c in INVISIBLES if c in html]
+    assert "Evil \\u202eCM sumsarE\\u202c\\u200b" in html  # in the DICOM table and the service list
+    assert html.count("Evil \\u202eCM") == 2
+    assert "x\\u202egro.live" in html
+    assert "Orth\\u200banc\\x01" in html
+    assert "AE\\u202eSOAP\\x1b]0;t\\x07" in html
+    assert "dic\\x1b[31mom\\u202e" in html  # the module in the top services table
+
+
+def test_it_shows_bidi_as_escapes_in_the_pdf(spoofed: dict, tmp_path: Path) -> None:
+    reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["pdf"])
+
+    text = "\n".join(page.extract_text() for page in PdfReader(tmp_path / "exposure_report.pdf").pages)
+    assert "Erasmus" not in text
+    assert "\\u202eCMsumsarE" in re.sub(r"\s+", "", text)
+
+
+def test_it_shows_bidi_as_escapes_in_csv_and_keeps_json_as_data(spoofed: dict, tmp_path: Path) -> None:
+    report = reports.exposure_report_build()
+    reports.exposure_report_write(report=report, out=tmp_path, formats=["json", "csv"])
+
+    for path in tmp_path.glob("*.csv"):
+        text = path.read_text(encoding="utf-8")
+        assert not [c for c in INVISIBLES if c in text], path.name
+    medical = next(csv.DictReader(io.StringIO((tmp_path / "medical_services.csv").read_text())))
+    assert medical["org"] == "Evil \\u202eCM sumsarE\\u202c\\u200b"
+    assert medical["product"] == "Orth\\u200banc\\x01"
+    data = json.loads((tmp_path / "exposure_report.json").read_text())
+    assert data["dicom"][0]["org"] == SPOOFED_ORG
+    assert data["medical_services"][0]["hostnames"] == ["x\u202egro.live"]
+
+
 def test_it_renders_a_pdf_with_the_figures(corpus: dict, tmp_path: Path) -> None:
     reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["pdf"])
 
