@@ -7,6 +7,7 @@ module or organisation name is text, not a formula to parse.
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import matplotlib
@@ -16,13 +17,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from medexpo.lib.text import visible_text  # noqa: E402
+
 CLASS_COLOURS = {"medical": "#c0392b", "non_medical": "#2e86c1", "unknown": "#95a5a6", "unclassified": "#d5d8dc"}
 MAX_LABEL = 40
 STYLE: dict[str, Any] = {"text.parse_math": False, "svg.fonttype": "none", "svg.hashsalt": "medexpo", "font.size": 9}
 
 
+# What XML 1.0 forbids and visible_text leaves alone (the noncharacters U+FFFE and U+FFFF):
+# the SVG must stay a well-formed document whatever a module name holds.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _label(text: object) -> str:
     text = str(text) if text not in (None, "") else "(none)"
+    text = _NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", visible_text(text))
     return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
 
 

@@ -228,6 +228,23 @@ def test_it_writes_valid_png_and_svg_charts(corpus: dict, tmp_path: Path) -> Non
     assert "http" in svg
 
 
+@pytest.mark.parametrize("module", ["ht\x1b[31mtp\x01", "\ufffe", "a\uffffb", "\x00x\u202e", "\ud800"])
+def test_it_writes_well_formed_svg_whatever_a_module_name_holds(db: None, tmp_path: Path, module: str) -> None:
+    # As stored (PostgreSQL text holds no NUL or lone surrogate), and as a label in the report data.
+    stored = module.replace("\x00", "\u2400").replace("\ud800", "\\ud800")
+    judge(make_service("192.0.2.8", 80, module=stored), "non_medical", "known_service")
+    report = reports.exposure_report_build()
+    report["top_services"].append({"service": module, "count": 1, "share": 0.5, "percent": 50.0})
+
+    written = reports.exposure_report_write(report=report, out=tmp_path, formats=["svg"])
+
+    assert len(written) == 4
+    for path in written:
+        ET.fromstring(path.read_bytes())  # every chart is a well-formed XML document
+    labels = "".join(ET.fromstring((tmp_path / "top_services.svg").read_bytes()).itertext())
+    assert not [c for c in labels if c not in "\t\n\r" and (ord(c) < 0x20 or c in "\ufffe\uffff\u202e")]
+
+
 def test_it_keeps_dollar_signs_in_labels_as_text(db: None, tmp_path: Path) -> None:
     judge(make_service("192.0.2.7", 80, module="$\\frac{a}{b$"), "non_medical", "known_service")
     written = reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["svg"])
