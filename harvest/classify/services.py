@@ -22,7 +22,7 @@ from django.utils import timezone
 from harvest import bulk
 from harvest.classify.engine import classify
 from harvest.classify.rules import RuleSet, load_rules
-from harvest.classify.types import CLASSES, Banner, Verdict, banner_from_shodan
+from harvest.classify.types import CATEGORIES, CLASSES, SEGMENTS, Banner, Verdict, banner_from_shodan
 from harvest.models import Classification, Service
 from harvest.records import RecordError, clean_text, parse_address
 from harvest.services import register_export_enricher
@@ -453,7 +453,18 @@ def classification_evaluate(*, path: str | Path, batch_size: int = 1000) -> dict
     }
 
 
+# The values a label may hold: anything else is a typo or hostile text (it is printed to a terminal).
+LABEL_VALUES: dict[str, tuple[object, ...]] = {
+    "class": CLASSES,
+    "category": CATEGORIES,
+    "segment": SEGMENTS,
+    "honeypot": (True, False),
+}
+
+
 def _parse_label(number: int, line: bytes) -> _Label:
+    if number == 1:
+        line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as some editors write
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -470,10 +481,19 @@ def _parse_label(number: int, line: bytes) -> _Label:
     transport = obj.get("transport") or "tcp"
     if transport not in ("tcp", "udp"):
         raise ValueError(f"bad transport: {str(transport)[:40]!r}")
-    if obj.get("class") not in CLASSES:
-        raise ValueError(f"class must be one of {', '.join(CLASSES)}, not {str(obj.get('class'))[:40]!r}")
+    if obj.get("class") is None:
+        raise ValueError(f"class must be one of {', '.join(CLASSES)}")
     values = {k: obj[k] for k in LABEL_FIELDS if k in obj and obj[k] is not None}
+    for name, value in values.items():
+        if not _known_value(value, LABEL_VALUES[name]):
+            known = ", ".join(str(v) or '""' for v in LABEL_VALUES[name])
+            raise ValueError(f"{name} must be one of {known}, not {str(value)[:40]!r}")
     return _Label(number, (ip, port, transport), values)
+
+
+def _known_value(value: object, known: tuple[object, ...]) -> bool:
+    # Compared with its type: 1 == True and a list is unhashable, neither is a label value.
+    return any(type(value) is type(k) and value == k for k in known)
 
 
 def _key_text(key: tuple[str, int, str]) -> str:

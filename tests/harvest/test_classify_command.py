@@ -217,3 +217,66 @@ def test_invalid_rules_stop_the_run_with_the_file_and_rule_named(db: None, tmp_p
     )
     with pytest.raises(services.ClassificationError, match=r"bad\.toml: bad\.nested: .*quantif"):
         services.classification_rules_load(directory=tmp_path)
+
+
+def _labels(tmp_path: Path, lines: list[bytes]) -> Path:
+    path = tmp_path / "labels.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_evaluation_rejects_unknown_categories_segments_and_honeypots(db: None, tmp_path: Path) -> None:
+    _service("192.0.2.1", 104, "medical", "dicom")
+    good = {"ip": "192.0.2.1", "port": 104, "class": "medical"}
+    path = _labels(
+        tmp_path,
+        [
+            json.dumps(good | {"category": "\x1b]0;pwned\x07\x1b[2Jevil"}).encode(),
+            json.dumps(good | {"segment": "hospital"}).encode(),
+            json.dumps(good | {"category": {"a": [1]}}).encode(),
+            json.dumps(good | {"honeypot": "yes"}).encode(),
+            json.dumps(good | {"class": ["medical"]}).encode(),
+            json.dumps(good | {"category": "dicom", "segment": "medical_port", "honeypot": False}).encode(),
+        ],
+    )
+
+    e = services.classification_evaluate(path=path)
+
+    assert e["matched"] == 1
+    reasons = {p["line"]: p["reason"] for p in e["unmatched"]}
+    assert reasons[1].startswith("category must be one of ") and "'\\x1b]0;pwned\\x07\\x1b[2Jevil'" in reasons[1]
+    assert reasons[2].startswith("segment must be one of ") and "'hospital'" in reasons[2]
+    assert reasons[3].startswith("category must be one of ")
+    assert reasons[4].startswith("honeypot must be one of True, False")
+    assert reasons[5].startswith("class must be one of ")
+    assert not [r for r in reasons.values() if "\x1b" in r or "\x07" in r]
+
+
+def test_the_command_prints_no_control_characters_from_the_answer_file(db: None, tmp_path: Path) -> None:
+    _service("192.0.2.1", 104, "medical", "dicom")
+    path = _labels(
+        tmp_path,
+        [
+            json.dumps(
+                {"ip": "192.0.2.1", "port": 104, "class": "medical", "category": "\x1b]0;pwned\x07evil"}
+            ).encode(),
+            json.dumps({"ip": "\u202e1.2.0.291\x1b[2J", "port": 104, "class": "medical"}).encode(),
+        ],
+    )
+
+    text = run("--evaluate", str(path))
+
+    assert "line 1: category must be one of" in text
+    assert "line 2: bad ip" in text
+    assert not [c for c in text if not c.isprintable() and c != "\n"]
+
+
+def test_evaluation_reads_an_answer_file_that_starts_with_a_bom(db: None, tmp_path: Path) -> None:
+    _service("192.0.2.1", 104, "medical", "dicom")
+    path = _labels(
+        tmp_path, [b"\xef\xbb\xbf" + json.dumps({"ip": "192.0.2.1", "port": 104, "class": "medical"}).encode()]
+    )
+
+    e = services.classification_evaluate(path=path)
+
+    assert (e["matched"], e["unmatched_count"]) == (1, 0)
