@@ -112,6 +112,10 @@ def _dict(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: object) -> list | tuple:
+    return value if isinstance(value, list | tuple) else ()
+
+
 def _port(value: object) -> int:
     if isinstance(value, bool):
         return 0
@@ -145,7 +149,7 @@ def _ssl_fields(ssl: dict) -> tuple[str, tuple[str, ...]]:
     subject = _dict(cert.get("subject"))
     parts = [_text(subject.get(k), MAX_SHORT) for k in ("CN", "O", "OU")]
     names: list[str] = []
-    for ext in cert.get("extensions") or ():
+    for ext in _list(cert.get("extensions")):
         if isinstance(ext, dict) and ext.get("name") == "subjectAltName":
             names.extend(m.group(1) for m in _DNS_NAME.finditer(_text(ext.get("data"), 8192)))
     return " ".join(p for p in parts if p)[:MAX_SHORT], tuple(names[:MAX_NAMES])

@@ -380,3 +380,19 @@ def test_it_classifies_the_sample_corpus_at_thousands_of_banners_per_second(rule
     rate = 2 * len(banners) / (time.process_time() - start)
 
     assert rate > 5000, f"{rate:.0f} banners/s"
+
+
+@pytest.mark.parametrize("odd", [5, True, 1.5, "subjectAltName", {"name": "subjectAltName"}, [5, None, "x"]])
+def test_banner_from_shodan_reads_a_record_whose_certificate_fields_have_odd_types(odd: object) -> None:
+    record = {
+        "port": 443,
+        "data": "HTTP/1.1 200 OK\r\n",
+        "ssl": {"cert": {"subject": {"CN": "pacs.lumc.nl", "O": odd}, "extensions": odd}},
+    }
+
+    banner = banner_from_shodan(record)
+
+    assert (banner.port, banner.data) == (443, "HTTP/1.1 200 OK\r\n")
+    assert banner.ssl_subject.startswith("pacs.lumc.nl") and banner.ssl_names == ()
+    assert banner_from_shodan({"port": 443, "ssl": {"cert": odd}}).ssl_subject == ""
+    assert banner_from_shodan({"port": 443, "ssl": {"cert": {"subject": odd}}}).ssl_subject == ""
