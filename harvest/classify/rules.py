@@ -311,7 +311,7 @@ def _rule(name: str, index: int, table: object) -> Rule:
         product=table.get("product", ""),
         fields=tuple(fields),
         pattern=pattern,
-        anchored=pattern.pattern.startswith("\\A"),
+        anchored=is_anchored(pattern),
         confidence=float(confidence),
         protocols=tuple(protocols),
         ports=frozenset(ports),
@@ -375,6 +375,31 @@ def _automaton(rules: tuple[Rule, ...]) -> object | None:
 
 
 MAX_START_CHARS = 512
+
+
+def is_anchored(pattern: re.Pattern) -> bool:
+    """True when every way to match starts with \\A, so .match() at the start finds all matches.
+
+    `\\Afoo|bar` starts with \\A but its second branch matches anywhere: it must be searched.
+    """
+    try:
+        ops = list(sre_parse.parse(pattern.pattern, pattern.flags))
+    except (re.error, RecursionError, TypeError, ValueError):
+        return False
+    return _starts_at_beginning(ops)
+
+
+def _starts_at_beginning(ops: list) -> bool:
+    if not ops:
+        return False
+    op, av = ops[0]
+    if op is sre_parse.AT:
+        return av is sre_parse.AT_BEGINNING_STRING
+    if op is sre_parse.BRANCH:
+        return all(_starts_at_beginning(list(branch)) for branch in av[1])
+    if op is sre_parse.SUBPATTERN:
+        return _starts_at_beginning(list(av[-1]))
+    return False
 
 
 def first_chars_of(pattern: re.Pattern) -> frozenset[str] | None:

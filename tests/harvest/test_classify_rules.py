@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from harvest.classify import RuleError, load_rules
-from harvest.classify.rules import RULES_DIR, first_chars_of, needles_of
-from harvest.classify.types import CATEGORIES, CLASS_OF_CATEGORY, CLASSES
+from harvest.classify.engine import classify
+from harvest.classify.rules import RULES_DIR, first_chars_of, is_anchored, needles_of
+from harvest.classify.types import CATEGORIES, CLASS_OF_CATEGORY, CLASSES, Banner
 
 GOOD = """
 version = "t.1"
@@ -65,7 +66,7 @@ def test_the_version_changes_with_any_file(tmp_path: Path) -> None:
     assert before == load_rules().version  # same contents, same version, wherever they live
 
     target = copy / "services.toml"
-    target.write_text(target.read_text().replace('version = "2026.1"', 'version = "2026.2"', 1))
+    target.write_text(re.sub(r'(?m)^version = "[^"]*"', 'version = "test.bumped"', target.read_text(), count=1))
 
     assert load_rules(copy).version != before
 
@@ -161,3 +162,24 @@ def test_first_characters_of_anchored_patterns() -> None:
     assert first_chars_of(re.compile(r"\A\* OK", re.IGNORECASE)) == frozenset("*")
     assert first_chars_of(re.compile(r"\A.")) is None
     assert "\u212a" in first_chars_of(re.compile(r"\Akey", re.IGNORECASE))  # KELVIN SIGN folds onto k
+
+
+def test_a_pattern_is_anchored_only_when_every_alternative_starts_at_the_beginning() -> None:
+    assert is_anchored(re.compile(r"\ASSH-\d"))
+    assert is_anchored(re.compile(r"\Afoo|\Abar"))
+    assert is_anchored(re.compile(r"(?:\Afoo|\A(?P<version>bar))x"))
+    assert not is_anchored(re.compile(r"\AElastic(?:search)?[ :\n]|\"cluster_name\"\s{0,8}:"))
+    assert not is_anchored(re.compile(r"(?:\Afoo)|bar"))
+    assert not is_anchored(re.compile(r"foo\A"))
+    assert not is_anchored(re.compile(r"^foo"))
+
+
+def test_a_rule_with_an_unanchored_alternative_is_searched() -> None:
+    rules = load_rules()
+    elastic = next(r for r in rules.rules if r.id == "service.elasticsearch")
+    assert not elastic.anchored
+
+    verdict = classify(Banner(port=9200, data='{"name":"n1","cluster_name":"prod"}'), rules)
+
+    assert (verdict.cls, verdict.category, verdict.product) == ("non_medical", "known_service", "Elasticsearch")
+    assert [e.rule for e in verdict.evidence][:1] == ["service.elasticsearch"]
