@@ -685,7 +685,7 @@ class ClassificationAdmin(ReadOnlyAdmin):
     fieldsets = (
         (None, {"fields": ("service_link", "org", "cls", "category", "segment", "product_text", "confidence")}),
         ("Evidence", {"fields": ("evidence_list", "honeypot", "honeypot_list", "details_json")}),
-        ("Version", {"fields": ("rules_version", "current", "banner_hash", "classified_at")}),
+        ("Version", {"fields": ("rules_version", "current", "banner_hash", "record_seen", "classified_at")}),
     )
     readonly_fields = (
         "service_link",
@@ -702,6 +702,7 @@ class ClassificationAdmin(ReadOnlyAdmin):
         "rules_version",
         "current",
         "banner_hash",
+        "record_seen",
         "classified_at",
     )
 

@@ -184,8 +184,10 @@ class Classification(models.Model):
     honeypot_evidence = models.JSONField(default=list, blank=True)
     product = models.CharField(max_length=255, blank=True)
     details = models.JSONField(default=dict, blank=True)
-    # The banner that was judged: a service whose banner changed since is classified again.
+    # The banner that was judged, and the service's last_seen then: a service whose banner changed
+    # since, or that a newer record (another title, certificate, organisation) updated, is classified again.
     banner_hash = models.CharField(max_length=32)
+    record_seen = models.DateTimeField(null=True, blank=True)
     current = models.BooleanField(default=True)
     classified_at = models.DateTimeField()
 

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -94,7 +95,8 @@ def classification_rules_load(*, directory: Path | None = None) -> RuleSet:
 
 
 def classification_pending_count(*, rules_version: str) -> int:
-    return _pending_services(rules_version).count()
+    """How many services a pending run judges: every service of a host with a pending one."""
+    return Service.objects.filter(host_id__in=_pending_services(rules_version).values("host_id")).count()
 
 
 def classification_run(
@@ -104,7 +106,8 @@ def classification_run(
     batch_size: int = BATCH_SIZE,
     progress: ProgressFn | None = None,
 ) -> RunSummary:
-    """Classify services that are new, changed or unjudged under the current rules (all with `everything`).
+    """Classify services that are new, changed or unjudged under the current rules, with every
+    other service of their hosts (all services with `everything`).
 
     Idempotent: a service has one row per rules version, rewritten in place when judged again,
     so running twice adds nothing, and a new rules version adds one row per service.
@@ -136,10 +139,15 @@ def classification_run_all(
 
 
 def _pending_services(rules_version: str):  # noqa: ANN202 - a QuerySet of Service
-    # Pending: no current verdict of these rules on this banner. Going back to an earlier rules
+    # Pending: no current verdict of these rules on this banner and this record (a newer record
+    # with the same banner can bring another title or certificate). Going back to an earlier rules
     # version makes everything pending again, so its rows become current again.
     judged = Classification.objects.filter(
-        service=OuterRef("pk"), current=True, rules_version=rules_version, banner_hash=OuterRef("banner_hash")
+        service=OuterRef("pk"),
+        current=True,
+        rules_version=rules_version,
+        banner_hash=OuterRef("banner_hash"),
+        record_seen=OuterRef("last_seen"),
     )
     return Service.objects.filter(~Exists(judged))
 
@@ -151,31 +159,62 @@ class _Row:
     port: int
     transport: str
     banner_hash: str
+    last_seen: datetime
     raw: str
     host_modules: tuple[str, ...] = ()
 
 
+_ROW_FIELDS = ("id", "host_id", "port", "transport", "banner_hash", "last_seen", "raw")
+
+
 def _service_batches(rules_version: str, everything: bool, size: int, summary: RunSummary) -> Iterator[list[_Row]]:
-    """Batches in primary-key order (keyset pagination: constant cost per batch, nothing held over)."""
-    base = Service.objects.all() if everything else _pending_services(rules_version)
-    last = 0
+    """Batches by keyset pagination (constant cost per batch, nothing held over): every service in
+    primary-key order, or the pending ones host by host."""
+    batches = _all_batches(size) if everything else _pending_batches(rules_version, size)
     while True:
         t0 = time.perf_counter()
         with transaction.atomic():
             bulk.tune_batch_transaction()
-            rows = [
-                _Row(*values)
-                for values in base.filter(pk__gt=last)
-                .order_by("pk")
-                .values_list("id", "host_id", "port", "transport", "banner_hash", "raw")[:size]
-            ]
+            rows = [_Row(*values) for values in next(batches, [])]
             if rows:
                 _add_host_context(rows)
         summary.seconds_read += time.perf_counter() - t0
         if not rows:
             return
         yield rows
-        last = rows[-1].id
+
+
+def _all_batches(size: int) -> Iterator[list[tuple]]:
+    last = 0
+    while rows := list(Service.objects.filter(pk__gt=last).order_by("pk").values_list(*_ROW_FIELDS)[:size]):
+        yield rows
+        last = rows[-1][0]
+
+
+def _pending_batches(rules_version: str, size: int) -> Iterator[list[tuple]]:
+    """Every service of each host that has a pending one: a verdict depends on the host's other
+    services (the honeypot test counts them), so a new or changed sibling changes it too. Whole
+    hosts per batch, in host order: judging a host never changes what is pending on a later one."""
+    pending = _pending_services(rules_version)
+    last_host = 0
+    while True:
+        after = pending.filter(host_id__gt=last_host).order_by("host_id")
+        hosts = list(after.values_list("host_id", flat=True).distinct()[:size])
+        if not hosts:
+            return
+        # Up to `size` hosts, then cut at a host boundary once the batch holds `size` services.
+        rows: list[tuple] = []
+        for start in range(0, len(hosts), bulk.SQLITE_CHUNK):
+            chunk = hosts[start : start + bulk.SQLITE_CHUNK]
+            rows += Service.objects.filter(host_id__in=chunk).order_by("host_id", "pk").values_list(*_ROW_FIELDS)
+            if len(rows) >= size:
+                break
+        cut = len(rows)
+        if cut > size:
+            last_of_batch = rows[size - 1][1]
+            cut = next((i for i in range(size, len(rows)) if rows[i][1] != last_of_batch), len(rows))
+        yield rows[:cut]
+        last_host = rows[cut - 1][1]
 
 
 def _add_host_context(rows: list[_Row]) -> None:
@@ -243,8 +282,9 @@ def _store(judged: list[tuple[_Row, Verdict | None, str]], rules_version: str) -
     Raw SQL rather than the ORM's bulk_create: compiling a 1000-row upsert costs more than the
     database spends executing it (PostgreSQL gets COPY into a stage, SQLite executemany).
     """
-    now = bulk.datetime_adapter()(timezone.now())
-    rows = [_stored_values(row, verdict, reason, rules_version, now) for row, verdict, reason in judged]
+    dt = bulk.datetime_adapter()
+    now = dt(timezone.now())
+    rows = [_stored_values(row, verdict, reason, rules_version, now, dt) for row, verdict, reason in judged]
     ids = [row.id for row, _, _ in judged]
     with transaction.atomic():
         bulk.tune_batch_transaction()
@@ -268,18 +308,21 @@ _COLUMNS = (
     "product",
     "details",
     "banner_hash",
+    "record_seen",
     "current",
     "classified_at",
 )
 
 
-def _stored_values(row: _Row, verdict: Verdict | None, reason: str, version: str, now: object) -> tuple:
+def _stored_values(
+    row: _Row, verdict: Verdict | None, reason: str, version: str, now: object, dt: Callable[[datetime], object]
+) -> tuple:
     """A row in _COLUMNS order; JSON columns as JSON text."""
     if verdict is None:
         rule = "record.unreadable" if reason.startswith("stored") else "engine.error"
         evidence = [{"rule": rule, "field": "raw", "excerpt": _safe_text(reason, 200)}]
         return (row.id, version, "unknown", "unparseable", "", _json(evidence), 0.0, False, "[]", "", "{}",
-                row.banner_hash, True, now)  # fmt: skip
+                row.banner_hash, dt(row.last_seen), True, now)  # fmt: skip
     return (
         row.id,
         version,
@@ -293,6 +336,7 @@ def _stored_values(row: _Row, verdict: Verdict | None, reason: str, version: str
         _safe_text(verdict.product, 255),
         _json(verdict.details),
         row.banner_hash,
+        dt(row.last_seen),
         True,
         now,
     )

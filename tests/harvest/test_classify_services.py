@@ -146,6 +146,46 @@ def test_a_changed_banner_is_classified_again(world: list[dict], tmp_path: Path)
     assert changed.banner_hash == Service.objects.get(host__ip="192.0.2.3").banner_hash
 
 
+def test_a_newer_record_with_the_same_banner_is_classified_again(tmp_path: Path) -> None:
+    # Shodan's `data` holds an HTTP server's headers; the title is elsewhere in the record.
+    data = "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html\r\n\r\n"
+    ingest(tmp_path, [banner("192.0.2.60", 8042, data=data, http={"title": "Welcome to nginx"})])
+    services.classification_run_pending()
+    before = Classification.objects.get()
+    title = {"title": "Orthanc Explorer", "html": "<title>Orthanc Explorer</title>"}
+    ingest(tmp_path, [banner("192.0.2.60", 8042, data=data, timestamp="2026-02-01T00:00:00", http=title)])
+
+    assert services.classification_pending_count(rules_version=load_rules().version) == 1
+    summary = services.classification_run_pending()
+
+    after = Classification.objects.get()
+    assert summary.examined == 1 and after.pk == before.pk
+    assert (before.cls, after.cls, after.category) == ("non_medical", "medical", "pacs_web")
+    assert services.classification_run_pending().examined == 0
+    services.classification_run_all()
+    assert Classification.objects.get().category == after.category  # the same as judging everything
+
+
+def test_a_host_that_gains_services_has_its_other_services_judged_again(tmp_path: Path, synapse_reply: str) -> None:
+    rules = load_rules()
+    ingest(tmp_path, [banner("192.0.2.51", 104, data=synapse_reply, _shodan={"module": "dicom"})])
+    ingest(tmp_path, [banner("192.0.2.52", 22, data="SSH-2.0-OpenSSH_9.2p1\r\n", _shodan={"module": "ssh"})])
+    services.classification_run_pending()
+    assert Classification.objects.get(service__port=104).honeypot is False
+    modules = [f"proto{i}" for i in range(rules.honeypot_min_host_modules)]
+    siblings = [
+        banner("192.0.2.51", 2000 + i, data=f"hello {i}\r\n", _shodan={"module": m}) for i, m in enumerate(modules)
+    ]
+    ingest(tmp_path, siblings)
+
+    assert services.classification_pending_count(rules_version=rules.version) == len(modules) + 1
+    summary = services.classification_run_pending(batch_size=3)  # a host larger than a batch stays whole
+
+    assert summary.examined == len(modules) + 1  # the other host is not judged again
+    assert Classification.objects.get(service__port=104).honeypot is True
+    assert services.classification_run_pending().examined == 0
+
+
 def test_a_rules_change_adds_verdicts_under_the_new_version(world: list[dict], tmp_path: Path) -> None:
     old = load_rules()
     services.classification_run_pending(rules=old)
