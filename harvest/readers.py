@@ -279,8 +279,12 @@ def _host_outline(scanner: _Scanner) -> tuple[dict, int | None]:
                 begin, end = scanner.skip_value()
                 if key == "data":
                     data_at = None  # as for a short line, the last "data" counts
-                elif key in HOST_FIELDS and end - begin <= MAX_RECORD_BYTES:
-                    fields[key] = parse_json(scanner.read(begin, end))
+                elif end - begin <= MAX_RECORD_BYTES:
+                    # Every other field is parsed too, as a whole-line parse would: invalid JSON,
+                    # UTF-8 or a NUL anywhere outside data[] rejects the line.
+                    value = parse_json(scanner.read(begin, end))
+                    if key in HOST_FIELDS:
+                        fields[key] = value
             if scanner.take(_RBRACE):
                 break
             scanner.expect(_COMMA)

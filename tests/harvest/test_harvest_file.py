@@ -330,6 +330,27 @@ def test_a_host_lookup_over_a_megabyte_is_read_banner_by_banner(tmp_path) -> Non
     assert json.loads(host.services.get(port=1000).raw)["data"] == banners[0]["data"]
 
 
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [
+        (b'"tags": [tru]', Reason.NOT_JSON),
+        (b'"note": "a \\q escape"', Reason.NOT_JSON),
+        (b'"note": "a \x01 control"', Reason.NOT_JSON),
+        (b'"note": "a \xff byte"', Reason.NOT_UTF8),
+        (b'"note": "a \x00 byte"', Reason.NUL_BYTE),
+    ],
+)
+def test_a_long_host_lookup_with_a_bad_field_outside_its_banners_is_rejected_whole(
+    tmp_path, field: bytes, reason: str
+) -> None:
+    # As a whole-line parse would: the scanner alone checks only what delimits the values.
+    big = host_lookup(busy_host(300)).rstrip(b"}\n") + b", " + field + b"}\n"
+    path = write_lines(tmp_path / "h.json", [big, host_lookup([{"port": 22}], "192.0.2.71")])
+    run = harvest(path, hosts=True)
+    assert (run.status, run.new, run.rejected) == ("completed", 1, {reason: 1})
+    assert Rejection.objects.get().position == "line 1"
+
+
 def test_a_host_lookup_over_the_host_limit_is_rejected_whole(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(readers, "MAX_HOST_LINE_BYTES", 2 * MAX_RECORD_BYTES)
     big = host_lookup(busy_host(600))
