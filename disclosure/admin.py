@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers, widgets
+from django.contrib.admin import widgets
 from django.core.exceptions import ValidationError
-from django.db.models import ForeignKey, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -87,54 +86,22 @@ def _json_scalar(value: Any) -> str:
 
 
 def _link(viewname: str, obj: Any) -> SafeString | str:
-    """A link to a related row, labelled with its text made visible; "-" when there is none."""
+    """A link to a related row (its __str__ shows stranger text visibly); "-" when there is none."""
     if obj is None:
         return "-"
-    return format_html('<a href="{}">{}</a>', reverse(viewname, args=[obj.pk]), visible_text(str(obj)))
+    return format_html('<a href="{}">{}</a>', reverse(viewname, args=[obj.pk]), str(obj))
 
 
 def _name_column(relation: str, description: str) -> Callable[[admin.ModelAdmin, Any], str]:
-    """A list column showing a related row's text made visible (the relation alone shows it as is)."""
+    """A list column naming a related row, sorted by its name."""
 
     @admin.display(description=description, ordering=f"{relation}__name")
     def column(self: admin.ModelAdmin, obj: Any) -> str:
         related = getattr(obj, relation)
-        return visible_text(str(related)) if related is not None else "-"
+        return str(related) if related is not None else "-"
 
     column.__name__ = f"{relation}_name"
     return column
-
-
-class _Titled:
-    """A row where Django prints it (a change page's breadcrumbs, a list's checkbox label, an
-    inline row's label), named with its text made visible; everything else is the row's."""
-
-    def __init__(self, obj: Any) -> None:
-        self._obj = obj
-
-    def __str__(self) -> str:
-        return visible_text(str(self._obj))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._obj, name)
-
-
-class _VisibleInlineAdminFormSet(helpers.InlineAdminFormSet):
-    """An inline's rows, each labelled with its row's text made visible."""
-
-    def __iter__(self) -> Any:
-        for inline_form in super().__iter__():
-            if inline_form.original is not None:
-                inline_form.original = _Titled(inline_form.original)  # type: ignore[assignment]
-            yield inline_form
-
-
-class VisibleRawIdWidget(widgets.ForeignKeyRawIdWidget):
-    """The id box of a related row, labelled with the row's text made visible."""
-
-    def label_and_url_for_value(self, value: Any) -> tuple[str, str]:
-        label, url = super().label_and_url_for_value(value)
-        return visible_text(str(label)), url
 
 
 class VisibleEmailInput(widgets.AdminEmailInputWidget):
@@ -213,36 +180,6 @@ class _VisibleAdmin:
 
     def get_historical_record_context_helper(self, request: HttpRequest, historical_record: Any) -> Any:
         return _VisibleHistoryHelper(self.model, historical_record)  # type: ignore[attr-defined]
-
-    def formfield_for_foreignkey(self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name in self.raw_id_fields:  # type: ignore[attr-defined]
-            kwargs["widget"] = VisibleRawIdWidget(
-                db_field.remote_field,
-                self.admin_site,  # type: ignore[attr-defined]
-                using=kwargs.get("using"),
-            )
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
-
-    def action_checkbox(self, obj: Any) -> SafeString:
-        return super().action_checkbox(_Titled(obj))  # type: ignore[misc]  # its aria-label names the row
-
-    def get_inline_formsets(
-        self, request: HttpRequest, formsets: list, inline_instances: list, obj: Any = None
-    ) -> list[helpers.InlineAdminFormSet]:
-        shown = super().get_inline_formsets(request, formsets, inline_instances, obj)  # type: ignore[misc]
-        for inline_formset in shown:
-            # Django builds them; only how a row is labelled changes.
-            inline_formset.__class__ = _VisibleInlineAdminFormSet
-        return shown
-
-    def render_change_form(
-        self, request: HttpRequest, context: dict, add: bool = False, change: bool = False, form_url: str = "",
-        obj: Any = None,
-    ) -> TemplateResponse:  # fmt: skip
-        if obj is not None:  # the page's title and breadcrumbs name the object
-            context["subtitle"] = visible_text(str(obj))
-            context["original"] = _Titled(obj)
-        return super().render_change_form(request, context, add, change, form_url, obj)  # type: ignore[misc]
 
 
 class VisibleValuesFilter(admin.AllValuesFieldListFilter):
@@ -347,7 +284,7 @@ class InhibitionAdmin(_VisibleAdmin, SimpleHistoryAdmin):
 
     @admin.display(description="inhibition")
     def target(self, obj: Inhibition) -> str:
-        return visible_text(str(obj))
+        return str(obj)
 
     @admin.display(description="organisation")
     def organisation_link(self, obj: Inhibition) -> SafeString | str:
