@@ -29,6 +29,7 @@ from harvest.models import Classification, HarvestRun, Host, Rejection, Service,
 from harvest.records import Reason
 from harvest.services import HarvestError, harvest_run_enqueue_resume, harvest_writing_run
 from medexpo.lib.display import text_block, text_column, visible_text
+from medexpo.lib.text import ascii_digits
 
 BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service page
 HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
@@ -50,8 +51,7 @@ def _short_time(value: datetime) -> str:
 
 
 def _is_number(value: str, digits: int) -> bool:
-    """ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses or misreads."""
-    return value.isascii() and value.isdigit() and len(value) <= digits
+    return ascii_digits(value) and len(value) <= digits
 
 
 def _link(viewname: str, pk: int | None, label: object) -> SafeString | str:

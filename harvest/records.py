@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from medexpo.lib.text import ascii_digits
+
 _SURROGATES = re.compile("[\ud800-\udfff]")
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -211,7 +213,7 @@ def parse_port(obj: dict) -> int:
     value = obj["port"]
     if isinstance(value, str) and len(value) < 7:
         digits = value.strip()
-        if _ascii_digits(digits):
+        if ascii_digits(digits):
             value = int(digits)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise RecordError(Reason.INVALID_PORT, f"port {_short(repr(value), 80)}")
@@ -248,15 +250,10 @@ def parse_asn(value: object) -> int | None:
         return value if 0 <= value < 2**32 else None
     if isinstance(value, str):
         digits = value.strip().upper().removeprefix("AS")
-        if _ascii_digits(digits) and len(digits) <= 10:
+        if ascii_digits(digits) and len(digits) <= 10:
             number = int(digits)
             return number if number < 2**32 else None
     return None
-
-
-def _ascii_digits(text: str) -> bool:
-    # str.isdigit() is also true of "²" and "٣", which int() refuses or reads as another number.
-    return text.isascii() and text.isdigit()
 
 
 def _hostnames(value: object) -> tuple[str, ...]:

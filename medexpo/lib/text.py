@@ -51,3 +51,9 @@ def visible_segments(text: str) -> Iterator[tuple[str, bool]]:
 def visible_text(text: str) -> str:
     """The text with every control or invisible character replaced by a visible form."""
     return "".join(segment for segment, _ in visible_segments(text))
+
+
+def ascii_digits(text: str) -> bool:
+    """Only ASCII digits: str.isdigit() is also true of "²" and "٣", which int() refuses or reads
+    as another number."""
+    return text.isascii() and text.isdigit()
