@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from medexpo.lib.text import ascii_digits
+
 CLASSES = ("medical", "non_medical", "unknown")
 CATEGORIES = (
     "dicom",
@@ -121,12 +123,12 @@ def _port(value: object) -> int:
         return 0
     if isinstance(value, int):
         return value if 0 <= value <= 65535 else 0
-    if isinstance(value, str) and value.isdigit() and len(value) <= 5:
+    if isinstance(value, str) and ascii_digits(value) and len(value) <= 5:
         return min(int(value), 65535)
     return 0
 
 
-_ASN = re.compile(r"(?i)^\s*(?:AS)?(\d{1,10})\s*$")
+_ASN = re.compile(r"(?ai)^\s*(?:AS)?(\d{1,10})\s*$")  # ASCII digits: \d also matches "٣"
 
 
 def _asn(value: object) -> int | None:

@@ -396,3 +396,11 @@ def test_banner_from_shodan_reads_a_record_whose_certificate_fields_have_odd_typ
     assert banner.ssl_subject.startswith("pacs.lumc.nl") and banner.ssl_names == ()
     assert banner_from_shodan({"port": 443, "ssl": {"cert": odd}}).ssl_subject == ""
     assert banner_from_shodan({"port": 443, "ssl": {"cert": {"subject": odd}}}).ssl_subject == ""
+
+
+@pytest.mark.parametrize("digits", ["²", "٣", "１"])
+def test_banner_from_shodan_takes_only_ascii_digits_in_port_and_asn(digits: str) -> None:
+    # str.isdigit() is true of these: int() refuses "²" and reads the others as numbers.
+    banner = banner_from_shodan({"port": digits, "asn": f"AS{digits}", "data": "x"})
+
+    assert (banner.port, banner.asn) == (0, None)
