@@ -8,7 +8,6 @@ import io
 import ipaddress
 import json
 import re
-import time
 import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -354,16 +353,6 @@ def test_iter_banners_keeps_keys_unique_and_the_mix_at_scale() -> None:
     assert set(categories) == set(CATEGORIES)
     medical = sum(categories[c] for c in ("dicom", "hl7", "pacs_web", "ehr_web", "pump_server", "medical_device"))
     assert 0.02 <= medical / n <= 0.06
-
-
-def test_iter_banners_is_fast() -> None:
-    # The target is 50,000 per second; the floor leaves room for a busy shared machine.
-    n = 100_000
-    started = time.perf_counter()
-    count = sum(1 for _ in iter_banners(n))
-    rate = count / (time.perf_counter() - started)
-    assert count == n
-    assert rate > 20_000, f"{rate:.0f} banners per second"
 
 
 @pytest.mark.parametrize("name", ["out.jsonl", "out.jsonl.gz"])

@@ -97,7 +97,9 @@ class Command(BaseCommand):
             path = Path(tmp) / "banners.json.gz"
             if not quiet:
                 self.stderr.write(f"generating {n:,} banners ...")
+            started = time.perf_counter()
             write_banners(path, n, seed)
+            generate_s = time.perf_counter() - started  # generating and gzip-writing, in this process
             size_mb = path.stat().st_size / 1e6
             baseline = _parse_only(path, "orjson")
             baseline_json = _parse_only(path, "json")
@@ -120,7 +122,8 @@ class Command(BaseCommand):
         if cpu["database"] is not None:
             us = (cpu["process"] + cpu["database"]) / (os.cpu_count() or 1)
             ingest["cpu_bound"] = {"us": round(us, 1), "vs_baseline": round(us * baseline["per_s"] / 1e6, 2)}
-        return {"banners": n, "file_mb": round(size_mb, 1), "baseline": baseline, **steps}
+        generate = {"seconds": round(generate_s, 2), "per_s": round(n / generate_s)}
+        return {"banners": n, "file_mb": round(size_mb, 1), "generate": generate, "baseline": baseline, **steps}
 
     def _print(self, s: dict) -> None:
         w = self.stdout.write
@@ -147,6 +150,9 @@ class Command(BaseCommand):
                     f"{r['banners']:>10,} ingest's CPU over {s['cores']} cores: at least {bound['us']:.1f} µs a "
                     f"banner whatever the overlap, {bound['vs_baseline']:.2f}x baseline"
                 )
+        for r in s["runs"]:
+            g = r["generate"]
+            w(f"{r['banners']:>10,} generated in {g['seconds']:.1f} s ({g['per_s']:,} banners/s; not a step)")
         if "memory_growth" in s:
             w(f"peak memory at the largest size vs the smallest: {s['memory_growth']:+.1%}")
 
