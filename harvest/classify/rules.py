@@ -55,8 +55,8 @@ MAX_SCAN = 64 * 1024  # no rule reads more of a field than this
 _ID = re.compile(r"[a-z0-9_]{1,40}(?:\.[a-z0-9_]{1,40}){1,4}")
 # Refuse the shapes that make a backtracking engine go exponential: a repeated group that itself
 # contains an unbounded quantifier ("(a+)+", "(.*a)*"), and back-references. Bounded inner
-# repetition ("(?:\.\d{1,3}){0,2}") is fine. Conservative: a "+" inside a class counts too.
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.){0,400}(?:[*+]|\{\d{0,4},\})(?:[^()\\]|\\.){0,400}\)(?:[*+]|\{)")
+# repetition ("(?:\.\d{1,3}){0,2}") is fine. Checked on the parsed pattern, at any depth of groups.
+_REPEATS = (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, sre_parse.POSSESSIVE_REPEAT)
 _BACKREF = re.compile(r"\\[1-9]|\(\?P=")
 
 FILE_KEYS = {"version", "description", "rule", "settings"}
@@ -327,19 +327,49 @@ def _compile(source: object, case_sensitive: bool, fail: Callable[[str], RuleErr
         raise fail("pattern must be a non-empty string")
     if len(source) > 4000:
         raise fail("pattern longer than 4000 characters")
-    if _NESTED_QUANTIFIER.search(source):
-        raise fail("pattern has a quantified group containing a quantifier (can backtrack exponentially)")
     if _BACKREF.search(source):
         raise fail("pattern uses a back-reference (not linear-time)")
     if re.search(r"(?<!\\)\(\?[aiLmsux]+\)", source):
         raise fail("pattern sets global inline flags; use case_sensitive instead")
     try:
         compiled = re.compile(source, 0 if case_sensitive else re.IGNORECASE)
+        nested = _unbounded_inside_repeat(sre_parse.parse(source, compiled.flags), inside=False)
     except re.error as exc:
         raise fail(f"pattern does not compile: {exc}") from None
+    except RecursionError:
+        raise fail("pattern nests too deeply") from None
+    if nested:
+        raise fail("pattern has a quantified group containing a quantifier (can backtrack exponentially)")
     if set(compiled.groupindex) - {"version"}:
         raise fail("the only named group allowed is (?P<version>...)")
     return compiled
+
+
+def _unbounded_inside_repeat(ops: Iterable[tuple], inside: bool) -> bool:
+    """True when an unbounded quantifier sits inside a repeat that can run more than once."""
+    for op, av in ops:
+        if op in _REPEATS:
+            _low, high, body = av
+            if inside and high == sre_parse.MAXREPEAT:
+                return True
+            if _unbounded_inside_repeat(body, inside or high > 1):
+                return True
+            continue
+        if op is sre_parse.BRANCH:
+            children = av[1]
+        elif op is sre_parse.SUBPATTERN:
+            children = [av[-1]]
+        elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
+            children = [av[1]]
+        elif op is sre_parse.ATOMIC_GROUP:
+            children = [av]
+        elif op is sre_parse.GROUPREF_EXISTS:
+            children = [c for c in av[1:] if c is not None]
+        else:
+            continue
+        if any(_unbounded_inside_repeat(child, inside) for child in children):
+            return True
+    return False
 
 
 def _index(rules: list[Rule]) -> tuple[FieldRules, ...]:
