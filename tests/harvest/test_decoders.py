@@ -295,6 +295,19 @@ def test_it_reads_an_http_status_line_headers_and_title() -> None:
     assert resp.title == "Orthanc Explorer"
 
 
+def test_header_lines_end_only_at_line_feeds() -> None:
+    # Banners hold bytes as characters: 0x85 (a cp1252 ellipsis), 0x0b, 0x0c and 0x1c-0x1e are
+    # line breaks to str.splitlines(), never to HTTP, so they must not cut a header in two.
+    data = "HTTP/1.1 200 OK\r\nX-Powered-By: PHP\x85Server: fake\r\nServer: nginx\r\nLocation: /a\x1cb\r\n\r\n"
+
+    resp = http.decode_response(data)
+
+    assert resp is not None and resp.headers is not None
+    assert resp.headers["server"] == "nginx"
+    assert resp.headers["x-powered-by"] == "PHP\x85Server: fake"
+    assert resp.headers["location"] == "/a\x1cb"
+
+
 def test_it_does_not_call_other_text_http() -> None:
     assert http.decode_response("SSH-2.0-OpenSSH_9.2\r\n") is None
     assert http.decode_response("HTTP/banana") == http.HttpResponse(valid=False)

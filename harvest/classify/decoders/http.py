@@ -60,10 +60,12 @@ def _headers(block: str) -> dict:
     end = block.find("\r\n\r\n")
     if end < 0:
         end = block.find("\n\n")
-    lines = (block if end < 0 else block[:end]).splitlines()[: MAX_HEADERS + 1]
+    # HTTP lines end at LF (CRLF, or a bare LF); str.splitlines() would also break at 0x85, 0x0b,
+    # 0x0c and 0x1c-0x1e, which are ordinary bytes inside a header value.
+    lines = (block if end < 0 else block[:end]).split("\n", MAX_HEADERS + 1)[: MAX_HEADERS + 1]
     out: dict[str, str] = {}
     for line in lines:
-        name, sep, value = line.partition(":")
+        name, sep, value = line.removesuffix("\r").partition(":")
         name = name.strip().lower()
         if sep and name in KEPT_HEADERS and name not in out:
             out[name] = value.strip()[:512]
