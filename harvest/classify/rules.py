@@ -442,9 +442,13 @@ def first_chars_of(pattern: re.Pattern) -> frozenset[str] | None:
     if chars is None or len(chars) > MAX_START_CHARS:
         return None
     if pattern.flags & re.IGNORECASE:
-        # Every case variant, including the non-ASCII letters IGNORECASE folds onto i, s and k.
-        chars = chars | {c.upper() for c in chars} | {c.lower() for c in chars} | _special_folds(chars)
+        chars = _case_variants(chars)
     return frozenset(chars)
+
+
+def _case_variants(chars: set[str]) -> set[str]:
+    # Every case variant, including the non-ASCII letters IGNORECASE folds onto i, s and k.
+    return chars | {c.upper() for c in chars} | {c.lower() for c in chars} | _special_folds(chars)
 
 
 _SPECIAL = {"i": "\u0130\u0131", "s": "\u017f", "k": "\u212a"}
@@ -471,7 +475,9 @@ def _first_chars(ops: list) -> set[str] | None:
                 found |= chars
             return found
         if op is sre_parse.SUBPATTERN:
-            return _first_chars(list(av[-1]))
+            chars = _first_chars(list(av[-1]))
+            # A local (?i:...) group in a case-sensitive pattern matches every case of its start.
+            return _case_variants(chars) if chars is not None and av[1] & re.IGNORECASE else chars
         if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and av[0] >= 1:
             return _first_chars(list(av[2]))
         return None

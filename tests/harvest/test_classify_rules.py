@@ -168,6 +168,17 @@ def test_first_characters_of_anchored_patterns() -> None:
     assert "\u212a" in first_chars_of(re.compile(r"\Akey", re.IGNORECASE))  # KELVIN SIGN folds onto k
 
 
+def test_a_case_sensitive_rule_with_a_case_insensitive_group_still_matches_every_case(tmp_path: Path) -> None:
+    # (?i:...) is a local flag the loader allows; the index by first character must fold it too.
+    text = GOOD.replace("\\bOrthanc\\b", "\\A(?i:orthanc) Explorer") + "case_sensitive = true\n"
+    rules = load_rules(rules_dir(tmp_path, text))
+
+    for title in ("orthanc Explorer", "Orthanc Explorer", "ORTHANC Explorer"):
+        verdict = classify(Banner(port=8042, data="HTTP/1.1 200 OK\r\n", http_title=title), rules)
+        assert (verdict.cls, verdict.product) == ("medical", "Orthanc"), title
+    assert first_chars_of(re.compile(r"\A(?i:k)x")) >= {"k", "K", "\u212a"}
+
+
 def test_a_pattern_is_anchored_only_when_every_alternative_starts_at_the_beginning() -> None:
     assert is_anchored(re.compile(r"\ASSH-\d"))
     assert is_anchored(re.compile(r"\Afoo|\Abar"))
