@@ -142,8 +142,18 @@ def _asn(value: object) -> int | None:
     return None
 
 
-# DNS names inside a DER-encoded subjectAltName extension as Shodan shows it (bytes as characters).
+# DNS names inside a DER-encoded subjectAltName extension, bytes as characters.
 _DNS_NAME = re.compile(r"\x82[\x01-\x7f]([A-Za-z0-9*][A-Za-z0-9.*-]{0,252})")
+# Shodan shows an extension's value as the text of a Python bytes literal, escapes and all
+# ("0\\x1e\\x82\\x0fwww.example.com"); a value with a real 0x82 character is bytes already.
+_ESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|(.))", re.DOTALL)
+_ESCAPED = {"n": "\n", "r": "\r", "t": "\t"}
+
+
+def _der_bytes(text: str) -> str:
+    if "\\" not in text or "\x82" in text:
+        return text
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if m.group(1) else _ESCAPED.get(m.group(2), m.group(2)), text)
 
 
 def _ssl_fields(ssl: dict) -> tuple[str, tuple[str, ...]]:
@@ -153,7 +163,7 @@ def _ssl_fields(ssl: dict) -> tuple[str, tuple[str, ...]]:
     names: list[str] = []
     for ext in _list(cert.get("extensions")):
         if isinstance(ext, dict) and ext.get("name") == "subjectAltName":
-            names.extend(m.group(1) for m in _DNS_NAME.finditer(_text(ext.get("data"), 8192)))
+            names.extend(m.group(1) for m in _DNS_NAME.finditer(_der_bytes(_text(ext.get("data"), 8192))))
     return " ".join(p for p in parts if p)[:MAX_SHORT], tuple(names[:MAX_NAMES])
 
 

@@ -310,6 +310,28 @@ def test_banner_from_shodan_is_lenient_and_reads_nested_fields() -> None:
     assert banner_from_shodan([]) == Banner(port=0)  # type: ignore[arg-type]
 
 
+def test_certificate_names_are_read_from_shodan_s_escaped_extension_text(rules: RuleSet) -> None:
+    # Real Shodan records show an extension's DER value as the text of a Python bytes literal, with
+    # backslash escapes, not one character per byte. This line is from a recorded host answer:
+    recorded = json.loads(r'"0\\x1e\\x82\\x0fwww.enuygun.com\\x82\\x0benuygun.com"')
+    assert recorded.startswith("0\\x1e\\x82")  # backslash, x, 8, 2: escapes as text
+    # The same form for a hospital; a printable byte shows as itself (length 48 is "0").
+    long = "a" * 44 + ".org"
+    hospital = repr(b"0\x47\x82\x0cpacs.lumc.nl\x82\x0bris.lumc.nl\x820" + long.encode())[2:-1]
+
+    def names(data: str) -> tuple[str, ...]:
+        cert = {"subject": {"CN": "pacs"}, "extensions": [{"name": "subjectAltName", "data": data}]}
+        return banner_from_shodan({"port": 443, "ssl": {"cert": cert}}).ssl_names
+
+    assert names(recorded) == ("www.enuygun.com", "enuygun.com")
+    assert names(hospital) == ("pacs.lumc.nl", "ris.lumc.nl", long)
+    cert = {"extensions": [{"name": "subjectAltName", "data": hospital}]}
+    verdict = classify(banner_from_shodan({"port": 443, "data": NGINX, "ssl": {"cert": cert}}), rules)
+    assert verdict.segment == "hospital_organisation"
+    evidence = [(e.rule, e.field, e.excerpt) for e in verdict.evidence]
+    assert ("organisation.domain", "ssl_names", "pacs.lumc.nl") in evidence
+
+
 SAMPLE = Path(__file__).resolve().parents[2] / "fixtures" / "sample"
 
 
