@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from disclosure.owners.registry import RegistryOrganisation
+from harvest.classify.types import san_dns_names
 
 MAX_RAW = 200_000  # bytes of a Shodan record we parse for attribution
 MAX_TEXT = 500
-# Linear: each repetition of the group starts with a dot, which the label class excludes.
-DNS_NAME = re.compile(r"[a-z0-9*][a-z0-9-]{0,62}(?:\.[a-z0-9-]{1,63}){1,10}")
 NON_WORD = re.compile(r"[^0-9a-z]+")
 WORD = re.compile(r"[0-9A-Za-z+]+")
 SHORT_ALIAS = 5  # aliases shorter than this (AMC, JBZ, MST) must match case-sensitively as a word
@@ -59,7 +58,7 @@ def facts_from_host(*, hostnames: Iterable[str], org: str, raws: Iterable[str]) 
             cert_orgs.extend(_strings([subject.get("O")]))
             for extension in cert.get("extensions") or []:
                 if isinstance(extension, dict) and extension.get("name") == "subjectAltName":
-                    cert_names.extend(DNS_NAME.findall(str(extension.get("data", ""))[:4000].lower()))
+                    cert_names.extend(san_dns_names(extension.get("data"), 4000))
         http = record.get("http")
         if isinstance(http, dict):
             titles.extend(_strings([http.get("title")]))

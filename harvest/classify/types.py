@@ -156,6 +156,11 @@ def _der_bytes(text: str) -> str:
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if m.group(1) else _ESCAPED.get(m.group(2), m.group(2)), text)
 
 
+def san_dns_names(data: object, limit: int = 8192) -> list[str]:
+    """The DNS names of a subjectAltName extension's value as Shodan shows it (either form above)."""
+    return [m.group(1) for m in _DNS_NAME.finditer(_der_bytes(_text(data, limit)))]
+
+
 def _ssl_fields(ssl: dict) -> tuple[str, tuple[str, ...]]:
     cert = _dict(ssl.get("cert"))
     subject = _dict(cert.get("subject"))
@@ -163,7 +168,7 @@ def _ssl_fields(ssl: dict) -> tuple[str, tuple[str, ...]]:
     names: list[str] = []
     for ext in _list(cert.get("extensions")):
         if isinstance(ext, dict) and ext.get("name") == "subjectAltName":
-            names.extend(m.group(1) for m in _DNS_NAME.finditer(_der_bytes(_text(ext.get("data"), 8192))))
+            names.extend(san_dns_names(ext.get("data")))
     return " ".join(p for p in parts if p)[:MAX_SHORT], tuple(names[:MAX_NAMES])
 
 

@@ -96,6 +96,20 @@ def test_facts_come_from_shodan_records() -> None:
     assert attribute_operator(facts, REGISTRY).organisation.name == "Maastricht UMC+"
 
 
+def test_certificate_names_in_shodan_s_escaped_form_are_read_without_their_length_bytes() -> None:
+    # Real records show the extension's DER bytes as the text of a Python bytes literal; the length
+    # byte before each name (an escape such as "\\x0c", or a printable byte: 109 is "m") is not
+    # part of the name.
+    names = [b"pacs.olvg.nl", b"ris." + b"a" * 102 + b".nl"]
+    der = b"".join(b"\x82" + bytes([len(n)]) + n for n in names)
+    escaped = repr(b"0" + bytes([len(der)]) + der)[2:-1]
+    assert "\\x82\\x0cpacs" in escaped and "\\x82mris." in escaped
+    cert = {"extensions": [{"name": "subjectAltName", "data": escaped}]}
+    facts = facts_from_host(hostnames=[], org="", raws=[json.dumps({"ssl": {"cert": cert}})])
+    assert facts.cert_names == tuple(n.decode() for n in names)
+    assert attribute_operator(facts, REGISTRY).organisation.name == "OLVG"
+
+
 def test_hostile_input_is_bounded_and_fast() -> None:
     long = "a" * 200_000
     raws = [
