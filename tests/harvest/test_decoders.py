@@ -313,6 +313,18 @@ def test_it_does_not_call_other_text_http() -> None:
     assert http.decode_response("HTTP/banana") == http.HttpResponse(valid=False)
 
 
+def test_rdp_s_reply_is_not_taken_for_a_malformed_rejection() -> None:
+    # RDP answers with a TPKT header, 0x03 0x00 and a 16-bit length: the first bytes of an
+    # A-ASSOCIATE-RJ, whose length can only be 4. It is not DICOM at all, malformed or not.
+    rdp = "\x03\x00\x00\x13\x0e\xd0\x00\x00\x124\x00\x02\x1f\x08\x00\x02\x00\x00\x00"
+    assert dicom.decode_pdu(rdp) is None
+    verdict = classify(Banner(port=3389, data=rdp), load_rules())
+    assert "dicom" not in verdict.details
+    assert not [e for e in verdict.evidence if e.rule.startswith("dicom.")]
+    truncated = latin1(bytes([3, 0, 0, 0, 0, 4, 0, 1]))  # a real rejection's start, cut short
+    assert dicom.looks_like_pdu(truncated + "\x00\x00") and not dicom.looks_like_pdu("\x03\x00\x00\x13" * 3)
+
+
 def test_it_checks_the_fields_of_rejections_and_aborts() -> None:
     def short(pdu_type: int, result: int, source: int, reason: int) -> dicom.DicomPdu | None:
         return dicom.decode_pdu(latin1(bytes([pdu_type, 0, 0, 0, 0, 4, 0, result, source, reason])))
@@ -321,7 +333,7 @@ def test_it_checks_the_fields_of_rejections_and_aborts() -> None:
     assert not short(3, 1, 2, 7).valid  # the ACSE provider has no reason 7
     assert not short(3, 3, 1, 1).valid  # no result 3
     assert short(7, 0, 2, 6).valid and not short(7, 0, 2, 9).valid
-    assert not dicom.decode_pdu(latin1(bytes([3, 0, 0, 0, 0, 5, 0, 1, 1, 1, 0]))).valid  # wrong length
+    assert dicom.decode_pdu(latin1(bytes([3, 0, 0, 0, 0, 5, 0, 1, 1, 1, 0]))) is None  # no RJ has length 5
 
 
 def test_an_accept_without_user_information_is_refused(synapse_reply: str) -> None:

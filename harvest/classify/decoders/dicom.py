@@ -79,8 +79,15 @@ class DicomPdu:
 
 
 def looks_like_pdu(data: str) -> bool:
-    """The cheap check the engine dispatches on: a PDU type byte and a zero reserved byte."""
-    return len(data) >= 10 and data[0] in "\x01\x02\x03\x07" and data[1] == "\x00"
+    """The cheap check the engine dispatches on: a PDU type byte and a zero reserved byte, and for
+    an A-ASSOCIATE-RJ or A-ABORT the only length they can have (4). Other protocols start with
+    0x03 0x00 too (RDP's TPKT header): their replies are not malformed DICOM."""
+    if len(data) < 10 or data[1] != "\x00":
+        return False
+    first = data[0]
+    if first in "\x03\x07":
+        return data[2:6] == "\x00\x00\x00\x04"
+    return first in "\x01\x02"
 
 
 def _u16(data: str, pos: int) -> int:
