@@ -29,9 +29,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -338,11 +340,22 @@ class _scratch_database:  # noqa: N801 - used as a context manager
         self.name = f"medexpo_bench_{uuid.uuid4().hex[:8]}"
         with connection.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{self.name}"')
-        user = db["USER"] or "postgres"
-        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-        return f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{self.name}"
+        return _postgres_url(db, self.name)
 
     def __exit__(self, *exc: object) -> None:
         if self.name:
             with connection.cursor() as cursor:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def _postgres_url(db: Mapping[str, Any], name: str) -> str:
+    """The URL of database `name` on the configured server, with the configured credentials.
+
+    Every part is percent-encoded: a "/", "#" or "?" left bare in a password makes the URL
+    unreadable, and an "@host:port/db?" in it would lead the steps to another database.
+    """
+    user = quote(db["USER"] or "postgres", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
+    host = db["HOST"] or "127.0.0.1"
+    host = f"[{host}]" if ":" in host and not host.startswith("/") else quote(host, safe="")  # IPv6; socket folder
+    return f"postgres://{user}{password}@{host}:{db['PORT'] or 5432}/{quote(name, safe='')}"

@@ -1,0 +1,36 @@
+"""bench_ingest's scratch database: the steps it runs must reach that database and no other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from harvest.management.commands.bench_ingest import _scratch_database
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("password", ["p/ss+word", "a#b?c", "x@{host}:{port}/{name}?"])
+def test_it_points_the_steps_at_the_scratch_database_whatever_the_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, password: str
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite runs use a file in the temporary folder")
+    configured = settings.DATABASES["default"]
+    # The last password spells out the configured database: an unescaped URL would lead there.
+    password = password.format(host=configured["HOST"], port=configured["PORT"] or 5432, name=configured["NAME"])
+    monkeypatch.setitem(configured, "PASSWORD", password)
+    scratch = _scratch_database(tmp_path)
+    with scratch as url:
+        parsed = dj_database_url.parse(url)  # as the steps' `manage.py` processes read DATABASE_URL
+        assert (parsed["NAME"], parsed["PASSWORD"]) == (scratch.name, password)
+        assert parsed["HOST"] == (configured["HOST"] or "127.0.0.1")
+        with psycopg.connect(url.replace("postgres://", "postgresql://", 1)) as conn:  # as the floor step does
+            assert conn.execute("SELECT current_database()").fetchone() == (scratch.name,)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [scratch.name])
+        assert cursor.fetchone() == (0,)
