@@ -2,7 +2,9 @@
 
 Resolves addresses spread over generated networks against the RDAP and DNS stand-ins, started
 in this process on 127.0.0.1, then resolves the same addresses again with every network cached
-(the baseline). Everything it writes is rolled back at the end.
+(the baseline). Everything it writes is rolled back at the end. The generated networks start at
+11.0.0.0; it refuses a database whose owner cache already holds any of that range, where the cold
+run would not be cold.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 
+from disclosure.models import Network, ip_key
 from disclosure.rdap_client import LookupOptions, RateLimiter
 from disclosure.services import network_resolve_addresses
 from medexpo.lib.progress import Progress
@@ -44,6 +47,7 @@ class Command(BaseCommand):
         from tests.standins.rdap_server import RdapStandin, RunningServer
 
         standin = RdapStandin.generated(int(options["networks"]))
+        _refuse_cached_range(standin)
         addresses = _addresses(standin, int(options["addresses"]))
         results = {}
         with RunningServer(standin) as http, RunningDns(standin) as dns:
@@ -97,6 +101,17 @@ class Command(BaseCommand):
             "hit_rate": round(stats.from_cache / max(1, len(addresses)), 4),
             "failed": dict(stats.failed),
         }
+
+
+def _refuse_cached_range(standin: Any) -> None:
+    """Cached networks in the generated range would answer the cold run (a real cache can hold them)."""
+    first = ipaddress.ip_address(standin.networks[0].start)
+    last = ipaddress.ip_address(standin.networks[-1].end)
+    if Network.objects.filter(start_key__lte=ip_key(last), end_key__gte=ip_key(first)).exists():
+        raise CommandError(
+            f"the owner cache already holds networks between {first} and {last}, where the benchmark's "
+            "networks lie: run it on a database of its own"
+        )
 
 
 def _addresses(standin: Any, count: int) -> list[str]:
