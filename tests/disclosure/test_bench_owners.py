@@ -46,3 +46,16 @@ def test_it_refuses_a_cache_that_already_holds_its_networks(tmp_path: Path) -> N
     with pytest.raises(CommandError, match="already holds"):
         bench("--addresses", "40", "--networks", "4")
     assert list(Network.objects.values_list("name", flat=True)) == ["CACHED-BEFORE"]
+
+
+def test_it_refuses_more_addresses_than_its_networks_hold() -> None:
+    # Two /24 networks hold 508 addresses: more would repeat some and skew every rate and hit rate.
+    with pytest.raises(CommandError, match="at most 508"):
+        bench("--addresses", "600", "--networks", "2")
+    report = bench("--addresses", "508", "--networks", "2")
+    assert report["runs"]["cached"]["hit_rate"] == 1.0
+
+
+def test_it_refuses_a_run_without_networks() -> None:
+    with pytest.raises(CommandError, match="at least one network"):
+        bench("--networks", "0")

@@ -46,7 +46,14 @@ class Command(BaseCommand):
         from tests.standins.dns_server import RunningDns
         from tests.standins.rdap_server import RdapStandin, RunningServer
 
+        if options["networks"] < 1 or options["addresses"] < 1:
+            raise CommandError("the benchmark needs at least one network and one address")
         standin = RdapStandin.generated(int(options["networks"]))
+        # More addresses than the networks hold would repeat some: the resolver looks each up once,
+        # and every rate and hit rate below (per address given) would be off.
+        capacity = sum(n.end - n.start - 1 for n in standin.networks)
+        if options["addresses"] > capacity:
+            raise CommandError(f"{options['networks']} networks hold at most {capacity} addresses")
         _refuse_cached_range(standin)
         addresses = _addresses(standin, int(options["addresses"]))
         results = {}
