@@ -8,9 +8,11 @@ import dj_database_url
 import psycopg
 import pytest
 from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 
-from harvest.management.commands.bench_ingest import _scratch_database
+from harvest.management.commands.bench_ingest import _scratch_database, bench_sizes
 
 
 @pytest.mark.django_db(transaction=True)
@@ -34,3 +36,14 @@ def test_it_points_the_steps_at_the_scratch_database_whatever_the_password(
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [scratch.name])
         assert cursor.fetchone() == (0,)
+
+
+def test_it_runs_the_sizes_smallest_first() -> None:
+    # "Peak memory at the largest size vs the smallest" divides the last run by the first.
+    assert bench_sizes([2_000_000, 5_000, 5_000], million=True) == [5_000, 1_000_000, 2_000_000]
+    assert bench_sizes(None, million=False) == [200_000]
+
+
+def test_it_refuses_an_empty_run() -> None:
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("bench_ingest", "--banners", "0", "--json")

@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
 from harvest.samplegen import write_banners
@@ -76,9 +76,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: object, **options: Any) -> None:
-        sizes = options["banners"] or [200_000]
-        if options["million"] and 1_000_000 not in sizes:
-            sizes.append(1_000_000)
+        sizes = bench_sizes(options["banners"], million=options["million"])
         results = [self._measure(n, options["seed"], quiet=options["json"]) for n in sizes]
         summary = {
             "database": connection.vendor,
@@ -157,6 +155,14 @@ class Command(BaseCommand):
             w(f"{r['banners']:>10,} generated in {g['seconds']:.1f} s ({g['per_s']:,} banners/s; not a step)")
         if "memory_growth" in s:
             w(f"peak memory at the largest size vs the smallest: {s['memory_growth']:+.1%}")
+
+
+def bench_sizes(banners: list[int] | None, *, million: bool) -> list[int]:
+    """The sizes to run, smallest first: memory growth compares the last run with the first."""
+    sizes = set(banners or [200_000]) | ({1_000_000} if million else set())
+    if min(sizes) < 1:
+        raise CommandError(f"--banners must be at least 1, not {min(sizes)}")
+    return sorted(sizes)
 
 
 def _figure(value: float | None) -> str:
