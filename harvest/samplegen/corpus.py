@@ -116,7 +116,7 @@ def _host(banners: list[dict]) -> dict:
 
 
 def _write_rdap(folder: Path, networks: tuple[Network, ...], banners: list[dict]) -> list[Path]:
-    """One RDAP answer per network that holds a sample host; stale files are removed."""
+    """One RDAP answer per network that holds a sample host; its stale answers are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     used = {n.key for n in networks if any(_inside(b["ip"], n) for b in banners)}
     written = []
@@ -126,9 +126,9 @@ def _write_rdap(folder: Path, networks: tuple[Network, ...], banners: list[dict]
         path = folder / f"{net.key}.json"
         path.write_text(json.dumps(rdap.network_answer(net), indent=2) + "\n", encoding="utf-8")
         written.append(path)
-    for stale in folder.glob("*.json"):
-        if stale not in written:
-            stale.unlink()
+    # Only files named after a network are the generator's: other answers in --out stay.
+    for stale in {folder / f"{net.key}.json" for net in networks} - set(written):
+        stale.unlink(missing_ok=True)
     return written
 
 

@@ -82,6 +82,18 @@ def test_it_bundles_exactly_what_the_generator_writes(tmp_path: Path) -> None:
     assert digest_tree(tmp_path) == digest_tree(SAMPLE), "stale corpus: run python manage.py generate_sample"
 
 
+def test_it_removes_its_own_stale_rdap_answers_and_nothing_else(tmp_path: Path) -> None:
+    folder = tmp_path / "rdap"
+    folder.mkdir()
+    (folder / "recorded-by-staff.json").write_text("{}")  # e.g. answers kept for import_rdap_cache
+    for key in ("previder", "hosp-wza"):
+        (folder / f"{key}.json").write_text("{}")  # from an earlier, larger corpus
+    summary = sample_generate(out_dir=tmp_path, count=1)
+    written = {name for name in summary["files"] if name.startswith("rdap/")}
+    assert "rdap/previder.json" not in written and "rdap/hosp-wza.json" not in written
+    assert {f"rdap/{p.name}" for p in folder.iterdir()} == written | {"rdap/recorded-by-staff.json"}
+
+
 def test_it_gzips_without_a_timestamp_or_file_name() -> None:
     header = BANNERS.read_bytes()[:10]
     assert header[:3] == b"\x1f\x8b\x08"
