@@ -183,7 +183,8 @@ the LDAP BER answer quoted by the 2019 study.
 
 - `banners.jsonl.gz`: {total} banners, one JSON object per line, in the shape `shodan download`
   writes. Binary replies (DICOM PDUs, MySQL handshakes, junk) are strings with one character per
-  byte (U+0000..U+00FF).
+  byte (U+0000..U+00FF); certificate extensions are, as in Shodan's data, the text of a Python
+  bytes literal (`0\\x0b\\x82\\tlocalhost`).
 - `labels.jsonl`: the answer file, one object per banner, in the same order: `ip`, `port`,
   `transport`, `class`, `category`, `segment`, `honeypot`, `note`. Labels come from how each
   banner was generated, never from reading it.

@@ -1,8 +1,8 @@
 """The mix of the corpus: which kinds of service, how often, on which ports and in which networks.
 
-Weights are per 10,000 banners. The shape follows the 2019 study: mostly ordinary services and
-blank replies, a few percent medical, DICOM servers at the hosters of its Table 1, hospitals
-publishing ordinary infrastructure.
+Weights are relative: each kind is drawn in proportion to its weight (they add up to about 9,300).
+The shape follows the 2019 study: mostly ordinary services and blank replies, a few percent
+medical, DICOM servers at the hosters of its Table 1, hospitals publishing ordinary infrastructure.
 """
 
 from __future__ import annotations

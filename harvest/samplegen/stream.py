@@ -58,9 +58,10 @@ def _der_len(n: int) -> bytes:
 
 
 def _san(names: list[str]) -> str:
-    """subjectAltName extension value (DER) in Shodan's one-character-per-byte form."""
+    """subjectAltName extension value (DER) as Shodan writes it: the text of a Python bytes
+    literal, escapes and all ("0\\x1e\\x82\\x0fwww.example.nl")."""
     items = b"".join(b"\x82" + _der_len(len(n)) + n.encode("ascii", "replace") for n in names)
-    return (b"\x30" + _der_len(len(items)) + items).decode("latin-1")
+    return repr(b"\x30" + _der_len(len(items)) + items)[2:-1]
 
 
 def _serves(v: Variant, port: int) -> bool:
