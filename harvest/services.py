@@ -164,11 +164,13 @@ def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | Non
         writer.flush(_checkpoint(last))
         writer.close()
         return _mark(run, HarvestRun.Status.STOPPED, str(stop))
-    except KeyboardInterrupt:
-        # It may arrive anywhere, even inside a flush: write nothing more. A batch already handed
-        # to the writer commits whole with its checkpoint; resuming reads everything after it again.
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Ctrl-C, or django-q2 ending the task at Q_CLUSTER["timeout"] (its TimeoutException is a
+        # SystemExit). It may arrive anywhere, even inside a flush: write nothing more. A batch already
+        # handed to the writer commits whole with its checkpoint; resuming reads everything after it again.
         _close_after_failure(writer)
-        _mark(run, HarvestRun.Status.STOPPED, "interrupted; resume with --resume")
+        why = f"interrupted ({stop})" if str(stop) else "interrupted"
+        _mark(run, HarvestRun.Status.STOPPED, f"{why}; resume with --resume")
         raise
     except Exception as exc:
         _close_after_failure(writer)

@@ -29,3 +29,25 @@ def test_the_classify_task_classifies_what_is_pending(tmp_path) -> None:
     again = result(async_task("harvest.tasks.classify_pending"))
     assert Classification.objects.filter(current=True).count() == 5
     assert (first["classified"], again["classified"]) == (5, 0)
+
+
+@pytest.mark.django_db(transaction=True)  # as in a worker: the timeout may land inside a batch's transaction
+def test_a_harvest_the_worker_stops_at_its_timeout_is_marked_stopped_and_resumable(
+    shodan_standin: ShodanStandIn, plan_file
+) -> None:
+    # django-q2 ends a task at Q_CLUSTER["timeout"] by raising TimeoutException, a SystemExit, in it.
+    shodan_standin.set_page_delay(0.3)
+    with pytest.raises(SystemExit):
+        async_task(
+            "harvest.tasks.harvest_plan",
+            plan=plan_file("port:104", "port:2575"),
+            max_credits=50,
+            q_options={"timeout": 1},
+        )
+    run = HarvestRun.objects.get()
+    assert run.status == HarvestRun.Status.STOPPED
+    assert "timeout" in run.message and "--resume" in run.message
+    assert run.finished_at is not None
+    shodan_standin.set_page_delay(0)
+    summary = result(async_task("harvest.tasks.harvest_resume", run.pk))
+    assert summary["status"] == "completed"
