@@ -55,9 +55,19 @@ def credits_for_page(*, query: str, page: int) -> int:
 # --- starting and sizing a search run -------------------------------------------------------
 
 
-def harvest_search_start(*, plan: str, country: str = "", max_credits: int | None = None) -> HarvestRun:
+def harvest_search_start(
+    *, plan: str, country: str = "", max_credits: int | None = None, occurrence: str = ""
+) -> HarvestRun:
     """Create a run for a query plan. The queries, with the country filter, are fixed on the run,
-    so a resumed run asks exactly what the first one did even if the plan files changed."""
+    so a resumed run asks exactly what the first one did even if the plan files changed.
+
+    `occurrence` names one firing of a schedule: the run already started for it is returned
+    instead, for the caller to go on with. django-q2 delivers a task again when it failed or its
+    worker died, and a new run would buy the pages the first one paid for again."""
+    if occurrence:
+        existing = HarvestRun.objects.filter(source=HarvestRun.Source.SEARCH, options__occurrence=occurrence)
+        if (run := existing.order_by("pk").first()) is not None:
+            return run
     try:
         loaded = plan_load(name=plan)
         code = country_filter(country or settings.MEDEXPO_COUNTRY)
@@ -70,7 +80,12 @@ def harvest_search_start(*, plan: str, country: str = "", max_credits: int | Non
         plan=loaded.name,
         target="\n".join(queries),
         country=code,
-        options={"queries": queries, "labels": [q.label for q in loaded.queries], "credit_limit": max_credits},
+        options={
+            "queries": queries,
+            "labels": [q.label for q in loaded.queries],
+            "credit_limit": max_credits,
+            **({"occurrence": occurrence} if occurrence else {}),
+        },
     )
 
 

@@ -6,9 +6,17 @@ from harvest import search, services
 from harvest.classify.services import classification_run_pending
 
 
-def harvest_plan(plan: str, country: str = "", max_credits: int | None = None) -> dict:
-    """Search Shodan with a query plan; a stopped run (credits, key) is resumable from the admin's run id."""
-    run = search.harvest_search_start(plan=plan, country=country, max_credits=max_credits)
+def harvest_plan(plan: str, country: str = "", max_credits: int | None = None, scheduled_for: str = "") -> dict:
+    """Search Shodan with a query plan; a stopped run (credits, key) is resumable from the admin's run id.
+
+    `scheduled_for` (set by the schedule, setup_schedules) makes a second delivery of the same
+    firing go on with the run the first one started."""
+    run = search.harvest_search_start(
+        plan=plan,
+        country=country,
+        max_credits=max_credits,
+        occurrence=f"schedule {scheduled_for}" if scheduled_for else "",
+    )
     run = services.harvest_execute(run=run, batch_size=search.SEARCH_BATCH_SIZE)
     return services.harvest_run_summary(run=run)
 

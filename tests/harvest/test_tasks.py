@@ -1,6 +1,13 @@
 """The harvest tasks run through django-q2 (synchronously in tests) and call the real services."""
 
+from io import StringIO
+
 import pytest
+from django.core.management import call_command
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.scheduler import scheduler
+from django_q.signing import SignedPackage
 from django_q.tasks import async_task, result
 
 from harvest.models import Classification, HarvestRun, Service
@@ -51,3 +58,34 @@ def test_a_harvest_the_worker_stops_at_its_timeout_is_marked_stopped_and_resumab
     shodan_standin.set_page_delay(0)
     summary = result(async_task("harvest.tasks.harvest_resume", run.pk))
     assert summary["status"] == "completed"
+
+
+@pytest.mark.django_db(transaction=True)  # the scheduler closes the connection it starts with
+def test_a_scheduled_harvest_delivered_again_goes_on_with_its_run_instead_of_paying_again(
+    shodan_standin: ShodanStandIn, plan_file, settings, monkeypatch
+) -> None:
+    # The ORM broker delivers a task again when it was not acknowledged: after a failure (the
+    # timeout among them, up to Q_CLUSTER["max_attempts"]) or when its worker died.
+    settings.MEDEXPO_HARVEST_PLAN = plan_file("port:104", "port:2575")
+    settings.MEDEXPO_HARVEST_MAX_CREDITS = 4
+    call_command("setup_schedules", stdout=StringIO())
+    monkeypatch.setattr(Conf, "SYNC", False)
+    broker = ORM(list_key="harvest-redelivery")
+    scheduler(broker=broker)
+    packages = []
+    while delivered := broker.dequeue():
+        packages += [SignedPackage.loads(p) for _, p in delivered]
+    task = next(t for t in packages if t["func"] == "harvest.tasks.harvest_plan")
+
+    shodan_standin.set_page_delay(0.4)
+    with pytest.raises(SystemExit):  # the first delivery ends at its timeout
+        async_task(task["func"], *task["args"], **task["kwargs"], sync=True, timeout=1)
+    recorded_first = HarvestRun.objects.get().credits_spent  # a page in flight at the timeout is lost
+    assert 0 < recorded_first < 4
+    shodan_standin.set_page_delay(0)
+    summary = result(async_task(task["func"], *task["args"], **task["kwargs"], sync=True))  # delivered again
+
+    run = HarvestRun.objects.get()
+    assert summary["run"] == run.pk and summary["status"] == "stopped"  # at its credit limit
+    assert run.credits_spent == 4
+    assert shodan_standin.credits_spent <= 4 + 1

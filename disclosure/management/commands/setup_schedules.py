@@ -42,6 +42,8 @@ def schedules() -> list[dict]:
                 "func": "harvest.tasks.harvest_plan",
                 "kwargs": {"plan": settings.MEDEXPO_HARVEST_PLAN, "max_credits": settings.MEDEXPO_HARVEST_MAX_CREDITS},
                 "schedule_type": Schedule.WEEKLY,
+                # the firing's date in the task's arguments: a task delivered again goes on with its run
+                "intended_date_kwarg": "scheduled_for",
             },
         )
     return wanted
@@ -63,6 +65,7 @@ class Command(BaseCommand):
                     "func": item["func"],
                     "kwargs": item["kwargs"],
                     "schedule_type": item["schedule_type"],
+                    "intended_date_kwarg": item.get("intended_date_kwarg"),
                     "repeats": -1,
                 },
             )
