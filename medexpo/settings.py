@@ -31,6 +31,11 @@ def envint(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
 
 
+def envlist(name: str, default: str = "") -> list[str]:
+    """A comma-separated list; spaces around the items are dropped ("a.example, b.example")."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
 def envsecret(name: str, default: str = "") -> str:
     """Read a secret from NAME, or from the file named by NAME_FILE (Docker/systemd credentials)."""
     path = os.environ.get(f"{name}_FILE")
@@ -54,8 +59,8 @@ if not SECRET_KEY:
         )
     SECRET_KEY = "medexpo-development-only-insecure-key"  # noqa: S105 - DEBUG only
 
-ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
