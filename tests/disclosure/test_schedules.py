@@ -6,6 +6,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django_q.models import Schedule
 from django_q.tasks import async_task, result
 
@@ -37,6 +38,15 @@ def test_a_key_adds_the_weekly_harvest_and_removing_it_removes_the_harvest(setti
     settings.SHODAN_API_KEY = ""
     assert setup()["removed"] == ["harvest: search plan"]
     assert not Schedule.objects.filter(name="harvest: search plan").exists()
+
+
+@pytest.mark.parametrize(("plan", "credits", "message"), [("medcial", 5, "no plan"), ("medical", 0, "at least 1")])
+def test_a_wrong_plan_or_cap_is_refused_when_the_schedule_is_set_up(settings, plan, credits, message) -> None:
+    settings.SHODAN_API_KEY = "k"
+    settings.MEDEXPO_HARVEST_PLAN, settings.MEDEXPO_HARVEST_MAX_CREDITS = plan, credits
+    with pytest.raises(CommandError, match=message):
+        setup()
+    assert not Schedule.objects.exists()
 
 
 def test_every_scheduled_function_can_be_run(settings) -> None:

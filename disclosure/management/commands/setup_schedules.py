@@ -10,8 +10,10 @@ import json
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django_q.models import Schedule
+
+from harvest.plans import PlanError, plan_load
 
 HARVEST = "harvest: search plan"
 
@@ -56,6 +58,14 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: object, **options: Any) -> None:
+        if settings.SHODAN_API_KEY:
+            # A wrong plan or cap would otherwise show only a week later, as a failed task.
+            try:
+                plan_load(name=settings.MEDEXPO_HARVEST_PLAN)
+            except PlanError as exc:
+                raise CommandError(f"MEDEXPO_HARVEST_PLAN: {exc}") from None
+            if settings.MEDEXPO_HARVEST_MAX_CREDITS < 1:
+                raise CommandError("MEDEXPO_HARVEST_MAX_CREDITS must be at least 1")
         wanted = schedules()
         result: dict[str, list[str]] = {"created": [], "updated": [], "removed": []}
         for item in wanted:
