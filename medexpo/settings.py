@@ -146,6 +146,9 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Off unless asked for: the TLS proxy in front may already send HSTS and redirect to HTTPS.
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
 
 # --- medexpo -----------------------------------------------------------------------------
 

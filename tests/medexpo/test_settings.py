@@ -14,9 +14,14 @@ PROBE = (
 
 
 def settings_with(**env: str) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS"}}
+    return json.loads(run_with([sys.executable, "-c", PROBE], **env).stdout)
+
+
+def run_with(command: list[str], **env: str) -> subprocess.CompletedProcess:
+    unset = {"DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT"}
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        command,
         cwd=ROOT,
         env={**base, "DJANGO_SETTINGS_MODULE": "medexpo.settings", "SECRET_KEY": "k" * 50, **env},
         capture_output=True,
@@ -24,7 +29,7 @@ def settings_with(**env: str) -> dict:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
+    return proc
 
 
 def test_hosts_and_origins_may_be_written_with_spaces_after_the_commas() -> None:
@@ -34,3 +39,11 @@ def test_hosts_and_origins_may_be_written_with_spaces_after_the_commas() -> None
     )
     assert read["hosts"] == ["medexpo.example", "admin.medexpo.example"]
     assert read["origins"] == ["https://medexpo.example", "https://admin.medexpo.example"]
+
+
+def test_hsts_and_the_https_redirect_are_settings_that_the_deploy_check_sees() -> None:
+    deploy = [sys.executable, "manage.py", "check", "--deploy"]
+    plain = run_with(deploy).stderr
+    assert "security.W004" in plain and "security.W008" in plain
+    hardened = run_with(deploy, SECURE_HSTS_SECONDS="31536000", SECURE_SSL_REDIRECT="1").stderr
+    assert "security.W004" not in hardened and "security.W008" not in hardened
