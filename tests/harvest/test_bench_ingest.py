@@ -21,7 +21,10 @@ def test_it_points_the_steps_at_the_scratch_database_whatever_the_password(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, password: str
 ) -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("SQLite runs use a file in the temporary folder")
+        # On SQLite the steps get a file in the benchmark's temporary folder, whatever is configured.
+        with _scratch_database(tmp_path) as url:
+            assert url == f"sqlite:///{tmp_path / 'bench.sqlite3'}"
+        return
     configured = settings.DATABASES["default"]
     # The last password spells out the configured database: an unescaped URL would lead there.
     password = password.format(host=configured["HOST"], port=configured["PORT"] or 5432, name=configured["NAME"])

@@ -29,11 +29,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from disclosure.models import Network, Organisation
 from harvest.classify import services
 from harvest.classify.engine import classify
 from harvest.classify.rules import load_rules
 from harvest.classify.types import banner_from_shodan
-from harvest.models import Service
+from harvest.models import HarvestRun, Service
 from harvest.samplegen import DEFAULT_SEED, write_banners
 from harvest.services import harvest_execute, harvest_file_start
 from medexpo.lib.progress import Progress
@@ -58,6 +59,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: object, **options: Any) -> None:
+        if not options["engine_only"]:
+            _check_database(options["services"], reuse=options["reuse"])  # before minutes of engine loops
         result = {"machine": _machine(), "engine": self._engine(Path(options["corpus"]))}
         if not options["json"]:
             self._print_engine(result["engine"])
@@ -121,11 +124,6 @@ class Command(BaseCommand):
         n = options["services"]
         stored = Service.objects.count()
         ingest = None
-        if stored and not (options["reuse"] and stored >= n):
-            raise CommandError(
-                f"the database already holds {stored:,} services; use a database of its own for the benchmark "
-                "(or --reuse when it holds at least --services)"
-            )
         if not stored:
             ingest = self._generate_and_ingest(n, options["seed"], options["json"])
             stored = Service.objects.count()
@@ -193,6 +191,26 @@ class Command(BaseCommand):
         for part, seconds in c["time_split"].items():
             w(f"  {part:<8}{seconds:>10.1f} s  {seconds / total:>6.1%}")
         w(f"  bound by: {r['bound_by']} (database read + write {r['database_seconds']:.1f} s)")
+
+
+def _check_database(n: int, *, reuse: bool) -> None:
+    """The end-to-end run writes N services and their verdicts: only into a database of its own,
+    empty, or (--reuse) one that already holds at least N services and nothing else of value."""
+    stored = Service.objects.count()
+    if reuse and stored >= n:
+        return
+    held = {
+        "services": stored,
+        "harvest runs": HarvestRun.objects.count(),
+        "organisations": Organisation.objects.count(),
+        "networks": Network.objects.count(),
+    }
+    found = ", ".join(f"{count:,} {name}" for name, count in held.items() if count)
+    if found:
+        raise CommandError(
+            f"the database already holds {found}; give the benchmark an empty database of its own "
+            "(or --reuse when it holds at least --services services)"
+        )
 
 
 def _read_lines(path: Path) -> list[bytes]:
