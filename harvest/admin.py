@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, FilteredRelation, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Length, Substr
 from django.http import HttpRequest
 from django.urls import reverse
@@ -117,6 +117,16 @@ class PortFilter(TopValuesFilter):
     parameter_name = "port"
 
 
+def _current_verdicts() -> QuerySet[Classification]:
+    """The current verdict of the outer query's service, for a subquery.
+
+    Without the model's ordering, which would join the service and its host into the subquery once
+    per row. A filter asks EXISTS of this rather than comparing a per-row subquery's value: that
+    would run the subquery for every service in the table, not only for the page's rows.
+    """
+    return Classification.objects.filter(service=OuterRef("pk"), current=True).order_by()
+
+
 class VerdictFilter(admin.SimpleListFilter):
     """Services by the class of their current verdict; "not classified" for those without one."""
 
@@ -130,9 +140,9 @@ class VerdictFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
         if value == self.NONE:
-            return queryset.filter(verdict_cls__isnull=True)
+            return queryset.exclude(Exists(_current_verdicts()))
         if value in CLASSES:
-            return queryset.filter(verdict_cls=value)
+            return queryset.filter(Exists(_current_verdicts().filter(cls=value)))
         return queryset
 
 
@@ -147,7 +157,9 @@ class CategoryFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
-        return queryset.filter(verdict_category=value) if value in CATEGORIES else queryset
+        if value in CATEGORIES:
+            return queryset.filter(Exists(_current_verdicts().filter(category=value)))
+        return queryset
 
 
 class ModuleFilter(admin.SimpleListFilter):
@@ -366,19 +378,23 @@ class ServiceAdmin(ReadOnlyAdmin):
         return ServiceChangeList
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
-        # The current verdict as two columns of the same query, not one query per row.
-        current = Classification.objects.filter(service=OuterRef("pk"), current=True)
+        # The current verdict as two columns of the same query, not one query per row: subqueries
+        # run for the page's rows only. Sorting by verdict joins the current verdicts instead
+        # (`current_verdict`, joined only when used): sorting by a subquery would run it for every
+        # service in the table. The filters ask EXISTS (see _current_verdicts).
+        current = _current_verdicts()
         return (
             super()
             .get_queryset(request)
             .select_related("host")  # the change page's title names the host's address
             .annotate(
+                current_verdict=FilteredRelation("classifications", condition=Q(classifications__current=True)),
                 verdict_cls=Subquery(current.values("cls")[:1]),
                 verdict_category=Subquery(current.values("category")[:1]),
             )
         )
 
-    @admin.display(description="verdict", ordering="verdict_cls")
+    @admin.display(description="verdict", ordering="current_verdict__cls")
     def verdict(self, obj: Service) -> SafeString | str:
         cls = getattr(obj, "verdict_cls", None)
         if cls is None:

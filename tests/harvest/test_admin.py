@@ -483,6 +483,39 @@ def test_it_filters_services_by_verdict_class_and_category(tmp_path: Path, admin
     assert listed(verdict="none") == {"192.0.2.33"}
     assert listed(category="hl7") == {"192.0.2.30"}
     assert listed(category="blank") == {"192.0.2.32"}
+    by_verdict = re.findall(r"192\.0\.2\.3[0-2]", results(admin_client.get(url, {"o": "10"}).content.decode()))
+    assert by_verdict == ["192.0.2.30", "192.0.2.31", "192.0.2.32"]  # medical, non_medical, unknown
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="reads PostgreSQL query plans")
+@pytest.mark.parametrize("query", ["verdict=medical", "verdict=none", "category=hl7", "o=10", "o=-10.1"])
+def test_the_verdict_filters_and_sort_run_no_subquery_per_service(
+    tmp_path: Path, admin_client: Client, query: str
+) -> None:
+    from harvest.classify.services import classification_run_pending
+
+    ingest(tmp_path, many(6))
+    classification_run_pending()
+    url = changelist_url(Service) + "?" + query
+    admin_client.get(url)
+    with CaptureQueriesContext(connection) as ctx:
+        assert admin_client.get(url).status_code == 200
+
+    # A filter or sort key that is a subquery runs it once for every service in the table (10 s
+    # over 200,000 services); the page's own verdict columns may be subqueries, run per shown row.
+    plans = []
+    with connection.cursor() as cursor:
+        for sql in (q["sql"] for q in ctx.captured_queries):
+            if sql.startswith("SELECT") and "harvest_classification" in sql:
+                cursor.execute("EXPLAIN " + sql)
+                plans.append([row[0] for row in cursor.fetchall()])
+    assert plans
+    for plan in plans:
+        keys = [line for line in plan if re.search(r"\b(Filter|Sort Key|Join Filter):", line)]
+        assert not [line for line in keys if "SubPlan" in line], "\n".join(plan)
+    # Nor does a verdict subquery join the service and its host again (the verdicts' own ordering).
+    assert all(q["sql"].count('JOIN "harvest_host"') <= 1 for q in ctx.captured_queries)
 
 
 @pytest.mark.django_db
