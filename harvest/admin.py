@@ -98,7 +98,8 @@ class TopValuesFilter(admin.SimpleListFilter):
         rows = (
             model_admin.model._default_manager.filter(**{f"{field}__isnull": False})
             .values_list(field)
-            .annotate(rows=Count("pk"))
+            # COUNT(*), not COUNT(id): the column's index alone answers it, without reading the table.
+            .annotate(rows=Count("*"))
             .order_by("-rows", field)[: self.limit]
         )
         return [(str(value), self.label.format(value)) for value, _ in rows]
@@ -260,10 +261,9 @@ class HostAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
         # Counted per listed host: a join and GROUP BY would count every service of the table
-        # before the page's LIMIT.
-        count = (
-            Service.objects.filter(host=OuterRef("pk")).order_by().values("host").annotate(n=Count("pk")).values("n")
-        )
+        # before the page's LIMIT. COUNT(*), not COUNT(id): the (host, port, transport) index alone
+        # answers it; sorting by the count runs it for every host.
+        count = Service.objects.filter(host=OuterRef("pk")).order_by().values("host").annotate(n=Count("*")).values("n")
         return super().get_queryset(request).annotate(service_count=Coalesce(Subquery(count), 0))
 
     @admin.display(description="hostnames")

@@ -676,6 +676,33 @@ def test_the_host_list_counts_services_per_listed_host(tmp_path: Path, admin_cli
 
 
 @pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="reads PostgreSQL query plans")
+def test_the_host_service_counts_and_port_filter_are_read_from_indexes(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, many(6))
+    with CaptureQueriesContext(connection) as ctx:
+        assert admin_client.get(changelist_url(Host), {"o": "-9"}).status_code == 200
+        assert admin_client.get(changelist_url(Service)).status_code == 200
+    counts = [
+        q["sql"]
+        for q in ctx.captured_queries
+        if 'COUNT(U0."id")' in q["sql"] or 'COUNT(*) AS "n"' in q["sql"] or 'AS "port", COUNT(' in q["sql"]
+    ]
+    assert len(counts) == 2
+
+    # Counting ids reads every service row (about 1 KiB each, banner and record inline) where the
+    # index alone would do: on 200,000 services the sort by count took twice as long, the port
+    # filter four times. Without sequential scans the plan shows which the query allows.
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        for sql in counts:
+            cursor.execute("EXPLAIN " + sql)
+            plan = [row[0] for row in cursor.fetchall()]
+            scans = [line for line in plan if re.search(r"Scan .*\bon harvest_service\b", line)]
+            assert scans and all("Index Only Scan" in line for line in scans), "\n".join(plan)
+
+
+@pytest.mark.django_db
 def test_the_runs_list_asks_for_the_writing_run_once_a_page(tmp_path: Path, admin_client: Client) -> None:
     path = tmp_path / "banners.json"
     path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
