@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Count, Exists, FilteredRelation, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, FilteredRelation, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Length, Substr
 from django.http import HttpRequest
 from django.urls import reverse
@@ -378,28 +378,25 @@ class ServiceAdmin(ReadOnlyAdmin):
         return ServiceChangeList
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
-        # The current verdict as two columns of the same query, not one query per row: subqueries
-        # run for the page's rows only. Sorting by verdict joins the current verdicts instead
-        # (`current_verdict`, joined only when used): sorting by a subquery would run it for every
-        # service in the table. The filters ask EXISTS (see _current_verdicts).
-        current = _current_verdicts()
+        # The current verdicts of the page's services in one more query, not a subquery per row:
+        # PostgreSQL would run that for every row a later page skips (OFFSET), or every row of the
+        # table when sorting by it. Sorting by verdict joins the current verdicts instead
+        # (`current_verdict`, joined only when used); the filters ask EXISTS (see _current_verdicts).
+        current = Classification.objects.filter(current=True).order_by().only("service", "cls", "category")
         return (
             super()
             .get_queryset(request)
             .select_related("host")  # the change page's title names the host's address
-            .annotate(
-                current_verdict=FilteredRelation("classifications", condition=Q(classifications__current=True)),
-                verdict_cls=Subquery(current.values("cls")[:1]),
-                verdict_category=Subquery(current.values("category")[:1]),
-            )
+            .annotate(current_verdict=FilteredRelation("classifications", condition=Q(classifications__current=True)))
+            .prefetch_related(Prefetch("classifications", queryset=current, to_attr="current_verdicts"))
         )
 
     @admin.display(description="verdict", ordering="current_verdict__cls")
     def verdict(self, obj: Service) -> SafeString | str:
-        cls = getattr(obj, "verdict_cls", None)
-        if cls is None:
+        verdicts = getattr(obj, "current_verdicts", [])
+        if not verdicts:
             return "-"
-        return format_html("{} / {}", cls, obj.verdict_category)  # type: ignore[attr-defined]
+        return format_html("{} / {}", verdicts[0].cls, verdicts[0].category)
 
     @admin.display(description="host", ordering="host__ip")
     def host_ip(self, obj: Service) -> str:

@@ -19,7 +19,7 @@ from django.urls import reverse
 from harvest import services
 from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT
 from harvest.locking import harvest_lock
-from harvest.models import HarvestRun, Host, Rejection, Service
+from harvest.models import Classification, HarvestRun, Host, Rejection, Service
 from medexpo.lib.display import text_block, visible_text
 from tests.factories import minimal_banner
 
@@ -516,6 +516,27 @@ def test_the_verdict_filters_and_sort_run_no_subquery_per_service(
         assert not [line for line in keys if "SubPlan" in line], "\n".join(plan)
     # Nor does a verdict subquery join the service and its host again (the verdicts' own ordering).
     assert all(q["sql"].count('JOIN "harvest_host"') <= 1 for q in ctx.captured_queries)
+
+
+@pytest.mark.django_db
+def test_a_later_page_of_services_runs_no_subquery_for_the_rows_it_skips(tmp_path: Path, admin_client: Client) -> None:
+    from harvest.classify.services import classification_run_pending
+
+    ingest(tmp_path, many(130))
+    classification_run_pending()
+    with CaptureQueriesContext(connection) as ctx:
+        html = results(admin_client.get(changelist_url(Service), {"p": "2"}).content.decode())
+
+    # A subquery in the select list runs for every row OFFSET skips too (2 s on page 1,000 of
+    # 200,000 services); the page's verdicts come in one more query instead.
+    pages = [q["sql"] for q in ctx.captured_queries if "OFFSET" in q["sql"] and '"harvest_service"' in q["sql"]]
+    assert len(pages) == 1 and pages[0].count("SELECT") == 1, pages
+    shown = re.findall(r">(198\.51\.\d+\.\d+)<.*?field-port\">(\d+)<.*?field-verdict\">([^<]*)<", html, re.S)
+    expected = {
+        (c.service.host.ip, str(c.service.port)): f"{c.cls} / {c.category}"
+        for c in Classification.objects.filter(current=True).select_related("service__host")
+    }
+    assert len(shown) == 30 and all(verdict == expected[ip, port] for ip, port, verdict in shown)
 
 
 @pytest.mark.django_db
