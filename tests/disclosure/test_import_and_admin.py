@@ -479,3 +479,45 @@ def test_the_bundled_sample_answers_load_and_a_hospital_network_belongs_to_the_h
     assert Organisation.objects.filter(name="Erasmus MC").count() == 1
     silent = HostOwner.objects.get(host__ip="145.18.200.1")
     assert (silent.status, silent.reason) == (HostOwner.Status.UNKNOWN, "no_contact")
+
+
+def test_history_pages_take_a_fixed_number_of_queries(staff_client: Client) -> None:
+    """A version is named by its object's __str__ (a host owner by its host's address, a contact by
+    its organisation) and a change by the related rows' names: not one query per version."""
+    owner = HostOwner.objects.create(host=make_host("192.0.2.7"), status=HostOwner.Status.RESOLVED)
+    hospitals = [Organisation.objects.create(name=f"Hospital {i}", kind="hospital") for i in range(3)]
+    contacts = [Contact.objects.create(organisation=org, email=f"cert@h{i}.example", role="security")
+                for i, org in enumerate(hospitals)]  # fmt: skip
+    inhibition = Inhibition.objects.create(contact=contacts[0], reason="holiday", until=timezone.localdate())
+
+    def edit(times: int) -> None:
+        for i in range(times):
+            owner.recipient, owner.override_recipient, owner.operator = (
+                contacts[i % 3],
+                contacts[(i + 1) % 3],
+                hospitals[i % 3],
+            )
+            owner.attempts += 1
+            owner.save()
+            contacts[0].organisation, contacts[0].note = hospitals[i % 3], f"note {owner.attempts}"
+            contacts[0].save()
+            inhibition.contact, inhibition.reason = contacts[i % 3], f"holiday {owner.attempts}"
+            inhibition.save()
+
+    pages = [
+        reverse("admin:disclosure_hostowner_history", args=[owner.pk]),
+        reverse("admin:disclosure_contact_history", args=[contacts[0].pk]),
+        reverse("admin:disclosure_inhibition_history", args=[inhibition.pk]),
+    ]
+
+    def queries(url: str) -> int:
+        staff_client.get(url)
+        with CaptureQueriesContext(connection) as ctx:
+            assert staff_client.get(url).status_code == 200
+        return len(ctx.captured_queries)
+
+    edit(2)
+    few = [queries(url) for url in pages]
+    edit(30)
+    assert [queries(url) for url in pages] == few
+    assert "192.0.2.7: resolved" in staff_client.get(pages[0]).content.decode()
