@@ -219,6 +219,10 @@ class ContactInline(_VisibleAdmin, admin.TabularInline):
     email_text = text_column("email", "email")
     import_source_text = text_column("import_source", "import source")
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Each row is titled with the contact, whose __str__ names its organisation.
+        return super().get_queryset(request).select_related("organisation")
+
 
 @admin.register(Organisation)
 class OrganisationAdmin(_VisibleAdmin, SimpleHistoryAdmin):

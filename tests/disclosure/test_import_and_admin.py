@@ -521,3 +521,25 @@ def test_history_pages_take_a_fixed_number_of_queries(staff_client: Client) -> N
     edit(30)
     assert [queries(url) for url in pages] == few
     assert "192.0.2.7: resolved" in staff_client.get(pages[0]).content.decode()
+
+
+def test_an_organisation_page_with_many_contacts_takes_a_fixed_number_of_queries(staff_client: Client) -> None:
+    hospital = Organisation.objects.create(name="Hospital", kind="hospital")
+    url = reverse("admin:disclosure_organisation_change", args=[hospital.pk])
+
+    def queries() -> int:
+        staff_client.get(url)
+        with CaptureQueriesContext(connection) as ctx:
+            assert staff_client.get(url).status_code == 200
+        return len(ctx.captured_queries)
+
+    def add(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            Contact.objects.create(organisation=hospital, email=f"cert{i}@hospital.example", role="security")
+
+    add(0, 2)
+    few = queries()
+    add(2, 20)
+    # Each contact row is titled with the contact, whose name includes its organisation's.
+    assert queries() == few
+    assert staff_client.get(url).content.decode().count("(security, Hospital)") == 22
