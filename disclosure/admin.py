@@ -29,7 +29,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from simple_history.models import ModelChange, ModelChangeValue
 from simple_history.template_utils import HistoricalRecordContextHelper
 
-from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, OwnerUnknown
+from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, OwnerUnknown, ip_key
 from disclosure.owners.contacts import address_problem, unusable_addresses
 from disclosure.rdap_client import iter_entities
 from disclosure.services import (
@@ -39,6 +39,7 @@ from disclosure.services import (
     owner_recompute,
     owners_resolve,
 )
+from medexpo.lib.admin_search import AddressSearchMixin, search_address
 from medexpo.lib.display import text_block, text_column, visible_text
 
 RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the indented RDAP answer shown on a network page
@@ -330,6 +331,7 @@ class NetworkAdmin(_VisibleAdmin, SimpleHistoryAdmin):
     list_filter = ["registry", "source"]
     list_select_related = ["holder"]
     search_fields = ["handle", "name", "start_address", "asn_description", "holder__name"]
+    search_help_text = "Handle, name, holder or ASN description; a whole address finds the networks that hold it."
     raw_id_fields = ["holder"]
     fields = [
         "start_key", "end_key", "start_address", "end_address", "cidrs", "handle_text", "name_text", "country_text",
@@ -343,6 +345,16 @@ class NetworkAdmin(_VisibleAdmin, SimpleHistoryAdmin):
     locked_fields = {"holder": "holder_link"}
     handle_text = text_column("handle")
     name_text = text_column("name")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Network], search_term: str
+    ) -> tuple[QuerySet[Network], bool]:
+        address = search_address(search_term)
+        if address is not None:
+            key = ip_key(address)
+            return queryset.filter(start_key__lte=key, end_key__gte=key), False
+        return super().get_search_results(request, queryset, search_term)
+
     country_text = text_column("country")
     asn_description_text = text_column("asn_description", "ASN description")
     holder_name = _name_column("holder", "holder")
@@ -368,11 +380,12 @@ class NetworkAdmin(_VisibleAdmin, SimpleHistoryAdmin):
         return text_block(json_text(obj.raw), limit=RAW_DISPLAY_LIMIT)
 
 
-class HostOwnerAdminBase(_VisibleAdmin, admin.ModelAdmin):
+class HostOwnerAdminBase(AddressSearchMixin, _VisibleAdmin, admin.ModelAdmin):
     list_display = ["host", "status", "reason", "network", "operator_name", "recipient_email", "attempts", "updated_at"]
     list_filter = ["status", "reason"]
     list_select_related = ["host", "network", "operator", "recipient"]
     search_fields = ["host__ip", "operator__name", "recipient__email", "reason"]
+    address_lookup = "host__ip"
     raw_id_fields = ["override_recipient"]
     fields = [
         "host", "status", "reason", "detail_text", "network", "operator_link", "operator_evidence_text",

@@ -28,6 +28,7 @@ from harvest.ingest import REJECTION_ROWS_PER_REASON
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
 from harvest.services import HarvestError, harvest_run_enqueue_resume, harvest_writing_run
+from medexpo.lib.admin_search import AddressSearchMixin
 from medexpo.lib.display import text_block, text_column, visible_text
 from medexpo.lib.text import ascii_digits
 
@@ -234,7 +235,7 @@ class ServiceInline(ReadOnlyTabularInline):
 
 
 @admin.register(Host)
-class HostAdmin(ReadOnlyAdmin):
+class HostAdmin(AddressSearchMixin, ReadOnlyAdmin):
     list_display = (
         "ip",
         "org_text",
@@ -248,6 +249,7 @@ class HostAdmin(ReadOnlyAdmin):
         "service_total",
     )
     search_fields = ("ip", "org", "hostnames")
+    address_lookup = "ip"
     list_filter = (CountryFilter, AsnFilter)
     fieldsets = (
         (None, {"fields": ("ip", "org_text", "isp_text", "asn", "country", "hostnames_list", "os_text")}),
@@ -316,7 +318,7 @@ class ServiceChangeList(ChangeList):
 
 
 @admin.register(Service)
-class ServiceAdmin(ReadOnlyAdmin):
+class ServiceAdmin(AddressSearchMixin, ReadOnlyAdmin):
     list_display = (
         "host_ip",
         "port",
@@ -335,9 +337,10 @@ class ServiceAdmin(ReadOnlyAdmin):
     # Banners are searched only when asked for (see get_search_results): on every search they
     # would make each one read every banner in the table.
     search_fields = ("host__ip", "product", "host__org")
+    address_lookup = "host__ip"
     search_help_text = (
-        f"Address, product or organisation. To search banner text, start with {BANNER_SEARCH} "
-        "(it reads every banner: slow on a large harvest)."
+        "Address (a whole address finds that one), product or organisation. To search banner text, "
+        f"start with {BANNER_SEARCH} (it reads every banner: slow on a large harvest)."
     )
     list_filter = (VerdictFilter, CategoryFilter, PortFilter, "transport", ModuleFilter)
     fieldsets = (
@@ -676,7 +679,7 @@ ServiceAdmin.inlines = (*ServiceAdmin.inlines, ClassificationInline)
 
 
 @admin.register(Classification)
-class ClassificationAdmin(ReadOnlyAdmin):
+class ClassificationAdmin(AddressSearchMixin, ReadOnlyAdmin):
     list_display = (
         "service_link",
         "org",
@@ -695,6 +698,7 @@ class ClassificationAdmin(ReadOnlyAdmin):
     list_select_related = ("service__host",)
     list_filter = ("current", "cls", "category", "segment", "honeypot", "rules_version")
     search_fields = ("service__host__ip", "product", "service__host__org")
+    address_lookup = "service__host__ip"
     fieldsets = (
         (None, {"fields": ("service_link", "org", "cls", "category", "segment", "product_text", "confidence")}),
         ("Evidence", {"fields": ("evidence_list", "honeypot", "honeypot_list", "details_json")}),

@@ -543,3 +543,30 @@ def test_an_organisation_page_with_many_contacts_takes_a_fixed_number_of_queries
     # Each contact row is titled with the contact, whose name includes its organisation's.
     assert queries() == few
     assert staff_client.get(url).content.decode().count("(security, Hospital)") == 22
+
+
+def test_a_whole_address_finds_its_owner_and_the_networks_that_hold_it(staff_client: Client) -> None:
+    for ip in ("10.1.2.3", "110.1.2.30"):
+        HostOwner.objects.create(host=make_host(ip))
+    now = timezone.now()
+    for first, last, handle in (
+        ("10.0.0.0", "10.255.255.255", "WIDE"),
+        ("10.1.2.0", "10.1.2.255", "NARROW"),
+        ("110.1.2.0", "110.1.2.255", "OTHER"),
+    ):
+        Network.objects.create(
+            start_key=ip_key(first), end_key=ip_key(last), start_address=first, end_address=last,
+            cidrs=[], handle=handle, raw={}, fetched_at=now, expires_at=now + timedelta(days=1),
+        )  # fmt: skip
+
+    def table(name: str, query: str) -> str:
+        html = staff_client.get(reverse(f"admin:disclosure_{name}_changelist"), {"q": query}).content.decode()
+        match = re.search(r'<table id="result_list".*?</table>', html, re.S)
+        return match.group(0) if match else ""
+
+    owners = table("hostowner", "10.1.2.3")
+    assert "10.1.2.3" in owners and "110.1.2.30" not in owners
+    networks = table("network", " 10.1.2.3 ")
+    assert "WIDE" in networks and "NARROW" in networks and "OTHER" not in networks
+    assert "OTHER" in table("network", "110.1.2.30") and "WIDE" not in table("network", "110.1.2.30")
+    assert "OTHER" in table("network", "other")  # anything else: the text search as before

@@ -181,7 +181,35 @@ def test_it_searches_services_by_ip_product_org_and_on_request_banner(tmp_path: 
     assert found("192.0.2.11") == {"192.0.2.11"}
     assert found("orthanc") == {"192.0.2.10"}
     assert found("hosting") == {"192.0.2.11"}
-    assert found("192.0.2.1") == {"192.0.2.10", "192.0.2.11"}
+    assert found("192.0.2.") == {"192.0.2.10", "192.0.2.11"}  # a part of an address: as text
+    assert found("192.0.2.1") == set()  # a whole address: that address, not every one it is part of
+
+
+@pytest.mark.django_db
+def test_a_whole_address_finds_that_address_on_every_list_that_has_one(tmp_path: Path, admin_client: Client) -> None:
+    from harvest.classify.services import classification_run_pending
+
+    ingest(
+        tmp_path,
+        [
+            banner("10.1.2.3", 104, "a"),
+            banner("110.1.2.30", 104, "b"),
+            banner("2001:db8::1", 104, "c"),
+            banner("2001:db8::10", 104, "d"),
+        ],
+    )
+    classification_run_pending()
+    addresses = ("10.1.2.3", "110.1.2.30", "2001:db8::1", "2001:db8::10")
+
+    def found(model: type, query: str) -> set[str]:
+        table = results(admin_client.get(changelist_url(model), {"q": query}).content.decode())
+        # Each address as a whole cell text or link text, so that "2001:db8::1" is not read in "...::10".
+        return {ip for ip in addresses if re.search(rf">\s*{re.escape(ip)}(?::\d+/\w+)?\s*<", table)}
+
+    for model in (Host, Service, Classification):
+        assert found(model, "10.1.2.3") == {"10.1.2.3"}, model
+        assert found(model, " 2001:0DB8:0:0::1 ") == {"2001:db8::1"}, model  # another spelling of it
+        assert found(model, "1.2.3") == {"10.1.2.3", "110.1.2.30"}, model  # a part: as text
 
 
 @pytest.mark.django_db
