@@ -150,8 +150,8 @@ def count(query: str, facets: list[str] | None = None) -> CountResult:
     """
     data, _ = _call(
         lambda api: api.count(query, facets=facets or None),
-        valid=_is_object,
-        invalid="count did not answer with an object",
+        valid=_has_total,
+        invalid="count did not answer with a total",
     )
     return CountResult(query=query, total=_int(data.get("total")), facets=_facets(data.get("facets")))
 
@@ -169,10 +169,10 @@ def search_page(query: str, page: int, *, max_answers: int | None = None) -> Sea
     data, answers = _call(
         lambda api: api.search(query, page=page, minify=False),
         valid=_is_page,
-        invalid="search did not answer with a list of matches",
+        invalid="search did not answer with a total and a list of matches",
         max_answers=max_answers,
     )
-    banners = tuple(_raw_banner(item) for item in data.get("matches", []))
+    banners = tuple(_raw_banner(item) for item in data["matches"])
     return SearchPage(query=query, page=page, total=_int(data.get("total")), banners=banners, answers=answers)
 
 
@@ -282,8 +282,15 @@ def _is_object(data: object) -> bool:
     return isinstance(data, dict)
 
 
+def _has_total(data: object) -> bool:
+    # Shodan always sends the total: without it an answer was cut or garbled, and taking it for
+    # 0 would skip the query (or its remaining pages) without a word.
+    total = data.get("total") if isinstance(data, dict) else None
+    return isinstance(total, int) and not isinstance(total, bool)
+
+
 def _is_page(data: object) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("matches", []), list)
+    return isinstance(data, dict) and _has_total(data) and isinstance(data.get("matches"), list)
 
 
 def _backoff_base() -> float:

@@ -330,6 +330,18 @@ def test_a_paid_page_of_the_wrong_shape_is_bought_again_and_counted(shodan_stand
     assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries)) + 1
 
 
+def test_answers_without_matches_or_total_are_not_taken_for_the_end_of_a_query(
+    shodan_standin: ShodanStandIn, plan_file
+) -> None:
+    queries = ["port:104 country:NL"]
+    shodan_standin.garble({"matches": []}, times=1, path="/shodan/host/count")
+    shodan_standin.garble({}, times=1)
+    summary, _ = harvest("--plan", plan_file("port:104"))
+    assert summary["status"] == "completed", summary["message"]
+    assert stored() == expected_services(shodan_standin, queries)
+    assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries)) + 1
+
+
 def test_bad_answers_stop_the_run_within_its_cap_and_their_credits_count(
     shodan_standin: ShodanStandIn, plan_file
 ) -> None:

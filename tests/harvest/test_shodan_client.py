@@ -133,6 +133,22 @@ def test_it_retries_an_answer_of_the_wrong_shape_and_counts_it(shodan_standin: S
     assert page.answers == 2 == shodan_standin.credits_spent  # Shodan charged the bad answer too
 
 
+@pytest.mark.parametrize("body", [{}, {"matches": []}, {"total": 230}, {"total": "230", "matches": []}])
+def test_it_retries_a_page_without_its_matches_or_total_and_counts_it(shodan_standin: ShodanStandIn, body) -> None:
+    # Shodan always sends both; an answer without them is cut or garbled, not an empty page.
+    shodan_standin.garble(body, times=1)
+    page = shodan_client.search_page(DICOM_NL, 1)
+    assert len(page.banners) == 100 and page.total == len(shodan_standin.search(DICOM_NL))
+    assert page.answers == 2 == shodan_standin.credits_spent
+
+
+@pytest.mark.parametrize("body", [{}, {"matches": []}, {"total": None}])
+def test_it_retries_a_count_without_a_total(shodan_standin: ShodanStandIn, body) -> None:
+    shodan_standin.garble(body, times=1, path="/shodan/host/count")
+    assert shodan_client.count(DICOM_NL).total == len(shodan_standin.search(DICOM_NL))
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/count")] == [200, 200]
+
+
 def test_it_buys_a_page_at_most_as_often_as_allowed(shodan_standin: ShodanStandIn) -> None:
     shodan_standin.garble({"total": 5, "matches": "none"}, times=10)
     with pytest.raises(ShodanError) as caught:
