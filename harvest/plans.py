@@ -60,7 +60,13 @@ def plan_names() -> list[str]:
 
 def plan_load(*, name: str) -> Plan:
     """A plan by name (harvest/queries/NAME.toml) or by the path of a .toml file."""
-    return _load(_path_for(name), stack=())
+    path = _path_for(name)
+    plan = _load(path, stack=())
+    # Refused here, not when run: a run of nothing would be left behind as failed, and a
+    # schedule of it would fail every week. An included plan may be empty.
+    if not plan.queries:
+        raise PlanError(f"{path.name}: the plan has no queries")
+    return plan
 
 
 def country_filter(country: str) -> str:

@@ -116,6 +116,13 @@ def test_it_refuses_an_unbalanced_quote_and_empty_queries(tmp_path: Path) -> Non
         plan_load(name=_write(tmp_path, '[[query]]\nquery = "   "\n', name="empty"))
 
 
+def test_it_refuses_a_plan_without_queries(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="nothing.toml: the plan has no queries"):
+        plan_load(name=_write(tmp_path, 'name = "nothing"\ndescription = "to do"\n', name="nothing"))
+    # An included plan may be empty; the plan that is run may not.
+    plan_load(name=_write(tmp_path, f'include = ["{tmp_path / "nothing.toml"}", "ports"]\n'))
+
+
 def test_it_refuses_an_unknown_registry(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="registry must be one of"):
         plan_load(name=_write(tmp_path, '[[generate]]\nregistry = "nl_pharmacies"\n'))

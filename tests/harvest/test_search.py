@@ -396,6 +396,21 @@ def test_an_unknown_plan_is_refused(shodan_standin: ShodanStandIn) -> None:
     assert not HarvestRun.objects.exists()
 
 
+def test_a_plan_without_queries_is_refused_before_a_run_or_a_schedule(
+    shodan_standin: ShodanStandIn, tmp_path, settings
+) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text('name = "empty"\n')
+    with pytest.raises(CommandError, match="the plan has no queries"):
+        call_command("harvest", "--plan", str(empty))
+    with pytest.raises(CommandError, match="the plan has no queries"):
+        call_command("harvest", "--plan", str(empty), "--count-only")
+    assert not HarvestRun.objects.exists()  # no failed run left behind
+    settings.MEDEXPO_HARVEST_PLAN = str(empty)
+    with pytest.raises(CommandError, match="the plan has no queries"):
+        call_command("setup_schedules", stdout=io.StringIO())  # not a weekly task that can only fail
+
+
 # --- kill -9 ----------------------------------------------------------------------------------
 
 
