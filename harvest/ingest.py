@@ -154,7 +154,11 @@ class BatchWriter:
         self._seen = mark[2]
 
     def maybe_flush(self, checkpoint: Checkpoint) -> bool:
-        if self.pending >= self.batch_size:
+        # Credits are money already spent: a checkpoint that records more commits even without a
+        # banner to write (a paid search page that came back empty), or a run killed before the
+        # next batch would buy that page again without counting it.
+        paid = checkpoint.credits_spent is not None and checkpoint.credits_spent != self.run.credits_spent
+        if self.pending >= self.batch_size or paid:
             self.flush(checkpoint)
             return True
         return False

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from harvest import shodan_client
+from harvest import search, services, shodan_client
 from harvest.models import HarvestRun, Host, Rejection, Service
 from harvest.plans import plan_load
 from harvest.records import RecordError, record_from_object
@@ -340,6 +340,29 @@ def test_answers_without_matches_or_total_are_not_taken_for_the_end_of_a_query(
     assert summary["status"] == "completed", summary["message"]
     assert stored() == expected_services(shodan_standin, queries)
     assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries)) + 1
+
+
+def test_a_paid_page_that_came_back_empty_commits_its_credit_at_once(shodan_standin: ShodanStandIn, plan_file) -> None:
+    # Query 1 is counted, but its paid page comes back empty (the results changed in between):
+    # the run goes on with query 2. Interrupted there (as by kill -9: nothing more is written),
+    # the credit must already be stored, or a resume buys that page again unaccounted.
+    queries = ["port:104 country:NL", "port:2575 country:NL"]
+    shodan_standin.garble({"total": len(shodan_standin.search(queries[0])), "matches": []}, times=1)
+    run = search.harvest_search_start(plan=plan_file("port:104", "port:2575"), max_credits=10)
+
+    def interrupt_at_query_2(query_index: int) -> None:
+        if query_index == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        services.harvest_execute(run=run, progress=interrupt_at_query_2, batch_size=search.SEARCH_BATCH_SIZE)
+    run.refresh_from_db()
+    assert (run.credits_spent, run.checkpoint) == (1, {"query": 1, "page": 1})
+    assert shodan_standin.credits_spent == 1
+    summary, _ = harvest("--resume", str(run.pk))
+    assert summary["status"] == "completed", summary["message"]
+    assert shodan_standin.pages[(queries[0], 1)] == 1  # not bought again
+    assert summary["credits_spent"] == shodan_standin.credits_spent
 
 
 def test_bad_answers_stop_the_run_within_its_cap_and_their_credits_count(
