@@ -134,7 +134,9 @@ def api_info() -> ApiInfo:
 
     # Reference: https://developer.shodan.io/api (API Plan Information: GET /api-info)
     """
-    data, _ = _call(lambda api: api.info(), valid=_is_object, invalid="/api-info did not answer with an object")
+    data, _ = _call(
+        lambda api: api.info(), valid=_has_credits, invalid="/api-info did not answer with the key's query credits"
+    )
     return ApiInfo(
         plan=str(data.get("plan") or "")[:40],
         query_credits=_int(data.get("query_credits")),
@@ -280,6 +282,12 @@ def _is_2xx(status: int | None) -> bool:
 
 def _is_object(data: object) -> bool:
     return isinstance(data, dict)
+
+
+def _has_credits(data: object) -> bool:
+    # Taken for 0, a garbled answer would stop a run with "no query credits left" on a key that has them.
+    credits = data.get("query_credits") if isinstance(data, dict) else None
+    return isinstance(credits, int) and not isinstance(credits, bool)
 
 
 def _has_total(data: object) -> bool:

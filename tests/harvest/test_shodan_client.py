@@ -149,6 +149,15 @@ def test_it_retries_a_count_without_a_total(shodan_standin: ShodanStandIn, body)
     assert [r.status for r in shodan_standin.requests_to("/shodan/host/count")] == [200, 200]
 
 
+@pytest.mark.parametrize("body", [{}, {"plan": "dev"}, {"query_credits": "100"}, {"query_credits": None}])
+def test_it_retries_api_info_without_the_query_credits(shodan_standin: ShodanStandIn, body) -> None:
+    # A proxy's {} taken for 0 credits would stop a run with "no query credits left".
+    shodan_standin.set_credits(77)
+    shodan_standin.garble(body, times=1, path="/api-info")
+    assert shodan_client.api_info().query_credits == 77
+    assert [r.status for r in shodan_standin.requests_to("/api-info")] == [200, 200]
+
+
 def test_it_buys_a_page_at_most_as_often_as_allowed(shodan_standin: ShodanStandIn) -> None:
     shodan_standin.garble({"total": 5, "matches": "none"}, times=10)
     with pytest.raises(ShodanError) as caught:
