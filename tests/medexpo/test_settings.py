@@ -19,6 +19,7 @@ def settings_with(**env: str) -> dict:
 
 def run_with(command: list[str], **env: str) -> subprocess.CompletedProcess:
     unset = {"DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT"}
+    unset.add("DJANGO_ALLOW_ASYNC_UNSAFE")  # set by the browser tests in this process, never in production
     base = {k: v for k, v in os.environ.items() if k not in unset}
     proc = subprocess.run(
         command,
