@@ -166,9 +166,10 @@ def readme(s: dict) -> str:
     medical_ports = ", ".join(f"{p}: {n}" for p, n in s["medical_by_port"].items())
     return f"""# The bundled sample corpus (synthetic)
 
-Every file here is **synthetic**, written by the generator in `harvest/samplegen/`:
+Every file here is **synthetic**, written by the generator in `harvest/samplegen/` (into this
+folder unless `--out DIR` says otherwise):
 
-    python manage.py generate_sample --seed {s["seed"]} --count {total}
+    DEBUG=1 .venv/bin/python manage.py generate_sample --seed {s["seed"]} --count {total}
 
 Running it again gives byte-identical files (fixed seed, gzip with mtime 0). Do not edit the
 files by hand: change the generator and regenerate.
@@ -176,7 +177,7 @@ files by hand: change the generator and regenerate.
 Addresses, hostnames and registrations are invented for the corpus: the ranges are plausible for
 the hosters, access providers and hospitals named, but they are not real assignments, and no
 banner was ever seen on the internet. Two replies are real in shape: the Fujifilm Synapse
-A-ASSOCIATE-AC (byte-identical to the one Shodan recorded, see `/work/shared/data/SOURCES.md`) and
+A-ASSOCIATE-AC (byte-identical to the one Shodan recorded, see `../shared/data/SOURCES.md`) and
 the LDAP BER answer quoted by the 2019 study.
 
 ## Files
