@@ -33,11 +33,11 @@ class Command(BaseCommand):
     help = "Benchmark owner resolution: RDAP requests per network, addresses per second, cache hit rate."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--addresses", type=int, default=100_000)
-        parser.add_argument("--networks", type=int, default=2_000)
-        parser.add_argument("--concurrency", type=int, default=4)
+        parser.add_argument("--addresses", type=int, default=100_000, help="addresses to resolve (default 100,000)")
+        parser.add_argument("--networks", type=int, default=2_000, help="generated networks (default 2,000)")
+        parser.add_argument("--concurrency", type=int, default=4, help="parallel lookups (default 4)")
         parser.add_argument("--rate", type=float, default=0.0, help="requests per second and registry (0: none)")
-        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: object, **options: Any) -> None:
         if "disclosure_network" not in connection.introspection.table_names():

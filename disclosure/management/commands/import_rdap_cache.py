@@ -16,7 +16,7 @@ class Command(BaseCommand):
     help = "Load recorded RDAP ip-network answers (every *.json in DIR) into the owner cache."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("directory")
+        parser.add_argument("directory", metavar="DIR", help="folder of recorded RDAP answers, one *.json file each")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: object, **options: Any) -> None:

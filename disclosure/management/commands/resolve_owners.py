@@ -15,7 +15,9 @@ class Command(BaseCommand):
     help = "Find the network, operator and recipient of every host that needs an owner."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--concurrency", type=int, default=None, help="parallel lookups (default: settings)")
+        parser.add_argument(
+            "--concurrency", type=int, default=None, help="parallel lookups (default: RDAP_CONCURRENCY)"
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: object, **options: Any) -> None:

@@ -55,7 +55,7 @@ class Command(BaseCommand):
     help = "Create or update the recurring background work (django-q2 schedules)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--json", action="store_true", help="print one JSON object (created, updated, removed)")
 
     def handle(self, *args: object, **options: Any) -> None:
         if settings.SHODAN_API_KEY:

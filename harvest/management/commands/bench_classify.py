@@ -51,10 +51,10 @@ class Command(BaseCommand):
         parser.add_argument("--services", type=int, default=1_000_000, help="stored services for the end-to-end run")
         parser.add_argument("--corpus", default=str(SAMPLE_CORPUS), help="banners for the engine measurement")
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sample generator seed")
-        parser.add_argument("--batch-size", type=int, default=services.BATCH_SIZE)
+        parser.add_argument("--batch-size", type=int, default=services.BATCH_SIZE, help="services per transaction")
         parser.add_argument("--engine-only", action="store_true", help="skip the end-to-end database run")
         parser.add_argument(
-            "--reuse", action="store_true", help="use the services already stored if there are at least N"
+            "--reuse", action="store_true", help="use the services already stored if there are at least --services"
         )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -70,10 +70,12 @@ class Command(BaseCommand):
     help = "Measure ingest speed and peak memory against a parse-only baseline."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--banners", type=int, action="append", help="banners to generate (repeatable)")
+        parser.add_argument(
+            "--banners", type=int, action="append", help="banners to generate (repeatable; default 200,000)"
+        )
         parser.add_argument("--million", action="store_true", help="also run 1,000,000 banners")
-        parser.add_argument("--seed", type=int, default=2019)
-        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--seed", type=int, default=2019, help="sample generator seed")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: object, **options: Any) -> None:
         sizes = bench_sizes(options["banners"], million=options["million"])

@@ -19,7 +19,7 @@ class Command(BaseCommand):
     help = "Write every stored service, one JSON object per line."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--format", choices=["jsonl"], default="jsonl")
+        parser.add_argument("--format", choices=["jsonl"], default="jsonl", help="JSON lines, the only format")
         parser.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
 
     def handle(self, *args: object, **options: Any) -> None:

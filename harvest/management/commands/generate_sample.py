@@ -18,9 +18,16 @@ class Command(BaseCommand):
     help = "Regenerate the bundled synthetic sample corpus (banners, labels, host lookups, RDAP answers)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--out", default=str(Path(settings.BASE_DIR) / "fixtures" / "sample"))
-        parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-        parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="number of banners")
+        parser.add_argument(
+            "--out",
+            metavar="DIR",
+            default=str(Path(settings.BASE_DIR) / "fixtures" / "sample"),
+            help="folder to write into (default: fixtures/sample, the bundled corpus, which it overwrites)",
+        )
+        parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"generator seed (default {DEFAULT_SEED})")
+        parser.add_argument(
+            "--count", type=int, default=DEFAULT_COUNT, help=f"number of banners (default {DEFAULT_COUNT})"
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
     def handle(self, *args: object, **options: Any) -> None:

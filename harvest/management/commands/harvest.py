@@ -35,18 +35,21 @@ class Command(BaseCommand):
             "--max-credits",
             type=int,
             metavar="N",
-            help="with --plan: the run spends at most N query credits; with --resume: N more than it has spent",
+            help="with --plan: the run spends at most N query credits (without it, only the credits left on the key "
+            "limit it); with --resume: N more than it has spent",
         )
         parser.add_argument(
             "--country",
             default="",
-            help="country the data is about; with --plan, the country:XX filter (default: MEDEXPO_COUNTRY)",
+            help="with --plan: the country:XX filter added to every query (default: MEDEXPO_COUNTRY); "
+            "with --file or --hosts: recorded on the run only, nothing is filtered",
         )
         parser.add_argument(
             "--batch-size",
             type=int,
             default=None,
-            help="with --file or --hosts: banners per transaction (a search run commits after every page)",
+            help="with --file or --hosts: banners per transaction (default: HARVEST_BATCH_SIZE; "
+            "a search run commits after every page)",
         )
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
