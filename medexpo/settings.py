@@ -31,6 +31,16 @@ def envint(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
 
 
+def envfloat(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from exc
+
+
 def envlist(name: str, default: str = "") -> list[str]:
     """A comma-separated list; spaces around the items are dropped ("a.example, b.example")."""
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
@@ -155,10 +165,10 @@ if not DEBUG:
 # Shodan. The key is a secret: it is read here and never logged.
 SHODAN_API_KEY = envsecret("SHODAN_API_KEY")
 SHODAN_API_URL = os.environ.get("SHODAN_API_URL", "")  # empty: the shodan package's default
-SHODAN_REQUEST_INTERVAL = float(os.environ.get("SHODAN_REQUEST_INTERVAL", "1.0"))  # 1 request/s
-SHODAN_TIMEOUT = float(os.environ.get("SHODAN_TIMEOUT", "30"))
+SHODAN_REQUEST_INTERVAL = envfloat("SHODAN_REQUEST_INTERVAL", 1.0)  # 1 request/s
+SHODAN_TIMEOUT = envfloat("SHODAN_TIMEOUT", 30)
 SHODAN_MAX_RETRIES = envint("SHODAN_MAX_RETRIES", 5)
-SHODAN_BACKOFF = float(os.environ.get("SHODAN_BACKOFF", "1.0"))  # first retry delay in seconds, then doubling
+SHODAN_BACKOFF = envfloat("SHODAN_BACKOFF", 1.0)  # first retry delay in seconds, then doubling
 MEDEXPO_COUNTRY = os.environ.get("MEDEXPO_COUNTRY", "NL").upper()
 # The scheduled weekly harvest (manage.py setup_schedules): which plan, and its credit cap per run.
 MEDEXPO_HARVEST_PLAN = os.environ.get("MEDEXPO_HARVEST_PLAN", "medical")
@@ -171,9 +181,9 @@ HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000)
 # (a mirror, or the stand-in in tests); empty means the registries themselves.
 RDAP_BASE_URL = os.environ.get("RDAP_BASE_URL", "")
 RDAP_DNS_SERVER = os.environ.get("RDAP_DNS_SERVER", "")  # "host:port" for the ASN step; empty: system
-RDAP_TIMEOUT = float(os.environ.get("RDAP_TIMEOUT", "10"))
+RDAP_TIMEOUT = envfloat("RDAP_TIMEOUT", 10)
 RDAP_CACHE_DAYS = envint("RDAP_CACHE_DAYS", 30)
-RDAP_REQUESTS_PER_SECOND = float(os.environ.get("RDAP_REQUESTS_PER_SECOND", "1.0"))  # per registry; 0: no limit
+RDAP_REQUESTS_PER_SECOND = envfloat("RDAP_REQUESTS_PER_SECOND", 1.0)  # per registry; 0: no limit
 RDAP_CONCURRENCY = envint("RDAP_CONCURRENCY", 4)
 
 # Background work: the ORM broker on a single machine, Redis when REDIS_URL is set.

@@ -48,3 +48,25 @@ def test_hsts_and_the_https_redirect_are_settings_that_the_deploy_check_sees() -
     assert "security.W004" in plain and "security.W008" in plain
     hardened = run_with(deploy, SECURE_HSTS_SECONDS="31536000", SECURE_SSL_REDIRECT="1").stderr
     assert "security.W004" not in hardened and "security.W008" not in hardened
+
+
+def test_a_number_setting_that_is_not_a_number_is_refused_by_name() -> None:
+    # int settings already named themselves; the float ones failed with a bare ValueError.
+    base = {k: v for k, v in os.environ.items() if k != "DEBUG"}
+    for name in (
+        "SHODAN_REQUEST_INTERVAL",
+        "SHODAN_TIMEOUT",
+        "SHODAN_BACKOFF",
+        "RDAP_TIMEOUT",
+        "RDAP_REQUESTS_PER_SECOND",
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", "import django; django.setup()"],
+            cwd=ROOT,
+            env={**base, "DJANGO_SETTINGS_MODULE": "medexpo.settings", "SECRET_KEY": "k" * 50, name: "30s"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0
+        assert f"ImproperlyConfigured: {name} must be a number, got '30s'" in proc.stderr
