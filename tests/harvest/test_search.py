@@ -173,6 +173,18 @@ def test_max_credits_caps_the_run_and_a_resume_can_allow_more(shodan_standin: Sh
     assert summary["credits_spent"] == shodan_standin.credits_spent
 
 
+def test_the_summary_of_a_run_stopped_at_its_limit_does_not_advise_a_plain_resume(
+    shodan_standin: ShodanStandIn,
+) -> None:
+    # A plain --resume keeps the run's limit and stops at once: the way on is --max-credits N.
+    out = io.StringIO()
+    call_command("harvest", "--plan", "ports", "--max-credits", "1", stdout=out)
+    run_id = HarvestRun.objects.get().pk
+    printed = out.getvalue()
+    assert f"allow N more with: manage.py harvest --resume {run_id} --max-credits N" in printed
+    assert f"resume with: python manage.py harvest --resume {run_id}\n" not in printed
+
+
 def _interrupt_page(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     """Ctrl-C while the `call`-th search page is being fetched (before it reaches Shodan)."""
     real = shodan_client.search_page

@@ -155,6 +155,8 @@ class Command(BaseCommand):
                 w(f"    {'':<20}{'':>8}   e.g. {info['examples'][0]['detail']}")
         if s["credits_spent"]:
             w(f"  {'credits':<12}{s['credits_spent']:>10}")
-        if s["status"] != "completed":
+        # A message that already says how this run goes on (a stop at --max-credits: a plain
+        # --resume would stop again at once) is not contradicted by the generic advice.
+        if s["status"] != "completed" and f"--resume {s['run']}" not in s["message"]:
             w(f"  resume with: python manage.py harvest --resume {s['run']}")
         sys.stdout.flush()
