@@ -538,3 +538,16 @@ def test_a_run_killed_with_sigkill_resumes_to_the_reference_result(shodan_standi
     twice = {page for page, n in shodan_standin.pages.items() if n > 1}
     assert twice <= {(queries[committed["query"]], committed["page"])}
     assert set(shodan_standin.pages) == set(reference_pages)
+
+
+def test_a_run_that_stops_exits_with_status_3_for_scripts(shodan_standin: ShodanStandIn, tmp_path) -> None:
+    env = _env(tmp_path, tmp_path / "exit.sqlite3", shodan_standin)
+    assert _manage(env, "migrate", "-v0").returncode == 0
+    stopped = _manage(env, "harvest", "--plan", "ports", "--max-credits", "1", "--json")
+    assert stopped.returncode == 3, stopped.stderr
+    assert json.loads(stopped.stdout)["status"] == "stopped"
+    done = _manage(env, "harvest", "--resume", "1", "--max-credits", "1000", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "completed"
+    failed = _manage(env, "harvest", "--file", str(tmp_path / "missing.json"))
+    assert failed.returncode == 1

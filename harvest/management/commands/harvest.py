@@ -1,5 +1,9 @@
 """python manage.py harvest --file PATH | --hosts PATH | --plan NAME [--count-only] [--max-credits N] | --resume RUN
-[--json]"""
+[--json]
+
+Exit status: 0 when the run completed, 1 when it failed or could not start, 3 when it stopped and
+can be resumed (credit limit, no credits, an invalid key, Shodan unreachable).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,21 @@ from harvest.models import HarvestRun
 from harvest.readers import file_size
 from medexpo.lib.progress import Progress
 
+EXIT_STOPPED = 3
+
 
 class Command(BaseCommand):
-    help = "Ingest Shodan banners from a download file, a host-lookup file or a query plan."
+    help = (
+        "Ingest Shodan banners from a download file, a host-lookup file or a query plan. Exit status 0: "
+        "completed; 1: failed; 3: stopped, resumable with --resume RUN."
+    )
+    stopped = False
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        # From a shell only: call_command callers read the run's status in its summary.
+        super().run_from_argv(argv)
+        if self.stopped:
+            sys.exit(EXIT_STOPPED)
 
     def add_arguments(self, parser: CommandParser) -> None:
         source = parser.add_mutually_exclusive_group(required=True)
@@ -83,6 +99,7 @@ class Command(BaseCommand):
             self._print_summary(summary)
         if run.status == HarvestRun.Status.FAILED:
             raise CommandError(f"run {run.pk} failed: {run.message}")
+        self.stopped = run.status == HarvestRun.Status.STOPPED
 
     def _execute(self, run: HarvestRun, options: dict) -> HarvestRun:
         if run.source == HarvestRun.Source.SEARCH:
