@@ -390,3 +390,26 @@ def _handler_for(standin: ShodanStandIn) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the bundled sample corpus until Ctrl-C, to try `harvest --plan` without Shodan."""
+    import argparse
+
+    root = Path(__file__).resolve().parents[2]
+    parser = argparse.ArgumentParser(description="A Shodan stand-in on 127.0.0.1 serving banner files.")
+    parser.add_argument("files", nargs="*", type=Path, default=[root / "fixtures" / "sample" / "banners.jsonl.gz"])
+    parser.add_argument("--key", default="standin-key")
+    parser.add_argument("--credits", type=int, default=1000)
+    args = parser.parse_args(argv)
+    with ShodanStandIn(load_corpus(args.files), key=args.key, credits=args.credits) as server:
+        print(f"SHODAN_API_URL={server.url} SHODAN_API_KEY={args.key}  ({len(server.banners)} banners; Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
