@@ -288,3 +288,29 @@ def test_an_http_session_needs_a_timeout() -> None:
     session = Session(timeout=2.5)
     assert session.timeout == 2.5
     assert session.headers["User-Agent"].startswith("medexpo")
+
+
+def test_the_stand_in_runs_on_its_own_for_trying_plans_by_hand(settings) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.standins.shodan_server", "--key", "k1", "--credits", "42"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        url = re.search(r"SHODAN_API_URL=(http://127\.0\.0\.1:\d+) SHODAN_API_KEY=k1\s+\((\d+) banners", first)
+        assert url is not None, first
+        assert int(url.group(2)) == 6000  # the bundled sample corpus
+        settings.SHODAN_API_URL, settings.SHODAN_API_KEY = url.group(1), "k1"
+        assert shodan_client.api_info().query_credits == 42
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
