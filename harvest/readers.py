@@ -95,8 +95,11 @@ class _LongLine:
 
 
 def file_identity(path: Path) -> dict:
+    """What a resumed run compares to tell that its file was not changed in between: a rewrite
+    of the same size changes the modification time (to the nanosecond; seconds would miss a
+    rewrite within the same second)."""
     stat = path.stat()
-    return {"size": stat.st_size, "mtime": int(stat.st_mtime)}
+    return {"size": stat.st_size, "mtime": int(stat.st_mtime), "mtime_ns": stat.st_mtime_ns}
 
 
 def _open(path: Path) -> tuple[BufferedIOBase, BufferedIOBase]:

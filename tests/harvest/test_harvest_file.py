@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from harvest import readers, services
@@ -488,6 +488,30 @@ def test_a_completed_run_cannot_be_resumed(shared_data) -> None:
     run = harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
     with pytest.raises(services.HarvestError, match="completed"):
         services.harvest_run_get_resumable(run_id=run.pk)
+
+
+@pytest.mark.parametrize("change", ["same_size", "gone"])
+def test_a_run_whose_file_changed_is_not_resumed(tmp_path, change: str) -> None:
+    """Resuming reads on from a byte offset: in another file of the same size (a download
+    rewritten in place, even within the same second) it would mix the two files' banners."""
+    path = write_lines(tmp_path / "f.json", [line(banner(f"192.0.2.{i}", 80, data=f"old {i}")) for i in range(1, 7)])
+    run = services.harvest_file_start(path=path)
+    interrupt(run, HarvestRun.Source.FILE, at_event=6, batch_size=2)
+    run.source = HarvestRun.Source.FILE
+    run.save(update_fields=["source"])
+    before = (run.checkpoint, run.seen, sorted(Service.objects.values_list("host__ip", "banner")))
+    assert before[1] == 2
+    size = path.stat().st_size
+    if change == "gone":
+        path.unlink()
+    else:
+        write_lines(path, [line(banner(f"192.0.2.{i}", 80, data=f"new {i}")) for i in range(1, 7)])
+        assert path.stat().st_size == size
+
+    with pytest.raises(CommandError, match="has changed since the run started" if change != "gone" else "gone"):
+        call_command("harvest", "--resume", str(run.pk), "--json")
+    run.refresh_from_db()
+    assert (run.checkpoint, run.seen, sorted(Service.objects.values_list("host__ip", "banner"))) == before
 
 
 def test_the_gzip_reader_streams(tmp_path) -> None:
