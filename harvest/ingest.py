@@ -8,9 +8,10 @@ of each host and service, so the result is the same whatever the batch boundarie
 A batch is handled in two steps: *prepare* (read the stored state of the batch's hosts and
 services, apply the records in memory, allocate ids, and turn every write into plain rows) and
 *apply* (write those rows, the rejections and the run's counters and checkpoint in one
-transaction). On PostgreSQL, outside a surrounding transaction, apply runs in a writer thread on
-its own connection while the next batch is prepared, so parsing and merging in Python overlap the
-database's work. Batches still commit one at a time and in order. The next batch reads the hosts
+transaction). On PostgreSQL, outside a surrounding transaction and unless the caller says
+otherwise (a search run does), apply runs in a writer thread on its own connection while the next
+batch is prepared, so parsing and merging in Python overlap the database's work. Batches still
+commit one at a time and in order. The next batch reads the hosts
 and services of the batch still being written from memory (the state after it), and everything
 else from the database, which the batch in flight does not touch.
 """

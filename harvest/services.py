@@ -130,7 +130,11 @@ def _waiting_message(run: HarvestRun) -> str:
 
 def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | None) -> HarvestRun:
     _mark(run, HarvestRun.Status.RUNNING, "")
-    writer = BatchWriter(run, batch_size or settings.HARVEST_BATCH_SIZE)
+    # The writer thread lets the source read on while a batch commits: not the search API, whose
+    # next page would be bought before the page before it is stored (and bought again if the
+    # process died then).
+    pipelined = None if run.source in READ_AHEAD else False
+    writer = BatchWriter(run, batch_size or settings.HARVEST_BATCH_SIZE, pipelined=pipelined)
     last = Checkpoint(run.checkpoint)
     marks = writer.mark()
     try:

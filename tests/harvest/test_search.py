@@ -11,12 +11,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection, connections
 
 from harvest import search, services, shodan_client
 from harvest.models import HarvestRun, Host, Rejection, Service
@@ -551,3 +554,50 @@ def test_a_run_that_stops_exits_with_status_3_for_scripts(shodan_standin: Shodan
     assert json.loads(done.stdout)["status"] == "completed"
     failed = _manage(env, "harvest", "--file", str(tmp_path / "missing.json"))
     assert failed.returncode == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_page_is_bought_while_the_page_before_is_uncommitted(shodan_standin: ShodanStandIn, plan_file) -> None:
+    """A page bought while the one before it is still being written would be lost with it, and
+    paid for twice, if the process died then: a search run writes each page before the next."""
+    plan = plan_file("port:104")
+    query = plan_queries(plan)[0]
+    assert len(shodan_standin.search(query)) > 200  # three pages at least
+    if connection.vendor != "postgresql":
+        # No writer thread on SQLite: each page is written on the caller's thread before the next.
+        harvest("--plan", plan)
+        assert shodan_standin.pages == expected_pages(shodan_standin, [query])
+        return
+
+    blocker = psycopg.connect(**_psycopg_params(), autocommit=False)
+    blocker.execute("LOCK TABLE harvest_host IN SHARE MODE")  # holds up the insert of page 1's hosts
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            harvest("--plan", plan)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (query, 1) not in shodan_standin.pages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.0)  # time enough to buy page 2, were it allowed
+        bought_while_blocked = dict(shodan_standin.pages)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        thread.join(timeout=60)
+    assert not failures
+    assert bought_while_blocked == {(query, 1): 1}
+    assert shodan_standin.pages == expected_pages(shodan_standin, [query])
+
+
+def _psycopg_params() -> dict:
+    db = connection.settings_dict
+    return {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"], "dbname": db["NAME"]}
