@@ -7,7 +7,8 @@ Events are tuples:
   ("line", line, offset)                   a safe point to resume from: the line number and the
                                            byte offset (in the decoded stream) after it
   ("checkpoint", Checkpoint)               a safe point inside a host lookup too long for memory:
-                                           its line, and how many of its banners were read
+                                           its line, and how many of its banners were read; or,
+                                           after an error, the end of what can be read ("end")
 Per-line events are plain tuples: at 100,000 lines a second every object counts.
 """
 
@@ -161,7 +162,14 @@ def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_L
             long.file.close()
 
 
+def _end_of_file(line_no: int, offset: int) -> tuple:
+    """The damage ends what can be read: a run resumed from here reads (and reports) it no more."""
+    return ("checkpoint", Checkpoint({"line": line_no, "offset": offset, "end": True}))
+
+
 def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: ProgressFn | None = None) -> Iterator:
+    if checkpoint.get("end"):
+        return
     line_no = int(checkpoint.get("line", 0))
     offset = int(checkpoint.get("offset", 0))
     stream, raw = _open(path)
@@ -186,8 +194,10 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
                     progress(raw.tell())
         except EOFError as exc:
             yield ("error", f"line {line_no + 1}", Reason.TRUNCATED_FILE, f"{exc}; records before it were kept")
+            yield _end_of_file(line_no, offset)
         except (gzip.BadGzipFile, zlib.error, OSError) as exc:
             yield ("error", f"line {line_no + 1}", Reason.CORRUPT_FILE, f"{exc}; records before it were kept")
+            yield _end_of_file(line_no, offset)
         if progress is not None:
             progress(raw.tell())
     finally:

@@ -278,6 +278,33 @@ def test_a_truncated_gzip_keeps_what_came_before(tmp_path) -> None:
     assert endpoints() <= {(r["ip_str"], 80, "tcp") for r in many(2000)}
 
 
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_gzip_is_reported_once_when_its_run_is_resumed_after_its_last_batch(tmp_path, damage: str) -> None:
+    """A run can die after its last batch committed and before it was marked completed (kill -9,
+    Ctrl-C, the task timeout): resuming it must not read the damage, and count it, again."""
+    full = tmp_path / "full.json.gz"
+    write_lines(full, [line(r) for r in many(2000)], gz=True)
+    data = full.read_bytes()
+    path = tmp_path / "damaged.json.gz"
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(data + b"not a gzip member")
+    run = harvest(path, batch_size=500)
+    reason = Reason.TRUNCATED_FILE if damage == "truncated" else Reason.CORRUPT_FILE
+    assert run.rejected == {reason: 1}
+    first = _counts(run)
+    HarvestRun.objects.filter(pk=run.pk).update(status=HarvestRun.Status.STOPPED)  # died before the mark
+
+    again = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=500)
+    assert again.status == "completed"
+    assert _counts(again) == first
+
+
+def _counts(run: HarvestRun) -> tuple:
+    return (run.seen, run.accepted, run.rejected, list(run.rejections.values_list("position", "reason")))
+
+
 def test_blank_lines_are_not_records(tmp_path) -> None:
     run = harvest(write_lines(tmp_path / "f.json", [b"\n", line(banner()), b"   \n"]))
     assert (run.seen, run.accepted, run.rejected) == (1, 1, {})
