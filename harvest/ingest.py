@@ -29,6 +29,7 @@ from django.db import connection, reset_queries, transaction
 from django.utils import timezone
 
 from harvest import bulk
+from harvest.locking import hold_batch_key
 from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import MAX_HOSTNAMES, BannerRecord, Reason
 
@@ -554,6 +555,7 @@ def _close_connection() -> None:
 
 def _apply_in_transaction(plan: _Plan) -> None:
     with transaction.atomic():
+        hold_batch_key()  # first: a run that takes the harvest lock after a kill waits for this commit
         bulk.tune_batch_transaction()
         _apply(plan)
     reset_queries()

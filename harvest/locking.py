@@ -24,6 +24,11 @@ from django.db import connection
 # that holds it also holds (PG_RUN_NAMESPACE, run id), so others can tell which run is writing.
 PG_LOCK_KEY = (0x6D656478, 1)  # "medx"
 PG_RUN_NAMESPACE = 0x6D656479
+# Held shared by each batch transaction of the writer thread, on its own connection, until that
+# transaction ends. A process killed while that backend commits has lost its session lock (the
+# other connection's) before the commit is done; the next run waits for this key so that the
+# checkpoint it reads is the one that commit writes.
+PG_BATCH_KEY = (0x6D656478, 2)
 
 _in_process = threading.Lock()  # an in-memory SQLite database is only this process's
 _in_process_run: int | None = None
@@ -95,6 +100,7 @@ def _advisory_lock(run_id: int, on_wait: Callable[[], None] | None) -> Iterator[
                 on_wait()
             cursor.execute("SELECT pg_advisory_lock(%s, %s)", list(PG_LOCK_KEY))
         cursor.execute("SELECT pg_advisory_lock(%s, %s)", [PG_RUN_NAMESPACE, run_id])
+        cursor.execute("SELECT pg_advisory_lock(%s, %s), pg_advisory_unlock(%s, %s)", [*PG_BATCH_KEY, *PG_BATCH_KEY])
     try:
         yield
     finally:
@@ -104,6 +110,12 @@ def _advisory_lock(run_id: int, on_wait: Callable[[], None] | None) -> Iterator[
                     "SELECT pg_advisory_unlock(%s, %s), pg_advisory_unlock(%s, %s)",
                     [PG_RUN_NAMESPACE, run_id, *PG_LOCK_KEY],
                 )
+
+
+def hold_batch_key() -> None:
+    """Inside a batch transaction on the writer thread's connection (PostgreSQL): see PG_BATCH_KEY."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", list(PG_BATCH_KEY))
 
 
 @contextmanager

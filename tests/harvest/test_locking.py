@@ -17,9 +17,9 @@ from contextlib import contextmanager
 
 import psycopg
 
-from harvest.locking import PG_LOCK_KEY, PG_RUN_NAMESPACE, sqlite_lock_path
+from harvest.locking import PG_BATCH_KEY, PG_LOCK_KEY, PG_RUN_NAMESPACE, sqlite_lock_path
 from tests.factories import line, many, write_lines
-from tests.harvest.processes import manage, query
+from tests.harvest.processes import checkpoint_line, manage, query
 
 WAITING = re.compile(rb"run (\d+) waits: another harvest is writing to this database \(run (\d+)\)")
 
@@ -124,4 +124,52 @@ def test_a_run_resumed_twice_at_once_is_done_once(tmp_path, own_database) -> Non
     assert query(url, f"SELECT seen, new, accepted, status FROM harvest_harvestrun WHERE id = {run}") == [
         (3000, 3000, 3000, "completed")
     ]
+    assert query(url, "SELECT count(*) FROM harvest_service") == [(3000,)]
+
+
+def batch_key_locks(url: str) -> list[tuple]:
+    return query(
+        url,
+        "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND classid = {} AND objid = {} "
+        "AND objsubid = 2 ORDER BY granted DESC".format(*PG_BATCH_KEY),
+    )
+
+
+def test_a_resume_waits_for_the_batch_a_killed_process_was_still_committing(tmp_path, own_database) -> None:
+    url = migrated(own_database)
+    records = many(3000)
+    path = write_lines(tmp_path / "a.json", [line(r) for r in records])
+    if not url.startswith("postgres"):
+        # SQLite has no writer thread: a batch commits on the connection that holds the lock.
+        killed = manage(url, "harvest", "--file", str(path), "--batch-size", "50")
+        deadline = time.monotonic() + 60
+        while checkpoint_line(url) < 100:
+            assert time.monotonic() < deadline and killed.poll() is None, "no batch committed"
+            time.sleep(0.01)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert '"status": "completed"' in finish(manage(url, "harvest", "--resume", "1", "--json"))
+        assert query(url, "SELECT count(*) FROM harvest_service") == [(3000,)]
+        return
+
+    with psycopg.connect(url.replace("postgres://", "postgresql://")) as blocker:
+        blocker.execute("LOCK TABLE harvest_host IN SHARE MODE")  # the first batch's writes wait here
+        killed = manage(url, "harvest", "--file", str(path), "--batch-size", "50")
+        deadline = time.monotonic() + 60
+        while batch_key_locks(url) != [("ShareLock", True)]:  # the writer's batch transaction holds it
+            assert time.monotonic() < deadline and killed.poll() is None, "no batch in flight"
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)  # its writer's backend lives on, inside that batch
+        killed.wait()
+
+        resumed = manage(url, "harvest", "--resume", "1", "--batch-size", "50", "--json")
+        deadline = time.monotonic() + 60
+        while ("ExclusiveLock", False) not in batch_key_locks(url):  # it waits for that batch to end
+            assert time.monotonic() < deadline and resumed.poll() is None, "the resume did not wait"
+            time.sleep(0.05)
+        assert query(url, "SELECT count(*) FROM harvest_service") == [(0,)]
+        blocker.rollback()  # the orphaned batch goes on, finds its client gone and rolls back
+
+    assert '"status": "completed"' in finish(resumed)
+    assert query(url, "SELECT seen, new, status FROM harvest_harvestrun") == [(3000, 3000, "completed")]
     assert query(url, "SELECT count(*) FROM harvest_service") == [(3000,)]
