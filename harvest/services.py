@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -176,7 +176,14 @@ def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | Non
         # handed to the writer commits whole with its checkpoint; resuming reads everything after it again.
         _close_after_failure(writer)
         why = f"interrupted ({stop})" if str(stop) else "interrupted"
-        _mark(run, HarvestRun.Status.STOPPED, f"{why}; resume with --resume")
+        try:
+            _mark(run, HarvestRun.Status.STOPPED, f"{why}; resume with --resume")
+        except DatabaseError:
+            # It landed while the connection waited for a query's answer: that connection is
+            # unusable ("another command is already in progress"). Closing it also gives up its
+            # lock at once, instead of when the worker's process next uses it; a new one says why.
+            connection.close()
+            _mark(run, HarvestRun.Status.STOPPED, f"{why}; resume with --resume")
         raise
     except Exception as exc:
         _close_after_failure(writer)

@@ -89,3 +89,30 @@ def test_a_scheduled_harvest_delivered_again_goes_on_with_its_run_instead_of_pay
     assert summary["run"] == run.pk and summary["status"] == "stopped"  # at its credit limit
     assert run.credits_spent == 4
     assert shodan_standin.credits_spent <= 4 + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_timeout_that_lands_inside_a_query_still_marks_the_run_stopped(tmp_path) -> None:
+    from django.db import connection
+
+    from harvest import services
+
+    path = write_lines(tmp_path / "banners.json", [line(r) for r in many(3000)])
+    run = services.harvest_file_start(path=path)
+
+    def timeout_inside_a_query(position: int) -> None:
+        # As when django-q2's timeout arrives while the connection waits for a query's answer:
+        # the query is sent, its result never read, and the SystemExit unwinds from there.
+        # (SQLite runs a query in one C call: the interrupt can only land between queries.)
+        if position > 0:
+            if connection.vendor == "postgresql":
+                connection.ensure_connection()
+                connection.connection.pgconn.send_query(b"SELECT pg_sleep(0.2)")
+            raise SystemExit("Task exceeded maximum timeout value (1 seconds)")
+
+    with pytest.raises(SystemExit):
+        services.harvest_execute(run=run, progress=timeout_inside_a_query, batch_size=100)
+    run.refresh_from_db()
+    assert run.status == HarvestRun.Status.STOPPED and "timeout" in run.message
+    summary = services.harvest_execute(run=run)
+    assert summary.status == HarvestRun.Status.COMPLETED and Service.objects.count() == 3000
