@@ -1,12 +1,15 @@
 """medexpo settings. Everything that differs between deployments comes from the environment."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+_Number = TypeVar("_Number", int, float)
 
 
 def envbool(name: str, default: bool) -> bool:
@@ -22,23 +25,21 @@ def envbool(name: str, default: bool) -> bool:
 
 
 def envint(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
+    return _envnumber(name, default, int, "an integer")
 
 
 def envfloat(name: str, default: float) -> float:
+    return _envnumber(name, float(default), float, "a number")
+
+
+def _envnumber(name: str, default: _Number, kind: Callable[[str], _Number], what: str) -> _Number:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        return kind(value)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from exc
+        raise ImproperlyConfigured(f"{name} must be {what}, got {value!r}") from exc
 
 
 def envlist(name: str, default: str = "") -> list[str]:
