@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -29,7 +29,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from simple_history.models import ModelChange, ModelChangeValue
 from simple_history.template_utils import HistoricalRecordContextHelper
 
-from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, OwnerUnknown, ip_key
+from disclosure.models import Contact, HostOwner, Inhibition, Network, NetworkQuerySet, Organisation, OwnerUnknown
 from disclosure.owners.contacts import address_problem, unusable_addresses
 from disclosure.rdap_client import iter_entities
 from disclosure.services import (
@@ -351,8 +351,7 @@ class NetworkAdmin(_VisibleAdmin, SimpleHistoryAdmin):
     ) -> tuple[QuerySet[Network], bool]:
         address = search_address(search_term)
         if address is not None:
-            key = ip_key(address)
-            return queryset.filter(start_key__lte=key, end_key__gte=key), False
+            return cast(NetworkQuerySet, queryset).holding(address), False
         return super().get_search_results(request, queryset, search_term)
 
     country_text = text_column("country")

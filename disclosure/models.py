@@ -141,6 +141,12 @@ class Inhibition(models.Model):
         return self.until >= timezone.localdate()
 
 
+class NetworkQuerySet(models.QuerySet):
+    def holding(self, first: str, last: str | None = None) -> NetworkQuerySet:
+        """Networks that hold the address `first`, or any address from `first` to `last`."""
+        return self.filter(start_key__lte=ip_key(last or first), end_key__gte=ip_key(first))
+
+
 class Network(models.Model):
     """One registry network (an RDAP ip-network object), the cache unit of owner lookups."""
 
@@ -167,6 +173,8 @@ class Network(models.Model):
     fetched_at = models.DateTimeField()
     expires_at = models.DateTimeField()
     history = HistoricalRecords(excluded_fields=["raw"])
+
+    objects = NetworkQuerySet.as_manager()
 
     class Meta:
         ordering = ["start_key"]

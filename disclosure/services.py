@@ -110,15 +110,10 @@ class _Intervals:
 def network_find_cached(*, ip: str, now: datetime | None = None) -> Network | None:
     """The most specific unexpired cached network that holds `ip`, with one indexed query."""
     address = ipaddress.ip_address(ip)
-    key = ip_key(address)
     floor = ipaddress.ip_network(f"{address}/{LOOKUP_SPAN[address.version]}", strict=False).network_address
     return (
-        Network.objects.filter(
-            start_key__lte=key,
-            start_key__gte=ip_key(floor),
-            end_key__gte=key,
-            expires_at__gt=now or timezone.now(),
-        )
+        Network.objects.holding(str(address))
+        .filter(start_key__gte=ip_key(floor), expires_at__gt=now or timezone.now())
         .order_by("-start_key", "end_key")
         .first()
     )

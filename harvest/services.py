@@ -175,15 +175,15 @@ def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | Non
         # SystemExit). It may arrive anywhere, even inside a flush: write nothing more. A batch already
         # handed to the writer commits whole with its checkpoint; resuming reads everything after it again.
         _close_after_failure(writer)
-        why = f"interrupted ({stop})" if str(stop) else "interrupted"
+        message = (f"interrupted ({stop})" if str(stop) else "interrupted") + "; resume with --resume"
         try:
-            _mark(run, HarvestRun.Status.STOPPED, f"{why}; resume with --resume")
+            _mark(run, HarvestRun.Status.STOPPED, message)
         except DatabaseError:
             # It landed while the connection waited for a query's answer: that connection is
             # unusable ("another command is already in progress"). Closing it also gives up its
             # lock at once, instead of when the worker's process next uses it; a new one says why.
             connection.close()
-            _mark(run, HarvestRun.Status.STOPPED, f"{why}; resume with --resume")
+            _mark(run, HarvestRun.Status.STOPPED, message)
         raise
     except Exception as exc:
         _close_after_failure(writer)

@@ -284,17 +284,20 @@ def _is_object(data: object) -> bool:
     return isinstance(data, dict)
 
 
+def _has_int(data: object, key: str) -> bool:
+    value = data.get(key) if isinstance(data, dict) else None
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _has_credits(data: object) -> bool:
     # Taken for 0, a garbled answer would stop a run with "no query credits left" on a key that has them.
-    credits = data.get("query_credits") if isinstance(data, dict) else None
-    return isinstance(credits, int) and not isinstance(credits, bool)
+    return _has_int(data, "query_credits")
 
 
 def _has_total(data: object) -> bool:
     # Shodan always sends the total: without it an answer was cut or garbled, and taking it for
     # 0 would skip the query (or its remaining pages) without a word.
-    total = data.get("total") if isinstance(data, dict) else None
-    return isinstance(total, int) and not isinstance(total, bool)
+    return _has_int(data, "total")
 
 
 def _is_page(data: object) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 
-from disclosure.models import Network, ip_key
+from disclosure.models import Network
 from disclosure.rdap_client import LookupOptions, RateLimiter
 from disclosure.services import network_resolve_addresses
 from medexpo.lib.progress import Progress
@@ -114,7 +114,7 @@ def _refuse_cached_range(standin: Any) -> None:
     """Cached networks in the generated range would answer the cold run (a real cache can hold them)."""
     first = ipaddress.ip_address(standin.networks[0].start)
     last = ipaddress.ip_address(standin.networks[-1].end)
-    if Network.objects.filter(start_key__lte=ip_key(last), end_key__gte=ip_key(first)).exists():
+    if Network.objects.holding(str(first), str(last)).exists():
         raise CommandError(
             f"the owner cache already holds networks between {first} and {last}, where the benchmark's "
             "networks lie: run it on a database of its own"
