@@ -7,7 +7,14 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medexpo.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader of the output went away (`| head`): stop quietly, as other Unix tools do. The
+        # output still buffered would fail again at exit, so it goes to /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

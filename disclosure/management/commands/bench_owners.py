@@ -16,12 +16,13 @@ import random
 import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import connection, transaction
 
 from disclosure.models import Network
 from disclosure.rdap_client import LookupOptions, RateLimiter
 from disclosure.services import network_resolve_addresses
+from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
 
@@ -29,7 +30,7 @@ class _Rollback(Exception):  # noqa: N818 - control flow, not an error
     pass
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Benchmark owner resolution: RDAP requests per network, addresses per second, cache hit rate."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -40,8 +41,6 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: object, **options: Any) -> None:
-        if "disclosure_network" not in connection.introspection.table_names():
-            raise CommandError("the database has no tables yet: run `python manage.py migrate` first")
         # The stand-ins live with the tests; they are only needed here, when benchmarking.
         from tests.standins.dns_server import RunningDns
         from tests.standins.rdap_server import RdapStandin, RunningServer

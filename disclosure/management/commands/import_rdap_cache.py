@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from disclosure.services import OwnerError, rdap_cache_import
+from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Load recorded RDAP ip-network answers (every *.json in DIR) into the owner cache."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from disclosure.services import hosts_needing_owner, owners_resolve
+from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Find the network, operator and recipient of every host that needs an owner."
 
     def add_arguments(self, parser: CommandParser) -> None:

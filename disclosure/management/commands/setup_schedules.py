@@ -10,10 +10,11 @@ import json
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django_q.models import Schedule
 
 from harvest.plans import PlanError, plan_load
+from medexpo.lib.commands import DatabaseCommand
 
 HARVEST = "harvest: search plan"
 
@@ -51,7 +52,7 @@ def schedules() -> list[dict]:
     return wanted
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Create or update the recurring background work (django-q2 schedules)."
 
     def add_arguments(self, parser: Any) -> None:

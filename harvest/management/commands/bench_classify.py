@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import connection
 
 from disclosure.models import Network, Organisation
@@ -37,6 +37,7 @@ from harvest.classify.types import banner_from_shodan
 from harvest.models import HarvestRun, Service
 from harvest.samplegen import DEFAULT_SEED, write_banners
 from harvest.services import harvest_execute, harvest_file_start
+from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
 SAMPLE_CORPUS = Path(settings.BASE_DIR) / "fixtures" / "sample" / "banners.jsonl.gz"
@@ -44,7 +45,7 @@ ENGINE_TARGET = 20_000  # banners per second per core
 MIN_SECONDS = 3.0  # repeat passes over the corpus until each loop has run at least this long
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Benchmark classification: the pure engine per core, and classify --all over N stored services."
 
     def add_arguments(self, parser: CommandParser) -> None:

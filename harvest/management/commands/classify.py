@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from harvest.classify import services
 from harvest.classify.rules import RuleSet
 from harvest.models import Service
+from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 from medexpo.lib.text import visible_text
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Classify stored services that are new or changed under the current rules (all of them with --all)."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -6,16 +6,17 @@ import json
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from harvest.services import service_export_rows
+from medexpo.lib.commands import DatabaseCommand
 
 # JSON allows these unescaped, but str.splitlines() and many JSON Lines readers end a line at
 # them: a hostile product name must not split its row in two.
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Write every stored service, one JSON object per line."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -28,8 +29,6 @@ class Command(BaseCommand):
         try:
             for row in service_export_rows():
                 out.write(json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS) + "\n")
-        except BrokenPipeError:  # `| head` closed the pipe: not an error
-            sys.stderr.close()
         finally:
             if not to_stdout:
                 out.close()

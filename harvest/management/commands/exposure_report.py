@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from harvest.classify import report as reports
+from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "The exposure overview from the stored verdicts: a terminal table, and JSON, CSV, charts, HTML and PDF."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -43,12 +43,9 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(report | {"files": [str(p) for p in written]}))
             return
-        try:
-            self._print(report)
-            for path in written:
-                self.stdout.write(f"wrote {path}")
-        except BrokenPipeError:  # `| head` closed the pipe: not an error
-            sys.stderr.close()
+        self._print(report)
+        for path in written:
+            self.stdout.write(f"wrote {path}")
 
     def _print(self, r: dict) -> None:
         w = self.stdout.write

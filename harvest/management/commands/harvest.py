@@ -11,17 +11,18 @@ import json
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from harvest import search, services
 from harvest.models import HarvestRun
 from harvest.readers import file_size
+from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
 EXIT_STOPPED = 3
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = (
         "Ingest Shodan banners from a download file, a host-lookup file or a query plan. Exit status 0: "
         "completed; 1: failed; 3: stopped, resumable with --resume RUN."

@@ -1,0 +1,43 @@
+"""What every management command that reads or writes the configured database shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
+
+# Databases found migrated in this process: a migrated database stays so, and tests call commands often.
+_migrated: set[tuple[str, str]] = set()
+
+
+def unapplied_migrations(alias: str = DEFAULT_DB_ALIAS) -> list[str]:
+    """`app.migration` names the database still lacks (all of them on a new, empty database)."""
+    executor = MigrationExecutor(connections[alias])
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    return [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
+
+
+def database_label(alias: str = DEFAULT_DB_ALIAS) -> str:
+    """The database's engine and name, never its password."""
+    conn = connections[alias]
+    return f"{conn.vendor} database {conn.settings_dict.get('NAME')!s}"
+
+
+class DatabaseCommand(BaseCommand):
+    """Refuses, with the command to run, a database that is not migrated, instead of failing with
+    a traceback about a missing table halfway through."""
+
+    def execute(self, *args: Any, **options: Any) -> str | None:
+        key = (DEFAULT_DB_ALIAS, str(connections[DEFAULT_DB_ALIAS].settings_dict.get("NAME")))
+        missing = [] if key in _migrated else unapplied_migrations()
+        if not missing:
+            _migrated.add(key)
+        else:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise CommandError(
+                f"the {database_label()} is not migrated ({len(missing)} migrations not applied: {shown}); "
+                "run `manage.py migrate` first"
+            )
+        return super().execute(*args, **options)

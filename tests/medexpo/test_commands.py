@@ -1,0 +1,72 @@
+"""What every command shares, seen as a user sees it: a real `manage.py` process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medexpo.lib.commands import unapplied_migrations
+from tests.conftest import ROOT
+
+
+def manage(tmp_path, *args: str, close_stdout: bool = False) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "DJANGO_SETTINGS_MODULE": "medexpo.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "MEDEXPO_DATA_DIR": str(tmp_path / "data"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if close_stdout:  # a reader that went away before reading anything, as `| head -0` would
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+        out = ""
+    else:
+        out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("export_services",),
+        ("harvest", "--file", "fixtures/sample/hosts.jsonl"),
+        ("classify", "--all"),
+        ("resolve_owners",),
+        ("exposure_report", "--json"),
+    ],
+)
+def test_a_database_not_yet_migrated_is_refused_with_the_command_to_run(tmp_path, args):
+    done = manage(tmp_path, *args)
+
+    assert done.returncode == 1
+    assert "is not migrated" in done.stderr
+    assert "run `manage.py migrate` first" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_migrated_database_passes_and_a_reader_that_went_away_is_no_error(tmp_path):
+    assert manage(tmp_path, "migrate", "-v0").returncode == 0
+
+    done = manage(tmp_path, "classify", "--all", close_stdout=True)
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Exception ignored" not in done.stderr
+    assert "BrokenPipe" not in done.stderr
+
+
+@pytest.mark.django_db
+def test_the_test_database_has_every_migration():
+    assert unapplied_migrations() == []
