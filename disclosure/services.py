@@ -690,13 +690,29 @@ def contact_set_enabled(*, contact: Contact, enabled: bool) -> Contact:
 # --- export ------------------------------------------------------------------------------------
 
 
+_EXPORT_OWNER_FIELDS = (
+    "host_id",
+    "status",
+    "reason",
+    "network__start_address",
+    "network__end_address",
+    "network__cidrs",
+    "network__asn",
+    "network__holder__name",
+    "operator__name",
+    "recipient__email",
+    "recipient__organisation__name",
+)
+
+
 def owners_export_enrich(services: list[Service], rows: list[dict]) -> None:
     """Add owner columns to a batch of export rows, with one query for the whole batch."""
     owners = {
         o.host_id: o
-        for o in HostOwner.objects.filter(host_id__in={s.host_id for s in services}).select_related(
-            "network", "network__holder", "operator", "recipient", "recipient__organisation"
-        )
+        for o in HostOwner.objects.filter(host_id__in={s.host_id for s in services})
+        .select_related("network", "network__holder", "operator", "recipient", "recipient__organisation")
+        # Only the exported columns: a network's stored RDAP answer alone is kilobytes of JSON.
+        .only(*_EXPORT_OWNER_FIELDS)
     }
     for service, row in zip(services, rows, strict=True):
         owner = owners.get(service.host_id)

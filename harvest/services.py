@@ -253,6 +253,10 @@ def register_export_enricher(fn: ExportEnricher) -> ExportEnricher:
     return fn
 
 
+def service_count() -> int:
+    return Service.objects.count()
+
+
 def service_export_rows(*, chunk_size: int = 2000) -> Iterator[dict]:
     """Every stored service as a plain dict, streamed in primary-key order, in batches."""
     last_pk = 0

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -63,3 +64,56 @@ def test_an_empty_database_exports_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     call_command("export_services", format="jsonl", output=str(out))
     assert out.read_text() == ""
+
+
+@pytest.mark.django_db
+def test_a_file_export_prints_a_summary_and_json_for_scripts(tmp_path: Path) -> None:
+    ingest(tmp_path, [minimal_banner("192.0.2.5", 104, "a"), minimal_banner("192.0.2.5", 11112, "b")])
+    out = tmp_path / "out.jsonl"
+    stdout = io.StringIO()
+
+    call_command("export_services", output=str(out), json=True, stdout=stdout)
+
+    summary = json.loads(stdout.getvalue())
+    assert summary["services"] == 2 == len(out.read_text().splitlines())
+    assert summary["output"] == str(out.resolve())
+    assert (out.stat().st_mode & 0o077) == 0  # confidential: readable by its owner only
+
+
+@pytest.mark.django_db
+def test_rows_on_standard_output_stay_alone_there(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ingest(tmp_path, [minimal_banner("192.0.2.6", 2575, "MSH|^~\\&|")])
+
+    call_command("export_services")
+
+    captured = capsys.readouterr()
+    assert [json.loads(line)["port"] for line in captured.out.splitlines()] == [2575]
+    assert "Exported 1 services to standard output" in captured.err
+    with pytest.raises(CommandError, match="--json needs --output"):
+        call_command("export_services", json=True)
+
+
+@pytest.mark.django_db
+def test_a_failed_export_leaves_the_previous_file_whole(tmp_path: Path) -> None:
+    ingest(tmp_path, [minimal_banner(f"192.0.2.{i}", 80, "x") for i in range(1, 6)])
+    out = tmp_path / "out.jsonl"
+    out.write_text("the previous export\n")
+
+    def broken(batch: list, rows: list) -> None:
+        raise RuntimeError("enricher failed")
+
+    services.register_export_enricher(broken)
+    try:
+        with pytest.raises(RuntimeError, match="enricher failed"):
+            call_command("export_services", output=str(out))
+    finally:
+        services.EXPORT_ENRICHERS.remove(broken)
+
+    assert out.read_text() == "the previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+@pytest.mark.django_db
+def test_an_output_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="no such directory"):
+        call_command("export_services", output=str(tmp_path / "nowhere" / "out.jsonl"))

@@ -1,15 +1,20 @@
-"""python manage.py export_services --format jsonl [--output FILE]"""
+"""python manage.py export_services --format jsonl [--output FILE] [--json]"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 
-from harvest.services import service_export_rows
+from harvest.services import service_count, service_export_rows
 from medexpo.lib.commands import DatabaseCommand
+from medexpo.lib.progress import Progress
 
 # JSON allows these unescaped, but str.splitlines() and many JSON Lines readers end a line at
 # them: a hostile product name must not split its row in two.
@@ -17,18 +22,55 @@ _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": 
 
 
 class Command(DatabaseCommand):
-    help = "Write every stored service, one JSON object per line."
+    help = (
+        "Write every stored service, one JSON object per line. A file given with --output appears "
+        "whole or not at all: it is written beside its name and renamed when complete."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--format", choices=["jsonl"], default="jsonl", help="JSON lines, the only format")
         parser.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+        parser.add_argument("--json", action="store_true", help="print the summary as one JSON object (needs --output)")
 
     def handle(self, *args: object, **options: Any) -> None:
-        to_stdout = options["output"] == "-"
-        out = sys.stdout if to_stdout else open(options["output"], "w", encoding="utf-8")  # noqa: SIM115
+        target = options["output"]
+        if target == "-" and options["json"]:
+            raise CommandError("--json needs --output FILE: without it the rows themselves go to standard output")
+        started = time.perf_counter()
+        written = self._write(sys.stdout) if target == "-" else self._write_file(Path(target))
+        summary = {
+            "services": written,
+            "output": "-" if target == "-" else str(Path(target).resolve()),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(summary))
+        elif target == "-":  # standard output holds the rows
+            sys.stderr.write(f"Exported {written:,} services to standard output in {summary['seconds']} s\n")
+        else:
+            self.stdout.write(f"Exported {written:,} services to {summary['output']} in {summary['seconds']} s")
+
+    def _write_file(self, path: Path) -> int:
+        if path.is_dir():
+            raise CommandError(f"--output is a directory: {path}")
+        if not path.parent.is_dir():
+            raise CommandError(f"no such directory: {path.parent}")
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                written = self._write(out)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return written
+
+    def _write(self, out: TextIO) -> int:
+        written = 0
+        with Progress(total=service_count(), unit="service", desc="export", unit_scale=True) as bar:
             for row in service_export_rows():
                 out.write(json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS) + "\n")
-        finally:
-            if not to_stdout:
-                out.close()
+                written += 1
+                if written % 2000 == 0:
+                    bar.moved_to(written)
+        return written
