@@ -44,8 +44,7 @@ class Command(BaseCommand):
 
         export = out / "services.jsonl"
         step("6. Export", f"export_services --output {export}")
-        call_command("export_services", format="jsonl", output=str(export))
-        self.stdout.write(f"   {export}")
+        call_command("export_services", format="jsonl", output=str(export), stdout=self.stdout)
 
         self.stdout.write(self.style.SUCCESS("\nDone. Where to look next:"))
         self.stdout.write(f"   report        {report}/exposure_report.html (and .pdf, .json, .csv, PNG and SVG charts)")
