@@ -141,6 +141,11 @@ class Inhibition(models.Model):
         return self.until >= timezone.localdate()
 
 
+def network_label(cidrs: list[str], start_address: str, end_address: str) -> str:
+    """How a network is named to staff and in exports: its first CIDRs, else its address range."""
+    return ", ".join(cidrs[:3]) or f"{start_address} - {end_address}"
+
+
 class NetworkQuerySet(models.QuerySet):
     def holding(self, first: str, last: str | None = None) -> NetworkQuerySet:
         """Networks that hold the address `first`, or any address from `first` to `last`."""
@@ -183,7 +188,7 @@ class Network(models.Model):
         indexes = [models.Index(fields=["expires_at"], name="network_expires_idx")]
 
     def __str__(self) -> str:
-        return ", ".join(self.cidrs[:3]) or f"{self.start_address} - {self.end_address}"
+        return network_label(self.cidrs, self.start_address, self.end_address)
 
     @property
     def cidr(self) -> str:

@@ -21,11 +21,12 @@ from django.utils import timezone
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
 
 from disclosure import rdap_client
-from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
+from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key, network_label
 from disclosure.owners.attribution import attribute_operator, facts_from_host, registry_match_name
 from disclosure.owners.contacts import ROLE_ORDER, address_problem, contact_candidates, network_holder
 from disclosure.owners.registry import RegistryOrganisation, load_registry
 from harvest.models import Host, Service
+from harvest.services import ExportedService
 
 ProgressFn = Callable[[int], None]
 # Deduplication of in-flight lookups: addresses in the same neighbourhood wait for the answer of
@@ -690,40 +691,58 @@ def contact_set_enabled(*, contact: Contact, enabled: bool) -> Contact:
 # --- export ------------------------------------------------------------------------------------
 
 
+# Plain values of only the exported columns: a network's stored RDAP answer alone is kilobytes of
+# JSON, and a model instance for each of the six rows behind an owner cost more than the export.
 _EXPORT_OWNER_FIELDS = (
     "host_id",
     "status",
     "reason",
+    "network_id",
     "network__start_address",
     "network__end_address",
     "network__cidrs",
     "network__asn",
     "network__holder__name",
     "operator__name",
+    "recipient_id",
     "recipient__email",
     "recipient__organisation__name",
 )
 
 
-def owners_export_enrich(services: list[Service], rows: list[dict]) -> None:
+def owners_export_enrich(services: list[ExportedService], rows: list[dict]) -> None:
     """Add owner columns to a batch of export rows, with one query for the whole batch."""
     owners = {
-        o.host_id: o
-        for o in HostOwner.objects.filter(host_id__in={s.host_id for s in services})
-        .select_related("network", "network__holder", "operator", "recipient", "recipient__organisation")
-        # Only the exported columns: a network's stored RDAP answer alone is kilobytes of JSON.
-        .only(*_EXPORT_OWNER_FIELDS)
+        values[0]: values
+        for values in HostOwner.objects.filter(host_id__in={s.host_id for s in services}).values_list(
+            *_EXPORT_OWNER_FIELDS
+        )
     }
     for service, row in zip(services, rows, strict=True):
         owner = owners.get(service.host_id)
-        network = owner.network if owner else None
-        row["network"] = network.cidr if network else None
-        if network is not None and network.asn is not None:
-            row["asn"] = network.asn
-        row["network_holder"] = network.holder.name if network and network.holder else None
-        row["operator"] = owner.operator.name if owner and owner.operator else None
-        recipient = owner.recipient if owner else None
-        row["recipient"] = recipient.organisation.name if recipient else None
-        row["recipient_email"] = recipient.email if recipient else None
-        row["owner_status"] = owner.status if owner else "not_resolved"
-        row["owner_reason"] = (owner.reason or None) if owner else "owner resolution has not run"
+        if owner is None:
+            row.update(_NOT_RESOLVED)
+            continue
+        (_, status, reason, network_id, start, end, cidrs, asn, holder, operator, recipient_id, email, recipient) = (
+            owner
+        )
+        row["network"] = network_label(cidrs, start, end) if network_id else None
+        if asn is not None:
+            row["asn"] = asn
+        row["network_holder"] = holder
+        row["operator"] = operator
+        row["recipient"] = recipient if recipient_id else None
+        row["recipient_email"] = email if recipient_id else None
+        row["owner_status"] = status
+        row["owner_reason"] = reason or None
+
+
+_NOT_RESOLVED = {
+    "network": None,
+    "network_holder": None,
+    "operator": None,
+    "recipient": None,
+    "recipient_email": None,
+    "owner_status": "not_resolved",
+    "owner_reason": "owner resolution has not run",
+}

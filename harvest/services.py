@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -241,9 +242,16 @@ def harvest_run_summary(*, run: HarvestRun, examples: int = 5) -> dict:
     }
 
 
+class ExportedService(NamedTuple):
+    """What an export enricher learns of each service of a batch."""
+
+    pk: int
+    host_id: int
+
+
 # Other parts (classification, disclosure's owners) add columns to the export by registering a
 # function that fills a batch of rows in place: fn(services, rows). Registered in AppConfig.ready().
-ExportEnricher = Callable[[list[Service], list[dict]], None]
+ExportEnricher = Callable[[list[ExportedService], list[dict]], None]
 EXPORT_ENRICHERS: list[ExportEnricher] = []
 
 
@@ -251,6 +259,26 @@ def register_export_enricher(fn: ExportEnricher) -> ExportEnricher:
     if fn not in EXPORT_ENRICHERS:
         EXPORT_ENRICHERS.append(fn)
     return fn
+
+
+# Plain values, not model instances: building a model for every row was most of an export's time.
+# Banners and raw records (up to a megabyte each) are not exported: they stay in the database.
+_EXPORT_COLUMNS = (
+    "pk",
+    "host_id",
+    "host__ip",
+    "port",
+    "transport",
+    "product",
+    "version",
+    "module",
+    "host__org",
+    "host__asn",
+    "host__country",
+    "host__hostnames",
+    "first_seen",
+    "last_seen",
+)
 
 
 def service_count() -> int:
@@ -261,31 +289,30 @@ def service_export_rows(*, chunk_size: int = 2000) -> Iterator[dict]:
     """Every stored service as a plain dict, streamed in primary-key order, in batches."""
     last_pk = 0
     while True:
-        # Banners and raw records (up to a megabyte each) are not exported: they stay in the database.
-        services = Service.objects.select_related("host").defer("banner", "raw")
-        batch = list(services.filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
+        batch = list(Service.objects.filter(pk__gt=last_pk).order_by("pk").values_list(*_EXPORT_COLUMNS)[:chunk_size])
         if not batch:
             return
-        rows = [_export_row(service) for service in batch]
+        keys = [ExportedService(values[0], values[1]) for values in batch]
+        rows = [_export_row(values) for values in batch]
         for enrich in EXPORT_ENRICHERS:
-            enrich(batch, rows)
+            enrich(keys, rows)
         yield from rows
-        last_pk = batch[-1].pk
+        last_pk = batch[-1][0]
 
 
-def _export_row(service: Service) -> dict:
-    host = service.host
+def _export_row(values: tuple) -> dict:
+    _pk, _host_id, ip, port, transport, product, version, module, org, asn, country, hostnames, first, last = values
     return {
-        "ip": host.ip,
-        "port": service.port,
-        "transport": service.transport,
-        "product": service.product,
-        "version": service.version,
-        "module": service.module,
-        "org": host.org,
-        "asn": host.asn,
-        "country": host.country,
-        "hostnames": host.hostnames,
-        "first_seen": service.first_seen.isoformat(),
-        "last_seen": service.last_seen.isoformat(),
+        "ip": ip,
+        "port": port,
+        "transport": transport,
+        "product": product,
+        "version": version,
+        "module": module,
+        "org": org,
+        "asn": asn,
+        "country": country,
+        "hostnames": hostnames,
+        "first_seen": first.isoformat(),
+        "last_seen": last.isoformat(),
     }

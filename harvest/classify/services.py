@@ -26,7 +26,7 @@ from harvest.classify.rules import RuleSet, load_rules
 from harvest.classify.types import CATEGORIES, CLASSES, SEGMENTS, Banner, Verdict, banner_from_shodan
 from harvest.models import Classification, Service
 from harvest.records import RecordError, clean_text, parse_address
-from harvest.services import register_export_enricher
+from harvest.services import ExportedService, register_export_enricher
 
 BATCH_SIZE = 1000
 MAX_HOST_MODULES = 256  # a honeypot host can answer on thousands of ports; the engine needs a sample
@@ -404,7 +404,7 @@ def classification_counts() -> dict:
 
 
 @register_export_enricher
-def classification_export_enrich(services: list[Service], rows: list[dict]) -> None:
+def classification_export_enrich(services: list[ExportedService], rows: list[dict]) -> None:
     """Export columns: class, category, segment, evidence [{rule, excerpt}], honeypot (one query per batch)."""
     found = {
         sid: (cls, category, segment, evidence, honeypot)
