@@ -60,6 +60,8 @@ def test_it_reads_the_real_host_lookup(shared_data) -> None:
         (line({k: v for k, v in banner().items() if k != "port"}), Reason.MISSING_PORT),
         (line(banner(port=70000)), Reason.INVALID_PORT),
         (line(banner(port=-1)), Reason.INVALID_PORT),
+        (line(banner() | {"port": None}), Reason.MISSING_PORT),
+        (b'{"ip": true, "port": 80}', Reason.INVALID_ADDRESS),  # a boolean is no integer address
         (line(banner() | {"port": "http"}), Reason.INVALID_PORT),
         (line(banner() | {"port": True}), Reason.INVALID_PORT),
         (line(banner(transport="sctp")), Reason.INVALID_TRANSPORT),
@@ -79,6 +81,11 @@ def test_it_rejects_bad_records_with_a_reason(raw: bytes, reason: str) -> None:
         record_from_line(raw)
     assert exc.value.reason == reason
     assert exc.value.detail
+
+
+@pytest.mark.parametrize("port", [0, 65535])
+def test_the_port_range_includes_both_ends(port: int) -> None:
+    assert record_from_line(line(banner(port=port))).port == port
 
 
 def test_it_rejects_a_record_over_the_size_limit() -> None:
