@@ -14,9 +14,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from harvest import readers, services
-from harvest.ingest import BatchWriter
+from harvest.ingest import REJECTION_ROWS_PER_REASON, BatchWriter, Checkpoint
 from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
-from harvest.records import MAX_RECORD_BYTES, UTF8_BOM, Reason, RecordError, records_from_host_line
+from harvest.records import MAX_RECORD_BYTES, UTF8_BOM, Reason, RecordError, record_from_line, records_from_host_line
 from tests.factories import banner, line, many, write_lines
 
 pytestmark = pytest.mark.django_db
@@ -98,7 +98,7 @@ def test_an_older_record_only_widens_the_window(tmp_path) -> None:
     harvest(write_lines(tmp_path / "a.json", [line(banner(timestamp="2026-03-01T00:00:00"))]))
     harvest(write_lines(tmp_path / "b.json", [line(banner(timestamp="2026-01-01T00:00:00"))]))
     service = Service.objects.get()
-    assert (service.first_seen.month, service.last_seen.month) == (1, 3)
+    assert (service.first_seen.month, service.last_seen.month, service.banner_since.month) == (1, 3, 1)
     assert ServiceBanner.objects.count() == 0  # same banner: no history
 
 
@@ -274,6 +274,8 @@ def test_a_truncated_gzip_keeps_what_came_before(tmp_path) -> None:
     assert run.status == "completed"
     assert Reason.TRUNCATED_FILE in run.rejected
     assert 0 < Service.objects.count() < 2000
+    # the damage is reported at the first line that could not be read whole
+    assert Rejection.objects.get(run=run).position == f"line {Service.objects.count() + 1}"
     # every stored service is one that the file really had
     assert endpoints() <= {(r["ip_str"], 80, "tcp") for r in many(2000)}
 
@@ -743,3 +745,56 @@ def test_stored_history_is_read_once_a_batch(tmp_path) -> None:
     assert ServiceBanner.objects.count() == 600
     reads = [q for q in sql if q.startswith("SELECT") and "servicebanner" in q]
     assert 1 <= len(reads) <= 2  # two batches of 500 lines
+
+
+def test_a_later_record_at_the_same_moment_adds_its_host_fields(tmp_path) -> None:
+    first = banner("192.0.2.1", 80, timestamp="2026-01-01T00:00:00", hostnames=[])
+    second = banner("192.0.2.1", 443, data="tls", timestamp="2026-01-01T00:00:00", hostnames=["pacs.example.org"])
+    harvest(write_lines(tmp_path / "f.json", [line(first), line(second)]))
+    assert Host.objects.get().hostnames == ["pacs.example.org"]
+
+
+def test_a_newer_record_without_an_organisation_keeps_the_known_one(tmp_path) -> None:
+    named = banner(timestamp="2026-01-01T00:00:00", org="Example Hospital", isp="Example ISP", os="Linux")
+    blank = banner(port=22, data="SSH-2.0", timestamp="2026-02-01T00:00:00", org="", isp="", os="")
+    harvest(write_lines(tmp_path / "f.json", [line(named), line(blank)]))
+    host = Host.objects.get()
+    assert (host.org, host.isp, host.os, host.last_seen.month) == ("Example Hospital", "Example ISP", "Linux", 2)
+
+
+def test_rejections_past_the_row_limit_are_only_counted(tmp_path) -> None:
+    bad = [b"{not json %d\n" % n for n in range(REJECTION_ROWS_PER_REASON + 1)]
+    run = harvest(write_lines(tmp_path / "f.json", [*bad, line(banner())]), batch_size=400)
+    assert run.rejected == {Reason.NOT_JSON: REJECTION_ROWS_PER_REASON + 1} and run.accepted == 1
+    assert Rejection.objects.filter(run=run).count() == REJECTION_ROWS_PER_REASON
+    assert Rejection.objects.filter(run=run).order_by("id").last().position == f"line {REJECTION_ROWS_PER_REASON}"
+
+
+def test_a_source_that_stops_keeps_only_what_its_last_checkpoint_covers(tmp_path) -> None:
+    """A source stops between events; records after its last checkpoint are read again on resume,
+    so they must not be written now."""
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(2)])
+    kept, after = many(2)
+
+    def stopping_source(run: HarvestRun, progress: object) -> object:
+        if run.checkpoint.get("n") == 1:
+            yield ("record", 2, record_from_line(line(after)))
+            yield ("checkpoint", Checkpoint({"n": 2}))
+            return
+        yield ("record", 1, record_from_line(line(kept)))
+        yield ("checkpoint", Checkpoint({"n": 1}))
+        yield ("record", 2, record_from_line(line(after)))
+        raise services.HarvestStopped("out of credits")
+
+    services.register_source("stopping")(stopping_source)
+    try:
+        run = services.harvest_file_start(path=path)
+        run.source = "stopping"
+        run.save(update_fields=["source"])
+        stopped = services.harvest_execute(run=run)
+        assert (stopped.status, stopped.checkpoint, stopped.seen) == ("stopped", {"n": 1}, 1)
+        assert endpoints() == {(kept["ip_str"], 80, "tcp")}
+        resumed = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk))
+    finally:
+        del services.SOURCES["stopping"]
+    assert (resumed.status, resumed.seen, resumed.new, resumed.rejected) == ("completed", 2, 2, {})
