@@ -601,3 +601,13 @@ def test_no_page_is_bought_while_the_page_before_is_uncommitted(shodan_standin: 
 def _psycopg_params() -> dict:
     db = connection.settings_dict
     return {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"], "dbname": db["NAME"]}
+
+
+def test_a_key_refused_in_the_middle_of_a_run_stops_it_resumably(shodan_standin: ShodanStandIn) -> None:
+    shodan_standin.fail(401, times=1)  # the key stops working after the credits were read
+    summary, _ = harvest("--plan", "ports")
+    assert summary["status"] == "stopped"
+    assert "refused the API key" in summary["message"] and search.QUERY_FAILED not in summary["rejected"]
+    summary, _ = harvest("--resume", str(summary["run"]))
+    assert summary["status"] == "completed"
+    assert stored() == expected_services(shodan_standin, plan_queries("ports"))

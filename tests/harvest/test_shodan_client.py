@@ -80,10 +80,11 @@ def test_it_backs_off_on_429_then_succeeds(shodan_standin: ShodanStandIn, settin
     assert seen[2].at - seen[1].at >= 0.12
 
 
-def test_it_retries_a_503(shodan_standin: ShodanStandIn) -> None:
-    shodan_standin.fail(503, times=3, path="/shodan/host/count")
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_it_retries_a_server_error(shodan_standin: ShodanStandIn, status: int) -> None:
+    shodan_standin.fail(status, times=3, path="/shodan/host/count")
     assert shodan_client.count(DICOM_NL).total > 0
-    assert [r.status for r in shodan_standin.requests_to("/shodan/host/count")] == [503, 503, 503, 200]
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/count")] == [status, status, status, 200]
 
 
 def test_it_retries_a_slow_answer(shodan_standin: ShodanStandIn, settings) -> None:
