@@ -67,6 +67,42 @@ def test_an_empty_database_exports_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.django_db
+def test_each_row_carries_the_service_and_its_host_over_the_whole_window(tmp_path: Path) -> None:
+    host = {"org": "Example Hospital", "asn": "AS64496", "hostnames": ["pacs.example.org"]}
+    ingest(
+        tmp_path,
+        [
+            _minimal_banner("192.0.2.5", 104, "v1", timestamp="2026-01-05T00:00:00", **host),
+            _minimal_banner(
+                "192.0.2.5", 104, "v2", timestamp="2026-03-05T00:00:00", product="Orthanc", version="1.12", **host
+            ),
+            _minimal_banner("192.0.2.5", 443, "tls", timestamp="2026-02-05T00:00:00", transport="udp", **host),
+            _minimal_banner("192.0.2.6", 80, "x", timestamp="2026-02-05T00:00:00"),
+        ],
+    )
+
+    rows = list(services.service_export_rows(chunk_size=1))  # a chunk per row: no row twice, none left out
+
+    assert [(r["ip"], r["port"], r["transport"]) for r in rows] == [
+        ("192.0.2.5", 104, "tcp"),
+        ("192.0.2.5", 443, "udp"),
+        ("192.0.2.6", 80, "tcp"),
+    ]
+    first = rows[0]
+    assert {k: first[k] for k in ("product", "version", "module", "org", "asn", "country", "hostnames")} == {
+        "product": "Orthanc",
+        "version": "1.12",
+        "module": "dicom",
+        "org": "Example Hospital",
+        "asn": 64496,
+        "country": "NL",
+        "hostnames": ["pacs.example.org"],
+    }
+    # The window of the service, not of its current banner (which changed in March).
+    assert (first["first_seen"], first["last_seen"]) == ("2026-01-05T00:00:00+00:00", "2026-03-05T00:00:00+00:00")
+
+
+@pytest.mark.django_db
 def test_a_file_export_prints_a_summary_and_json_for_scripts(tmp_path: Path) -> None:
     ingest(tmp_path, [minimal_banner("192.0.2.5", 104, "a"), minimal_banner("192.0.2.5", 11112, "b")])
     out = tmp_path / "out.jsonl"
