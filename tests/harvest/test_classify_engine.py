@@ -426,3 +426,22 @@ def test_banner_from_shodan_takes_only_ascii_digits_in_port_and_asn(digits: str)
     banner = banner_from_shodan({"port": digits, "asn": f"AS{digits}", "data": "x"})
 
     assert (banner.port, banner.asn) == (0, None)
+
+
+def test_an_abort_is_dicom_but_weaker_evidence_than_an_accept(rules: RuleSet) -> None:
+    abort = "\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00"  # A-ABORT from the service provider, reason 0
+    verdict = classify(Banner(port=104, data=abort), rules)
+    accept = classify(Banner(port=104, data=associate_ac("1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367")), rules)
+
+    assert (verdict.cls, verdict.category, rules_of(verdict)[0]) == ("medical", "dicom", "dicom.abort")
+    assert 0 < verdict.confidence < accept.confidence
+
+
+def test_an_hl7_acknowledgement_is_named_as_one(rules: RuleSet) -> None:
+    ack = "\x0bMSH|^~\\&|LAB|HOSP|||20261103091244||ACK^R01^ACK|7|P|2.5\rMSA|AE|99\r\x1c\r"
+    order = "\x0bMSH|^~\\&|LAB|HOSP|||20261103091244||ORU^R01|7|P|2.5\rPID|1\r\x1c\r"
+
+    for data, evidence in ((ack, "hl7.ack"), (order, "hl7.message")):
+        verdict = classify(Banner(port=2575, data=data), rules)
+        assert (verdict.cls, verdict.category) == ("medical", "hl7")
+        assert evidence in rules_of(verdict), data

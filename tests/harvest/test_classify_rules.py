@@ -198,3 +198,14 @@ def test_a_rule_with_an_unanchored_alternative_is_searched() -> None:
 
     assert (verdict.cls, verdict.category, verdict.product) == ("non_medical", "known_service", "Elasticsearch")
     assert [e.rule for e in verdict.evidence][:1] == ["service.elasticsearch"]
+
+
+def test_a_rule_limited_to_ports_fires_only_on_them(tmp_path: Path) -> None:
+    rules = load_rules(rules_dir(tmp_path, GOOD + "ports = [8042]\n"))
+    web = {"data": "HTTP/1.1 200 OK\r\n\r\n", "http_title": "Orthanc Explorer"}
+
+    on = classify(Banner(port=8042, **web), rules)
+    off = classify(Banner(port=80, **web), rules)
+
+    assert (on.cls, on.category, on.product) == ("medical", "pacs_web", "Orthanc")
+    assert off.cls != "medical" and "test.orthanc" not in [e.rule for e in off.evidence]
