@@ -332,3 +332,20 @@ def test_the_admin_shows_verdicts_escaped_without_a_query_per_row(
     assert "medical / dicom" in listing and "unknown / blank" in listing
     verdicts = admin_client.get(reverse("admin:harvest_classification_changelist"), {"cls__exact": "medical"})
     assert verdicts.status_code == 200 and "192.0.2.1:104/tcp" in verdicts.content.decode()
+
+
+@pytest.mark.django_db
+def test_every_service_of_a_honeypot_host_is_flagged_with_or_without_a_module(
+    tmp_path: Path, synapse_reply: str
+) -> None:
+    rules = load_rules()
+    siblings = [
+        banner("192.0.2.53", 2000 + i, data=f"hello {i}\r\n", _shodan={"module": "proto0" if i == 0 else None})
+        for i in range(rules.honeypot_min_host_modules)
+    ]
+    ingest(tmp_path, [banner("192.0.2.53", 104, data=synapse_reply, _shodan={"module": "dicom"}), *siblings])
+
+    services.classification_run_pending()
+
+    flags = dict(Classification.objects.values_list("service__port", "honeypot"))
+    assert flags == {port: True for port in [104, *range(2000, 2000 + rules.honeypot_min_host_modules)]}
