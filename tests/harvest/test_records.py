@@ -88,6 +88,12 @@ def test_the_port_range_includes_both_ends(port: int) -> None:
     assert record_from_line(line(banner(port=port))).port == port
 
 
+def test_the_transport_is_read_in_any_case_and_stored_in_lower_case() -> None:
+    # "TCP" and "tcp" are one service: the key must not depend on how a record spells it.
+    assert record_from_line(line(banner(transport="UDP"))).key == ("192.0.2.10", 80, "udp")
+    assert record_from_line(line(banner(transport="Tcp"))).transport == "tcp"
+
+
 def test_it_rejects_a_record_over_the_size_limit() -> None:
     huge = line(banner(data="A" * (MAX_RECORD_BYTES + 10)))
     with pytest.raises(RecordError) as exc:
