@@ -137,6 +137,14 @@ def test_count_only_spends_nothing(shodan_standin: ShodanStandIn) -> None:
     assert row["facets"]["port"] == [{"value": "104", "count": row["total"]}]
 
 
+def test_count_only_says_whether_the_credits_left_cover_the_plan_to_the_credit(shodan_standin: ShodanStandIn) -> None:
+    needed = sum(expected_pages(shodan_standin, plan_queries("ports")).values())
+    shodan_standin.set_credits(needed)
+    assert harvest("--plan", "ports", "--count-only")[0]["fits"] is True
+    shodan_standin.set_credits(needed - 1)
+    assert harvest("--plan", "ports", "--count-only")[0]["fits"] is False
+
+
 def test_count_only_prints_a_table(shodan_standin: ShodanStandIn) -> None:
     out = io.StringIO()
     call_command("harvest", "--plan", "ports", "--count-only", stdout=out)
