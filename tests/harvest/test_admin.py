@@ -186,6 +186,16 @@ def test_it_searches_services_by_ip_product_org_and_on_request_banner(tmp_path: 
 
 
 @pytest.mark.django_db
+def test_the_service_list_shows_controls_of_a_banner_as_escapes(tmp_path: Path, admin_client: Client) -> None:
+    ingest(tmp_path, [banner("192.0.2.67", 80, "\x1b[31m\u202eevil <b>PACS</b>\x00")])
+
+    table = results(admin_client.get(changelist_url(Service)).content.decode())
+
+    assert "\\x1b[31m\\u202eevil &lt;b&gt;PACS&lt;/b&gt;" in table
+    assert "\u202e" not in table and "\x1b" not in table
+
+
+@pytest.mark.django_db
 def test_a_whole_address_finds_that_address_on_every_list_that_has_one(tmp_path: Path, admin_client: Client) -> None:
     from harvest.classify.services import classification_run_pending
 
