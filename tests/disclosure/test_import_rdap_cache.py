@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from disclosure.models import Network
+from disclosure.services import network_find_cached, rdap_cache_import
 
 pytestmark = pytest.mark.django_db
 
@@ -93,3 +94,14 @@ def test_the_command_ends_with_a_summary_of_every_bad_file(tmp_path: Path, capsy
     assert "a-deep.json: malformed_json: nested too deep to parse" in err
     assert "c-foreign-cidr.json: malformed_answer: CIDR 9.9.9.0/24 lies outside the range" in err
     assert "d-folder.json: unreadable: IsADirectoryError" in err
+
+
+def test_networks_that_start_at_the_same_address_are_cached_apart(tmp_path: Path) -> None:
+    (tmp_path / "a-wide.json").write_text(json.dumps({**GOOD, "handle": "WIDE", "endAddress": "81.0.255.255"}))
+    (tmp_path / "b-narrow.json").write_text(json.dumps(GOOD))
+
+    rdap_cache_import(directory=tmp_path)
+
+    assert sorted(Network.objects.values_list("handle", flat=True)) == ["GOOD", "WIDE"]
+    assert network_find_cached(ip="81.0.0.9").handle == "GOOD"
+    assert network_find_cached(ip="81.0.7.9").handle == "WIDE"
