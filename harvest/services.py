@@ -61,7 +61,11 @@ def _hosts_source(run: HarvestRun, progress: ProgressFn | None) -> Iterator:
 
 def harvest_file_start(*, path: str | Path, hosts: bool = False, country: str = "") -> HarvestRun:
     """Create a run for a `shodan download` file (or a file of host lookups with `hosts`)."""
+    if not str(path):
+        raise HarvestError("no file given")
     path = Path(path).resolve()
+    if path.is_dir():
+        raise HarvestError(f"{path} is a folder, not a file")
     if not path.is_file():
         raise HarvestError(f"no such file: {path}")
     return HarvestRun.objects.create(

@@ -503,6 +503,26 @@ def test_the_command_prints_a_summary_and_json(tmp_path) -> None:
     assert result["run"] == HarvestRun.objects.order_by("-pk").first().pk
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--resume", "0", "there is no harvest run 0"),
+        ("--file", "", "no file given"),
+        ("--hosts", "", "no file given"),
+        ("--plan", "", "invalid plan name ''"),
+    ],
+)
+def test_the_command_reports_an_empty_source_or_run_zero(option: str, value: str, message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("harvest", option, value)
+    assert not HarvestRun.objects.exists()
+
+
+def test_the_command_says_a_folder_is_not_a_file(tmp_path) -> None:
+    with pytest.raises(CommandError, match="is a folder, not a file"):
+        call_command("harvest", "--file", str(tmp_path))
+
+
 def test_export_services_writes_one_object_per_service(tmp_path, shared_data) -> None:
     harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
     out_file = tmp_path / "out.jsonl"

@@ -71,25 +71,27 @@ class Command(DatabaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
     def handle(self, *args: object, **options: Any) -> None:
-        if options["plan"] and options["batch_size"] is not None:
+        if options["plan"] is not None and options["batch_size"] is not None:
             raise CommandError(
                 "--batch-size does not apply to --plan: a search run commits after every page, "
                 "so that an interrupted run never buys a page twice"
             )
         if options["count_only"]:
             return self._count_only(options)
+        # `is not None`: `--resume 0` or `--file ""` is the source asked for, refused by its own check.
         try:
-            if options["resume"]:
+            if options["resume"] is not None:
                 run = services.harvest_run_get_resumable(run_id=options["resume"])
                 if run.source == HarvestRun.Source.SEARCH and options["max_credits"] is not None:
                     run = search.harvest_search_set_budget(run=run, max_credits=options["max_credits"])
-            elif options["plan"]:
+            elif options["plan"] is not None:
                 run = search.harvest_search_start(
                     plan=options["plan"], country=options["country"], max_credits=options["max_credits"]
                 )
             else:
-                path = options["file"] or options["hosts"]
-                run = services.harvest_file_start(path=path, hosts=bool(options["hosts"]), country=options["country"])
+                hosts = options["hosts"] is not None
+                path = options["hosts"] if hosts else options["file"]
+                run = services.harvest_file_start(path=path, hosts=hosts, country=options["country"])
         except services.HarvestError as exc:
             raise CommandError(str(exc)) from None
         run = self._execute(run, options)
@@ -126,7 +128,7 @@ class Command(DatabaseCommand):
         return search.SEARCH_BATCH_SIZE
 
     def _count_only(self, options: dict) -> None:
-        if not options["plan"]:
+        if options["plan"] is None:
             raise CommandError("--count-only needs --plan NAME")
         enabled = False if options["json"] else None
         try:
