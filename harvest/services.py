@@ -15,6 +15,7 @@ from django_q.tasks import async_task
 from harvest.ingest import BatchWriter, Checkpoint
 from harvest.locking import harvest_lock, writing_run
 from harvest.models import HarvestRun, Service
+from harvest.plans import PlanError, country_filter
 from harvest.readers import file_events, file_identity
 from medexpo.lib.prefetch import prefetch
 
@@ -68,10 +69,14 @@ def harvest_file_start(*, path: str | Path, hosts: bool = False, country: str = 
         raise HarvestError(f"{path} is a folder, not a file")
     if not path.is_file():
         raise HarvestError(f"no such file: {path}")
+    try:
+        code = country_filter(country) if country else ""
+    except PlanError as exc:
+        raise HarvestError(str(exc)) from None
     return HarvestRun.objects.create(
         source=HarvestRun.Source.HOSTS if hosts else HarvestRun.Source.FILE,
         target=str(path),
-        country=country,
+        country=code,
         options={"file": file_identity(path)},
     )
 

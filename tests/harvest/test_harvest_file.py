@@ -523,6 +523,16 @@ def test_the_command_says_a_folder_is_not_a_file(tmp_path) -> None:
         call_command("harvest", "--file", str(tmp_path))
 
 
+def test_a_file_runs_country_is_checked_like_a_plans(tmp_path) -> None:
+    """It is only recorded, but a value the column cannot hold failed with a database traceback."""
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(2)])
+    with pytest.raises(CommandError, match="two-letter code"):
+        call_command("harvest", "--file", str(path), "--country", "NLD")
+    assert not HarvestRun.objects.exists()
+    call_command("harvest", "--hosts", str(path), "--country", "nl", stdout=StringIO())
+    assert HarvestRun.objects.get().country == "NL"
+
+
 def test_export_services_writes_one_object_per_service(tmp_path, shared_data) -> None:
     harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
     out_file = tmp_path / "out.jsonl"
