@@ -153,3 +153,9 @@ def test_a_failed_export_leaves_the_previous_file_whole(tmp_path: Path) -> None:
 def test_an_output_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="no such directory"):
         call_command("export_services", output=str(tmp_path / "nowhere" / "out.jsonl"))
+
+
+@pytest.mark.django_db
+def test_an_output_file_it_cannot_create_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match=r"cannot write .*: File name too long"):
+        call_command("export_services", output=str(tmp_path / ("x" * 300)))

@@ -55,7 +55,10 @@ class Command(DatabaseCommand):
             raise CommandError(f"--output is a directory: {path}")
         if not path.parent.is_dir():
             raise CommandError(f"no such directory: {path.parent}")
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 written = self._write(out)
