@@ -280,3 +280,11 @@ def test_evaluation_reads_an_answer_file_that_starts_with_a_bom(db: None, tmp_pa
     e = services.classification_evaluate(path=path)
 
     assert (e["matched"], e["unmatched_count"]) == (1, 0)
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_it_refuses_a_batch_size_below_one(stored: None, size: str) -> None:
+    """0 classified nothing and reported success; -1 ended in a traceback."""
+    with pytest.raises(CommandError, match="--batch-size: must be 1 or more"):
+        run("--all", "--batch-size", size)
+    assert not Classification.objects.exists()

@@ -533,6 +533,14 @@ def test_a_file_runs_country_is_checked_like_a_plans(tmp_path) -> None:
     assert HarvestRun.objects.get().country == "NL"
 
 
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_the_command_refuses_a_batch_size_below_one(tmp_path, size: str) -> None:
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(2)])
+    with pytest.raises(CommandError, match="--batch-size: must be 1 or more"):
+        call_command("harvest", "--file", str(path), "--batch-size", size)
+    assert not HarvestRun.objects.exists()
+
+
 def test_export_services_writes_one_object_per_service(tmp_path, shared_data) -> None:
     harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
     out_file = tmp_path / "out.jsonl"

@@ -10,6 +10,7 @@ from django.core.management.base import CommandError, CommandParser
 from harvest.classify import services
 from harvest.classify.rules import RuleSet
 from harvest.models import Service
+from medexpo.lib.cli import positive_int
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 from medexpo.lib.text import visible_text
@@ -25,7 +26,9 @@ class Command(DatabaseCommand):
             metavar="LABELS",
             help="after classifying, score the verdicts against an answer file (JSON lines)",
         )
-        parser.add_argument("--batch-size", type=int, default=services.BATCH_SIZE, help="services per transaction")
+        parser.add_argument(
+            "--batch-size", type=positive_int, default=services.BATCH_SIZE, help="services per transaction"
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
 
     def handle(self, *args: object, **options: Any) -> None:

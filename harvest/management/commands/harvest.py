@@ -16,6 +16,7 @@ from django.core.management.base import CommandError, CommandParser
 from harvest import search, services
 from harvest.models import HarvestRun
 from harvest.readers import file_size
+from medexpo.lib.cli import positive_int
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
@@ -63,7 +64,7 @@ class Command(DatabaseCommand):
         )
         parser.add_argument(
             "--batch-size",
-            type=int,
+            type=positive_int,
             default=None,
             help="with --file or --hosts: banners per transaction (default: HARVEST_BATCH_SIZE; "
             "a search run commits after every page)",
