@@ -114,7 +114,11 @@ def _load(path: Path, *, stack: tuple[Path, ...]) -> Plan:
         raise PlanError(f"{path.name}: description must be text")
     queries: list[PlanQuery] = []
     for included in _list_of(data, "include", str, path.name):
-        queries.extend(_load(_path_for(included), stack=(*stack, path)).queries)
+        try:
+            included_path = _path_for(included)
+        except PlanError as exc:
+            raise PlanError(f"{path.name} include: {exc}") from None
+        queries.extend(_load(included_path, stack=(*stack, path)).queries)
     for index, entry in enumerate(_list_of(data, "generate", dict, path.name), 1):
         queries.extend(_generated(entry, f"{path.name} generate #{index}"))
     for index, entry in enumerate(_list_of(data, "query", dict, path.name), 1):

@@ -137,6 +137,11 @@ def test_it_refuses_plans_that_include_each_other(tmp_path: Path) -> None:
         plan_load(name=str(first))
 
 
+def test_it_names_the_file_that_includes_an_unknown_plan(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="outer.toml include: there is no plan 'nosuch'"):
+        plan_load(name=_write(tmp_path, 'include = ["ports", "nosuch"]\n', name="outer"))
+
+
 def test_it_refuses_a_broken_file_and_names_it(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="broken.toml: cannot read the plan"):
         plan_load(name=_write(tmp_path, "[[query]\n", name="broken"))
