@@ -50,7 +50,12 @@ class Command(DatabaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--services", type=int, default=1_000_000, help="stored services for the end-to-end run")
-        parser.add_argument("--corpus", default=str(SAMPLE_CORPUS), help="banners for the engine measurement")
+        parser.add_argument(
+            "--corpus",
+            metavar="FILE",
+            default=str(SAMPLE_CORPUS),
+            help="banner file (.json or .json.gz) for the engine measurement (default: the bundled sample)",
+        )
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sample generator seed")
         parser.add_argument("--batch-size", type=int, default=services.BATCH_SIZE, help="services per transaction")
         parser.add_argument("--engine-only", action="store_true", help="skip the end-to-end database run")
