@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harvest import search, services
 from harvest.classify.services import classification_run_pending
+from harvest.models import HarvestRun
 
 
 def harvest_plan(plan: str, country: str = "", max_credits: int | None = None, scheduled_for: str = "") -> dict:
@@ -22,7 +23,13 @@ def harvest_plan(plan: str, country: str = "", max_credits: int | None = None, s
 
 
 def harvest_resume(run_id: int) -> dict:
-    """Continue a stopped or interrupted run from its last checkpoint."""
+    """Continue a stopped or interrupted run from its last checkpoint.
+
+    A run that is completed by now was finished by another resume queued for it (the admin queues
+    one per request): there is nothing left to do, and failing would only have the task retried."""
+    done = HarvestRun.objects.filter(pk=run_id, status=HarvestRun.Status.COMPLETED).first()
+    if done is not None:
+        return services.harvest_run_summary(run=done)
     run = services.harvest_run_get_resumable(run_id=run_id)
     batch_size = search.SEARCH_BATCH_SIZE if run.source == run.Source.SEARCH else None
     run = services.harvest_execute(run=run, batch_size=batch_size)

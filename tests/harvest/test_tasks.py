@@ -38,6 +38,21 @@ def test_the_classify_task_classifies_what_is_pending(tmp_path) -> None:
     assert (first["classified"], again["classified"]) == (5, 0)
 
 
+def test_a_resume_queued_twice_reports_the_run_the_first_one_completed(tmp_path) -> None:
+    """The admin's Resume queues a task per click: two clicks, or two staff, queue two. The second
+    finds the run completed by the first and reports it, instead of failing (and, on the ORM
+    broker, being delivered again up to max_attempts)."""
+    from harvest import services
+
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(3)])
+    run = services.harvest_file_start(path=path)
+    first = result(async_task("harvest.tasks.harvest_resume", run.pk))
+    second = result(async_task("harvest.tasks.harvest_resume", run.pk))
+    assert isinstance(second, dict), second
+    assert first["status"] == second["status"] == "completed"
+    assert (second["run"], second["accepted"], second["new"]) == (run.pk, 3, 3)
+
+
 @pytest.mark.django_db(transaction=True)  # as in a worker: the timeout may land inside a batch's transaction
 def test_a_harvest_the_worker_stops_at_its_timeout_is_marked_stopped_and_resumable(
     shodan_standin: ShodanStandIn, plan_file
