@@ -108,7 +108,16 @@ def _name_column(relation: str, description: str) -> Callable[[admin.ModelAdmin,
 class VisibleEmailInput(widgets.AdminEmailInputWidget):
     """An address in an input box with its controls made visible: an input shows a bidi override
     or a zero-width space as it is. Saved back unchanged, such an address is refused (see
-    ContactForm), so staff see and fix what would not have been mailed anyway."""
+    ContactForm), so staff see and fix what would not have been mailed anyway.
+
+    A text input, not type=email: browsers rewrite an email input's domain through IDNA before
+    sending it (`straße` becomes `strasse`, a zero-width space is dropped), so another address than
+    the one typed would be saved without the form ever seeing, or refusing, what was typed."""
+
+    input_type = "text"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__({"inputmode": "email", "autocomplete": "email", **(attrs or {})})
 
     def format_value(self, value: Any) -> str | None:
         shown = super().format_value(value)

@@ -204,6 +204,28 @@ def test_a_contact_added_by_staff_becomes_the_recipient(
     assert exported["81.0.0.7"]["owner_status"] == "resolved"
 
 
+@pytest.mark.parametrize("typed", ["abuse@stra\u00dfe.example", "abuse@exa\u200bmple.com"])
+def test_an_address_the_browser_would_rewrite_reaches_the_form_check(
+    admin_page: Page, owners: dict[str, HostOwner], typed: str
+) -> None:
+    """Chromium rewrites the domain of an <input type=email> through IDNA before it sends it
+    (ß becomes ss, a zero-width space is dropped): staff would save another address than the one
+    they typed, with no error. The form must receive what was typed, and refuse it."""
+    holder = owners["81.0.0.7"].network.holder
+    before = set(Contact.objects.values_list("email", flat=True))
+
+    admin_page.goto("/admin/disclosure/contact/add/")
+    admin_page.fill("#id_organisation", str(holder.pk))
+    admin_page.fill("#id_email", typed)
+    admin_page.select_option("#id_role", "abuse")
+    with admin_page.expect_navigation():
+        admin_page.click("input[name=_save]")
+    errors = admin_page.locator(".errorlist").all_inner_texts()
+
+    assert set(Contact.objects.values_list("email", flat=True)) == before
+    assert any(error.startswith("This address cannot be mailed") for error in errors), errors
+
+
 def test_an_inhibition_blocks_the_recipients_until_its_last_day(
     admin_page: Page, owners: dict[str, HostOwner], dialogs: list, page_errors: list
 ) -> None:
