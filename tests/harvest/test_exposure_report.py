@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from pypdf import PdfReader
 from weasyprint import HTML
 
@@ -425,3 +425,9 @@ def test_the_command_says_when_it_cannot_write_the_folder(corpus: dict, tmp_path
     blocker.write_text("a file, not a folder")
     with pytest.raises(CommandError, match=f"cannot create {blocker}"):
         call_command("exposure_report", "--out", str(blocker), "--format", "json", stdout=io.StringIO())
+
+
+def test_it_refuses_formats_without_a_folder_to_write_them_into(db: None) -> None:
+    """Without --out nothing is written: --format png printed the table and exited 0."""
+    with pytest.raises(CommandError, match="--format needs --out DIR"):
+        call_command("exposure_report", "--format", "png", stdout=io.StringIO())

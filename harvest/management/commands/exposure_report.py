@@ -19,14 +19,16 @@ class Command(DatabaseCommand):
         parser.add_argument("--out", metavar="DIR", help="folder to write the report files into")
         parser.add_argument(
             "--format",
-            default=",".join(reports.FORMATS),
             help=f"comma-separated formats to write with --out (default: all of {','.join(reports.FORMATS)})",
         )
         parser.add_argument("--top", type=int, default=10, help="entries in the top lists (default 10)")
         parser.add_argument("--json", action="store_true", help="print the report data as one JSON object")
 
     def handle(self, *args: object, **options: Any) -> None:
-        formats = sorted({f.strip() for f in str(options["format"]).split(",") if f.strip()})
+        if options["format"] is not None and not options["out"]:
+            raise CommandError("--format needs --out DIR: without it no file is written")
+        chosen = options["format"] if options["format"] is not None else ",".join(reports.FORMATS)
+        formats = sorted({f.strip() for f in chosen.split(",") if f.strip()})
         steps = 1 + (len(formats) if options["out"] else 0)
         enabled = False if options["json"] else None
         written = []
