@@ -269,9 +269,11 @@ def test_resolve_owners_command_prints_one_json_object(registries: Registries, c
 
 def test_resolve_owners_command_prints_a_summary_line(registries: Registries, capsys) -> None:
     make_host("1.1.1.1")
+    make_host("127.0.0.1")
     call_command("resolve_owners")
     out = capsys.readouterr().out
-    assert "1 hosts: 1 networks found" in out and "1 RDAP requests" in out
+    assert "2 hosts: 1 networks found" in out and "1 RDAP requests" in out
+    assert out.rstrip().endswith("owner status resolved 1, skipped 1; failed: loopback 1")
 
 
 def test_an_inhibited_owner_is_released_by_the_next_run_once_the_inhibition_ends(registries: Registries) -> None:

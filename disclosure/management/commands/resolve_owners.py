@@ -32,8 +32,9 @@ class Command(DatabaseCommand):
             self.stdout.write(json.dumps(result, sort_keys=True))
             return
         failed = ", ".join(f"{reason} {count}" for reason, count in sorted(result["failed"].items())) or "none"
+        statuses = ", ".join(f"{status} {count}" for status, count in sorted(result["owner_status"].items())) or "none"
         self.stdout.write(
             f"{result['hosts']} hosts: {result['resolved']} networks found ({result['from_cache']} from cache, "
             f"{result['requests']} RDAP requests), {result['operators']} operators recognised; "
-            f"owner status {dict(sorted(result['owner_status'].items()))}; failed: {failed}"
+            f"owner status {statuses}; failed: {failed}"
         )
