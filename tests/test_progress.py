@@ -20,3 +20,23 @@ def test_a_note_goes_above_the_bar() -> None:
         bar.note("run 2 waits: another harvest is writing")
     before, after = stream.getvalue().split("run 2 waits: another harvest is writing\n")
     assert "3/10" in after  # the bar is drawn again below the note, not broken by it
+
+
+def test_a_terminal_that_reports_no_width_still_gets_a_bar() -> None:
+    """A pseudo-terminal nobody sized (`script -qc`, some CI runners and multiplexers) reports 0
+    columns; tqdm then drew an empty bar: nothing at all on the terminal."""
+    import os
+
+    master, slave = os.openpty()
+    assert os.get_terminal_size(slave).columns == 0
+    with os.fdopen(slave, "w", encoding="utf-8") as stream:
+        with Progress(total=10, unit="B", desc="run 3", stream=stream) as bar:
+            bar.moved_to(5)
+            stream.flush()
+            os.set_blocking(master, False)
+            try:
+                shown = os.read(master, 65536).decode()
+            except BlockingIOError:  # nothing was written
+                shown = ""
+    os.close(master)
+    assert "run 3:" in shown and "/10 [" in shown  # the bar, drawn when it starts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
@@ -22,6 +23,9 @@ class Progress:
         stream = stream or sys.stderr
         if enabled is None:
             enabled = stream.isatty()
+        # A terminal that reports 0 columns (a pseudo-terminal nobody sized) would get an empty
+        # bar from tqdm: draw one of 80 columns there instead.
+        sized = _terminal_columns(stream) > 0
         self._bar = tqdm(
             total=total,
             unit=unit,
@@ -29,7 +33,8 @@ class Progress:
             disable=not enabled,
             file=stream,
             unit_scale=unit_scale,
-            dynamic_ncols=True,
+            dynamic_ncols=sized,
+            ncols=None if sized else 80,
             leave=False,
         )
         self._position = 0
@@ -60,3 +65,11 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal `stream` writes to; -1 when it is no terminal."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return -1
