@@ -22,15 +22,17 @@ def test_a_note_goes_above_the_bar() -> None:
     assert "3/10" in after  # the bar is drawn again below the note, not broken by it
 
 
-def test_a_terminal_that_reports_no_width_still_gets_a_bar() -> None:
+def test_a_terminal_that_reports_no_size_still_gets_a_bar(monkeypatch) -> None:
     """A pseudo-terminal nobody sized (`script -qc`, some CI runners and multiplexers) reports 0
-    columns; tqdm then drew an empty bar: nothing at all on the terminal."""
+    columns and rows; tqdm then drew nothing at all on it."""
     import os
+    import sys
 
     master, slave = os.openpty()
-    assert os.get_terminal_size(slave).columns == 0
+    assert tuple(os.get_terminal_size(slave)) == (0, 0)
     with os.fdopen(slave, "w", encoding="utf-8") as stream:
-        with Progress(total=10, unit="B", desc="run 3", stream=stream) as bar:
+        monkeypatch.setattr(sys, "stderr", stream)  # tqdm sizes its bar differently on stderr
+        with Progress(total=10, unit="B", desc="run 3") as bar:
             bar.moved_to(5)
             stream.flush()
             os.set_blocking(master, False)

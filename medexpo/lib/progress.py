@@ -23,8 +23,8 @@ class Progress:
         stream = stream or sys.stderr
         if enabled is None:
             enabled = stream.isatty()
-        # A terminal that reports 0 columns (a pseudo-terminal nobody sized) would get an empty
-        # bar from tqdm: draw one of 80 columns there instead.
+        # A terminal that reports no size (a pseudo-terminal nobody sized) gets nothing from tqdm:
+        # an empty bar, or none at all beyond its 0 rows. Draw 80 columns on the first row there.
         sized = _terminal_columns(stream) > 0
         self._bar = tqdm(
             total=total,
@@ -35,6 +35,7 @@ class Progress:
             unit_scale=unit_scale,
             dynamic_ncols=sized,
             ncols=None if sized else 80,
+            nrows=None if sized else 24,
             leave=False,
         )
         self._position = 0
