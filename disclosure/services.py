@@ -313,6 +313,8 @@ def rdap_cache_import(*, directory: str | Path, progress: ProgressFn | None = No
     name with the reason and skipped, and the rest are loaded.
     """
     directory = Path(directory)
+    if directory.is_file():
+        raise OwnerError(f"{directory} is a file: give the folder of *.json answers that holds it")
     if not directory.is_dir():
         raise OwnerError(f"no such directory: {directory}")
     report = ImportReport()

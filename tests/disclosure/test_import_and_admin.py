@@ -102,6 +102,13 @@ def test_import_of_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         call_command("import_rdap_cache", str(tmp_path / "nope"))
 
 
+def test_import_of_one_file_says_it_takes_the_folder(tmp_path: Path) -> None:
+    answer = tmp_path / "answer.json"
+    answer.write_text("{}")
+    with pytest.raises(CommandError, match=r"answer.json is a file: give the folder of \*.json answers"):
+        call_command("import_rdap_cache", str(answer))
+
+
 def test_import_prints_a_summary_and_each_rejection(cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
     call_command("import_rdap_cache", str(cache_dir))
     captured = capsys.readouterr()
