@@ -541,6 +541,15 @@ def test_the_command_refuses_a_batch_size_below_one(tmp_path, size: str) -> None
     assert not HarvestRun.objects.exists()
 
 
+@pytest.mark.parametrize("source", ["--file", "--hosts"])
+def test_the_command_refuses_a_credit_limit_for_a_file(tmp_path, source: str) -> None:
+    """A file costs no credits: the limit was ignored, as if it had been set."""
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(2)])
+    with pytest.raises(CommandError, match="--max-credits applies to --plan"):
+        call_command("harvest", source, str(path), "--max-credits", "5")
+    assert not HarvestRun.objects.exists()
+
+
 def test_export_services_writes_one_object_per_service(tmp_path, shared_data) -> None:
     harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
     out_file = tmp_path / "out.jsonl"

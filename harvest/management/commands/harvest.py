@@ -77,6 +77,8 @@ class Command(DatabaseCommand):
                 "--batch-size does not apply to --plan: a search run commits after every page, "
                 "so that an interrupted run never buys a page twice"
             )
+        if options["max_credits"] is not None and (options["file"] is not None or options["hosts"] is not None):
+            raise CommandError("--max-credits applies to --plan and --resume: reading a file costs no credits")
         if options["count_only"]:
             return self._count_only(options)
         # `is not None`: `--resume 0` or `--file ""` is the source asked for, refused by its own check.
