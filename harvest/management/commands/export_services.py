@@ -51,11 +51,11 @@ class Command(DatabaseCommand):
             self.stdout.write(f"Exported {written:,} services to {summary['output']} in {summary['seconds']} s")
 
     def _write_file(self, path: Path) -> int:
-        if path.is_dir():
-            raise CommandError(f"--output is a directory: {path}")
-        if not path.parent.is_dir():
-            raise CommandError(f"no such directory: {path.parent}")
         try:
+            if path.is_dir():
+                raise CommandError(f"--output is a directory: {path}")
+            if not path.parent.is_dir():
+                raise CommandError(f"no such directory: {path.parent}")
             fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         except OSError as exc:
             raise CommandError(f"cannot write {path}: {exc.strerror}") from None
