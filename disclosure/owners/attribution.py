@@ -44,8 +44,10 @@ def facts_from_host(*, hostnames: Iterable[str], org: str, raws: Iterable[str]) 
     for raw in raws:
         try:
             record = json.loads(raw[:MAX_RAW]) if raw else {}
-        except ValueError:
-            continue  # a record cut at MAX_RAW, or not JSON: attribute from the rest
+        except (ValueError, RecursionError):
+            # Cut at MAX_RAW, not JSON, or nested deeper than json recurses (ingest keeps up to
+            # orjson's 1,024 levels): attribute from the rest.
+            continue
         if not isinstance(record, dict):
             continue
         names.extend(_strings(record.get("hostnames")))

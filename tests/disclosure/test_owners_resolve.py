@@ -21,6 +21,7 @@ from disclosure.services import (
     owner_recompute,
     owners_resolve,
 )
+from harvest.services import harvest_execute, harvest_file_start
 from tests.disclosure.conftest import Registries, make_host
 from tests.standins.rdap_server import Script
 
@@ -451,3 +452,17 @@ def test_the_operator_goes_when_its_evidence_goes(registries: Registries) -> Non
     owner = HostOwner.objects.get(host=host)
     assert (owner.operator, owner.operator_evidence) == (None, "")
     assert owner.recipient.email == "arin-contact@google.com"  # the network's contact again
+
+
+def test_a_stored_record_nested_too_deep_for_json_does_not_stop_the_run(registries: Registries, tmp_path) -> None:
+    # Ingest keeps what orjson reads (up to 1,024 levels); Python's json recurses once per level.
+    deep = b'{"ip_str": "74.125.225.229", "port": 8084, "data": "x", "http": ' + b"[" * 990 + b"]" * 990 + b"}"
+    cert = {"subject": {"CN": "pacs.erasmusmc.nl"}}
+    hospital = json.dumps({"ip_str": "74.125.225.229", "port": 2762, "data": "", "ssl": {"cert": cert}}).encode()
+    path = tmp_path / "deep.json"
+    path.write_bytes(deep + b"\n" + hospital + b"\n")
+    assert harvest_execute(run=harvest_file_start(path=path)).accepted == 2
+    resolve(registries)
+    owner = HostOwner.objects.get(host__ip="74.125.225.229")
+    assert owner.status == HostOwner.Status.RESOLVED
+    assert owner.operator.name == "Erasmus MC"  # the other service still tells the operator
