@@ -30,6 +30,10 @@ from medexpo.lib.text import visible_text
 MEDICAL_PORTS_FILE = Path(__file__).resolve().parent.parent / "data" / "medical_ports.toml"
 FORMATS = ("json", "csv", "png", "svg", "html", "pdf")
 MEDICAL_LIST_LIMIT = 200
+# Characters of one value the HTML and PDF show (after controls became escapes); JSON and CSV keep
+# it whole. WeasyPrint lays out a long unbroken word in time that grows with its square: a few
+# hundred such values made the PDF take minutes.
+REPORT_TEXT_LIMIT = 100
 
 
 class ReportError(Exception):
@@ -210,18 +214,20 @@ def _csv_safe(value: object) -> object:
     return value
 
 
-def exposure_report_visible(report: object) -> object:
-    """The report with every string made visible (controls, bidi, invisibles as escapes), for reading.
+def exposure_report_visible(report: object, limit: int | None = None) -> object:
+    """The report with every string made visible (controls, bidi, invisibles as escapes), for reading,
+    and cut to `limit` characters (the last one "…") when one is given.
 
     Orgs, hostnames, products, modules and evidence come from strangers: a right-to-left override
     can make "Evil \u202eCM sumsarE" read as "Evil Erasmus MC". JSON keeps the data as it is.
     """
     if isinstance(report, str):
-        return visible_text(report)
+        shown = visible_text(report)
+        return shown if limit is None or len(shown) <= limit else shown[: limit - 1] + "…"
     if isinstance(report, dict):
-        return {key: exposure_report_visible(value) for key, value in report.items()}
+        return {key: exposure_report_visible(value, limit) for key, value in report.items()}
     if isinstance(report, list | tuple):
-        return [exposure_report_visible(value) for value in report]
+        return [exposure_report_visible(value, limit) for value in report]
     return report
 
 
@@ -263,7 +269,7 @@ def _render_html(report: dict, images: dict[str, str]) -> str:
     class_rows = [
         {"name": c, "count": report["classes"][c], "percent": 100 * report["class_share"][c]} for c in CLASSES
     ]
-    context = {"report": exposure_report_visible(report), "charts": images, "class_rows": class_rows}
+    context = {"report": exposure_report_visible(report, REPORT_TEXT_LIMIT), "charts": images, "class_rows": class_rows}
     return render_to_string("harvest/exposure_report.html", context)
 
 

@@ -431,3 +431,24 @@ def test_it_refuses_formats_without_a_folder_to_write_them_into(db: None) -> Non
     """Without --out nothing is written: --format png printed the table and exited 0."""
     with pytest.raises(CommandError, match="--format needs --out DIR"):
         call_command("exposure_report", "--format", "png", stdout=io.StringIO())
+
+
+def test_long_hostile_text_is_cut_in_the_html_and_pdf_and_kept_whole_in_json(db: None, tmp_path: Path) -> None:
+    # Escaping makes "\u202e" six characters: 255 of them would be 1,530 characters without a
+    # break, which the PDF engine lays out in time that grows with the square of the length.
+    long_org = "\u202e" * 255
+    service = make_service("192.0.2.30", 104, org=long_org, module="dicom")
+    Host.objects.filter(pk=service.host_id).update(hostnames=["h" * 253])
+    judge(service, "medical", "dicom", product="W" * 255, evidence=[{"rule": "r.x", "excerpt": "\u200b" * 200}])
+    report = reports.exposure_report_build()
+
+    html = reports.exposure_report_html(report=report, charts={})
+
+    shown = reports.REPORT_TEXT_LIMIT
+    assert "\\u202e" * (shown // 6) in html and "\\u202e" * (shown // 6 + 1) not in html
+    assert "W" * (shown - 1) + "…" in html and "W" * shown not in html
+    assert "h" * (shown - 1) + "…" in html
+    assert "\\u200b" * (shown // 6 + 1) not in html
+    reports.exposure_report_write(report=report, out=tmp_path, formats=["json"])
+    data = json.loads((tmp_path / "exposure_report.json").read_text())
+    assert data["medical_services"][0]["org"] == long_org and data["medical_services"][0]["product"] == "W" * 255
