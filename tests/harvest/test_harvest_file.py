@@ -550,6 +550,23 @@ def test_the_command_refuses_a_credit_limit_for_a_file(tmp_path, source: str) ->
     assert not HarvestRun.objects.exists()
 
 
+def test_a_resume_refuses_options_it_would_ignore(tmp_path) -> None:
+    """A resumed run keeps its country, and a file run has no credits to limit: both were ignored."""
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(3)])
+    run = services.harvest_file_start(path=path, hosts=False, country="NL")
+    HarvestRun.objects.filter(pk=run.pk).update(status=HarvestRun.Status.STOPPED)
+
+    with pytest.raises(CommandError, match="--country does not apply to --resume"):
+        call_command("harvest", "--resume", str(run.pk), "--country", "DE")
+    with pytest.raises(CommandError, match=f"--max-credits applies to search runs: run {run.pk} reads a file"):
+        call_command("harvest", "--resume", str(run.pk), "--max-credits", "5")
+    assert not Service.objects.exists()
+
+    call_command("harvest", "--resume", str(run.pk), "--json", stdout=StringIO())
+    run.refresh_from_db()
+    assert (run.status, run.country, Service.objects.count()) == (HarvestRun.Status.COMPLETED, "NL", 3)
+
+
 def test_export_services_writes_one_object_per_service(tmp_path, shared_data) -> None:
     harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
     out_file = tmp_path / "out.jsonl"

@@ -79,13 +79,19 @@ class Command(DatabaseCommand):
             )
         if options["max_credits"] is not None and (options["file"] is not None or options["hosts"] is not None):
             raise CommandError("--max-credits applies to --plan and --resume: reading a file costs no credits")
+        if options["resume"] is not None and options["country"]:
+            raise CommandError("--country does not apply to --resume: a run keeps the country it started with")
         if options["count_only"]:
             return self._count_only(options)
         # `is not None`: `--resume 0` or `--file ""` is the source asked for, refused by its own check.
         try:
             if options["resume"] is not None:
                 run = services.harvest_run_get_resumable(run_id=options["resume"])
-                if run.source == HarvestRun.Source.SEARCH and options["max_credits"] is not None:
+                if options["max_credits"] is not None:
+                    if run.source != HarvestRun.Source.SEARCH:
+                        raise CommandError(
+                            f"--max-credits applies to search runs: run {run.pk} reads a file, which costs no credits"
+                        )
                     run = search.harvest_search_set_budget(run=run, max_credits=options["max_credits"])
             elif options["plan"] is not None:
                 run = search.harvest_search_start(
