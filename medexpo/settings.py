@@ -170,7 +170,11 @@ SHODAN_REQUEST_INTERVAL = envfloat("SHODAN_REQUEST_INTERVAL", 1.0)  # 1 request/
 SHODAN_TIMEOUT = envfloat("SHODAN_TIMEOUT", 30)
 SHODAN_MAX_RETRIES = envint("SHODAN_MAX_RETRIES", 5)
 SHODAN_BACKOFF = envfloat("SHODAN_BACKOFF", 1.0)  # first retry delay in seconds, then doubling
-MEDEXPO_COUNTRY = os.environ.get("MEDEXPO_COUNTRY", "NL").upper()
+MEDEXPO_COUNTRY = (os.environ.get("MEDEXPO_COUNTRY") or "NL").strip().upper()
+if not (len(MEDEXPO_COUNTRY) == 2 and MEDEXPO_COUNTRY.isascii() and MEDEXPO_COUNTRY.isalpha()):
+    raise ImproperlyConfigured(
+        f"MEDEXPO_COUNTRY must be a two-letter country code like NL, got {os.environ['MEDEXPO_COUNTRY']!r}"
+    )
 # The scheduled weekly harvest (manage.py setup_schedules): which plan, and its credit cap per run.
 MEDEXPO_HARVEST_PLAN = os.environ.get("MEDEXPO_HARVEST_PLAN", "medical")
 MEDEXPO_HARVEST_MAX_CREDITS = envint("MEDEXPO_HARVEST_MAX_CREDITS", 100)

@@ -70,3 +70,33 @@ def test_a_number_setting_that_is_not_a_number_is_refused_by_name() -> None:
         )
         assert proc.returncode != 0
         assert f"ImproperlyConfigured: {name} must be a number, got '30s'" in proc.stderr
+
+
+def test_a_country_that_is_not_a_two_letter_code_is_refused_by_name() -> None:
+    """Every query of a plan carries the country filter: a wrong code must stop the start, not a run."""
+    probe = [
+        sys.executable,
+        "-c",
+        "import django; django.setup(); from django.conf import settings as s; print(s.MEDEXPO_COUNTRY)",
+    ]
+    base = {k: v for k, v in os.environ.items() if k != "DEBUG"}
+    for value, expected in (("NLD", None), ("N1", None), ("Ü1", None), (" de ", "DE"), ("", "NL")):
+        proc = subprocess.run(
+            probe,
+            cwd=ROOT,
+            env={
+                **base,
+                "DJANGO_SETTINGS_MODULE": "medexpo.settings",
+                "SECRET_KEY": "k" * 50,
+                "MEDEXPO_COUNTRY": value,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if expected is None:
+            assert proc.returncode != 0
+            assert f"MEDEXPO_COUNTRY must be a two-letter country code like NL, got {value!r}" in proc.stderr
+        else:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert proc.stdout.strip() == expected
