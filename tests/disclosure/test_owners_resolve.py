@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
@@ -466,3 +466,12 @@ def test_a_stored_record_nested_too_deep_for_json_does_not_stop_the_run(registri
     owner = HostOwner.objects.get(host__ip="74.125.225.229")
     assert owner.status == HostOwner.Status.RESOLVED
     assert owner.operator.name == "Erasmus MC"  # the other service still tells the operator
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_the_command_refuses_a_concurrency_below_one(registries: Registries, value: str) -> None:
+    """0 was quietly taken as 1, and -2 too: the number asked for was not the number used."""
+    make_host("193.0.6.139")
+    with pytest.raises(CommandError, match="--concurrency: must be 1 or more"):
+        call_command("resolve_owners", "--concurrency", value)
+    assert not HostOwner.objects.exists()

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import CommandParser
 
 from disclosure.services import hosts_needing_owner, owners_resolve
+from medexpo.lib.cli import positive_int
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 
@@ -17,7 +18,7 @@ class Command(DatabaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--concurrency", type=int, default=None, help="parallel lookups (default: RDAP_CONCURRENCY)"
+            "--concurrency", type=positive_int, default=None, help="parallel lookups (default: RDAP_CONCURRENCY)"
         )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
