@@ -237,6 +237,10 @@ class _Opener(urllib.request.OpenerDirector):
         url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else str(fullurl)
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise HTTPLookupError(f"refusing a non-HTTP URL: {url[:100]}")
+        refusal = url_refusal(url)
+        if refusal:
+            self.problem = RdapError("refused_url", refusal, permanent=True)
+            raise HTTPLookupError(refusal)
         request = urllib.request.Request(url, headers=getattr(fullurl, "headers", {}))  # noqa: S310 - checked above
         registry = REGISTRY_HOSTS.get(urllib.parse.urlsplit(request.full_url).hostname or "", "other")
         request.full_url = self._rewrite(request.full_url)
@@ -364,6 +368,23 @@ def _http_problem(code: int) -> RdapError:
     if code >= 500:
         return RdapError("server_error", f"HTTP {code}")
     return RdapError("http_error", f"HTTP {code}", permanent=True)
+
+
+def url_refusal(url: str) -> str | None:
+    """Why a URL that ipwhois or a registry's redirect hands us is not fetched, or None. Registries
+    serve RDAP over HTTPS and redirect to each other (and to national registries) by name: plain
+    HTTP would let anyone on the path rewrite the contacts we mail, and an address literal that is
+    not public would point the lookup into our own network. Checked before any rewrite to a
+    configured RDAP_BASE_URL, so the stand-ins of the tests see the same URLs a registry would."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https":
+        return f"not HTTPS: {url[:100]}"
+    host = (parts.hostname or "").strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None if host else f"no host: {url[:100]}"
+    return None if address.is_global else f"not a public address: {url[:100]}"
 
 
 def address_refusal(ip: str) -> str | None:

@@ -350,3 +350,37 @@ def test_the_timeout_bounds_the_whole_answer_not_each_read(registries: Registrie
 def test_an_ipv4_mapped_address_is_looked_up_as_ipv4(registries: Registries) -> None:
     network, stats = lookup(registries, "::ffff:62.239.237.1")
     assert network.cidrs == ("62.239.237.0/24",) and stats.requests == 1
+
+
+def test_a_redirect_to_another_registry_by_name_is_followed(registries: Registries) -> None:
+    # ARIN's bootstrap answers every address with a redirect to the registry that holds it.
+    registries.standin.scripts["62.239.237.1"] = Script(redirect="https://rdap.db.ripe.net/ip/62.239.237.0")
+
+    network, stats = lookup(registries, "62.239.237.1")
+
+    assert network.cidrs == ("62.239.237.0/24",)
+    assert stats.requests == 2
+    assert registries.standin.paths[-1] == "/rdap.db.ripe.net/ip/62.239.237.0"
+
+
+@pytest.mark.parametrize(
+    ("location", "why"),
+    [
+        ("http://rdap.db.ripe.net/ip/62.239.237.0", "not HTTPS"),  # anyone on the path could rewrite the contacts
+        ("https://127.0.0.1/ip/62.239.237.0", "not a public address"),
+        ("https://[::1]/ip/62.239.237.0", "not a public address"),
+        ("https://10.0.0.1/ip/62.239.237.0", "not a public address"),
+        ("https://169.254.169.254/latest/meta-data/", "not a public address"),
+    ],
+)
+def test_a_redirect_off_https_or_into_a_private_network_is_refused(
+    registries: Registries, location: str, why: str
+) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(redirect=location)
+
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "62.239.237.1")
+
+    assert (caught.value.reason, caught.value.permanent) == ("refused_url", True)
+    assert why in caught.value.detail
+    assert len(registries.standin.paths) == 1  # the redirect itself; nothing was fetched from where it led

@@ -3,7 +3,7 @@
 Requests arrive as `/<registry host>/<path>` (the client's URL rewrite); the stand-in answers
 `.../ip/<address>` with the most specific network that holds the address, or 404. Failures can
 be scripted per address: an HTTP status, malformed JSON, a body of the test's own, a slow answer,
-an answer dripped a byte at a time, or 429s before success.
+an answer dripped a byte at a time, 429s before success, or a redirect.
 The same table feeds the DNS stand-in (Team Cymru-style ASN answers).
 """
 
@@ -78,6 +78,7 @@ class Script:
     body: bytes | None = None  # answer 200 with this body
     drip: float = 0.0  # send the first DRIP_BYTES bytes one at a time, this many seconds apart
     drip_head: bool = False  # drip the status line and headers instead of the body
+    redirect: str = ""  # answer 302 with this Location, as ARIN's bootstrap sends another registry's URL
 
 
 DRIP_BYTES = 20
@@ -171,6 +172,8 @@ class RdapStandin:
                 return 200, b'{"handle": "BROKEN", "startAddress": ', {}
             if script.body is not None:
                 return 200, script.body, {}
+            if script.redirect:
+                return 302, b"", {"Location": script.redirect}
         try:
             network = self.find(query)
         except ValueError:
