@@ -4,7 +4,8 @@ Every file in `harvest/rules/*.toml` declares a `version` and a list of `[[rule]
 loader refuses unknown keys, duplicate ids, values outside the fixed vocabulary and regular
 expressions that do not compile or that could backtrack badly, and says which file and which rule.
 The Appendix B ports and the Dutch healthcare registry are read from `harvest/data/`, the single
-source both for query plans and for these rules. `RuleSet.version` changes whenever any of them do.
+source both for query plans and for these rules. `RuleSet.version` changes whenever any of them
+do, and with the engine's ENGINE_REVISION.
 """
 
 from __future__ import annotations
@@ -194,8 +195,13 @@ def _read(path: Path) -> tuple[bytes, dict]:
         raise RuleError(path.name, "", f"not valid TOML: {exc}") from None
 
 
+# Bump when the engine judges the same rules differently (not for speed-ups): it is part of the
+# rules version, so `classify` judges every stored service again after such a release.
+ENGINE_REVISION = "2"  # 2: a service without a Shodan module counts itself in the honeypot test
+
+
 def _build(paths: list[Path]) -> RuleSet:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(b"engine " + ENGINE_REVISION.encode() + b"\0")
     files: list = []
     rules: list = []
     settings: dict[str, Any] = {}

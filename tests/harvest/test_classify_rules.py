@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harvest.classify import RuleError, load_rules
+from harvest.classify import rules as rules_module
 from harvest.classify.engine import classify
 from harvest.classify.rules import RULES_DIR, first_chars_of, is_anchored, needles_of
 from harvest.classify.types import CATEGORIES, CLASS_OF_CATEGORY, CLASSES, Banner
@@ -69,6 +70,17 @@ def test_the_version_changes_with_any_file(tmp_path: Path) -> None:
     target.write_text(re.sub(r'(?m)^version = "[^"]*"', 'version = "test.bumped"', target.read_text(), count=1))
 
     assert load_rules(copy).version != before
+
+
+def test_the_version_changes_with_the_engine_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verdicts of an engine that judges differently must not pass for the old ones."""
+    shutil.copytree(RULES_DIR, tmp_path / "a")
+    shutil.copytree(RULES_DIR, tmp_path / "b")  # another folder: load_rules caches per folder
+    before = load_rules(tmp_path / "a").version
+
+    monkeypatch.setattr(rules_module, "ENGINE_REVISION", rules_module.ENGINE_REVISION + ".next")
+
+    assert load_rules(tmp_path / "b").version != before
 
 
 @pytest.mark.parametrize(
