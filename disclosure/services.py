@@ -706,7 +706,6 @@ _EXPORT_OWNER_FIELDS = (
     "network__asn",
     "network__holder__name",
     "operator__name",
-    "recipient_id",
     "recipient__email",
     "recipient__organisation__name",
 )
@@ -725,16 +724,14 @@ def owners_export_enrich(services: list[ExportedService], rows: list[dict]) -> N
         if owner is None:
             row.update(_NOT_RESOLVED)
             continue
-        (_, status, reason, network_id, start, end, cidrs, asn, holder, operator, recipient_id, email, recipient) = (
-            owner
-        )
+        _, status, reason, network_id, start, end, cidrs, asn, holder, operator, email, recipient = owner
         row["network"] = network_label(cidrs, start, end) if network_id else None
         if asn is not None:
             row["asn"] = asn
         row["network_holder"] = holder
         row["operator"] = operator
-        row["recipient"] = recipient if recipient_id else None
-        row["recipient_email"] = email if recipient_id else None
+        row["recipient"] = recipient  # both None when no recipient was chosen
+        row["recipient_email"] = email
         row["owner_status"] = status
         row["owner_reason"] = reason or None
 

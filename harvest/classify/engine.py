@@ -18,7 +18,7 @@ from typing import Any
 
 from harvest.classify.decoders import dicom, hl7, http
 from harvest.classify.rules import MAX_SCAN, FieldRules, Rule, RuleSet
-from harvest.classify.types import MAX_EXCERPT, Banner, Evidence, Verdict
+from harvest.classify.types import MAX_EXCERPT, Banner, Evidence, Verdict, service_name
 
 # Rendering of bytes that are not printable text, so evidence and details are safe to store
 # (PostgreSQL refuses NUL in text, and lone surrogates from broken JSON in any encoding) while
@@ -321,9 +321,12 @@ def _fallback(banner: Banner, rules: RuleSet, state: _State) -> None:
 
 def _honeypot_checks(banner: Banner, rules: RuleSet, state: _State, matches: list[_Match]) -> None:
     modules = banner.host_modules if isinstance(banner.host_modules, tuple) else ()
-    # Named as the host context names its services (harvest/classify/services.py): a service
-    # without a module counts itself as port/transport, like its siblings count it.
-    own = "dicom" if state.protocol == "dicom" else (_str(banner.module, 64) or _port_name(banner))
+    # Named as its siblings name it in the host context (harvest/classify/services.py).
+    own = (
+        "dicom"
+        if state.protocol == "dicom"
+        else service_name(_str(banner.module, 64), banner.port, _str(banner.transport, 8))
+    )
     protocols = {m for m in modules if isinstance(m, str) and m} | ({own} if own else set())
     others = protocols - {"dicom"}
     if (state.protocol == "dicom" or "dicom" in protocols) and len(others) >= rules.honeypot_min_host_modules:
@@ -331,11 +334,6 @@ def _honeypot_checks(banner: Banner, rules: RuleSet, state: _State, matches: lis
         # everything does, and every service of such a host is part of it.
         shown = ", ".join(sorted(protocols)[:20])
         state.honeypot.append(Evidence("honeypot.many_protocols", "host_modules", safe_text(shown)))
-
-
-def _port_name(banner: Banner) -> str:
-    port, transport = banner.port, _str(banner.transport, 8)
-    return f"{port}/{transport}" if isinstance(port, int) and transport else ""
 
 
 def _segment(banner: Banner, rules: RuleSet, state: _State) -> str:

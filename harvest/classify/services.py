@@ -23,7 +23,7 @@ from django.utils import timezone
 from harvest import bulk
 from harvest.classify.engine import classify
 from harvest.classify.rules import RuleSet, load_rules
-from harvest.classify.types import CATEGORIES, CLASSES, SEGMENTS, Banner, Verdict, banner_from_shodan
+from harvest.classify.types import CATEGORIES, CLASSES, SEGMENTS, Banner, Verdict, banner_from_shodan, service_name
 from harvest.models import Classification, Service
 from harvest.records import RecordError, clean_text, parse_address
 from harvest.services import ExportedService, register_export_enricher
@@ -224,7 +224,7 @@ def _add_host_context(rows: list[_Row]) -> None:
     siblings: dict[int, list[tuple[int, str]]] = {}
     others = Service.objects.filter(host_id__in={r.host_id for r in rows}).order_by("host_id", "port")
     for host_id, sid, port, transport, module in others.values_list("host_id", "id", "port", "transport", "module"):
-        siblings.setdefault(host_id, []).append((sid, module or f"{port}/{transport}"))
+        siblings.setdefault(host_id, []).append((sid, service_name(module, port, transport)))
     for row in rows:
         names = [name for sid, name in siblings.get(row.host_id, ()) if sid != row.id]
         row.host_modules = tuple(names[:MAX_HOST_MODULES])

@@ -156,6 +156,14 @@ def _der_bytes(text: str) -> str:
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if m.group(1) else _ESCAPED.get(m.group(2), m.group(2)), text)
 
 
+def service_name(module: str, port: object, transport: str) -> str:
+    """How a service is counted among its host's protocols (the honeypot test): its Shodan module,
+    else port/transport."""
+    if module:
+        return module
+    return f"{port}/{transport}" if isinstance(port, int) and transport else ""
+
+
 def san_dns_names(data: object, limit: int = 8192) -> list[str]:
     """The DNS names of a subjectAltName extension's value as Shodan shows it (either form above)."""
     return [m.group(1) for m in _DNS_NAME.finditer(_der_bytes(_text(data, limit)))]

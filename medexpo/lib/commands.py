@@ -8,8 +8,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 
-# Databases found migrated in this process: a migrated database stays so, and tests call commands often.
-_migrated: set[tuple[str, str]] = set()
+# Names of databases found migrated in this process: a migrated database stays so, and tests call
+# commands often.
+_migrated: set[str] = set()
 
 
 def unapplied_migrations(alias: str = DEFAULT_DB_ALIAS) -> list[str]:
@@ -30,10 +31,10 @@ class DatabaseCommand(BaseCommand):
     a traceback about a missing table halfway through."""
 
     def execute(self, *args: Any, **options: Any) -> str | None:
-        key = (DEFAULT_DB_ALIAS, str(connections[DEFAULT_DB_ALIAS].settings_dict.get("NAME")))
-        missing = [] if key in _migrated else unapplied_migrations()
+        name = str(connections[DEFAULT_DB_ALIAS].settings_dict.get("NAME"))
+        missing = [] if name in _migrated else unapplied_migrations()
         if not missing:
-            _migrated.add(key)
+            _migrated.add(name)
         else:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise CommandError(

@@ -13,8 +13,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def manage(url: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "medexpo.settings"}
+def manage(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "medexpo.settings", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

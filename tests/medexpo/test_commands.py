@@ -1,39 +1,23 @@
 """What every command shares, seen as a user sees it: a real `manage.py` process."""
 
-import os
 import subprocess
-import sys
 
 import pytest
 
 from medexpo.lib.commands import unapplied_migrations
-from tests.conftest import ROOT
+from tests.harvest import processes
 
 
 def manage(tmp_path, *args: str, close_stdout: bool = False) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "DEBUG": "1",
-        "DJANGO_SETTINGS_MODULE": "medexpo.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "MEDEXPO_DATA_DIR": str(tmp_path / "data"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    proc = processes.manage(url, *args, env={"MEDEXPO_DATA_DIR": str(tmp_path / "data")})
     if close_stdout:  # a reader that went away before reading anything, as `| head -0` would
         proc.stdout.close()
-        err = proc.stderr.read()
+        out, err = b"", proc.stderr.read()
         proc.wait(timeout=120)
-        out = ""
     else:
         out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
 
 
 @pytest.mark.parametrize(

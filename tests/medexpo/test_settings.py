@@ -18,10 +18,17 @@ def settings_with(**env: str) -> dict:
 
 
 def run_with(command: list[str], **env: str) -> subprocess.CompletedProcess:
+    proc = start_with(command, **env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def start_with(command: list[str], **env: str) -> subprocess.CompletedProcess:
+    """`command` in a fresh process with production settings and `env`, whatever it exits with."""
     unset = {"DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT"}
     unset.add("DJANGO_ALLOW_ASYNC_UNSAFE")  # set by the browser tests in this process, never in production
     base = {k: v for k, v in os.environ.items() if k not in unset}
-    proc = subprocess.run(
+    return subprocess.run(
         command,
         cwd=ROOT,
         env={**base, "DJANGO_SETTINGS_MODULE": "medexpo.settings", "SECRET_KEY": "k" * 50, **env},
@@ -29,8 +36,6 @@ def run_with(command: list[str], **env: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
 
 
 def test_hosts_and_origins_may_be_written_with_spaces_after_the_commas() -> None:
@@ -52,7 +57,6 @@ def test_hsts_and_the_https_redirect_are_settings_that_the_deploy_check_sees() -
 
 def test_a_number_setting_that_is_not_a_number_is_refused_by_name() -> None:
     # int settings already named themselves; the float ones failed with a bare ValueError.
-    base = {k: v for k, v in os.environ.items() if k != "DEBUG"}
     for name in (
         "SHODAN_REQUEST_INTERVAL",
         "SHODAN_TIMEOUT",
@@ -60,14 +64,7 @@ def test_a_number_setting_that_is_not_a_number_is_refused_by_name() -> None:
         "RDAP_TIMEOUT",
         "RDAP_REQUESTS_PER_SECOND",
     ):
-        proc = subprocess.run(
-            [sys.executable, "-c", "import django; django.setup()"],
-            cwd=ROOT,
-            env={**base, "DJANGO_SETTINGS_MODULE": "medexpo.settings", "SECRET_KEY": "k" * 50, name: "30s"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = start_with([sys.executable, "-c", "import django; django.setup()"], **{name: "30s"})
         assert proc.returncode != 0
         assert f"ImproperlyConfigured: {name} must be a number, got '30s'" in proc.stderr
 
@@ -79,21 +76,8 @@ def test_a_country_that_is_not_a_two_letter_code_is_refused_by_name() -> None:
         "-c",
         "import django; django.setup(); from django.conf import settings as s; print(s.MEDEXPO_COUNTRY)",
     ]
-    base = {k: v for k, v in os.environ.items() if k != "DEBUG"}
     for value, expected in (("NLD", None), ("N1", None), ("Ü1", None), (" de ", "DE"), ("", "NL")):
-        proc = subprocess.run(
-            probe,
-            cwd=ROOT,
-            env={
-                **base,
-                "DJANGO_SETTINGS_MODULE": "medexpo.settings",
-                "SECRET_KEY": "k" * 50,
-                "MEDEXPO_COUNTRY": value,
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = start_with(probe, MEDEXPO_COUNTRY=value)
         if expected is None:
             assert proc.returncode != 0
             assert f"MEDEXPO_COUNTRY must be a two-letter country code like NL, got {value!r}" in proc.stderr
