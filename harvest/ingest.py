@@ -395,7 +395,7 @@ class BatchWriter:
                 (pk, hosts[state.host_ip].id, state.port, state.transport, *_content(state, dt), run_id)
             )
         if bulk.is_postgres():
-            plan.service_payload = bulk.copy_payload(plan.service_inserts, _service_line)
+            plan.service_payload = bulk.copy_binary(plan.service_inserts, _SERVICE_TYPES)
         self._plan_history(services, plan)
         for s in services.values():
             if s.is_new or not s.touched:
@@ -490,7 +490,7 @@ def _apply(plan: _Plan) -> None:
     bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts, payload=plan.host_payload)
     bulk.update_rows(Host._meta.db_table, _HOST_COLUMNS[1:], plan.host_updates)
     table = Service._meta.db_table
-    bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, payload=plan.service_payload)
+    bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, payload=plan.service_payload, binary=True)
     _write_history(plan.history)  # before the rewrites: it may read the banners they replace
     bulk.update_rows(ServiceBanner._meta.db_table, ("run_id",), plan.history_touches)
     bulk.update_rows(table, _SERVICE_REWRITE, plan.service_rewrites)
@@ -628,6 +628,8 @@ _SERVICE_REWRITE = (
     "last_run_id",
 )
 _SERVICE_INSERT = ("host_id", "port", "transport", *_SERVICE_REWRITE)
+# Their PostgreSQL types with the id first, for binary COPY (which applies no cast).
+_SERVICE_TYPES = ("int8", "int8", "int4", *["text"] * 7, *["timestamptz"] * 3, "int8")
 
 
 def _host_row(h: _HostState, dt: Callable) -> tuple:
@@ -661,8 +663,9 @@ def _content(s: _ServiceState, dt: Callable) -> tuple:
     )
 
 
-# COPY lines of the two hot inserts (the rows above, with the id first). Only the free-text
+# COPY lines of the host inserts (the rows above, with the id first). Only the free-text
 # columns can hold COPY's special characters; the others are numbers, hex, addresses and codes.
+# Services go in COPY's binary format (bulk.copy_binary): their rows are wide text.
 _esc = bulk.copy_escape
 _ts = bulk.copy_timestamp
 
@@ -672,11 +675,4 @@ def _host_line(r: tuple) -> str:
     return (
         f"{r[0]}\t{r[1]}\t{_esc(r[2])}\t{_esc(r[3])}\t{asn}\t{_esc(r[5])}\t{_esc(r[6])}\t{_esc(r[7])}"
         f"\t{_ts(r[8])}\t{_ts(r[9])}\n"
-    )
-
-
-def _service_line(r: tuple) -> str:
-    return (
-        f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{_esc(r[4])}\t{_esc(r[5])}\t{_esc(r[6])}\t{_esc(r[7])}\t{_esc(r[8])}"
-        f"\t{r[9]}\t{_ts(r[10])}\t{_ts(r[11])}\t{_ts(r[12])}\t{r[13]}\n"
     )

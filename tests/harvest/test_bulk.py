@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from django.db import connection, transaction
 
-from harvest import bulk
-from harvest.models import HarvestRun, Host, Rejection
+from harvest import bulk, ingest
+from harvest.models import HarvestRun, Host, Rejection, Service
 
 pytestmark = pytest.mark.django_db
 
@@ -36,6 +36,50 @@ def test_hostile_text_survives_the_copy_format() -> None:
         )
     stored = dict(Rejection.objects.filter(pk__in=ids).values_list("pk", "detail"))
     assert [stored[pk] for pk in ids] == HOSTILE
+
+
+def test_hostile_text_and_timestamps_survive_the_binary_copy_of_services() -> None:
+    """Ingest writes new services in COPY's binary format on PostgreSQL, typed by
+    ingest._SERVICE_TYPES (SQLite writes the rows themselves)."""
+    run = HarvestRun.objects.create(source="file")
+    plus_two = timezone(timedelta(hours=2))
+    host = Host.objects.create(
+        ip="192.0.2.9", first_seen=datetime(2026, 1, 1, tzinfo=UTC), last_seen=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    when = [datetime(2026, 3, 1, 12, 30, 5, i, tzinfo=UTC if i % 2 else plus_two) for i in range(len(HOSTILE))]
+    dt = bulk.datetime_adapter()
+    with transaction.atomic():
+        ids = bulk.allocate_ids(Service._meta.db_table, len(HOSTILE))
+        rows = [
+            (pk, host.pk, port, "udp", text[:255], "v", "m", text, text, "0" * 32, dt(w), dt(w), dt(w), run.pk)
+            for port, (pk, text, w) in enumerate(zip(ids, HOSTILE, when, strict=True))
+        ]
+        payload = None
+        if connection.vendor == "postgresql":
+            payload = bulk.copy_binary(rows, ingest._SERVICE_TYPES)
+            assert b"back\\\\slash" not in payload and b"back\\slash" in payload  # nothing escaped
+        bulk.copy_in(Service._meta.db_table, ("id", *ingest._SERVICE_INSERT), rows, payload=payload, binary=True)
+    stored = {s.pk: s for s in Service.objects.filter(pk__in=ids)}
+    assert [(stored[pk].banner, stored[pk].raw, stored[pk].product, stored[pk].port) for pk in ids] == [
+        (t, t, t[:255], port) for port, t in enumerate(HOSTILE)
+    ]
+    assert [stored[pk].first_seen for pk in ids] == when
+    assert {(s.transport, s.module, s.last_run_id, s.host_id) for s in stored.values()} == {
+        ("udp", "m", run.pk, host.pk)
+    }
+
+
+def test_binary_copy_refuses_what_it_cannot_write_exactly() -> None:
+    if connection.vendor != "postgresql":
+        # SQLite never formats binary COPY; its bulk writes adapt each value through the driver.
+        assert bulk.datetime_adapter()(datetime(2026, 1, 1, tzinfo=UTC)).startswith("2026-01-01")
+        return
+    with pytest.raises(TypeError, match="naive"):
+        bulk.copy_binary([(datetime(2026, 1, 1),)], ("timestamptz",))
+    with pytest.raises(UnicodeEncodeError):
+        bulk.copy_binary([("lone \udc80 surrogate",)], ("text",))
+    with pytest.raises(TypeError):
+        bulk.copy_binary([("3",)], ("int8",))
 
 
 def test_nulls_numbers_and_timestamps_survive_the_copy_format() -> None:
