@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dj_database_url
@@ -50,3 +51,17 @@ def test_it_runs_the_sizes_smallest_first() -> None:
 def test_it_refuses_an_empty_run() -> None:
     with pytest.raises(CommandError, match="at least 1"):
         call_command("bench_ingest", "--banners", "0", "--json")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_small_run_measures_every_step_against_the_baseline(capsys: pytest.CaptureFixture) -> None:
+    call_command("bench_ingest", "--banners", "300", "--json")
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    steps = ["baseline_json", "validate", "ingest", "reingest"] + (
+        ["floor"] if connection.vendor == "postgresql" else []
+    )
+    assert sorted(k for k, v in run.items() if isinstance(v, dict) and "vs_baseline" in v) == sorted(steps)
+    for name in steps:
+        step = run[name]
+        assert step["per_s"] > 0 and step["vs_baseline"] == round(run["baseline"]["per_s"] / step["per_s"], 2)
+    assert run["banners"] == 300 and run["ingest"]["peak_mb"] > run["baseline"]["peak_mb"]
