@@ -128,10 +128,13 @@ def test_a_run_resumed_twice_at_once_is_done_once(tmp_path, own_database) -> Non
 
 
 def batch_key_locks(url: str) -> list[tuple]:
+    """The batch key's locks in this test's database: pg_locks shows every database's, and tests
+    running beside this one harvest into databases of their own."""
     return query(
         url,
         "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND classid = {} AND objid = {} "
-        "AND objsubid = 2 ORDER BY granted DESC".format(*PG_BATCH_KEY),
+        "AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "ORDER BY granted DESC".format(*PG_BATCH_KEY),
     )
 
 
@@ -165,7 +168,9 @@ def test_a_resume_waits_for_the_batch_a_killed_process_was_still_committing(tmp_
         resumed = manage(url, "harvest", "--resume", "1", "--batch-size", "50", "--json")
         deadline = time.monotonic() + 60
         while ("ExclusiveLock", False) not in batch_key_locks(url):  # it waits for that batch to end
-            assert time.monotonic() < deadline and resumed.poll() is None, "the resume did not wait"
+            if resumed.poll() is not None:
+                raise AssertionError(f"the resume did not wait: {resumed.communicate()[1].decode()[-2000:]}")
+            assert time.monotonic() < deadline, "the resume did not wait"
             time.sleep(0.05)
         assert query(url, "SELECT count(*) FROM harvest_service") == [(0,)]
         blocker.rollback()  # the orphaned batch goes on, finds its client gone and rolls back
