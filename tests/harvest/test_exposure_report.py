@@ -452,3 +452,22 @@ def test_long_hostile_text_is_cut_in_the_html_and_pdf_and_kept_whole_in_json(db:
     reports.exposure_report_write(report=report, out=tmp_path, formats=["json"])
     data = json.loads((tmp_path / "exposure_report.json").read_text())
     assert data["medical_services"][0]["org"] == long_org and data["medical_services"][0]["product"] == "W" * 255
+
+
+def test_long_unbroken_values_wrap_inside_the_pdf_page(db: None, tmp_path: Path) -> None:
+    """Host names, organisations and products without a space: a table cell could not break them,
+    so the table grew past the page's right edge and everything there was cut off the PDF."""
+    service = make_service("192.0.2.31", 104, org="O" * 255, module="D" * 64)
+    Host.objects.filter(pk=service.host_id).update(hostnames=["h" * 253])
+    judge(service, "medical", "dicom", product="W" * 255, evidence=[{"rule": "r." + "R" * 80, "excerpt": "x"}])
+    reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["pdf"])
+
+    starts: list[float] = []
+    pdf = PdfReader(tmp_path / "exposure_report.pdf")
+    for page in pdf.pages:
+        page.extract_text(visitor_text=lambda text, cm, tm, *_: text.strip() and starts.append(cm[4] + tm[4] * cm[0]))
+    width = float(pdf.pages[0].mediabox.width)
+    right_margin = 14 / 25.4 * 72  # the template's @page margin, in points
+    assert starts and max(starts) < width - right_margin
+    text = re.sub(r"\s+", "", "".join(page.extract_text() for page in pdf.pages))
+    assert "W" * 99 + "…" in text and "h" * 99 + "…" in text  # shown whole (up to the cut), wrapped
