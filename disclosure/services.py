@@ -87,15 +87,25 @@ class ResolveStats:
 
 
 class _Intervals:
-    """Networks already seen in this run, for lookups without a query."""
+    """Networks already seen in this run, for lookups without a query.
+
+    A network that holds narrower cached networks (a hoster's block around its customers') does
+    not answer from here: the database knows which of them holds an address.
+    """
 
     def __init__(self) -> None:
         self._keys: list[tuple[str, int]] = []
         self._networks: dict[int, Network] = {}
+        self._covering: set[int] = set()
 
     def add(self, network: Network) -> None:
         if network.pk not in self._networks:
             bisect.insort(self._keys, (network.start_key, network.pk))
+            narrower = Network.objects.filter(
+                start_key__gte=network.start_key, start_key__lte=network.end_key, end_key__lte=network.end_key
+            ).exclude(pk=network.pk)
+            if narrower.exists():
+                self._covering.add(network.pk)
         self._networks[network.pk] = network
 
     def find(self, key: str) -> Network | None:
@@ -103,21 +113,23 @@ class _Intervals:
         best = None
         for start, pk in reversed(self._keys[max(0, position - 16) : position]):
             network = self._networks[pk]
-            if network.end_key >= key and (best is None or start > best.start_key):
+            if network.end_key >= key and (best is None or (start, best.end_key) > (best.start_key, network.end_key)):
                 best = network
-        return best
+        return None if best is None or best.pk in self._covering else best
 
 
 def network_find_cached(*, ip: str, now: datetime | None = None) -> Network | None:
-    """The most specific unexpired cached network that holds `ip`, with one indexed query."""
+    """The most specific cached network that holds `ip`, with one indexed query; None when it has
+    expired, even if a wider one has not: the wider one (a hoster's) must not answer for it."""
     address = ipaddress.ip_address(ip)
     floor = ipaddress.ip_network(f"{address}/{LOOKUP_SPAN[address.version]}", strict=False).network_address
-    return (
+    found = (
         Network.objects.holding(str(address))
-        .filter(start_key__gte=ip_key(floor), expires_at__gt=now or timezone.now())
+        .filter(start_key__gte=ip_key(floor))
         .order_by("-start_key", "end_key")
         .first()
     )
+    return found if found is not None and found.expires_at > (now or timezone.now()) else None
 
 
 def network_resolve_addresses(

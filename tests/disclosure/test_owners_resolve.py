@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import timedelta
 
@@ -475,3 +476,58 @@ def test_the_command_refuses_a_concurrency_below_one(registries: Registries, val
     with pytest.raises(CommandError, match="--concurrency: must be 1 or more"):
         call_command("resolve_owners", "--concurrency", value)
     assert not HostOwner.objects.exists()
+
+
+def test_an_address_in_a_cached_customer_network_is_not_given_the_wider_network_seen_in_the_run(
+    registries: Registries,
+) -> None:
+    """A hoster's /16 fetched in a run answered from memory for an address inside its customer's
+    /24 that was already cached: the customer's host went to the hoster's abuse desk."""
+    from tests.standins.rdap_server import generated_answer
+
+    hoster = ("11.0.0.0", "11.0.255.255")
+    customer = ("11.0.4.0", "11.0.4.255")
+    for i, (start, end) in enumerate((hoster, customer)):
+        registries.standin.add(
+            generated_answer(i, ipaddress.IPv4Address(start), ipaddress.IPv4Address(end)),
+            registry="ripencc",
+            asn=64500,
+            country="NL",
+        )
+    make_host("11.0.4.9")
+    resolve(registries)  # the customer's /24 is cached
+    assert HostOwner.objects.get(host__ip="11.0.4.9").recipient.email == "abuse1@bench1.example"
+    inside = make_host("11.0.4.10")  # in the customer's /24
+    make_host("11.0.0.1")  # in the hoster's /16 only: fetched in this run
+    resolve(registries, concurrency=1)
+    owner = HostOwner.objects.get(host=inside)
+    assert owner.network.cidrs == ["11.0.4.0/24"]
+    assert owner.recipient.email == "abuse1@bench1.example"
+    assert HostOwner.objects.get(host__ip="11.0.0.1").recipient.email == "abuse0@bench0.example"
+
+
+def test_an_expired_customer_network_is_fetched_again_not_replaced_by_the_hosters(registries: Registries) -> None:
+    """When a customer's cached /24 expired before the hoster's /16 around it, the cache answered
+    with the /16: the customer's host moved to the hoster's abuse desk instead of being refreshed."""
+    from tests.standins.rdap_server import generated_answer
+
+    for i, (start, end) in enumerate((("11.0.0.0", "11.0.255.255"), ("11.0.4.0", "11.0.4.255"))):
+        registries.standin.add(
+            generated_answer(i, ipaddress.IPv4Address(start), ipaddress.IPv4Address(end)),
+            registry="ripencc",
+            asn=64500,
+            country="NL",
+        )
+    customer = make_host("11.0.4.9")
+    resolve(registries)
+    make_host("11.0.0.1")
+    resolve(registries)  # the hoster's /16 is cached after the customer's /24
+    assert HostOwner.objects.get(host=customer).recipient.email == "abuse1@bench1.example"
+    Network.objects.filter(cidrs=["11.0.4.0/24"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert [h.ip for h in hosts_needing_owner()] == ["11.0.4.9"]
+    before = registries.ip_requests
+    resolve(registries)
+    assert registries.ip_requests == before + 1  # the customer's network is fetched again
+    owner = HostOwner.objects.get(host=customer)
+    assert owner.network.cidrs == ["11.0.4.0/24"] and owner.recipient.email == "abuse1@bench1.example"
+    assert owner.network.expires_at > timezone.now()
