@@ -62,8 +62,9 @@ def lookup_options_from_settings() -> rdap_client.LookupOptions:
 class AddressOutcome:
     network: Network | None
     from_cache: bool = False
-    reason: str = ""
+    reason: str = ""  # why the lookup failed (the network is then the expired one, or None)
     detail: str = ""
+    permanent: bool = False
 
 
 @dataclass
@@ -121,15 +122,19 @@ class _Intervals:
 def network_find_cached(*, ip: str, now: datetime | None = None) -> Network | None:
     """The most specific cached network that holds `ip`, with one indexed query; None when it has
     expired, even if a wider one has not: the wider one (a hoster's) must not answer for it."""
+    found = _network_most_specific(ip)
+    return found if found is not None and found.expires_at > (now or timezone.now()) else None
+
+
+def _network_most_specific(ip: str) -> Network | None:
     address = ipaddress.ip_address(ip)
     floor = ipaddress.ip_network(f"{address}/{LOOKUP_SPAN[address.version]}", strict=False).network_address
-    found = (
+    return (
         Network.objects.holding(str(address))
         .filter(start_key__gte=ip_key(floor))
         .order_by("-start_key", "end_key")
         .first()
     )
-    return found if found is not None and found.expires_at > (now or timezone.now()) else None
 
 
 def network_resolve_addresses(
@@ -170,11 +175,11 @@ def network_resolve_addresses(
         nonlocal done_count
         for text in spellings[ip]:
             outcomes[text] = outcome
-        if outcome.network is not None:
+        if outcome.reason:
+            stats.failed[outcome.reason] += 1
+        else:
             stats.resolved += 1
             stats.from_cache += outcome.from_cache
-        else:
-            stats.failed[outcome.reason] += 1
         done_count += 1
         if progress:
             progress(done_count)
@@ -206,7 +211,12 @@ def network_resolve_addresses(
             for future in completed:
                 ip, hood, lookup_stats = inflight.pop(future)
                 stats.requests += lookup_stats.requests
-                finish(ip, _save_answer(future, memory, stats))
+                outcome = _save_answer(future, memory, stats)
+                if outcome.network is None and not outcome.permanent:
+                    # The registry did not answer this time: the expired network, if there is
+                    # one, still tells the owner better than nothing until the next run asks again.
+                    outcome.network = _network_most_specific(ip)
+                finish(ip, outcome)
                 queue.extendleft(reversed(waiting.pop(hood, [])))
     return outcomes, stats
 
@@ -220,7 +230,7 @@ def _save_answer(future: Future, memory: _Intervals, stats: ResolveStats) -> Add
     try:
         answer = future.result()
     except rdap_client.RdapError as exc:
-        return AddressOutcome(None, reason=exc.reason, detail=exc.detail[:500])
+        return AddressOutcome(None, reason=exc.reason, detail=exc.detail[:500], permanent=exc.permanent)
     except Exception as exc:  # noqa: BLE001 - one bad lookup must not stop the batch
         return AddressOutcome(None, reason="unexpected_error", detail=_error_detail(exc))
     try:

@@ -531,3 +531,31 @@ def test_an_expired_customer_network_is_fetched_again_not_replaced_by_the_hoster
     owner = HostOwner.objects.get(host=customer)
     assert owner.network.cidrs == ["11.0.4.0/24"] and owner.recipient.email == "abuse1@bench1.example"
     assert owner.network.expires_at > timezone.now()
+
+
+def test_a_failed_refresh_of_an_expired_network_keeps_the_owner_it_had(registries: Registries) -> None:
+    """The registry timing out once when a network was due again emptied a resolved host's owner:
+    network and recipient gone, the host in the owner-unknown queue with 'server_error'."""
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    Network.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    registries.standin.scripts["62.239.237.1"] = Script(status=503)
+    summary = resolve(registries).as_dict()
+    assert summary["failed"] == {"server_error": 1}
+    owner = HostOwner.objects.get(host=host)
+    assert owner.status == HostOwner.Status.RESOLVED
+    assert owner.network.cidrs == ["62.239.237.0/24"] and owner.recipient.email == "zzdnsr@bt.com"
+    assert [h.ip for h in hosts_needing_owner()] == ["62.239.237.1"]  # and it is tried again
+    del registries.standin.scripts["62.239.237.1"]
+    resolve(registries)
+    assert network_find_cached(ip="62.239.237.1") is not None
+
+
+def test_a_network_the_registry_no_longer_has_is_not_kept(registries: Registries) -> None:
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    Network.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    registries.standin.scripts["62.239.237.1"] = Script(status=404)
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.status, owner.reason, owner.network) == ("unknown", "not_found", None)
