@@ -379,12 +379,27 @@ def url_refusal(url: str) -> str | None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https":
         return f"not HTTPS: {url[:100]}"
-    host = (parts.hostname or "").strip("[]")
+    host = (parts.hostname or "").strip("[]").rstrip(".")
+    if not host:
+        return f"no host: {url[:100]}"
+    if host == "localhost" or host.endswith(".localhost"):  # loopback by definition (RFC 6761)
+        return f"not a public address: {url[:100]}"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return None if host else f"no host: {url[:100]}"
+        address = _ipv4_in_any_form(host)
+        if address is None:
+            return None  # a name
     return None if address.is_global else f"not a public address: {url[:100]}"
+
+
+def _ipv4_in_any_form(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that the resolver reads in `host` ("127.1", "2130706433", "0x7f000001",
+    "0177.0.0.1" are all 127.0.0.1), or None for a name."""
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
 
 
 def address_refusal(ip: str) -> str | None:

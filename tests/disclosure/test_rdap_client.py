@@ -371,6 +371,14 @@ def test_a_redirect_to_another_registry_by_name_is_followed(registries: Registri
         ("https://[::1]/ip/62.239.237.0", "not a public address"),
         ("https://10.0.0.1/ip/62.239.237.0", "not a public address"),
         ("https://169.254.169.254/latest/meta-data/", "not a public address"),
+        # Address literals in the other forms that the resolver takes (inet_aton): all 127.0.0.1.
+        ("https://127.1/ip/62.239.237.0", "not a public address"),
+        ("https://2130706433/ip/62.239.237.0", "not a public address"),
+        ("https://0x7f000001/ip/62.239.237.0", "not a public address"),
+        ("https://0177.0.0.1/ip/62.239.237.0", "not a public address"),
+        ("https://169.254.169.254./latest/meta-data/", "not a public address"),
+        ("https://localhost/ip/62.239.237.0", "not a public address"),
+        ("https://metadata.localhost/ip/62.239.237.0", "not a public address"),
     ],
 )
 def test_a_redirect_off_https_or_into_a_private_network_is_refused(
