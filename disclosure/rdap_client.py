@@ -384,12 +384,13 @@ def url_refusal(url: str) -> str | None:
         return f"no host: {url[:100]}"
     if host == "localhost" or host.endswith(".localhost"):  # loopback by definition (RFC 6761)
         return f"not a public address: {url[:100]}"
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = _ipv4_in_any_form(host)
-        if address is None:
-            return None  # a name
+    if address is None:
+        return None  # a name
     return None if address.is_global else f"not a public address: {url[:100]}"
 
 
