@@ -451,9 +451,12 @@ class HostOwnerAdminBase(AddressSearchMixin, _VisibleAdmin, admin.ModelAdmin):
 
     @admin.action(description="Choose the recipient again (no lookup)", permissions=["change"])
     def choose_recipient_again(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = 0
         for owner in queryset.select_related("network", "operator", "override_recipient"):
             owner_recompute(owner=owner)
-        self.message_user(request, f"{queryset.count()} recipients chosen again.")
+            count += 1
+        # Not queryset.count(): on the queue, owners that got a recipient have left it by now.
+        self.message_user(request, f"{count} recipients chosen again.")
 
 
 @admin.register(HostOwner)

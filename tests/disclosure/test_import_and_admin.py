@@ -579,3 +579,23 @@ def test_a_whole_address_finds_its_owner_and_the_networks_that_hold_it(staff_cli
     assert "WIDE" in networks and "NARROW" in networks and "OTHER" not in networks
     assert "OTHER" in table("network", "110.1.2.30") and "WIDE" not in table("network", "110.1.2.30")
     assert "OTHER" in table("network", "other")  # anything else: the text search as before
+
+
+def test_choosing_again_from_the_queue_counts_the_owners_that_left_it(
+    registries: Registries, staff_client: Client
+) -> None:
+    """The message counted the queue after the action: owners that got a recipient had left it, so
+    staff read '0 recipients chosen again' exactly when every one of them had been chosen."""
+    make_host("62.239.237.1")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    owner = HostOwner.objects.get()
+    Contact.objects.update(enabled=False)
+    assert owner_recompute(owner=owner).reason == "no_contact"  # in the queue now
+    Contact.objects.update(enabled=True)
+    response = staff_client.post(
+        reverse("admin:disclosure_ownerunknown_changelist"),
+        {"action": "choose_recipient_again", "_selected_action": [owner.pk]},
+        follow=True,
+    )
+    assert HostOwner.objects.get().status == HostOwner.Status.RESOLVED
+    assert "1 recipients chosen again" in response.content.decode()
