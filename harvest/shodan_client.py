@@ -8,8 +8,9 @@ Pacing and retries are ours: the library's own rate limiter is switched off (it 
 loop and knows nothing of retries), requests are spaced by `SHODAN_REQUEST_INTERVAL` seconds
 (Shodan allows 1 request per second), and rate limits (429), server errors (5xx), timeouts, cut
 connections and 2xx answers we cannot read are retried `SHODAN_MAX_RETRIES` times with
-exponential backoff. Shodan charges a paid search for every 2xx answer, so a search page reports
-how many it took, and a caller can bound them.
+exponential backoff. Shodan charges a paid search for every 2xx answer, and for a request it
+answers after we stopped waiting (a timeout), so a search page reports how many it took, and a
+caller can bound them.
 
 The API key is a secret: it is sent as Shodan requires (`?key=`), and scrubbed from every
 message this module produces.
@@ -41,8 +42,8 @@ protect_logs("urllib3", "requests")
 
 class ShodanError(Exception):
     """A failed Shodan call. `permanent` errors will fail again if retried as they are.
-    `answered` is the number of 2xx answers the call got but could not use: a paid search was
-    charged for each."""
+    `answered` is the number of answers the call paid for but could not use (2xx answers, and
+    requests that timed out, which Shodan answers all the same): a paid search was charged for each."""
 
     INVALID_KEY = "invalid_key"
     NO_KEY = "no_key"
@@ -108,7 +109,7 @@ class SearchPage:
     page: int
     total: int
     banners: tuple[RawBanner, ...]
-    answers: int = 1  # 2xx answers it took, each charged: more than 1 when a bad one was retried
+    answers: int = 1  # answers it took, each charged: more than 1 when a bad or late one was retried
 
     @property
     def pages(self) -> int:
@@ -162,8 +163,9 @@ def search_page(query: str, page: int, *, max_answers: int | None = None) -> Sea
     """One page (up to 100 banners, full records) of a search.
 
     Costs 1 query credit when the query has a filter (ours always have `country:`) or the page is
-    beyond the first, for each 2xx answer: a bad one retried is paid again. `max_answers` bounds
-    the answers bought (None: as many as the retries allow).
+    beyond the first, for each 2xx answer and each request that timed out (Shodan answers it
+    after we stopped waiting): a bad or late one retried is paid again. `max_answers` bounds the
+    answers bought (None: as many as the retries allow).
     # Reference: https://developer.shodan.io/api (Shodan Search: GET /shodan/host/search)
     """
     if page < 1:
@@ -232,9 +234,9 @@ def _call(
     invalid: str,
     max_answers: int | None = None,
 ) -> tuple[Any, int]:
-    """fn's answer once it is `valid`, and the number of 2xx answers that took. Retryable errors,
-    a 2xx answer that is not `valid` among them, are retried until the retries run out or
-    `max_answers` 2xx answers were bought."""
+    """fn's answer once it is `valid`, and the number of answers that took (2xx ones and
+    timeouts, each charged for a paid search). Retryable errors, a 2xx answer that is not `valid`
+    among them, are retried until the retries run out or `max_answers` answers were bought."""
     api = _api()
     retries = settings.SHODAN_MAX_RETRIES
     delays = backoff_delays(retries=retries, base=_backoff_base())
@@ -246,7 +248,9 @@ def _call(
             error = _answer_error(api, data, valid, invalid)
         except shodan.APIError as exc:
             error = _classify(api, str(exc), exc.__context__)
-        answers += _is_2xx(api._session.last_status)
+        # Shodan charges a paid search it answers, whether or not we can use the answer, and it
+        # answers one we stopped waiting for as well: a timeout counts as a paid answer.
+        answers += _is_2xx(api._session.last_status) or (error is not None and error.kind == ShodanError.TIMEOUT)
         if error is None:
             return data, answers
         error.answered = answers

@@ -365,6 +365,31 @@ def test_answers_without_matches_or_total_are_not_taken_for_the_end_of_a_query(
     assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries)) + 1
 
 
+def test_pages_answered_after_the_timeout_count_in_the_credits_and_the_cap(
+    shodan_standin: ShodanStandIn, plan_file, settings
+) -> None:
+    # Shodan charges a search it answers after the client stopped waiting: with a cap of 3 the
+    # key must not pay for more than 3 pages, and the run must say what the key paid.
+    settings.SHODAN_TIMEOUT = 0.3
+    shodan_client.reset()
+    queries = ["port:104 country:NL"]
+    shodan_standin.slow(0.6, times=2)
+    summary, _ = harvest("--plan", plan_file("port:104"), "--max-credits", "3")
+    _all_answered(shodan_standin)
+    assert summary["status"] == "stopped", summary["message"]
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 3
+    summary, _ = harvest("--resume", str(summary["run"]), "--max-credits", "100")
+    assert summary["status"] == "completed", summary["message"]
+    assert stored() == expected_services(shodan_standin, queries)
+    assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries)) + 2
+
+
+def _all_answered(server: ShodanStandIn) -> None:
+    deadline = time.monotonic() + 10
+    while any(r.status == -1 for r in server.state.requests) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_a_paid_page_that_came_back_empty_commits_its_credit_at_once(shodan_standin: ShodanStandIn, plan_file) -> None:
     # Query 1 is counted, but its paid page comes back empty (the results changed in between):
     # the run goes on with query 2. Interrupted there (as by kill -9: nothing more is written),

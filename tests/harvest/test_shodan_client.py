@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -93,6 +94,31 @@ def test_it_retries_a_slow_answer(shodan_standin: ShodanStandIn, settings) -> No
     shodan_standin.slow(1.0, times=1, path="/api-info")
     assert shodan_client.api_info().query_credits == 1000
     assert len(shodan_standin.requests_to("/api-info")) == 2
+
+
+def _answered(server: ShodanStandIn) -> None:
+    """Wait until the stand-in has answered every request (a slow one after the client gave up)."""
+    deadline = time.monotonic() + 10
+    while any(r.status == -1 for r in server.state.requests) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_search_answered_after_the_timeout_counts_as_paid(shodan_standin: ShodanStandIn, settings) -> None:
+    # Shodan answers (and charges) a search the client stopped waiting for: it counts, and
+    # max_answers bounds it like any other paid answer.
+    settings.SHODAN_TIMEOUT = 0.3
+    shodan_client.reset()
+    shodan_standin.slow(0.6, times=1)
+    page = shodan_client.search_page(DICOM_NL, 1)
+    _answered(shodan_standin)
+    assert len(page.banners) == 100
+    assert page.answers == 2 == shodan_standin.credits_spent
+    shodan_standin.slow(0.6, times=5)
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.search_page(DICOM_NL, 2, max_answers=1)
+    _answered(shodan_standin)
+    assert caught.value.kind == ShodanError.RETRIES_EXHAUSTED
+    assert caught.value.answered == 1 == shodan_standin.credits_spent - 2
 
 
 def test_it_retries_a_cut_connection(shodan_standin: ShodanStandIn) -> None:
