@@ -19,6 +19,7 @@ from pathlib import Path
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MAX_QUERY_CHARS = 400
+MAX_LABEL_CHARS = 100
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,49}")
 COUNTRY_RE = re.compile(r"[A-Z]{2}")
 # A query's tokens: a double-quoted phrase, or a run of anything else. A token that starts with a
@@ -145,9 +146,15 @@ def _query(entry: dict, where: str, *, origin: str) -> PlanQuery:
     if not isinstance(query, str):
         raise PlanError(f"{where}: query must be text")
     query = _check_query(query, where)
-    label = entry.get("label", query)
+    # A query may be longer than a label: one without a label is named by its beginning.
+    label = entry.get("label", query if len(query) <= MAX_LABEL_CHARS else query[: MAX_LABEL_CHARS - 1] + "…")
     category = entry.get("category", "")
-    if not isinstance(label, str) or not isinstance(category, str) or len(label) > 100 or len(category) > 40:
+    if (
+        not isinstance(label, str)
+        or not isinstance(category, str)
+        or len(label) > MAX_LABEL_CHARS
+        or len(category) > 40
+    ):
         raise PlanError(f"{where}: label and category must be short text")
     return PlanQuery(query=query, label=label, category=category, origin=origin)
 

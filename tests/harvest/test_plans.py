@@ -159,3 +159,12 @@ def test_a_plan_file_can_include_a_shipped_plan(tmp_path: Path) -> None:
     assert plan.name == "custom"
     assert [q.query for q in plan.queries][-1] == '"Orthanc"'
     assert "port:104" in {q.query for q in plan.queries}
+
+
+def test_a_long_query_without_a_label_loads_with_a_shortened_label(tmp_path: Path) -> None:
+    # A query may have 400 characters; the label it gets when none is given must not refuse it.
+    query = " ".join(f'"Afdeling Radiologie {n}"' for n in range(12))
+    assert 100 < len(query) <= 400
+    plan = plan_load(name=_write(tmp_path, f"[[query]]\nquery = '{query}'\n"))
+    assert [q.query for q in plan.queries] == [query]
+    assert plan.queries[0].label == query[:99] + "…"
