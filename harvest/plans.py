@@ -156,6 +156,8 @@ def _query(entry: dict, where: str, *, origin: str) -> PlanQuery:
         or len(category) > 40
     ):
         raise PlanError(f"{where}: label and category must be short text")
+    if not (label.isprintable() and category.isprintable()):
+        raise PlanError(f"{where}: label and category must not contain a control character")
     return PlanQuery(query=query, label=label, category=category, origin=origin)
 
 
@@ -163,6 +165,9 @@ def _check_query(query: str, where: str) -> str:
     query = " ".join(query.split())
     if not query:
         raise PlanError(f"{where}: the query is empty")
+    # A NUL cannot be stored in PostgreSQL, and escape sequences would reach terminals.
+    if not query.isprintable():
+        raise PlanError(f"{where}: the query contains a control character: {query!r}")
     if len(query) > MAX_QUERY_CHARS:
         raise PlanError(f"{where}: the query is longer than {MAX_QUERY_CHARS} characters")
     if query.count('"') % 2:

@@ -168,3 +168,24 @@ def test_a_long_query_without_a_label_loads_with_a_shortened_label(tmp_path: Pat
     plan = plan_load(name=_write(tmp_path, f"[[query]]\nquery = '{query}'\n"))
     assert [q.query for q in plan.queries] == [query]
     assert plan.queries[0].label == query[:99] + "…"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        'query = "port:104 \\u0000x"',
+        'query = "\\u001b[2J\\"Orthanc\\""',
+        'query = "port:104"\nlabel = "DICOM\\u0007"',
+        'query = "port:104"\ncategory = "dicom\\u0000"',
+    ],
+)
+def test_it_refuses_control_characters_in_a_query_its_label_or_category(tmp_path: Path, entry: str) -> None:
+    # PostgreSQL stores no NUL in text, and an escape sequence would reach the terminal of whoever
+    # reads the --count-only table or the run's summary.
+    with pytest.raises(PlanError, match=r"odd.toml query #1: .*control character"):
+        plan_load(name=_write(tmp_path, f"[[query]]\n{entry}\n", name="odd"))
+
+
+def test_it_takes_unicode_text_in_queries(tmp_path: Path) -> None:
+    plan = plan_load(name=_write(tmp_path, '[[query]]\nquery = \'org:"Zorggroep Ééén" "病院"\'\n'))
+    assert plan.queries[0].with_country("NL") == 'org:"Zorggroep Ééén" "病院" country:NL'

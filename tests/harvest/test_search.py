@@ -482,6 +482,15 @@ def test_a_plan_without_queries_is_refused_before_a_run_or_a_schedule(
         call_command("setup_schedules", stdout=io.StringIO())  # not a weekly task that can only fail
 
 
+def test_a_plan_with_a_nul_in_a_query_is_refused_before_a_run(shodan_standin: ShodanStandIn, tmp_path) -> None:
+    odd = tmp_path / "odd.toml"
+    odd.write_text('[[query]]\nquery = "port:104 \\u0000"\n')
+    with pytest.raises(CommandError, match="odd.toml query #1: .*control character"):
+        call_command("harvest", "--plan", str(odd))
+    assert not HarvestRun.objects.exists()
+    assert shodan_standin.state.requests == []
+
+
 # --- kill -9 ----------------------------------------------------------------------------------
 
 
