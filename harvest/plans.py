@@ -84,9 +84,11 @@ def query_filters(query: str) -> list[str]:
     return [m.group(1).lower() for token in _TOKEN_RE.findall(query) if (m := _FILTER_RE.match(token))]
 
 
-def _path_for(name: str) -> Path:
+def _path_for(name: str, *, beside: Path | None = None) -> Path:
+    """The file of a plan name or .toml path; a relative path is taken from `beside` (the
+    including file's directory) when given, else from the current directory."""
     if name.endswith(".toml"):
-        path = Path(name)
+        path = Path(name) if beside is None else beside / name
         if not path.is_file():
             raise PlanError(f"no such plan file: {path}")
         return path.resolve()
@@ -116,7 +118,7 @@ def _load(path: Path, *, stack: tuple[Path, ...]) -> Plan:
     queries: list[PlanQuery] = []
     for included in _list_of(data, "include", str, path.name):
         try:
-            included_path = _path_for(included)
+            included_path = _path_for(included, beside=path.parent)
         except PlanError as exc:
             raise PlanError(f"{path.name} include: {exc}") from None
         queries.extend(_load(included_path, stack=(*stack, path)).queries)

@@ -189,3 +189,18 @@ def test_it_refuses_control_characters_in_a_query_its_label_or_category(tmp_path
 def test_it_takes_unicode_text_in_queries(tmp_path: Path) -> None:
     plan = plan_load(name=_write(tmp_path, '[[query]]\nquery = \'org:"Zorggroep Ééén" "病院"\'\n'))
     assert plan.queries[0].with_country("NL") == 'org:"Zorggroep Ééén" "病院" country:NL'
+
+
+def test_a_plan_file_includes_a_file_beside_it_wherever_it_is_run_from(tmp_path: Path, monkeypatch) -> None:
+    # The weekly task runs in the worker's directory, not where the plan was written or checked.
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    (plans / "extra.toml").write_text("[[query]]\nquery = '\"Orthanc\"'\n")
+    outer = plans / "weekly.toml"
+    outer.write_text('include = ["extra.toml", "ports"]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cwd in (elsewhere, plans):
+        monkeypatch.chdir(cwd)
+        queries = [q.query for q in plan_load(name=str(outer)).queries]
+        assert queries[0] == '"Orthanc"' and "port:104" in queries
