@@ -248,8 +248,9 @@ def _call(
             error = _answer_error(api, data, valid, invalid)
         except shodan.APIError as exc:
             error = _classify(api, str(exc), exc.__context__)
-        # Shodan charges a paid search it answers, whether or not we can use the answer, and it
-        # answers one we stopped waiting for as well: a timeout counts as a paid answer.
+        # Shodan charges a paid search it answers, whether or not we can use the answer (one cut
+        # short after its status has a 2xx status too), and it answers one we stopped waiting for
+        # as well: a timeout counts as a paid answer.
         answers += _is_2xx(api._session.last_status) or (error is not None and error.kind == ShodanError.TIMEOUT)
         if error is None:
             return data, answers
@@ -348,7 +349,12 @@ def _classify(api: shodan.Shodan, message: str, cause: BaseException | None) -> 
     if status == 404:
         return ShodanError(f"Shodan has no information ({text})", kind=ShodanError.NOT_FOUND, permanent=True)
     if 200 <= status < 300:
-        # A 2xx whose body is not the JSON we expect: usually a body cut short; worth a retry.
+        # A 2xx whose body is not the JSON we expect, or was cut short on the way: worth a retry.
+        if isinstance(cause, requests.RequestException):
+            what = f"cut short: {type(cause).__name__}"
+            return ShodanError(
+                f"unreadable answer from Shodan ({what})", kind=ShodanError.BAD_RESPONSE, permanent=False
+            )
         return ShodanError(f"unreadable answer from Shodan ({text})", kind=ShodanError.BAD_RESPONSE, permanent=False)
     return ShodanError(f"Shodan refused the request ({status}: {text})", kind=ShodanError.BAD_REQUEST, permanent=True)
 

@@ -23,7 +23,8 @@ _SECRET_PARAM = re.compile(r"((?:api_?)?key|token|password)=[^&\s'\"]*", re.IGNO
 
 
 class Session(requests.Session):
-    """A requests session that never waits forever and remembers the last answer's status."""
+    """A requests session that never waits forever and remembers the last answer's status: from
+    the moment its headers arrive, so that an answer whose body was cut short still has one."""
 
     def __init__(self, *, timeout: float, user_agent: str = USER_AGENT) -> None:
         super().__init__()
@@ -33,15 +34,18 @@ class Session(requests.Session):
         self.headers["User-Agent"] = user_agent
         self.last_status: int | None = None
         self.last_headers: dict[str, str] = {}
+        # Response hooks run before requests reads the body.
+        self.hooks["response"].append(self._remember)
+
+    def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.last_status = response.status_code
+        self.last_headers = dict(response.headers)
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
         self.last_status = None
         self.last_headers = {}
-        response = super().request(method, url, **kwargs)
-        self.last_status = response.status_code
-        self.last_headers = dict(response.headers)
-        return response
+        return super().request(method, url, **kwargs)
 
 
 def backoff_delays(*, retries: int, base: float, cap: float = 60.0) -> Iterator[float]:

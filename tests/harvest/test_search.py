@@ -365,15 +365,20 @@ def test_answers_without_matches_or_total_are_not_taken_for_the_end_of_a_query(
     assert summary["credits_spent"] == shodan_standin.credits_spent == len(expected_pages(shodan_standin, queries)) + 1
 
 
-def test_pages_answered_after_the_timeout_count_in_the_credits_and_the_cap(
-    shodan_standin: ShodanStandIn, plan_file, settings
+@pytest.mark.parametrize("fault", ["timeout", "cut mid-answer"])
+def test_pages_answered_after_the_timeout_or_cut_count_in_the_credits_and_the_cap(
+    shodan_standin: ShodanStandIn, plan_file, settings, fault: str
 ) -> None:
-    # Shodan charges a search it answers after the client stopped waiting: with a cap of 3 the
-    # key must not pay for more than 3 pages, and the run must say what the key paid.
+    # Shodan charges a search it answers after the client stopped waiting, or whose answer was
+    # cut on the way: with a cap of 3 the key must not pay for more than 3 pages, and the run
+    # must say what the key paid.
     settings.SHODAN_TIMEOUT = 0.3
     shodan_client.reset()
     queries = ["port:104 country:NL"]
-    shodan_standin.slow(0.6, times=2)
+    if fault == "timeout":
+        shodan_standin.slow(0.6, times=2)
+    else:
+        shodan_standin.cut(times=2, mid_answer=True)
     summary, _ = harvest("--plan", plan_file("port:104"), "--max-credits", "3")
     _all_answered(shodan_standin)
     assert summary["status"] == "stopped", summary["message"]

@@ -121,6 +121,15 @@ def test_a_search_answered_after_the_timeout_counts_as_paid(shodan_standin: Shod
     assert caught.value.answered == 1 == shodan_standin.credits_spent - 2
 
 
+def test_an_answer_cut_in_the_middle_counts_as_paid(shodan_standin: ShodanStandIn) -> None:
+    # The 200 and half the page arrived: Shodan charged it, and it is retried like a garbled one.
+    shodan_standin.cut(times=1, mid_answer=True)
+    page = shodan_client.search_page(DICOM_NL, 1)
+    assert len(page.banners) == 100
+    assert [r.status for r in shodan_standin.requests_to("/shodan/host/search")] == [200, 200]
+    assert page.answers == 2 == shodan_standin.credits_spent
+
+
 def test_it_retries_a_cut_connection(shodan_standin: ShodanStandIn) -> None:
     shodan_standin.cut(times=2)
     page = shodan_client.search_page(DICOM_NL, 2)

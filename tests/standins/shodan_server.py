@@ -14,7 +14,8 @@ Queries are filtered crudely: `port:N[,M]`, `country:XX`, `product:`, `org:`, `h
 and `-filter:` negation. Other filters are refused with 400, as Shodan refuses unknown ones.
 
 A test can make it fail: answer a status n times (401, 429, 503, ...; with Shodan's {"error": ...}
-body or another one), answer slowly (beyond the client's timeout), cut the connection, send a
+body or another one), answer slowly (beyond the client's timeout), cut the connection (before an answer, or in the
+middle of one it charged for), send a
 garbled body with an answer it charged for, or run out of credits after k pages. It counts every
 page it charged, so a test can prove that no page was bought twice.
 """
@@ -47,7 +48,7 @@ class QueryError(ValueError):
 
 @dataclass
 class Fault:
-    kind: str  # "status", "slow", "cut", "garble"
+    kind: str  # "status", "slow", "cut", "cut_body", "garble"
     path: str  # applies to requests whose path starts with this
     times: int
     status: int = 0
@@ -204,9 +205,11 @@ class ShodanStandIn:
         with self.lock:
             self.state.faults.append(Fault("slow", path, times, seconds=seconds))
 
-    def cut(self, *, times: int = 1, path: str = "/shodan/host/search") -> None:
+    def cut(self, *, times: int = 1, path: str = "/shodan/host/search", mid_answer: bool = False) -> None:
+        """Close the connection before answering, or (`mid_answer`) after the status line, the
+        headers and half the body of an answer it charged for."""
         with self.lock:
-            self.state.faults.append(Fault("cut", path, times))
+            self.state.faults.append(Fault("cut_body" if mid_answer else "cut", path, times))
 
     def set_credits(self, credits: int) -> None:
         with self.lock:
@@ -373,15 +376,21 @@ def _handler_for(standin: ShodanStandIn) -> type[BaseHTTPRequestHandler]:
                 if fault is not None and fault.kind == "garble" and status == 200:
                     body = fault.body
             seen.status = status
-            self._send(status, body)
+            self._send(status, body, cut=fault is not None and fault.kind == "cut_body")
 
-        def _send(self, status: int, body: object) -> None:
+        def _send(self, status: int, body: object, *, cut: bool = False) -> None:
             payload = json.dumps(body).encode()
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
+                if cut:
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout); that is what the test wanted
