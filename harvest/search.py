@@ -104,9 +104,13 @@ def _check_budget(max_credits: int | None) -> None:
         raise HarvestError("--max-credits must be 0 or more")
 
 
-def harvest_search_count(*, plan: str, country: str = "", progress: ProgressFn | None = None) -> dict:
+def harvest_search_count(
+    *, plan: str, country: str = "", max_credits: int | None = None, progress: ProgressFn | None = None
+) -> dict:
     """What a plan would cost, from Shodan's free count call: per query the total, pages, credits
-    and facets (port, org, product), and the credits left on the key. Spends no credits."""
+    and facets (port, org, product), and the credits left on the key; with `max_credits`, whether
+    a run capped there would fetch the whole plan, or in which query it would stop. Spends no
+    credits."""
     try:
         loaded = plan_load(name=plan)
         code = country_filter(country or settings.MEDEXPO_COUNTRY)
@@ -132,7 +136,20 @@ def harvest_search_count(*, plan: str, country: str = "", progress: ProgressFn |
         "api_plan": info.plan,
         "fits": credits <= info.query_credits,
         "credits_spent": 0,
+        "cap": None if max_credits is None else credit_cap(rows, max_credits),
     }
+
+
+def credit_cap(rows: list[dict], max_credits: int) -> dict:
+    """Where a run capped at `max_credits` would stop, from counted rows in plan order: a run buys
+    the queries' pages in that order until the next would pass the cap. Queries whose count failed
+    cost nothing here (their cost is unknown)."""
+    spent = 0
+    for number, row in enumerate(rows, 1):
+        if row["error"] is None and spent + row["credits"] > max_credits:
+            return {"max_credits": max_credits, "fits": False, "stops_in_query": number, "label": row["label"]}
+        spent += row["credits"] if row["error"] is None else 0
+    return {"max_credits": max_credits, "fits": True, "stops_in_query": None, "label": None}
 
 
 def _count_row(query: str, label: str) -> dict:

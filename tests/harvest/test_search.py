@@ -156,6 +156,31 @@ def test_count_only_prints_a_table(shodan_standin: ShodanStandIn) -> None:
     assert shodan_standin.credits_spent == 0
 
 
+def test_count_only_says_where_a_credit_cap_would_stop_the_run(shodan_standin: ShodanStandIn) -> None:
+    """--max-credits with --count-only was ignored without a word; it now says whether a run capped
+    there fetches the whole plan, and in which query it would stop, as a real run then does."""
+    queries = plan_queries("ports")
+    bought = expected_pages(shodan_standin, queries)  # (query, page): 1 credit each
+    pages = [sum(1 for q, _ in bought if q == query) for query in queries]
+    assert pages[0] > 0 and pages[1] > 0 and sum(pages) > pages[0] + pages[1]
+    cap = pages[0] + pages[1]  # the first two queries whole
+
+    counted, _ = harvest("--plan", "ports", "--count-only", "--max-credits", str(cap))
+    whole, _ = harvest("--plan", "ports", "--count-only", "--max-credits", str(sum(pages)))
+    out = io.StringIO()
+    call_command("harvest", "--plan", "ports", "--count-only", "--max-credits", str(cap), stdout=out)
+    assert shodan_standin.credits_spent == 0
+    run, _ = harvest("--plan", "ports", "--max-credits", str(cap))
+
+    stop = counted["cap"]["stops_in_query"]
+    assert counted["cap"]["fits"] is False and counted["cap"]["max_credits"] == cap and stop >= 3
+    assert counted["cap"]["label"] == plan_load(name="ports").queries[stop - 1].label
+    assert run["status"] == "stopped" and run["credits_spent"] == cap
+    assert HarvestRun.objects.get().checkpoint == {"query": stop - 1, "page": 1}  # where the real run stopped
+    assert whole["cap"] == {"max_credits": sum(pages), "fits": True, "stops_in_query": None, "label": None}
+    assert f"--max-credits {cap}: NOT enough for the whole plan; a run would stop in query {stop} (" in out.getvalue()
+
+
 def test_count_only_needs_a_plan(shodan_standin: ShodanStandIn) -> None:
     with pytest.raises(CommandError, match="--count-only needs --plan"):
         call_command("harvest", "--resume", "1", "--count-only")

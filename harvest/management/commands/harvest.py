@@ -143,7 +143,10 @@ class Command(DatabaseCommand):
         try:
             with Progress(total=None, unit="query", desc="counting", enabled=enabled) as bar:
                 counted = search.harvest_search_count(
-                    plan=options["plan"], country=options["country"], progress=bar.moved_to
+                    plan=options["plan"],
+                    country=options["country"],
+                    max_credits=options["max_credits"],
+                    progress=bar.moved_to,
                 )
         except services.HarvestError as exc:
             raise CommandError(str(exc)) from None
@@ -167,6 +170,15 @@ class Command(DatabaseCommand):
         w(f"  {'':>3}  {'total':<58}{counted['total']:>9}{counted['pages']:>7}{counted['credits']:>9}")
         fits = "enough" if counted["fits"] else "NOT enough"
         w(f"  query credits left on the key: {counted['credits_left']} ({fits} for the whole plan)")
+        if (cap := counted["cap"]) is not None:
+            if cap["fits"]:
+                w(f"  --max-credits {cap['max_credits']}: enough for the whole plan")
+            else:
+                label = cap["label"] if len(cap["label"]) <= 56 else cap["label"][:55] + "…"
+                w(
+                    f"  --max-credits {cap['max_credits']}: NOT enough for the whole plan; a run would stop in "
+                    f"query {cap['stops_in_query']} ({label}) and can be resumed with more"
+                )
         if counted["failed"]:
             w(f"  {counted['failed']} queries failed; they are not in the totals")
 
