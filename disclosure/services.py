@@ -294,9 +294,13 @@ def _holder_save(*, answer: rdap_client.RdapNetwork, fetched_at: datetime) -> Or
 def _rdap_contacts_save(*, organisation: Organisation, candidates: list[dict], registry: str, at: datetime) -> None:
     """Add or refresh the RDAP contacts. Staff-made contacts are never touched, and an RDAP
     contact that staff disabled stays disabled: only its import time moves."""
-    staff = set(organisation.contacts.filter(source=Contact.Source.STAFF).values_list("email", "role"))
+    # In any case: registries' addresses come in lower case, staff type them as they please.
+    staff = {
+        (email.lower(), role)
+        for email, role in organisation.contacts.filter(source=Contact.Source.STAFF).values_list("email", "role")
+    }
     for candidate in candidates:
-        if (candidate["email"], candidate["role"]) in staff:
+        if (candidate["email"].lower(), candidate["role"]) in staff:
             continue
         contact, created = Contact.objects.get_or_create(
             organisation=organisation,

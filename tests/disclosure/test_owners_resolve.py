@@ -243,6 +243,22 @@ def test_a_reimport_never_touches_staff_contacts_or_reenables_disabled_ones(regi
     assert "entered by staff" in owner.recipient_reason
 
 
+def test_a_staff_contact_written_in_other_case_is_not_imported_again(registries: Registries) -> None:
+    """Registries' addresses are stored in lower case; one staff typed as "Lee.Bailey-Hague@BT.com"
+    got an RDAP twin on the next import, which went on being mailed if staff disabled theirs."""
+    make_host("62.239.237.1")
+    resolve(registries)
+    holder = Network.objects.get().holder
+    Contact.objects.filter(organisation=holder, email="lee.bailey-hague@bt.com", source="rdap").delete()
+    Contact.objects.create(organisation=holder, email="Lee.Bailey-Hague@BT.com", role="abuse", enabled=False)
+    Network.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    resolve(registries)  # fetches and imports the same answer again
+
+    assert not Contact.objects.filter(email__iexact="lee.bailey-hague@bt.com", source="rdap").exists()
+    assert Contact.objects.filter(organisation=holder, source="rdap").exists()  # the others came back as before
+    assert HostOwner.objects.get().recipient.email.lower() != "lee.bailey-hague@bt.com"
+
+
 def test_a_staff_override_is_kept_across_runs(registries: Registries) -> None:
     host = make_host("62.239.237.1")
     resolve(registries)
