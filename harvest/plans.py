@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medexpo.lib.text import shorten
+
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MAX_QUERY_CHARS = 400
@@ -149,7 +151,7 @@ def _query(entry: dict, where: str, *, origin: str) -> PlanQuery:
         raise PlanError(f"{where}: query must be text")
     query = _check_query(query, where)
     # A query may be longer than a label: one without a label is named by its beginning.
-    label = entry.get("label", query if len(query) <= MAX_LABEL_CHARS else query[: MAX_LABEL_CHARS - 1] + "…")
+    label = entry.get("label", shorten(query, MAX_LABEL_CHARS))
     category = entry.get("category", "")
     if (
         not isinstance(label, str)

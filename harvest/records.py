@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from medexpo.lib.text import ascii_digits
+from medexpo.lib.text import ascii_digits, shorten
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -166,11 +166,7 @@ def _parse_lenient(line: bytes, first_error: Exception) -> object:
     try:
         return json.loads(line)
     except (ValueError, RecursionError):  # json recurses once per level; orjson stops at 1,024 levels
-        raise RecordError(Reason.NOT_JSON, _short(str(first_error))) from None
-
-
-def _short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        raise RecordError(Reason.NOT_JSON, shorten(str(first_error), 200)) from None
 
 
 def parse_address(obj: dict) -> str:
@@ -201,7 +197,7 @@ def parse_address(obj: dict) -> str:
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
             raise ValueError  # "fe80::1%eth0": a zone means something only on the scanning host
     except ValueError:
-        raise RecordError(Reason.INVALID_ADDRESS, f"address {_short(repr(value), 80)}") from None
+        raise RecordError(Reason.INVALID_ADDRESS, f"address {shorten(repr(value), 80)}") from None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return address.compressed
@@ -216,14 +212,14 @@ def parse_port(obj: dict) -> int:
         if ascii_digits(digits):
             value = int(digits)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise RecordError(Reason.INVALID_PORT, f"port {_short(repr(value), 80)}")
+        raise RecordError(Reason.INVALID_PORT, f"port {shorten(repr(value), 80)}")
     return value
 
 
 def parse_transport(obj: dict) -> str:
     value = obj.get("transport") or "tcp"
     if not isinstance(value, str) or value.lower() not in ("tcp", "udp"):
-        raise RecordError(Reason.INVALID_TRANSPORT, f"transport {_short(repr(value), 40)}")
+        raise RecordError(Reason.INVALID_TRANSPORT, f"transport {shorten(repr(value), 40)}")
     return value.lower()
 
 

@@ -143,12 +143,12 @@ def harvest_search_count(
 def credit_cap(rows: list[dict], max_credits: int) -> dict:
     """Where a run capped at `max_credits` would stop, from counted rows in plan order: a run buys
     the queries' pages in that order until the next would pass the cap. Queries whose count failed
-    cost nothing here (their cost is unknown)."""
+    cost nothing here (their cost is unknown: their rows say 0 credits)."""
     spent = 0
     for number, row in enumerate(rows, 1):
-        if row["error"] is None and spent + row["credits"] > max_credits:
+        spent += row["credits"]
+        if spent > max_credits:
             return {"max_credits": max_credits, "fits": False, "stops_in_query": number, "label": row["label"]}
-        spent += row["credits"] if row["error"] is None else 0
     return {"max_credits": max_credits, "fits": True, "stops_in_query": None, "label": None}
 
 

@@ -350,12 +350,8 @@ def _classify(api: shodan.Shodan, message: str, cause: BaseException | None) -> 
         return ShodanError(f"Shodan has no information ({text})", kind=ShodanError.NOT_FOUND, permanent=True)
     if 200 <= status < 300:
         # A 2xx whose body is not the JSON we expect, or was cut short on the way: worth a retry.
-        if isinstance(cause, requests.RequestException):
-            what = f"cut short: {type(cause).__name__}"
-            return ShodanError(
-                f"unreadable answer from Shodan ({what})", kind=ShodanError.BAD_RESPONSE, permanent=False
-            )
-        return ShodanError(f"unreadable answer from Shodan ({text})", kind=ShodanError.BAD_RESPONSE, permanent=False)
+        what = f"cut short: {type(cause).__name__}" if isinstance(cause, requests.RequestException) else text
+        return ShodanError(f"unreadable answer from Shodan ({what})", kind=ShodanError.BAD_RESPONSE, permanent=False)
     return ShodanError(f"Shodan refused the request ({status}: {text})", kind=ShodanError.BAD_REQUEST, permanent=True)
 
 

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from medexpo.lib.text import visible_text  # noqa: E402
+from medexpo.lib.text import shorten, visible_text  # noqa: E402
 
 CLASS_COLOURS = {"medical": "#c0392b", "non_medical": "#2e86c1", "unknown": "#95a5a6", "unclassified": "#d5d8dc"}
 MAX_LABEL = 40
@@ -32,7 +32,7 @@ _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 def _label(text: object) -> str:
     text = str(text) if text not in (None, "") else "(none)"
     text = _NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", visible_text(text))
-    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
+    return shorten(text, MAX_LABEL)
 
 
 def _classes(report: dict) -> Figure:

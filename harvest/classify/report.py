@@ -25,7 +25,7 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 from harvest.classify.charts import render_charts
 from harvest.classify.types import CLASSES
 from harvest.models import Classification, Service
-from medexpo.lib.text import visible_text
+from medexpo.lib.text import shorten, visible_text
 
 MEDICAL_PORTS_FILE = Path(__file__).resolve().parent.parent / "data" / "medical_ports.toml"
 FORMATS = ("json", "csv", "png", "svg", "html", "pdf")
@@ -223,7 +223,7 @@ def exposure_report_visible(report: object, limit: int | None = None) -> object:
     """
     if isinstance(report, str):
         shown = visible_text(report)
-        return shown if limit is None or len(shown) <= limit else shown[: limit - 1] + "…"
+        return shown if limit is None else shorten(shown, limit)
     if isinstance(report, dict):
         return {key: exposure_report_visible(value, limit) for key, value in report.items()}
     if isinstance(report, list | tuple):

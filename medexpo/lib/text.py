@@ -57,3 +57,8 @@ def ascii_digits(text: str) -> bool:
     """Only ASCII digits: str.isdigit() is also true of "²" and "٣", which int() refuses or reads
     as another number."""
     return text.isascii() and text.isdigit()
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, the last one "…" when anything was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -10,6 +10,7 @@ from django.core.management.base import CommandError, CommandParser
 from harvest.classify import report as reports
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
+from medexpo.lib.text import shorten
 
 
 class Command(DatabaseCommand):
@@ -107,7 +108,7 @@ def _table(title: str, columns: list[str], rows: list[tuple]) -> str:
     # Names come from banners: printable characters only, bounded, so a terminal shows what is there.
     def name(value: object) -> str:
         text = "".join(ch if ch.isprintable() else "?" for ch in str(value))
-        return text if len(text) <= 40 else text[:39] + "…"
+        return shorten(text, 40)
 
     lines = ["", f"  {title:<42}" + "".join(f"{c:>12}" for c in columns)]
     for row in rows:

@@ -19,6 +19,7 @@ from harvest.readers import file_size
 from medexpo.lib.cli import positive_int
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
+from medexpo.lib.text import shorten
 
 EXIT_STOPPED = 3
 
@@ -157,7 +158,7 @@ class Command(DatabaseCommand):
         w(f"Plan {counted['plan']}, country {counted['country']}: what a search would cost (nothing was spent)")
         w(f"  {'#':>3}  {'query':<58}{'results':>9}{'pages':>7}{'credits':>9}  top product / port")
         for number, row in enumerate(counted["queries"], 1):
-            query = row["query"] if len(row["query"]) <= 56 else row["query"][:55] + "…"
+            query = shorten(row["query"], 56)
             if row["error"]:
                 w(f"  {number:>3}  {query:<58}  failed: {row['error']}")
                 continue
@@ -174,7 +175,7 @@ class Command(DatabaseCommand):
             if cap["fits"]:
                 w(f"  --max-credits {cap['max_credits']}: enough for the whole plan")
             else:
-                label = cap["label"] if len(cap["label"]) <= 56 else cap["label"][:55] + "…"
+                label = shorten(cap["label"], 56)
                 w(
                     f"  --max-credits {cap['max_credits']}: NOT enough for the whole plan; a run would stop in "
                     f"query {cap['stops_in_query']} ({label}) and can be resumed with more"
