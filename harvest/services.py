@@ -17,6 +17,7 @@ from harvest.locking import harvest_lock, writing_run
 from harvest.models import HarvestRun, Service
 from harvest.plans import PlanError, country_filter
 from harvest.readers import file_events, file_identity
+from medexpo.lib.collector import fewer_collections
 from medexpo.lib.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def harvest_execute(
         run.refresh_from_db()
         if run.status == HarvestRun.Status.COMPLETED:
             return run
-        return _execute(run, progress, batch_size)
+        with fewer_collections():
+            return _execute(run, progress, batch_size)
 
 
 def harvest_writing_run() -> int | None:

@@ -27,6 +27,7 @@ from harvest.classify.types import CATEGORIES, CLASSES, SEGMENTS, Banner, Verdic
 from harvest.models import Classification, Service
 from harvest.records import RecordError, clean_text, parse_address
 from harvest.services import ExportedService, register_export_enricher
+from medexpo.lib.collector import fewer_collections
 
 BATCH_SIZE = 1000
 MAX_HOST_MODULES = 256  # a honeypot host can answer on thousands of ports; the engine needs a sample
@@ -115,13 +116,14 @@ def classification_run(
     rules = rules or classification_rules_load()
     summary = RunSummary(rules_version=rules.version, mode="all" if everything else "pending")
     started = time.perf_counter()
-    for batch in _service_batches(rules.version, everything, batch_size, summary):
-        verdicts = _judge(batch, rules, summary)
-        t0 = time.perf_counter()
-        _store(verdicts, rules.version)
-        summary.seconds_write += time.perf_counter() - t0
-        if progress:
-            progress(len(batch))
+    with fewer_collections():
+        for batch in _service_batches(rules.version, everything, batch_size, summary):
+            verdicts = _judge(batch, rules, summary)
+            t0 = time.perf_counter()
+            _store(verdicts, rules.version)
+            summary.seconds_write += time.perf_counter() - t0
+            if progress:
+                progress(len(batch))
     summary.seconds = time.perf_counter() - started
     return summary
 
