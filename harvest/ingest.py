@@ -98,7 +98,7 @@ class _Plan:
     """Everything one batch writes, as plain rows: applying it reads no in-memory state."""
 
     host_inserts: list[tuple] = field(default_factory=list)
-    host_payload: bytes | None = None  # the inserts in COPY text, on PostgreSQL
+    host_payload: bytes | None = None  # the inserts in COPY's binary format, on PostgreSQL
     host_updates: list[tuple] = field(default_factory=list)
     service_inserts: list[tuple] = field(default_factory=list)
     service_payload: bytes | None = None
@@ -381,7 +381,7 @@ class BatchWriter:
             state.dirty = False
             plan.host_inserts.append((pk, *_host_row(state, self._dt)))
         if bulk.is_postgres():  # formatted here: the writer thread then needs the GIL only briefly
-            plan.host_payload = bulk.copy_payload(plan.host_inserts, _host_line)
+            plan.host_payload = bulk.copy_binary(plan.host_inserts, _HOST_TYPES)
         plan.host_updates = [(h.id, *_host_row(h, self._dt)[1:]) for h in hosts.values() if h.dirty]
 
     def _plan_services(self, services: dict, hosts: dict[str, _HostState], plan: _Plan) -> None:
@@ -487,7 +487,7 @@ _RUN_FIELDS = (
 
 def _apply(plan: _Plan) -> None:
     """Write a prepared batch. Must run inside a transaction."""
-    bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts, payload=plan.host_payload)
+    bulk.copy_in(Host._meta.db_table, ("id", *_HOST_COLUMNS), plan.host_inserts, payload=plan.host_payload, binary=True)
     bulk.update_rows(Host._meta.db_table, _HOST_COLUMNS[1:], plan.host_updates)
     table = Service._meta.db_table
     bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, payload=plan.service_payload, binary=True)
@@ -615,6 +615,9 @@ def _take_host_fields(state: _HostState, record: BannerRecord) -> bool:
 
 
 _HOST_COLUMNS = ("ip", "org", "isp", "asn", "country", "hostnames", "os", "first_seen", "last_seen")
+# Their PostgreSQL types with the id first, for binary COPY: the address and the hostnames go as
+# the text _host_row makes (bulk's text-to-binary dumpers for inet and jsonb).
+_HOST_TYPES = ("int8", "inet", "text", "text", "int8", "text", "jsonb", "text", "timestamptz", "timestamptz")
 _SERVICE_REWRITE = (
     "product",
     "version",
@@ -660,19 +663,4 @@ def _content(s: _ServiceState, dt: Callable) -> tuple:
         dt(s.first_seen),
         dt(s.last_seen),
         dt(s.banner_since),
-    )
-
-
-# COPY lines of the host inserts (the rows above, with the id first). Only the free-text
-# columns can hold COPY's special characters; the others are numbers, hex, addresses and codes.
-# Services go in COPY's binary format (bulk.copy_binary): their rows are wide text.
-_esc = bulk.copy_escape
-_ts = bulk.copy_timestamp
-
-
-def _host_line(r: tuple) -> str:
-    asn = "\\N" if r[4] is None else r[4]
-    return (
-        f"{r[0]}\t{r[1]}\t{_esc(r[2])}\t{_esc(r[3])}\t{asn}\t{_esc(r[5])}\t{_esc(r[6])}\t{_esc(r[7])}"
-        f"\t{_ts(r[8])}\t{_ts(r[9])}\n"
     )

@@ -1,7 +1,9 @@
 """The bulk writer's own COPY formatting, read back from the real database."""
 
+import itertools
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
 from django.db import connection, transaction
 
@@ -69,6 +71,47 @@ def test_hostile_text_and_timestamps_survive_the_binary_copy_of_services() -> No
     }
 
 
+def test_hostile_text_addresses_and_hostnames_survive_the_binary_copy_of_hosts() -> None:
+    """New hosts go in COPY's binary format too (ingest._HOST_TYPES), the address and the
+    hostnames as the canonical text and JSON text that ingest holds."""
+    plus_two = timezone(timedelta(hours=2))
+    addresses = ["192.0.2.1", "0.0.0.0", "255.255.255.255", "2001:db8::1", "::", "64:ff9b::c000:201", "fe80::1:2:3:4"]
+    addresses += [f"198.51.100.{i}" for i in range(len(HOSTILE) - len(addresses))]
+    when = [datetime(2026, 3, 1, 12, 30, 5, i, tzinfo=UTC if i % 2 else plus_two) for i in range(len(HOSTILE))]
+    dt = bulk.datetime_adapter()
+    with transaction.atomic():
+        ids = bulk.allocate_ids(Host._meta.db_table, len(HOSTILE))
+        rows = [
+            (
+                pk,
+                ip,
+                text[:255],
+                text[:255],
+                asn,
+                "NL",
+                orjson.dumps([text, "a.example"]).decode(),
+                text[:255],
+                dt(w),
+                dt(w),
+            )
+            for pk, ip, text, w, asn in zip(
+                ids, addresses, HOSTILE, when, itertools.cycle([None, 0, 2**32 - 1]), strict=False
+            )
+        ]
+        payload = None
+        if connection.vendor == "postgresql":
+            payload = bulk.copy_binary(rows, ingest._HOST_TYPES)
+        bulk.copy_in(Host._meta.db_table, ("id", *ingest._HOST_COLUMNS), rows, payload=payload, binary=True)
+    stored = {h.pk: h for h in Host.objects.filter(pk__in=ids)}
+    assert [stored[pk].ip for pk in ids] == addresses
+    assert [(stored[pk].org, stored[pk].isp, stored[pk].os) for pk in ids] == [(t[:255],) * 3 for t in HOSTILE]
+    assert [stored[pk].hostnames for pk in ids] == [[t, "a.example"] for t in HOSTILE]
+    assert [stored[pk].asn for pk in ids] == [r[4] for r in rows]
+    assert [stored[pk].last_seen for pk in ids] == when
+    # The database reads the address as an address, not as text that looks like one.
+    assert Host.objects.filter(pk__in=ids, ip="2001:0db8:0:0::1").count() == 1
+
+
 def test_binary_copy_refuses_what_it_cannot_write_exactly() -> None:
     if connection.vendor != "postgresql":
         # SQLite never formats binary COPY; its bulk writes adapt each value through the driver.
@@ -80,6 +123,8 @@ def test_binary_copy_refuses_what_it_cannot_write_exactly() -> None:
         bulk.copy_binary([("lone \udc80 surrogate",)], ("text",))
     with pytest.raises(TypeError):
         bulk.copy_binary([("3",)], ("int8",))
+    with pytest.raises(OSError):
+        bulk.copy_binary([("192.0.2.256",)], ("inet",))
 
 
 def test_nulls_numbers_and_timestamps_survive_the_copy_format() -> None:
