@@ -632,6 +632,28 @@ def test_an_interrupted_run_keeps_only_committed_batches_and_resumes_exactly(tmp
     assert endpoints() == {(r["ip_str"], 80, "tcp") for r in records}
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("at_event", [12, 25, 31, 38])
+def test_an_interrupted_pipelined_run_keeps_only_committed_batches_and_resumes_exactly(tmp_path, at_event: int) -> None:
+    """Pipelined (PostgreSQL, outside a transaction), a batch waits while its stored state is
+    read and the next is parsed: interrupted then, that batch is dropped, never half written."""
+    records = many(45)
+    path = write_lines(tmp_path / "f.json", [line(r) for r in records])
+    run = services.harvest_file_start(path=path)
+
+    interrupt(run, HarvestRun.Source.FILE, at_event=at_event, batch_size=10)
+    assert run.status == "stopped"
+    line_no = run.checkpoint.get("line", 0)
+    assert line_no % 10 == 0 and line_no < at_event
+    assert Service.objects.count() == line_no == run.accepted == run.seen
+
+    run.source = HarvestRun.Source.FILE
+    run.save(update_fields=["source"])
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=10)
+    assert (done.status, done.seen, done.new, done.rejected) == ("completed", 45, 45, {})
+    assert endpoints() == {(r["ip_str"], 80, "tcp") for r in records}
+
+
 def test_hostile_fields_are_stored_exactly(tmp_path) -> None:
     record = banner(
         "192.0.2.77",
