@@ -105,3 +105,27 @@ def test_a_run_killed_inside_a_long_host_lookup_resumes_exactly(tmp_path, own_da
     assert query(url, "SELECT count(*) FROM harvest_service") == [(5_996,)]
     positions = query(url, "SELECT position FROM harvest_rejection")
     assert sorted(positions) == sorted((f"line 2 data[{i}]",) for i in range(0, 6_000, 1_000))  # each once
+
+
+def test_ctrl_c_stops_the_run_resumably_with_the_shells_interrupt_status(tmp_path, own_database) -> None:
+    """128 + SIGINT, as shells report an interrupted command: a script that resumes runs which
+    exit with 3 (stopped) must not resume one that its user stopped by hand."""
+    url = own_database
+    records = many(8_000)
+    path = write_lines(tmp_path / "banners.json", [line(r) for r in records])
+    migrate = manage(url, "migrate", "-v0")
+    assert migrate.wait(timeout=300) == 0, migrate.stderr.read().decode()
+
+    first = manage(url, "harvest", "--file", str(path), "--batch-size", "50")
+    deadline = time.monotonic() + 120
+    while checkpoint_line(url) < 500:
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err.decode()[-2000:]
+    assert "interrupted: resume with --resume 1" in err.decode()
+    assert query(url, "SELECT status FROM harvest_harvestrun") == [("stopped",)]
+
+    result = run_json(url, "harvest", "--resume", "1")
+    assert (result["status"], result["seen"], result["new"], result["rejected"]) == ("completed", 8_000, 8_000, {})

@@ -22,12 +22,13 @@ from medexpo.lib.progress import Progress
 from medexpo.lib.text import shorten
 
 EXIT_STOPPED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 class Command(DatabaseCommand):
     help = (
         "Ingest Shodan banners from a download file, a host-lookup file or a query plan. Exit status 0: "
-        "completed; 1: failed; 3: stopped, resumable with --resume RUN."
+        "completed; 1: failed; 3: stopped, resumable with --resume RUN; 130: interrupted (Ctrl-C), resumable."
     )
     stopped = False
 
@@ -125,7 +126,9 @@ class Command(DatabaseCommand):
             try:
                 return services.harvest_execute(run=run, progress=bar.moved_to, batch_size=batch_size, on_wait=bar.note)
             except KeyboardInterrupt:
-                raise CommandError(f"interrupted: resume with --resume {run.pk}") from None
+                # 128 + SIGINT, as a shell reports it: not 3, or a script that resumes stopped runs
+                # would resume the one its user just stopped.
+                raise CommandError(f"interrupted: resume with --resume {run.pk}", returncode=EXIT_INTERRUPTED) from None
             except Exception:  # noqa: BLE001 - recorded on the run, reported below
                 run.refresh_from_db()
                 return run
