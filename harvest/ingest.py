@@ -13,7 +13,8 @@ otherwise (a search run does), apply runs in a writer thread on its own connecti
 batch is prepared, so parsing and merging in Python overlap the database's work. Batches still
 commit one at a time and in order. The next batch reads the hosts
 and services of the batch still being written from memory (the state after it), and everything
-else from the database, which the batch in flight does not touch.
+else from the database, which the batch in flight does not touch. That database read runs in a
+loader thread on a third connection while the caller reads the batch after it (_stage).
 """
 
 from __future__ import annotations
@@ -189,16 +190,14 @@ class BatchWriter:
             with transaction.atomic():
                 bulk.tune_batch_transaction()
                 _apply(self._prepare(checkpoint))
-        else:
-            staged = _Staged(list(self._records), list(self._rejections), self._seen, checkpoint)
             self._records.clear()
             self._rejections.clear()
             self._seen = 0
+        else:
+            staged = _Staged(self._records, self._rejections, self._seen, checkpoint)
+            self._records, self._rejections, self._seen = [], [], 0
             self._submit_staged()
             self._stage(staged)
-        self._records.clear()
-        self._rejections.clear()
-        self._seen = 0
         reset_queries()  # with DEBUG on, Django would keep every batch's SQL in memory
 
     def close(self) -> None:
