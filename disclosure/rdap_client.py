@@ -552,7 +552,8 @@ def _cidr(item: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     if not isinstance(item, dict):
         return None
     prefix, length = item.get("v4prefix") or item.get("v6prefix"), item.get("length")
-    if isinstance(length, str) and ASCII_DIGITS.fullmatch(length):
+    # At most 3 digits (a prefix length is 0..128): int() refuses text of more than 4,300.
+    if isinstance(length, str) and ASCII_DIGITS.fullmatch(length) and len(length) <= 3:
         length = int(length)
     if not isinstance(length, int) or isinstance(length, bool):
         return None
