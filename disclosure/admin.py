@@ -295,15 +295,21 @@ class ContactAdmin(_VisibleAdmin, SimpleHistoryAdmin):
 
     @admin.action(description="Disable the selected contacts (never mailed)", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for contact in queryset:
-            contact_set_enabled(contact=contact, enabled=False)
-        self.message_user(request, f"{queryset.count()} contacts disabled.")
+        self._set_enabled(request, queryset, enabled=False, done="disabled")
 
     @admin.action(description="Enable the selected contacts", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set_enabled(request, queryset, enabled=True, done="enabled")
+
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet, *, enabled: bool, done: str) -> None:
+        changed = already = 0
         for contact in queryset:
-            contact_set_enabled(contact=contact, enabled=True)
-        self.message_user(request, f"{queryset.count()} contacts enabled.")
+            if contact.enabled == enabled:
+                already += 1  # counted apart, and no history entry that changes nothing
+                continue
+            contact_set_enabled(contact=contact, enabled=enabled)
+            changed += 1
+        self.message_user(request, f"{changed} contacts {done}" + (f", {already} already {done}." if already else "."))
 
 
 @admin.register(Inhibition)

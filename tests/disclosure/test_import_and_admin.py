@@ -599,3 +599,27 @@ def test_choosing_again_from_the_queue_counts_the_owners_that_left_it(
     )
     assert HostOwner.objects.get().status == HostOwner.Status.RESOLVED
     assert "1 recipients chosen again" in response.content.decode()
+
+
+def test_disabling_contacts_counts_only_the_contacts_it_disabled(staff_client: Client) -> None:
+    """A contact selected that was disabled already was counted as disabled by the action (and got
+    a history entry that changed nothing): '2 contacts disabled' when one was."""
+    organisation = Organisation.objects.create(name="Hoster")
+    first, second, off = (
+        Contact.objects.create(organisation=organisation, email=f"{name}@hoster.example", role="abuse", enabled=enabled)
+        for name, enabled in (("first", True), ("second", True), ("off", False))
+    )
+    url = reverse("admin:disclosure_contact_changelist")
+    response = staff_client.post(
+        f"{url}?enabled__exact=1", {"action": "disable", "_selected_action": [first.pk, second.pk]}, follow=True
+    )
+    assert "2 contacts disabled." in response.content.decode()
+    assert not Contact.objects.filter(enabled=True).exists()
+
+    response = staff_client.post(url, {"action": "disable", "_selected_action": [first.pk, off.pk]}, follow=True)
+    assert "0 contacts disabled, 2 already disabled." in response.content.decode()
+    response = staff_client.post(url, {"action": "enable", "_selected_action": [first.pk, second.pk]}, follow=True)
+    assert "2 contacts enabled." in response.content.decode()
+    response = staff_client.post(url, {"action": "enable", "_selected_action": [first.pk, off.pk]}, follow=True)
+    assert "1 contacts enabled, 1 already enabled." in response.content.decode()
+    assert off.history.count() == 2  # created, enabled: nothing written when the state was already so
