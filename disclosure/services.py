@@ -378,13 +378,29 @@ def _import_file(path: Path) -> Network:
 
 
 def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
-    """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network.
+    """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network,
+    or whose recipient staff have since disabled, deleted or inhibited, or added or changed a
+    contact it was chosen from (no lookup is made for these: their network is cached).
 
     Inhibited owners come back every time: an inhibition ends, and their network is usually cached.
     """
     now = now or timezone.now()
+    recipient_inhibited = Inhibition.objects.filter(until__gte=timezone.localdate()).filter(
+        Q(contact=OuterRef("recipient")) | Q(organisation=OuterRef("recipient__organisation"))
+    )
+    # Contacts are chosen from the override, the operator and the network holder.
+    contact_changed = Contact.objects.filter(updated_at__gt=OuterRef("updated_at")).filter(
+        Q(pk=OuterRef("override_recipient"))
+        | Q(organisation=OuterRef("operator"))
+        | Q(organisation=OuterRef("network__holder"))
+    )
     settled = HostOwner.objects.filter(host=OuterRef("pk")).filter(
-        Q(status=HostOwner.Status.SKIPPED) | Q(status=HostOwner.Status.RESOLVED, network__expires_at__gt=now)
+        Q(status=HostOwner.Status.SKIPPED)
+        | (
+            Q(status=HostOwner.Status.RESOLVED, network__expires_at__gt=now, recipient__enabled=True)
+            & ~Exists(recipient_inhibited)
+            & ~Exists(contact_changed)
+        )
     )
     return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))
 

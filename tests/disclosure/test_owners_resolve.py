@@ -15,6 +15,7 @@ from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisat
 from disclosure.services import (
     MAX_CONTACTS_PER_NETWORK,
     OwnersSummary,
+    contact_set_enabled,
     hosts_needing_owner,
     inhibition_create,
     network_find_cached,
@@ -575,3 +576,37 @@ def test_a_network_the_registry_no_longer_has_is_not_kept(registries: Registries
     resolve(registries)
     owner = HostOwner.objects.get(host=host)
     assert (owner.status, owner.reason, owner.network) == ("unknown", "not_found", None)
+
+
+def test_the_next_run_chooses_again_when_staff_disabled_inhibited_deleted_or_added_a_contact(
+    registries: Registries,
+) -> None:
+    """A resolved owner was due again only when its network expired: a recipient staff disabled,
+    inhibited or deleted stayed the host's recipient for up to RDAP_CACHE_DAYS (a deleted one left
+    it 'resolved' with none), and a contact staff added waited as long, though the next
+    resolve_owners run was said to apply such changes."""
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    first = HostOwner.objects.get(host=host).recipient
+    assert first.email == "zzdnsr@bt.com" and list(hosts_needing_owner()) == []
+
+    def next_run() -> HostOwner:
+        assert [h.ip for h in hosts_needing_owner()] == ["62.239.237.1"]
+        assert resolve(registries).as_dict()["requests"] == 0
+        owner = HostOwner.objects.get(host=host)
+        # Chosen: settled until something changes again (an owner with no contact stays due).
+        assert list(hosts_needing_owner()) == ([] if owner.recipient else [host])
+        return owner
+
+    contact_set_enabled(contact=first, enabled=False)
+    second = next_run().recipient
+    assert second.email == "steve.a.marshall@bt.com"
+    inhibition_create(contact=second, reason="bounces", until=timezone.localdate(), actor="staff")
+    third = next_run().recipient
+    assert third.email == "lee.bailey-hague@bt.com"
+    third.delete()
+    owner = next_run()  # the first is disabled, the second inhibited
+    assert (owner.status, owner.recipient) == (HostOwner.Status.INHIBITED, None)
+    desk = Contact.objects.create(organisation=owner.network.holder, email="desk@bt.example", role="abuse")
+    owner = next_run()
+    assert owner.status == HostOwner.Status.RESOLVED and owner.recipient == desk
