@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,6 +22,9 @@ NON_WORD = re.compile(r"[^0-9a-z]+")
 WORD = re.compile(r"[0-9A-Za-z+]+")
 SHORT_ALIAS = 5  # aliases shorter than this (AMC, JBZ, MST) must match case-sensitively as a word
 REGISTRY_COUNTRY = "NL"  # every organisation of the registry is Dutch
+# DNS names compare without case in ASCII only (RFC 4343): str.lower() also turns the Kelvin sign
+# U+212A, which looks like K, into "k", and so a look-alike IDN name into a hospital's.
+ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,8 @@ def facts_from_host(*, hostnames: Iterable[str], org: str, raws: Iterable[str]) 
         if isinstance(http, dict):
             titles.extend(_strings([http.get("title")]))
     return BannerFacts(
-        hostnames=_unique(n.lower() for n in names),
-        cert_names=_unique(n.lower().lstrip("*.") for n in cert_names),
+        hostnames=_unique(n.translate(ASCII_LOWER) for n in names),
+        cert_names=_unique(n.translate(ASCII_LOWER).lstrip("*.") for n in cert_names),
         cert_orgs=_unique(cert_orgs),
         titles=_unique(titles),
         org=str(org or "")[:MAX_TEXT],

@@ -206,3 +206,14 @@ def test_a_foreign_network_under_a_hospitals_full_name_is_not_the_hospitals(tmp_
     import_answers(tmp_path / "us", ip_network("NET-ISALA", "198.51.2.0", "198.51.2.255", "US", "Isala", "a@isala.us"))
 
     assert Network.objects.get().holder.source == "rdap"
+
+
+@pytest.mark.parametrize("name", ["pacs.maasstadzie\u212aenhuis.nl", "*.maartens\u212aliniek.nl"])
+def test_a_look_alike_name_with_the_kelvin_sign_is_not_the_hospitals(name: str) -> None:
+    """str.lower() turns the Kelvin sign U+212A, which looks like K, into an ASCII k: a name in
+    another (IDN) domain was taken for the hospital's. DNS names compare without case in ASCII only."""
+    record = {"ssl": {"cert": {"subject": {"CN": name}}}}
+    facts = facts_from_host(hostnames=[name], org="", raws=[json.dumps(record)])
+    assert attribute_operator(facts, REGISTRY) is None
+    upper = facts_from_host(hostnames=["PACS.MaasstadZiekenhuis.NL"], org="", raws=[])
+    assert attribute_operator(upper, REGISTRY).organisation.name == "Maasstad Ziekenhuis"
