@@ -56,3 +56,16 @@ def test_every_scheduled_function_can_be_run(settings) -> None:
         kwargs = ast.literal_eval(schedule.kwargs) if schedule.kwargs else {}  # as the scheduler reads it
         outcome = result(async_task(schedule.func, **kwargs))
         assert isinstance(outcome, dict), (schedule.name, outcome)
+
+
+def test_a_schedule_defined_twice_is_kept_once(settings) -> None:
+    """Names are not unique in django-q2: two deployments running setup_schedules at once (or a
+    schedule copied in the admin) left two rows of one name, which ran the work twice, and every
+    later setup_schedules stopped with MultipleObjectsReturned."""
+    settings.SHODAN_API_KEY = ""
+    setup()
+    Schedule.objects.create(name="disclosure: resolve owners", func="disclosure.tasks.resolve_owners")
+    result = setup()
+    assert result["removed"] == ["disclosure: resolve owners"] and "disclosure: resolve owners" in result["updated"]
+    assert Schedule.objects.filter(name="disclosure: resolve owners").count() == 1
+    assert setup()["removed"] == []

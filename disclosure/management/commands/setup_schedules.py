@@ -1,6 +1,7 @@
 """python manage.py setup_schedules [--json]: the scheduler's recurring work, defined in code.
 
-Idempotent: schedules are matched by name and updated in place. Run it after each deployment;
+Idempotent: schedules are matched by name and updated in place, and a name found more than once
+(two setups run at once) is kept once. Run it after each deployment;
 `manage.py qcluster` then runs them.
 """
 
@@ -70,6 +71,12 @@ class Command(DatabaseCommand):
         wanted = schedules()
         result: dict[str, list[str]] = {"created": [], "updated": [], "removed": []}
         for item in wanted:
+            # Names are not unique in django-q2: two setups at once (or a copy made in the admin)
+            # leave two rows of one name, which run the work twice. The oldest is kept.
+            same_name = Schedule.objects.filter(name=item["name"])
+            oldest = same_name.order_by("pk").values_list("pk", flat=True).first()
+            if oldest is not None and same_name.exclude(pk=oldest).delete()[0]:
+                result["removed"].append(item["name"])
             _, created = Schedule.objects.update_or_create(
                 name=item["name"],
                 defaults={
