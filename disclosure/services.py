@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import stat
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -359,10 +360,17 @@ def rdap_cache_import(*, directory: str | Path, progress: ProgressFn | None = No
 
 def _import_file(path: Path) -> Network:
     try:
-        size = path.stat().st_size
-        if size > rdap_client.MAX_ANSWER_BYTES:
-            raise rdap_client.RdapError("answer_too_large", f"{size} bytes")
-        text = path.read_text(encoding="utf-8")
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            # A named pipe would wait for a writer forever; /dev/zero has no size and no end.
+            raise rdap_client.RdapError("unreadable", "not a regular file")
+        if status.st_size > rdap_client.MAX_ANSWER_BYTES:
+            raise rdap_client.RdapError("answer_too_large", f"{status.st_size} bytes")
+        with path.open("rb") as handle:
+            data = handle.read(rdap_client.MAX_ANSWER_BYTES + 1)  # it may have grown since
+        if len(data) > rdap_client.MAX_ANSWER_BYTES:
+            raise rdap_client.RdapError("answer_too_large", f"more than {rdap_client.MAX_ANSWER_BYTES} bytes")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise rdap_client.RdapError("malformed_json", str(exc)[:200]) from None
     except OSError as exc:

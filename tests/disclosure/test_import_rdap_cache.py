@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def test_the_command_ends_with_a_summary_of_every_bad_file(tmp_path: Path, capsy
     assert out.strip() == "1 networks loaded, 3 files rejected"
     assert "a-deep.json: malformed_json: nested too deep to parse" in err
     assert "c-foreign-cidr.json: malformed_answer: CIDR 9.9.9.0/24 lies outside the range" in err
-    assert "d-folder.json: unreadable: IsADirectoryError" in err
+    assert "d-folder.json: unreadable: not a regular file" in err
 
 
 def test_networks_that_start_at_the_same_address_are_cached_apart(tmp_path: Path) -> None:
@@ -107,3 +108,16 @@ def test_networks_that_start_at_the_same_address_are_cached_apart(tmp_path: Path
     assert sorted(Network.objects.values_list("handle", flat=True)) == ["GOOD", "WIDE"]
     assert network_find_cached(ip="81.0.0.9").handle == "GOOD"
     assert network_find_cached(ip="81.0.7.9").handle == "WIDE"
+
+
+def test_a_file_that_is_no_regular_file_is_reported_and_not_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A named pipe (or a link to /dev/zero, which stat() calls 0 bytes long) among the answers,
+    as an unpacked archive can hold: reading it waited for a writer forever, or read without end."""
+    os.mkfifo(tmp_path / "b-pipe.json")
+    (tmp_path / "a-good.json").write_text(json.dumps(GOOD))
+    call_command("import_rdap_cache", str(tmp_path), "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["loaded"] == 1
+    assert [(e["file"], e["reason"], e["detail"]) for e in report["errors"]] == [
+        ("b-pipe.json", "unreadable", "not a regular file")
+    ]
