@@ -121,3 +121,18 @@ def test_a_file_that_is_no_regular_file_is_reported_and_not_read(tmp_path: Path,
     assert [(e["file"], e["reason"], e["detail"]) for e in report["errors"]] == [
         ("b-pipe.json", "unreadable", "not a regular file")
     ]
+
+
+def test_rejections_reach_the_terminal_with_their_controls_visible(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A file's name and the answer's own text (its objectClassName) went to the terminal as they
+    were: an escape sequence in either was run by the terminal."""
+    (tmp_path / "a-\x1b]0;owned\x07.json").write_text("not json")
+    (tmp_path / "b-class.json").write_text(json.dumps({**BAD, "objectClassName": "\x1b[2Jentity\u202e"}))
+    call_command("import_rdap_cache", str(tmp_path))
+    out, err = capsys.readouterr()
+    assert out.strip() == "0 networks loaded, 2 files rejected"
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "a-\\x1b]0;owned\\x07.json: malformed_json" in err
+    assert "b-class.json: malformed_answer: not an ip network but \\x1b[2Jentity\\u202e" in err

@@ -11,6 +11,7 @@ from django.core.management.base import CommandError, CommandParser
 from disclosure.services import OwnerError, rdap_cache_import
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
+from medexpo.lib.text import visible_text
 
 
 class Command(DatabaseCommand):
@@ -35,4 +36,6 @@ class Command(DatabaseCommand):
             return
         self.stdout.write(f"{report.loaded} networks loaded, {len(report.rejected)} files rejected")
         for error in report.rejected:
-            self.stderr.write(f"  {error['file']}: {error['reason']}: {error['detail']}")
+            # File names and details (which quote the answer) are strangers' text: no escape
+            # sequence of theirs reaches the terminal.
+            self.stderr.write(visible_text(f"  {error['file']}: {error['reason']}: {error['detail']}"))
