@@ -79,8 +79,9 @@ def address_problem(email: str) -> str | None:
     Django's validator takes any character from U+00A1 in a domain, and its mail code drops some
     of them on the way out (IDNA maps a zero-width space to nothing: abuse@exa<U+200B>mple.com is
     sent to abuse@example.com) or fails at sending time (a bidi override). So an address with a
-    control, format, separator or space character anywhere is refused, and the domain must come
-    back from IDNA (the standard library's codec) as it went in.
+    control, format, separator or space character anywhere is refused, the domain must be an
+    internet domain (not localhost, not an address literal), and it must come back from IDNA (the
+    standard library's codec) as it went in.
     """
     hidden = next((char for char in email if _hidden(char)), None)
     if hidden is not None:
@@ -93,6 +94,10 @@ def address_problem(email: str) -> str | None:
     local, _, domain = email.rpartition("@")
     if local.startswith('"'):
         return "has a quoted local part (sent without its quotes, it is another address)"
+    if domain.startswith("[") or "." not in domain or domain.lower().endswith(".localhost"):
+        # Django's validator takes "localhost" and address literals: mail to them goes to our own
+        # mail host, or to whatever machine the answer's writer chose, never to a holder's domain.
+        return "has no internet domain (localhost or an address literal)"
     return _domain_problem(domain)
 
 

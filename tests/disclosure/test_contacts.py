@@ -28,6 +28,10 @@ UNUSABLE = [
     "abuse@exa\ufeffmple.com",  # byte order mark (zero-width no-break space)
     "ab\u200cuse@example.com",  # zero-width non-joiner in the local part
     '"ab"@example.com',  # sent without its quotes
+    "root@localhost",  # delivered on our own mail host, not to the network's holder
+    "noc@mail.localhost",  # loopback by definition (RFC 6761)
+    "abuse@[127.0.0.1]",  # an address literal: delivered to whichever machine the answer names
+    "abuse@[81.0.0.1]",
 ]
 USABLE = [
     "abuse@example.com",
@@ -88,6 +92,8 @@ def test_an_ordinary_address_is_a_candidate_and_sent_as_shown(email: str) -> Non
         ("abuse@@example.com", "not a valid e-mail address"),
         ("<img src=x>@x", "U+0020 SPACE"),
         ('"ab"@example.com', "quoted local part"),
+        ("root@localhost", "no internet domain"),
+        ("abuse@[127.0.0.1]", "no internet domain"),
     ],
 )
 def test_the_reason_says_what_is_wrong_without_the_character_itself(email: str, reason: str) -> None:
