@@ -445,15 +445,12 @@ class HostOwnerAdminBase(AddressSearchMixin, _VisibleAdmin, admin.ModelAdmin):
     def resolve_again(self, request: HttpRequest, queryset: QuerySet) -> None:
         hosts = [owner.host for owner in queryset.select_related("host")]
         try:
-            summary = owners_resolve(hosts=hosts).as_dict()
+            summary = owners_resolve(hosts=hosts)
         except OwnerError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
-        self.message_user(
-            request,
-            f"{summary['hosts']} hosts: {summary['resolved']} networks found, {summary['requests']} requests, "
-            f"failed: {summary['failed'] or 'none'}.",
-        )
+        # How the owners ended, too: a network found may still name no usable contact.
+        self.message_user(request, summary.describe() + ".")
 
     @admin.action(description="Choose the recipient again (no lookup)", permissions=["change"])
     def choose_recipient_again(self, request: HttpRequest, queryset: QuerySet) -> None:

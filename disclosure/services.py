@@ -436,6 +436,17 @@ class OwnersSummary:
             "owner_status": dict(self.status),
         }
 
+    def describe(self) -> str:
+        """One line for people: what was found, how the owners ended, what failed."""
+        result = self.as_dict()
+        failed = ", ".join(f"{reason} {count}" for reason, count in sorted(result["failed"].items())) or "none"
+        statuses = ", ".join(f"{status} {count}" for status, count in sorted(result["owner_status"].items())) or "none"
+        return (
+            f"{result['hosts']} hosts: {result['resolved']} networks found ({result['from_cache']} from cache, "
+            f"{result['requests']} RDAP requests), {result['operators']} operators recognised; "
+            f"owner status {statuses}; failed: {failed}"
+        )
+
 
 def owners_resolve(
     *,

@@ -623,3 +623,25 @@ def test_disabling_contacts_counts_only_the_contacts_it_disabled(staff_client: C
     response = staff_client.post(url, {"action": "enable", "_selected_action": [first.pk, off.pk]}, follow=True)
     assert "1 contacts enabled, 1 already enabled." in response.content.decode()
     assert off.history.count() == 2  # created, enabled: nothing written when the state was already so
+
+
+def test_looking_owners_up_again_says_how_they_ended(registries: Registries, staff_client: Client) -> None:
+    """The message gave networks found and failures (as a Python dict) but not how the owners
+    ended: '1 hosts: 1 networks found, 0 requests, failed: none.' for an owner still in the queue
+    because its network names no usable contact."""
+    make_host("62.239.237.1")
+    make_host("8.8.8.8")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    Contact.objects.update(enabled=False)
+    owner = HostOwner.objects.get(host__ip="62.239.237.1")
+    assert owner_recompute(owner=owner).reason == "no_contact"
+    response = staff_client.post(
+        reverse("admin:disclosure_ownerunknown_changelist"),
+        {"action": "resolve_again", "_selected_action": list(HostOwner.objects.values_list("pk", flat=True))},
+        follow=True,
+    )
+    body = html.unescape(response.content.decode())
+    assert (
+        "2 hosts: 1 networks found (1 from cache, 1 RDAP requests), 0 operators recognised; "
+        "owner status unknown 2; failed: not_found 1" in body
+    )

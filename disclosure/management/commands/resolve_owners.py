@@ -28,14 +28,7 @@ class Command(DatabaseCommand):
             total=len(hosts), unit="addr", desc="owners", enabled=None if not options["json"] else False
         ) as bar:
             summary = owners_resolve(hosts=hosts, concurrency=options["concurrency"], progress=bar.moved_to)
-        result = summary.as_dict()
         if options["json"]:
-            self.stdout.write(json.dumps(result, sort_keys=True))
+            self.stdout.write(json.dumps(summary.as_dict(), sort_keys=True))
             return
-        failed = ", ".join(f"{reason} {count}" for reason, count in sorted(result["failed"].items())) or "none"
-        statuses = ", ".join(f"{status} {count}" for status, count in sorted(result["owner_status"].items())) or "none"
-        self.stdout.write(
-            f"{result['hosts']} hosts: {result['resolved']} networks found ({result['from_cache']} from cache, "
-            f"{result['requests']} RDAP requests), {result['operators']} operators recognised; "
-            f"owner status {statuses}; failed: {failed}"
-        )
+        self.stdout.write(summary.describe())
