@@ -516,7 +516,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
     list_filter = ("source", "status", "country")
     search_fields = ("plan", "target", "message")
     fieldsets = (
-        (None, {"fields": ("source", "plan", "target", "country", "status_now", "message")}),
+        (None, {"fields": ("source", "plan", "target_text", "country", "status_now", "message_text")}),
         ("Time", {"fields": ("started_at", "updated_at", "finished_at")}),
         ("Counts", {"fields": ("seen", "accepted", "new", "updated", "unchanged", "credits_spent")}),
         ("Rejected", {"fields": ("rejected_table",)}),
@@ -540,10 +540,10 @@ class HarvestRunAdmin(ReadOnlyAdmin):
     readonly_fields = (
         "source",
         "plan",
-        "target",
+        "target_text",
         "country",
         "status_now",
-        "message",
+        "message_text",
         "started_at",
         "updated_at",
         "finished_at",
@@ -577,7 +577,17 @@ class HarvestRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="target")
     def target_short(self, obj: HarvestRun) -> str:
-        return obj.target if len(obj.target) <= 60 else "…" + obj.target[-59:]
+        return visible_text(obj.target if len(obj.target) <= 60 else "…" + obj.target[-59:])
+
+    # A path or a query, and a message that quotes errors (Shodan's words, file names): text from
+    # outside, with its controls and invisible characters shown as escapes.
+    @admin.display(description="target")
+    def target_text(self, obj: HarvestRun) -> str:
+        return visible_text(obj.target)
+
+    @admin.display(description="message")
+    def message_text(self, obj: HarvestRun) -> str:
+        return visible_text(obj.message)
 
     @admin.display(description="rejected")
     def rejected_count(self, obj: HarvestRun) -> int:

@@ -780,3 +780,19 @@ def test_the_runs_list_asks_for_the_writing_run_once_a_page(tmp_path: Path, admi
     # On PostgreSQL the holder comes from pg_locks (on SQLite from a lock file): once a page.
     lock_queries = [q for q in ctx.captured_queries if "pg_locks" in q["sql"]]
     assert len(lock_queries) == (1 if connection.vendor == "postgresql" else 0)
+
+
+@pytest.mark.django_db
+def test_a_runs_message_and_target_show_their_controls_as_escapes(admin_client: Client) -> None:
+    """A run's message quotes errors (Shodan's own words, a file's name) and its target is a path
+    or a query: text from outside, shown as every other such text is."""
+    hostile = "\x1b[31m\u202eevil <b>x</b>\u2400"  # NUL as stored
+    run = HarvestRun.objects.create(source="file", target=f"/data/{hostile}.json", message=f"Shodan says: {hostile}")
+
+    page = admin_client.get(change_url(run)).content.decode()
+    table = results(admin_client.get(changelist_url(HarvestRun)).content.decode())
+
+    for html in (page, table):
+        assert "\\x1b[31m\\u202eevil &lt;b&gt;x&lt;/b&gt;\\x00" in html
+        assert "\u202e" not in html and "\x1b" not in html and "<b>x" not in html
+    assert "Shodan says: \\x1b" in page
