@@ -11,6 +11,7 @@ do, and with the engine's ENGINE_REVISION.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import re._parser as sre_parse  # the stdlib's own regex parser, to find a rule's literal needles
 import tomllib
@@ -339,13 +340,17 @@ def _compile(source: object, case_sensitive: bool, fail: Callable[[str], RuleErr
         raise fail("pattern sets global inline flags; use case_sensitive instead")
     try:
         compiled = re.compile(source, 0 if case_sensitive else re.IGNORECASE)
-        nested = _unbounded_inside_repeat(sre_parse.parse(source, compiled.flags), inside=False)
+        parsed = sre_parse.parse(source, compiled.flags)
+        nested = _unbounded_inside_repeat(parsed, inside=False)
+        ambiguous = not nested and _too_many_ways(parsed, compiled.flags)
     except re.error as exc:
         raise fail(f"pattern does not compile: {exc}") from None
     except RecursionError:
         raise fail("pattern nests too deeply") from None
     if nested:
         raise fail("pattern has a quantified group containing a quantifier (can backtrack exponentially)")
+    if ambiguous:
+        raise fail("pattern repeats a group that can match the same text in many ways (can backtrack exponentially)")
     if set(compiled.groupindex) - {"version"}:
         raise fail("the only named group allowed is (?P<version>...)")
     return compiled
@@ -376,6 +381,83 @@ def _unbounded_inside_repeat(ops: Iterable[tuple], inside: bool) -> bool:
         if any(_unbounded_inside_repeat(child, inside) for child in children):
             return True
     return False
+
+
+# How many ways a repeated group may split one text between its repetitions and alternatives.
+# Without any unbounded quantifier inside, "(?:a|a)*", "(?:a|aa){1,60}" and "(?:a{1,20}){1,20}"
+# still try every split of a run of "a"s before they fail; "(?:\.\d{1,3}){0,2}" has 13 at most.
+MAX_WAYS = 1000
+
+
+class _Ambiguous(Exception):
+    pass
+
+
+def _too_many_ways(ops: Iterable[tuple], flags: int) -> bool:
+    try:
+        _ways(ops, flags)
+    except _Ambiguous:
+        return True
+    return False
+
+
+def _ways(ops: Iterable[tuple], flags: int) -> float:
+    """An upper bound on the ways `ops` can match one given text (math.inf: no bound).
+
+    Raises _Ambiguous at a repeat, at any depth, whose body can match in more than one way and
+    whose repetitions multiply that past MAX_WAYS. Alternatives that cannot start with the same
+    character count as one way: the first character decides between them.
+    """
+    total = 1.0
+    for op, av in ops:
+        if op is sre_parse.POSSESSIVE_REPEAT:
+            _ways(av[2], flags)  # never backtracks into itself; only its inside can
+        elif op in _REPEATS:
+            low, high, body = av
+            inner = _ways(body, flags)
+            total *= _repeat_ways(low, high, inner)
+        elif op is sre_parse.BRANCH:
+            branches = [list(branch) for branch in av[1]]
+            counts = [_ways(branch, flags) for branch in branches]
+            total *= max(counts) if _distinct_starts(branches, flags) else sum(counts)
+        elif op is sre_parse.SUBPATTERN:
+            total *= _ways(av[-1], flags | av[1])
+        elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
+            _ways(av[1], flags)  # lookarounds are atomic: one way, whatever is inside
+        elif op is sre_parse.ATOMIC_GROUP:
+            _ways(av, flags)
+        elif op is sre_parse.GROUPREF_EXISTS:
+            total *= sum(_ways(c, flags) for c in av[1:] if c is not None)
+    return total
+
+
+def _repeat_ways(low: int, high: int, inner: float) -> float:
+    if inner <= 1:
+        return math.inf if high == sre_parse.MAXREPEAT else float(high - low + 1)
+    if high <= 1:
+        return inner * (high - low + 1)
+    if high == sre_parse.MAXREPEAT:
+        raise _Ambiguous
+    ways = 0.0
+    for times in range(low, high + 1):
+        ways += inner**times
+        if ways > MAX_WAYS:
+            raise _Ambiguous
+    return ways
+
+
+def _distinct_starts(branches: list[list], flags: int) -> bool:
+    seen: set[str] = set()
+    for branch in branches:
+        chars = _first_chars(branch)
+        if chars is None:
+            return False
+        if flags & re.IGNORECASE:
+            chars = _case_variants(chars)
+        if seen & chars:
+            return False
+        seen |= chars
+    return True
 
 
 def _index(rules: list[Rule]) -> tuple[FieldRules, ...]:

@@ -100,6 +100,12 @@ def test_the_version_changes_with_the_engine_revision(tmp_path: Path, monkeypatc
         (lambda t: t.replace("\\bOrthanc\\b", "(?:(?:a+))+$"), "quantified group containing a quantifier"),
         (lambda t: t.replace("\\bOrthanc\\b", "((?:a)+)+$"), "quantified group containing a quantifier"),
         (lambda t: t.replace("\\bOrthanc\\b", "(?:" + "b" * 401 + "|a+)+$"), "quantified group containing a"),
+        # A repeated group that can match the same text in several ways: no quantifier inside is
+        # unbounded, yet each tries every split of a few dozen characters before it fails.
+        (lambda t: t.replace("\\bOrthanc\\b", "(?:a|a)*$"), "can match the same text in many ways"),
+        (lambda t: t.replace("\\bOrthanc\\b", "(?:a|aa){1,60}$"), "can match the same text in many ways"),
+        (lambda t: t.replace("\\bOrthanc\\b", "(?:a{1,20}){1,20}$"), "can match the same text in many ways"),
+        (lambda t: t.replace("\\bOrthanc\\b", "(?:[a-z]|xy)+!"), "can match the same text in many ways"),
         (lambda t: t.replace("\\bOrthanc\\b", "(a)\\1"), "back-reference"),
         (lambda t: t.replace("\\bOrthanc\\b", "(?i)orthanc"), "global inline flags"),
         (lambda t: t.replace("\\bOrthanc\\b", "(?P<name>x)"), "only named group allowed"),
@@ -121,6 +127,24 @@ def test_it_refuses_an_invalid_rule_saying_which_file_and_rule(tmp_path: Path, c
 
     assert why in str(caught.value)
     assert caught.value.file == "test.toml"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(?:\\.\\d{1,3}){0,2}",
+        "(?:ab)+c",
+        "(?:ab|cd)+",
+        "(?:a|b)+c",
+        "(?:a|b){1,40}c",
+        "(?:x[a-z]{1,3}){1,5}",
+        "[^\\r\\n]{0,200}PACS",
+    ],
+)
+def test_it_accepts_repeats_that_match_in_few_ways(tmp_path: Path, pattern: str) -> None:
+    rules = load_rules(rules_dir(tmp_path, GOOD.replace("\\bOrthanc\\b", pattern)))
+
+    assert rules.rule("test.orthanc").pattern.pattern == pattern
 
 
 def test_it_refuses_duplicate_ids_across_files(tmp_path: Path) -> None:
