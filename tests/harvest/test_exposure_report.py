@@ -471,3 +471,17 @@ def test_long_unbroken_values_wrap_inside_the_pdf_page(db: None, tmp_path: Path)
     assert starts and max(starts) < width - right_margin
     text = re.sub(r"\s+", "", "".join(page.extract_text() for page in pdf.pages))
     assert "W" * 99 + "…" in text and "h" * 99 + "…" in text  # shown whole (up to the cut), wrapped
+
+
+def test_the_medical_service_list_says_how_many_it_leaves_out(db: None) -> None:
+    """The list stops at MEDICAL_LIST_LIMIT: with exactly that many medical services it said
+    "(first 200)" though none was left out, and with more it never said of how many."""
+    for i in range(reports.MEDICAL_LIST_LIMIT):
+        judge(make_service(f"10.0.{i // 250}.{i % 250 + 1}", 104, module="dicom"), "medical", "dicom")
+
+    html = reports.exposure_report_html(report=reports.exposure_report_build(), charts={})
+    assert "<h2>Medical services</h2>" in html
+
+    judge(make_service("10.1.0.1", 104, module="dicom"), "medical", "dicom")
+    html = reports.exposure_report_html(report=reports.exposure_report_build(), charts={})
+    assert "<h2>Medical services (the first 200 of 201)</h2>" in html
