@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -51,7 +52,26 @@ def medical_ports() -> list[dict]:
 
 
 def exposure_report_build(*, top: int = 10) -> dict:
-    """Everything the report shows, as JSON-able data, aggregated from the current verdicts."""
+    """Everything the report shows, as JSON-able data, aggregated from the current verdicts.
+
+    All figures are read from one snapshot, so they agree with each other while harvests and
+    classification runs write.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql" and not _in_outer_transaction():
+            # READ COMMITTED, PostgreSQL's default, gives every query a snapshot of its own. SQLite
+            # reads one snapshot inside a transaction anyway.
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return _build(top)
+
+
+def _in_outer_transaction() -> bool:
+    # The block atomic() just opened is the only one unless a caller (a test) already had one.
+    return len(connection.atomic_blocks) > 1
+
+
+def _build(top: int) -> dict:
     current = Classification.objects.filter(current=True)
     services = Service.objects.count()
     by_class = dict(current.values_list("cls").annotate(n=Count("id")).order_by())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from pypdf import PdfReader
 from weasyprint import HTML
 
@@ -485,3 +486,37 @@ def test_the_medical_service_list_says_how_many_it_leaves_out(db: None) -> None:
     judge(make_service("10.1.0.1", 104, module="dicom"), "medical", "dicom")
     html = reports.exposure_report_html(report=reports.exposure_report_build(), charts={})
     assert "<h2>Medical services (the first 200 of 201)</h2>" in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_figure_comes_from_one_moment_while_verdicts_are_written(corpus: dict) -> None:
+    """The report reads the database in a dozen queries. Under PostgreSQL's default isolation each
+    saw the data of its own moment: a service harvested and judged in between counted in
+    `classified` but not in `services`, and the report said every service was classified."""
+    failures: list[Exception] = []
+
+    def judge_one_more() -> None:
+        try:
+            judge(make_service("192.0.2.99", 104, module="dicom"), "medical", "dicom")
+        except Exception as exc:  # noqa: BLE001 - SQLite refuses the write while the report reads: fine
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    fired = []
+
+    def between_queries(execute, sql, params, many, context):  # noqa: ANN001, ANN202
+        result = execute(sql, params, many, context)
+        if not fired and sql.lstrip().upper().startswith("SELECT"):
+            fired.append(sql)
+            writer = threading.Thread(target=judge_one_more)
+            writer.start()
+            writer.join(timeout=30)
+        return result
+
+    with connection.execute_wrapper(between_queries):
+        report = reports.exposure_report_build()
+
+    assert fired, failures
+    assert (report["services"], report["classified"], report["unclassified"]) in ((15, 14, 1), (16, 15, 1))
+    assert report["classes"]["medical"] == sum(r["count"] for r in report["categories"] if r["class"] == "medical")
