@@ -401,33 +401,38 @@ def _too_many_ways(ops: Iterable[tuple], flags: int) -> bool:
     return False
 
 
-def _ways(ops: Iterable[tuple], flags: int) -> float:
+def _ways(ops: Iterable[tuple], flags: int, follow: list | None = None) -> float:
     """An upper bound on the ways `ops` can match one given text (math.inf: no bound).
 
     Raises _Ambiguous at a repeat, at any depth, whose body can match in more than one way and
     whose repetitions multiply that past MAX_WAYS. Alternatives that cannot start with the same
-    character count as one way: the first character decides between them.
+    character count as one way: the first character decides between them. So does a run of one
+    character class that what follows cannot start with ("[a-z]{1,63}\\."): it ends where it
+    must. `follow` is what comes after `ops` (for a repeated body, the body again).
     """
+    ops = list(ops)
     total = 1.0
-    for op, av in ops:
+    for index, (op, av) in enumerate(ops):
+        after = ops[index + 1 :] or follow or []
         if op is sre_parse.POSSESSIVE_REPEAT:
-            _ways(av[2], flags)  # never backtracks into itself; only its inside can
+            _ways(av[2], flags, list(av[2]))  # never backtracks into itself; only its inside can
         elif op in _REPEATS:
             low, high, body = av
-            inner = _ways(body, flags)
-            total *= _repeat_ways(low, high, inner)
+            inner = _ways(body, flags, list(body))
+            if not _run_ends_where_it_must(list(body), after, flags):
+                total *= _repeat_ways(low, high, inner)
         elif op is sre_parse.BRANCH:
             branches = [list(branch) for branch in av[1]]
-            counts = [_ways(branch, flags) for branch in branches]
+            counts = [_ways(branch, flags, after) for branch in branches]
             total *= max(counts) if _distinct_starts(branches, flags) else sum(counts)
         elif op is sre_parse.SUBPATTERN:
-            total *= _ways(av[-1], flags | av[1])
+            total *= _ways(av[-1], flags | av[1], after)
         elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
             _ways(av[1], flags)  # lookarounds are atomic: one way, whatever is inside
         elif op is sre_parse.ATOMIC_GROUP:
             _ways(av, flags)
         elif op is sre_parse.GROUPREF_EXISTS:
-            total *= sum(_ways(c, flags) for c in av[1:] if c is not None)
+            total *= sum(_ways(c, flags, after) for c in av[1:] if c is not None)
     return total
 
 
@@ -444,6 +449,12 @@ def _repeat_ways(low: int, high: int, inner: float) -> float:
         if ways > MAX_WAYS:
             raise _Ambiguous
     return ways
+
+
+def _run_ends_where_it_must(body: list, rest: list, flags: int) -> bool:
+    if len(body) != 1 or body[0][0] not in (sre_parse.LITERAL, sre_parse.IN):
+        return False
+    return _distinct_starts([body, rest], flags)
 
 
 def _distinct_starts(branches: list[list], flags: int) -> bool:

@@ -138,6 +138,9 @@ def test_it_refuses_an_invalid_rule_saying_which_file_and_rule(tmp_path: Path, c
         "(?:a|b)+c",
         "(?:a|b){1,40}c",
         "(?:x[a-z]{1,3}){1,5}",
+        "(?:[a-z0-9-]{1,63}\\.){1,10}nl",
+        "(?:\\.[a-z]{1,5}){1,10}",
+        "(?:\\d{1,3}\\.){3}\\d{1,3}",
         "[^\\r\\n]{0,200}PACS",
     ],
 )
