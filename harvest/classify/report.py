@@ -12,6 +12,8 @@ import base64
 import csv
 import io
 import json
+import os
+import tempfile
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -336,13 +338,18 @@ def exposure_report_write(
     written: list[Path] = []
 
     def write(name: str, content: str | bytes) -> None:
+        # The files list exposed medical systems (TLP:AMBER): readable by their owner alone, like
+        # the service export, and each one whole or not there (written beside it, then renamed).
         path = out / name
+        temporary = None
         try:
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content, encoding="utf-8")
+            fd, temporary = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".part")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
+            os.replace(temporary, path)
         except OSError as exc:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
             raise ReportError(f"cannot write {path}: {exc.strerror}") from None
         written.append(path)
 

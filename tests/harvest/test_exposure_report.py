@@ -520,3 +520,20 @@ def test_every_figure_comes_from_one_moment_while_verdicts_are_written(corpus: d
     assert fired, failures
     assert (report["services"], report["classified"], report["unclassified"]) in ((15, 14, 1), (16, 15, 1))
     assert report["classes"]["medical"] == sum(r["count"] for r in report["categories"] if r["class"] == "medical")
+
+
+def test_the_report_files_are_readable_by_their_owner_alone(corpus: dict, tmp_path: Path) -> None:
+    """The report lists exposed medical systems with their addresses and evidence (TLP:AMBER), like
+    the service export, which is written owner-only; the report's files were world-readable."""
+    out = tmp_path / "report"
+    (out).mkdir()
+    (out / "exposure_report.json").write_text("an older report")
+    (out / "exposure_report.json").chmod(0o644)
+
+    written = reports.exposure_report_write(report=reports.exposure_report_build(), out=out)
+
+    assert len(written) == 18
+    for path in written:
+        assert path.stat().st_mode & 0o077 == 0, path.name
+    assert json.loads((out / "exposure_report.json").read_text())["services"] == 15
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temporary files left
