@@ -1,7 +1,10 @@
 """Pure classification of banners: rules as data files, protocol decoders, one engine.
 
 from harvest.classify import Banner, banner_from_shodan, classify, load_rules
-verdict = classify(banner_from_shodan(service.raw), load_rules())
+verdict = classify(banner_from_shodan(json.loads(service.raw)), load_rules())
+
+(`Service.raw` is JSON text; banner_from_shodan takes the parsed object and reads a string as
+a blank banner.)
 """
 
 from harvest.classify.engine import classify
