@@ -156,6 +156,11 @@ def test_the_probe_sent_back_is_not_a_server(shared_data: Path, rules: RuleSet) 
         ("Mirth Connect Administrator", "Jetty(9.4.53.v20231009)", NGINX, "ehr_web", "Mirth Connect"),
         ("Hospira MedNet", "Apache-Coyote/1.1", NGINX, "pump_server", "Hospira / ICU Medical MedNet"),
         ("CARESCAPE Gateway", "GoAhead-Webs", NGINX, "medical_device", "GE Healthcare modality"),
+        # A name that ends in "+": a word boundary after it needs a letter next, so "Plum A+"
+        # was found only as "Plum A+3" or "Plum A+x", never before a space or at the end.
+        ("Plum A+", "", NGINX, "medical_device", "infusion pump"),
+        ("Plum A+ Infusion System", "", NGINX, "medical_device", "infusion pump"),
+        ("Plum A+3", "", NGINX, "medical_device", "infusion pump"),
     ],
 )  # fmt: skip
 def test_medical_web_software_is_recognised_by_title_header_or_page(
