@@ -450,3 +450,10 @@ def test_an_hl7_acknowledgement_is_named_as_one(rules: RuleSet) -> None:
         verdict = classify(Banner(port=2575, data=data), rules)
         assert (verdict.cls, verdict.category) == ("medical", "hl7")
         assert evidence in rules_of(verdict), data
+
+
+def test_a_status_line_of_other_digits_is_no_known_service(rules: RuleSet) -> None:
+    verdict = classify(Banner(port=8080, data="HTTP/1.1 \u0662\u0660\u0660 OK\r\nServer: x\r\n\r\n"), rules)
+
+    assert "service.http" not in rules_of(verdict)
+    assert verdict.category != "known_service"

@@ -344,3 +344,10 @@ def test_an_accept_without_user_information_is_refused(synapse_reply: str) -> No
     pdu = dicom.decode_pdu(cut)
 
     assert pdu is not None and not pdu.valid and "user information" in pdu.error
+
+
+def test_a_status_line_of_other_digits_is_not_http() -> None:
+    # Python's \d and int() both take Arabic-Indic and other digits: "٢٠٠" would read as 200.
+    lines = ("HTTP/1.1 \u0662\u0660\u0660 OK\r\n\r\n", "HTTP/\u0661.1 200 OK\r\n\r\n", "HTTP/1.\u0661 200 OK\r\n\r\n")
+    for line in lines:
+        assert http.decode_response(line) == http.HttpResponse(valid=False), line

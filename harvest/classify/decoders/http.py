@@ -14,7 +14,8 @@ MAX_BODY = 64 * 1024
 MAX_HEADERS = 100
 KEPT_HEADERS = ("server", "location", "www-authenticate", "x-powered-by", "set-cookie", "content-type")
 
-_STATUS = re.compile(r"\AHTTP/(\d)(?:\.(\d))? (\d{3})(?: ([^\r\n]{0,200}))?")
+# ASCII digits: \d (and int()) would take Arabic-Indic and other digits too.
+_STATUS = re.compile(r"\AHTTP/([0-9])(?:\.([0-9]))? ([0-9]{3})(?: ([^\r\n]{0,200}))?")
 _TITLE = re.compile(r"(?i)<title[^>]{0,64}>([^<]{0,1024})")
 
 
