@@ -683,3 +683,28 @@ def test_a_key_refused_in_the_middle_of_a_run_stops_it_resumably(shodan_standin:
     summary, _ = harvest("--resume", str(summary["run"]))
     assert summary["status"] == "completed"
     assert stored() == expected_services(shodan_standin, plan_queries("ports"))
+
+
+HOSTILE_ERROR = "bad filter \x1b]0;owned\x07\x1b[2J\u202eevil\r\n  accepted 999"
+
+
+@pytest.mark.parametrize(
+    ("status", "path", "count_only"),
+    [
+        (400, "/shodan/host/search", False),  # a rejection's detail in the summary table
+        (401, "/shodan/host/search", False),  # the message of a stopped run
+        (400, "/shodan/host/count", True),  # a failed query in the --count-only table
+    ],
+)
+def test_text_from_shodan_reaches_the_terminal_with_its_controls_shown(
+    shodan_standin: ShodanStandIn, plan_file, status: int, path: str, count_only: bool
+) -> None:
+    """Shodan's error text went to the terminal as it came: an escape sequence in it retitled the
+    window or cleared the screen, a bidi override reversed what followed, and a newline began a
+    line that looked like one of the summary's."""
+    shodan_standin.fail(status, path=path, body={"error": HOSTILE_ERROR})
+    out = io.StringIO()
+    call_command("harvest", "--plan", plan_file("port:104"), *(["--count-only"] if count_only else []), stdout=out)
+    text = out.getvalue()
+    assert "bad filter \\x1b]0;owned\\x07\\x1b[2J\\u202eevil\\r\\n  accepted 999" in text
+    assert not any(char in text for char in "\x1b\x07\u202e\r")

@@ -19,10 +19,17 @@ from harvest.readers import file_size
 from medexpo.lib.cli import positive_int
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
-from medexpo.lib.text import shorten
+from medexpo.lib.text import shorten, visible_text
 
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+def _shown(text: str) -> str:
+    """Text that Shodan or a file wrote (error bodies, rejection details), as one line on the
+    terminal: its escape sequences are not run, and a line break in it (CR LF too, which
+    visible_text() keeps for banners) cannot fake a line of ours."""
+    return visible_text(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Command(DatabaseCommand):
@@ -112,7 +119,7 @@ class Command(DatabaseCommand):
         else:
             self._print_summary(summary)
         if run.status == HarvestRun.Status.FAILED:
-            raise CommandError(f"run {run.pk} failed: {run.message}")
+            raise CommandError(f"run {run.pk} failed: {_shown(run.message)}")
         self.stopped = run.status == HarvestRun.Status.STOPPED
 
     def _execute(self, run: HarvestRun, options: dict) -> HarvestRun:
@@ -163,7 +170,7 @@ class Command(DatabaseCommand):
         for number, row in enumerate(counted["queries"], 1):
             query = shorten(row["query"], 56)
             if row["error"]:
-                w(f"  {number:>3}  {query:<58}  failed: {row['error']}")
+                w(f"  {number:>3}  {query:<58}  failed: {_shown(row['error'])}")
                 continue
             top = ", ".join(
                 f"{items[0]['value']} ({items[0]['count']})"
@@ -188,16 +195,17 @@ class Command(DatabaseCommand):
 
     def _print_summary(self, s: dict) -> None:
         w = self.stdout.write
-        w(f"Harvest run {s['run']} ({s['source']}): {s['status']}" + (f" - {s['message']}" if s["message"] else ""))
+        message = f" - {_shown(s['message'])}" if s["message"] else ""
+        w(f"Harvest run {s['run']} ({s['source']}): {s['status']}{message}")
         w(f"  {'read':<12}{s['seen']:>10}")
         w(f"  {'accepted':<12}{s['accepted']:>10}   new {s['new']}, updated {s['updated']}, unchanged {s['unchanged']}")
         w(f"  {'rejected':<12}{sum(s['rejected'].values()):>10}")
         for reason, info in s["rejections"].items():
-            where = ", ".join(e["position"] for e in info["examples"])
+            where = ", ".join(_shown(e["position"]) for e in info["examples"])
             more = " ..." if info["count"] > len(info["examples"]) else ""
             w(f"    {reason:<20}{info['count']:>8}   at {where}{more}")
             if info["examples"]:
-                w(f"    {'':<20}{'':>8}   e.g. {info['examples'][0]['detail']}")
+                w(f"    {'':<20}{'':>8}   e.g. {_shown(info['examples'][0]['detail'])}")
         if s["credits_spent"]:
             w(f"  {'credits':<12}{s['credits_spent']:>10}")
         # A message that already says how this run goes on (a stop at --max-credits: a plain
