@@ -313,6 +313,17 @@ def test_blank_lines_are_not_records(tmp_path) -> None:
     assert (run.seen, run.accepted, run.rejected) == (1, 1, {})
 
 
+@pytest.mark.parametrize("hosts", [False, True])
+def test_a_line_of_characters_json_does_not_count_as_blank_is_rejected(tmp_path, hosts: bool) -> None:
+    """bytes.strip() also takes away vertical tabs and form feeds: a line of them vanished without
+    a count, though JSON allows only space, tab, CR and LF between values."""
+    record = line(banner()) if not hosts else line({"ip_str": "192.0.2.70", "data": [{"port": 80}]})
+    path = write_lines(tmp_path / "f.json", [record, b"\x0b\n", b" \x0c \r\n", b"\x1c\n", b"\t \r\n"])
+    run = harvest(path, hosts=hosts)
+    assert (run.accepted, run.rejected) == (1, {Reason.NOT_JSON: 3})
+    assert list(run.rejections.values_list("position", flat=True)) == ["line 2", "line 3", "line 4"]
+
+
 def test_a_host_lookup_reports_each_bad_banner_by_index(tmp_path) -> None:
     host = {
         "ip_str": "192.0.2.50",
