@@ -535,6 +535,19 @@ def test_the_command_says_a_folder_is_not_a_file(tmp_path) -> None:
         call_command("harvest", "--file", str(tmp_path))
 
 
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_a_file_name_in_an_error_reaches_the_terminal_with_its_controls_shown(tmp_path, kind: str) -> None:
+    """File names come from wherever the files came from (an unpacked archive, a shared folder):
+    one with an escape sequence was run by the terminal when the command named it in an error."""
+    path = tmp_path / "dicom\x1b]0;owned\x07\u202e.json"
+    if kind == "folder":
+        path.mkdir()
+    with pytest.raises(CommandError) as raised:
+        call_command("harvest", "--file", str(path))
+    assert "dicom\\x1b]0;owned\\x07\\u202e.json" in str(raised.value)
+    assert not any(char in str(raised.value) for char in "\x1b\x07\u202e")
+
+
 def test_a_file_runs_country_is_checked_like_a_plans(tmp_path) -> None:
     """It is only recorded, but a value the column cannot hold failed with a database traceback."""
     path = write_lines(tmp_path / "f.json", [line(r) for r in many(2)])

@@ -26,9 +26,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def _shown(text: str) -> str:
-    """Text that Shodan or a file wrote (error bodies, rejection details), as one line on the
-    terminal: its escape sequences are not run, and a line break in it (CR LF too, which
-    visible_text() keeps for banners) cannot fake a line of ours."""
+    """Text that Shodan, a file or its name wrote (error bodies, rejection details, paths), as one
+    line on the terminal: its escape sequences are not run, and a line break in it (CR LF too,
+    which visible_text() keeps for banners) cannot fake a line of ours."""
     return visible_text(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -111,7 +111,7 @@ class Command(DatabaseCommand):
                 path = options["hosts"] if hosts else options["file"]
                 run = services.harvest_file_start(path=path, hosts=hosts, country=options["country"])
         except services.HarvestError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(_shown(str(exc))) from None
         run = self._execute(run, options)
         summary = services.harvest_run_summary(run=run)
         if options["json"]:
@@ -160,7 +160,7 @@ class Command(DatabaseCommand):
                     progress=bar.moved_to,
                 )
         except services.HarvestError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(_shown(str(exc))) from None
         if options["json"]:
             self.stdout.write(json.dumps(counted))
             return
