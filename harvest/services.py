@@ -69,7 +69,8 @@ def harvest_file_start(*, path: str | Path, hosts: bool = False, country: str = 
     if path.is_dir():
         raise HarvestError(f"{path} is a folder, not a file")
     if not path.is_file():
-        raise HarvestError(f"no such file: {path}")
+        # A named pipe or a device exists, and reading one could wait or go on for ever.
+        raise HarvestError(f"{path} is not a regular file" if path.exists() else f"no such file: {path}")
     try:
         code = country_filter(country) if country else ""
     except PlanError as exc:

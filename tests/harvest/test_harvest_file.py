@@ -4,6 +4,8 @@ import gc
 import gzip
 import itertools
 import json
+import os
+import re
 import tracemalloc
 from collections.abc import Iterable
 from io import StringIO
@@ -533,6 +535,16 @@ def test_the_command_reports_an_empty_source_or_run_zero(option: str, value: str
 def test_the_command_says_a_folder_is_not_a_file(tmp_path) -> None:
     with pytest.raises(CommandError, match="is a folder, not a file"):
         call_command("harvest", "--file", str(tmp_path))
+
+
+def test_the_command_says_a_pipe_or_device_is_not_a_regular_file(tmp_path) -> None:
+    """A named pipe or a device exists: 'no such file' sent its user looking for a typo."""
+    fifo = tmp_path / "banners.json"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/null"):
+        with pytest.raises(CommandError, match=f"^{re.escape(path)} is not a regular file"):
+            call_command("harvest", "--file", path)
+    assert not HarvestRun.objects.exists()
 
 
 @pytest.mark.parametrize("kind", ["missing", "folder"])
