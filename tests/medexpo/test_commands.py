@@ -54,3 +54,18 @@ def test_a_migrated_database_passes_and_a_reader_that_went_away_is_no_error(tmp_
 @pytest.mark.django_db
 def test_the_test_database_has_every_migration():
     assert unapplied_migrations() == []
+
+
+def test_a_run_that_could_not_start_writing_fails_the_command(tmp_path):
+    """An error before the run began to write (here: its lock file cannot be opened, as a folder
+    of that name beside the database makes it) was recorded nowhere, and the command printed
+    the run as running and exited with 0: a script took the file for imported."""
+    assert manage(tmp_path, "migrate", "-v0").returncode == 0
+    (tmp_path / "db.sqlite3.harvest-lock").mkdir()
+
+    for extra in ((), ("--json",)):
+        done = manage(tmp_path, "harvest", "--hosts", "fixtures/sample/hosts.jsonl", *extra)
+
+        assert done.returncode == 1
+        assert "IsADirectoryError" in done.stderr and "Traceback" not in done.stderr
+        assert done.stdout == ""

@@ -136,9 +136,14 @@ class Command(DatabaseCommand):
                 # 128 + SIGINT, as a shell reports it: not 3, or a script that resumes stopped runs
                 # would resume the one its user just stopped.
                 raise CommandError(f"interrupted: resume with --resume {run.pk}", returncode=EXIT_INTERRUPTED) from None
-            except Exception:  # noqa: BLE001 - recorded on the run, reported below
+            except Exception as exc:
                 run.refresh_from_db()
-                return run
+                if run.status == HarvestRun.Status.FAILED:  # recorded on the run, reported with its summary
+                    return run
+                # Raised before the run could record it (taking the lock, marking it running) or
+                # while recording it: the run's summary would show it running, and the exit 0.
+                error = _shown(f"{type(exc).__name__}: {exc}")
+                raise CommandError(f"run {run.pk} could not run: {error}") from None
 
     def _batch_size(self, run: HarvestRun, asked: int | None) -> int | None:
         if run.source != HarvestRun.Source.SEARCH:
