@@ -53,6 +53,21 @@ def visible_text(text: str) -> str:
     return "".join(segment for segment, _ in visible_segments(text))
 
 
+def json_escape_invisible(json_text: str) -> str:
+    """JSON text with every control, bidi or invisible character that JSON leaves as it is (DEL,
+    C1 controls, U+2028, U+202E, ...) written as a \\u escape instead: every JSON reader reads the
+    same value, and a terminal or a line reader sees only printable text."""
+    return _INVISIBLE.sub(_json_escape, json_text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code > 0xFFFF:  # JSON escapes a character beyond the BMP as its UTF-16 surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
 def ascii_digits(text: str) -> bool:
     """Only ASCII digits: str.isdigit() is also true of "²" and "٣", which int() refuses or reads
     as another number."""

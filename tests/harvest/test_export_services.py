@@ -159,3 +159,18 @@ def test_an_output_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
 def test_an_output_file_it_cannot_create_is_reported(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match=r"cannot write .*: File name too long"):
         call_command("export_services", output=str(tmp_path / ("x" * 300)))
+
+
+@pytest.mark.django_db
+def test_rows_carry_controls_and_bidi_characters_as_escapes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """JSON needs no escape for DEL, the C1 controls or bidi and invisible characters, so rows on a
+    terminal ran an 8-bit CSI (U+009B) from a product name and reversed text after a U+202E."""
+    hostile = {"product": "a\x9b2Jb\x7f", "org": "\u202eCM sumsarE", "hostnames": ["h\U000e0041\u200b.example"]}
+    ingest(tmp_path, [minimal_banner("192.0.2.7", 80, "x", **hostile)])
+
+    call_command("export_services")
+
+    out = capsys.readouterr().out
+    assert not any(char in out for char in "\x7f\x9b\u202e\u200b\U000e0041")
+    row = json.loads(out)
+    assert {key: row[key] for key in hostile} == hostile

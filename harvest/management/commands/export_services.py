@@ -15,10 +15,7 @@ from django.core.management.base import CommandError, CommandParser
 from harvest.services import service_count, service_export_rows
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
-
-# JSON allows these unescaped, but str.splitlines() and many JSON Lines readers end a line at
-# them: a hostile product name must not split its row in two.
-_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+from medexpo.lib.text import json_escape_invisible
 
 
 class Command(DatabaseCommand):
@@ -72,7 +69,10 @@ class Command(DatabaseCommand):
         written = 0
         with Progress(total=service_count(), unit="service", desc="export", unit_scale=True) as bar:
             for row in service_export_rows():
-                out.write(json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS) + "\n")
+                # JSON allows U+0085, U+2028 and U+2029 unescaped, but str.splitlines() and many
+                # JSON Lines readers end a line at them, and rows shown on a terminal must not run
+                # its C1 controls or reverse text: a hostile product name stays inside its row.
+                out.write(json_escape_invisible(json.dumps(row, ensure_ascii=False)) + "\n")
                 written += 1
                 if written % 2000 == 0:
                     bar.moved_to(written)
