@@ -68,4 +68,5 @@ def test_a_run_that_could_not_start_writing_fails_the_command(tmp_path):
 
         assert done.returncode == 1
         assert "IsADirectoryError" in done.stderr and "Traceback" not in done.stderr
+        assert "could not record" in done.stderr and "resume with --resume" in done.stderr
         assert done.stdout == ""

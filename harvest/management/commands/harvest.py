@@ -143,7 +143,9 @@ class Command(DatabaseCommand):
                 # Raised before the run could record it (taking the lock, marking it running) or
                 # while recording it: the run's summary would show it running, and the exit 0.
                 error = _shown(f"{type(exc).__name__}: {exc}")
-                raise CommandError(f"run {run.pk} could not run: {error}") from None
+                raise CommandError(
+                    f"run {run.pk} stopped on an error it could not record: {error}; resume with --resume {run.pk}"
+                ) from None
 
     def _batch_size(self, run: HarvestRun, asked: int | None) -> int | None:
         if run.source != HarvestRun.Source.SEARCH:
