@@ -72,6 +72,10 @@ def harvest_file_start(*, path: str | Path, hosts: bool = False, country: str = 
         # A named pipe or a device exists, and reading one could wait or go on for ever.
         raise HarvestError(f"{path} is not a regular file" if path.exists() else f"no such file: {path}")
     try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes Python keeps as lone surrogates, which no database column stores
+        raise HarvestError(f"{path}: the file name is not valid UTF-8; rename the file") from None
+    try:
         code = country_filter(country) if country else ""
     except PlanError as exc:
         raise HarvestError(str(exc)) from None

@@ -547,6 +547,16 @@ def test_the_command_says_a_pipe_or_device_is_not_a_regular_file(tmp_path) -> No
     assert not HarvestRun.objects.exists()
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_with_a_message(tmp_path) -> None:
+    """Such a name (from an archive made on another system) reached the database as the run's
+    target, which cannot store it: the command ended in a UnicodeEncodeError traceback."""
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/banners-\xff.json"))
+    write_lines(path, [line(banner())])
+    with pytest.raises(CommandError, match=r"banners-\\udcff\.json: the file name is not valid UTF-8"):
+        call_command("harvest", "--file", str(path))
+    assert not HarvestRun.objects.exists()
+
+
 @pytest.mark.parametrize("kind", ["missing", "folder"])
 def test_a_file_name_in_an_error_reaches_the_terminal_with_its_controls_shown(tmp_path, kind: str) -> None:
     """File names come from wherever the files came from (an unpacked archive, a shared folder):
