@@ -315,7 +315,8 @@ def _key(scanner: _Scanner) -> object:
     if scanner.peek() != _QUOTE:
         raise scanner.error("a key")
     begin, end = scanner.skip_value()
-    return parse_json(scanner.read(begin, end)) if end - begin <= 256 else None  # no field of ours is longer
+    # Parsed like a value, whatever its length: a whole-line parse checks every key too.
+    return parse_json(scanner.read(begin, end)) if end - begin <= MAX_RECORD_BYTES else None
 
 
 def _array_items(scanner: _Scanner) -> Iterator[tuple[int, int]]:

@@ -381,6 +381,10 @@ def test_a_host_lookup_over_a_megabyte_is_read_banner_by_banner(tmp_path) -> Non
         (b'"note": "a \x01 control"', Reason.NOT_JSON),
         (b'"note": "a \xff byte"', Reason.NOT_UTF8),
         (b'"note": "a \x00 byte"', Reason.NUL_BYTE),
+        # Keys over 256 bytes went unread: a bad one passed where a whole-line parse refuses it.
+        (b'"' + b"k" * 300 + b' \x01": 1', Reason.NOT_JSON),
+        (b'"' + b"k" * 300 + b' \xff": 1', Reason.NOT_UTF8),
+        (b'"' + b"k" * 300 + b' \x00": 1', Reason.NUL_BYTE),
     ],
 )
 def test_a_long_host_lookup_with_a_bad_field_outside_its_banners_is_rejected_whole(
