@@ -13,13 +13,11 @@ otherwise (a search run does), apply runs in a writer thread on its own connecti
 batch is prepared, so parsing and merging in Python overlap the database's work. Batches still
 commit one at a time and in order. The next batch reads the hosts
 and services of the batch still being written from memory (the state after it), and everything
-else from the database, which the batch in flight does not touch. That database read runs in a
-loader thread on a third connection while the caller reads the batch after it (_stage).
+else from the database, which the batch in flight does not touch.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -113,18 +111,6 @@ class _Plan:
     run_fields: dict = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _Staged:
-    """A batch read from the source and waiting for its stored state (pipelined writing only)."""
-
-    records: list[tuple[int | str, BannerRecord]]
-    rejections: list[tuple[str, str, str]]
-    seen: int
-    checkpoint: Checkpoint
-    carried: tuple[dict, dict] | None = None  # taken from the batch in flight, when staged
-    stored: Future | None = None  # the loader's read of the rest
-
-
 class BatchWriter:
     def __init__(self, run: HarvestRun, batch_size: int, *, pipelined: bool | None = None) -> None:
         self.run = run
@@ -141,12 +127,6 @@ class BatchWriter:
         if pipelined is None:
             pipelined = bulk.is_postgres() and not connection.in_atomic_block
         self._writer: _Writer | None = _Writer() if pipelined else None
-        # Pipelined, a batch's stored state is read on a connection of its own while the caller
-        # reads the next batch: the look-ups no longer stop the parsing.
-        self._loader = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="medexpo-ingest-loader") if pipelined else None
-        )
-        self._staged: _Staged | None = None
         self.pipelined = pipelined
 
     @property
@@ -190,103 +170,31 @@ class BatchWriter:
             with transaction.atomic():
                 bulk.tune_batch_transaction()
                 _apply(self._prepare(checkpoint))
-            self._records.clear()
-            self._rejections.clear()
-            self._seen = 0
         else:
-            staged = _Staged(self._records, self._rejections, self._seen, checkpoint)
-            self._records, self._rejections, self._seen = [], [], 0
-            self._submit_staged()
-            self._stage(staged)
+            with transaction.atomic():  # the reads and id allocation, with the batch settings
+                bulk.tune_batch_transaction()
+                plan = self._prepare(checkpoint)
+            self._writer.submit(plan)
+        self._records.clear()
+        self._rejections.clear()
+        self._seen = 0
         reset_queries()  # with DEBUG on, Django would keep every batch's SQL in memory
 
     def close(self) -> None:
-        """Write the batch still staged, wait for the batch being written (raising its error, if
-        any) and stop the threads."""
+        """Wait for the batch being written (raising its error, if any) and stop the writer."""
         if self._writer is not None:
-            try:
-                self._submit_staged()
-            finally:
-                self._stop()
-
-    def abandon(self) -> None:
-        """After a failure: write nothing more. The batch already handed to the writer commits
-        whole with its checkpoint (its error, if any, is raised); the staged one is dropped."""
-        if self._writer is not None:
-            staged, self._staged = self._staged, None
-            try:
-                if staged is not None and staged.stored is not None:
-                    staged.stored.exception()  # let its look-up end before the connection closes
-            finally:
-                self._stop()
-
-    def _stop(self) -> None:
-        writer, self._writer = self._writer, None
-        try:
-            if writer is not None:
-                writer.close()
-        finally:
-            if self._loader is not None:
-                self._loader.submit(_close_connection).result()
-                self._loader.shutdown()
-                self._loader = None
-
-    # --- look-ahead: a batch's stored state is read while the next batch is parsed ----------
-
-    def _stage(self, staged: _Staged) -> None:
-        """Take what the batch in flight holds from memory now, and read the rest of the batch's
-        stored state in the loader thread while the caller reads the next batch. The database
-        then holds every batch before the one in flight (submit waited for it), and the one in
-        flight writes only what memory holds: the same state a look-up right now would read."""
-        if staged.records:
-            hosts, services, ips, wanted = self._load_carried({r.key for _, r in staged.records})
-            staged.carried = (hosts, services)
-            assert self._loader is not None
-            staged.stored = self._loader.submit(self._load_stored_in_transaction, ips, hosts, wanted)
-        self._staged = staged
-
-    def _submit_staged(self) -> None:
-        """Prepare the staged batch from its stored state and hand it to the writer."""
-        staged, self._staged = self._staged, None
-        if staged is None:
-            return
-        loaded = None
-        if staged.stored is not None and staged.carried is not None:
-            hosts, services = staged.carried
-            stored_hosts, stored_services = staged.stored.result()
-            hosts.update(stored_hosts)
-            services.update(stored_services)
-            loaded = (hosts, services)
-        self._records, self._rejections, self._seen = staged.records, staged.rejections, staged.seen
-        try:
-            with transaction.atomic():  # id allocation and history look-ups, with the batch settings
-                bulk.tune_batch_transaction()
-                plan = self._prepare(staged.checkpoint, loaded)
-        finally:
-            self._records, self._rejections, self._seen = [], [], 0
-        assert self._writer is not None
-        self._writer.submit(plan)
-
-    def _load_stored_in_transaction(
-        self, ips: set[str], carried_hosts: dict[str, _HostState], wanted_keys: list[tuple]
-    ) -> tuple[dict[str, _HostState], dict[tuple, _ServiceState]]:
-        try:
-            with transaction.atomic():
-                bulk.tune_batch_transaction()
-                return self._load_stored(ips, carried_hosts, wanted_keys)
-        finally:
-            reset_queries()
+            writer, self._writer = self._writer, None
+            writer.close()
 
     # --- prepare: in memory, on the caller's thread ----------------------------------------
 
-    def _prepare(self, checkpoint: Checkpoint, loaded: tuple[dict, dict] | None = None) -> _Plan:
-        """`loaded`: the batch's hosts and services as stored, when already read (_stage)."""
+    def _prepare(self, checkpoint: Checkpoint) -> _Plan:
         plan = _Plan()
         counts: Counter = Counter()
         hosts: dict[str, _HostState] = {}
         services: dict[tuple, _ServiceState] = {}
         if self._records:
-            hosts, services = loaded or self._load({r.key for _, r in self._records})
+            hosts, services = self._load({r.key for _, r in self._records})
             self._batch_services = services
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
@@ -312,34 +220,21 @@ class BatchWriter:
         """The batch's hosts and services (by address, port, transport) as stored: from the
         previous batch where it had them (it may not have committed yet), from the database
         otherwise. The previous batch wrote nothing that it does not hold in memory."""
-        hosts, services, ips, wanted = self._load_carried(keys)
-        stored_hosts, stored_services = self._load_stored(ips, hosts, wanted)
-        hosts.update(stored_hosts)
-        services.update(stored_services)
-        return hosts, services
-
-    def _load_carried(self, keys: set[tuple]) -> tuple[dict, dict, set[str], list[tuple]]:
-        """What the previous batch holds of these keys, and the addresses and keys it does not."""
         ips = {key[0] for key in keys}
         hosts = {ip: self._carry_hosts[ip] for ip in ips if ip in self._carry_hosts}
         for carried in hosts.values():
             carried.dirty = False
+        hosts.update(self._load_hosts(ips - hosts.keys()))
         services: dict[tuple, _ServiceState] = {}
         for key in keys:
             service = self._carry_services.get(key)
             if service is not None:
                 service.record, service.dirty, service.touched, service.is_new = None, False, False, False
                 services[key] = service
-        return hosts, services, ips - hosts.keys(), [k for k in keys if k not in services]
-
-    def _load_stored(
-        self, ips: set[str], carried_hosts: dict[str, _HostState], wanted_keys: list[tuple]
-    ) -> tuple[dict[str, _HostState], dict[tuple, _ServiceState]]:
-        """The stored hosts of `ips`, and the stored services of `wanted_keys` whose host is
-        stored (in the database, or carried with its id). Reads only: safe in the loader thread."""
-        hosts = self._load_hosts(ips)
-        ids = {ip: host.id for ip, host in itertools.chain(carried_hosts.items(), hosts.items()) if host.id is not None}
-        return hosts, self._load_services([(ids[k[0]], k) for k in wanted_keys if k[0] in ids])
+        ids = {ip: host.id for ip, host in hosts.items() if host.id is not None}
+        wanted = [(ids[k[0]], k) for k in keys if k not in services and k[0] in ids]
+        services.update(self._load_services(wanted))
+        return hosts, services
 
     def _load_hosts(self, ips: set[str]) -> dict[str, _HostState]:
         if not ips:

@@ -217,10 +217,9 @@ def _checkpoint(last: Checkpoint | tuple) -> Checkpoint:
 
 
 def _close_after_failure(writer: BatchWriter) -> None:
-    """Let a batch in flight end before the run is marked, and write nothing more; the error being
-    raised is the one to report."""
+    """Let a batch in flight end before the run is marked; the error being raised is the one to report."""
     try:
-        writer.abandon()
+        writer.close()
     except Exception:  # noqa: BLE001, S110 - the run is failing already; its first error is reported
         pass
 

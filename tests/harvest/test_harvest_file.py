@@ -685,8 +685,8 @@ def test_an_interrupted_run_keeps_only_committed_batches_and_resumes_exactly(tmp
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("at_event", [12, 25, 31, 38])
 def test_an_interrupted_pipelined_run_keeps_only_committed_batches_and_resumes_exactly(tmp_path, at_event: int) -> None:
-    """Pipelined (PostgreSQL, outside a transaction), a batch waits while its stored state is
-    read and the next is parsed: interrupted then, that batch is dropped, never half written."""
+    """Pipelined (PostgreSQL, outside a transaction), a batch is written by the writer thread
+    while the next is parsed: interrupted at any point, the run keeps whole batches only."""
     records = many(45)
     path = write_lines(tmp_path / "f.json", [line(r) for r in records])
     run = services.harvest_file_start(path=path)
