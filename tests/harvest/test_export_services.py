@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,27 @@ def test_rows_carry_controls_and_bidi_characters_as_escapes(tmp_path: Path, caps
     assert not any(char in out for char in "\x7f\x9b\u202e\u200b\U000e0041")
     row = json.loads(out)
     assert {key: row[key] for key in hostile} == hostile
+
+
+@pytest.mark.django_db
+def test_an_output_that_is_no_regular_file_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """The file is written beside its name and renamed over it: over a pipe or a device (as
+    root, --output /dev/stdout is a link to one in /dev) that rename would replace it."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(CommandError, match="not a regular file.*use - for standard output"):
+        call_command("export_services", output=str(pipe))
+    assert stat.S_ISFIFO(pipe.lstat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+@pytest.mark.django_db
+def test_an_output_through_a_link_replaces_the_file_it_points_to(tmp_path: Path) -> None:
+    (tmp_path / "exports").mkdir()
+    real = tmp_path / "exports" / "services.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(real)
+    call_command("export_services", output=str(link))
+    assert link.is_symlink() and link.resolve() == real
+    assert real.read_text() == ""  # an empty database: no rows, and the old content gone

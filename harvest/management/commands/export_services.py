@@ -49,8 +49,14 @@ class Command(DatabaseCommand):
 
     def _write_file(self, path: Path) -> int:
         try:
+            # The file is written beside its name and renamed over it: through a link, over the
+            # file it points to (the link stays); never over a pipe or a device, which the rename
+            # would replace (as root, /dev/stdout is a link to one).
+            path = path.resolve()
             if path.is_dir():
                 raise CommandError(f"--output is a directory: {path}")
+            if path.exists() and not path.is_file():
+                raise CommandError(f"--output is not a regular file: {path} (use - for standard output)")
             if not path.parent.is_dir():
                 raise CommandError(f"no such directory: {path.parent}")
             fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
