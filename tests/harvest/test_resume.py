@@ -111,7 +111,7 @@ def test_ctrl_c_stops_the_run_resumably_with_the_shells_interrupt_status(tmp_pat
     """128 + SIGINT, as shells report an interrupted command: a script that resumes runs which
     exit with 3 (stopped) must not resume one that its user stopped by hand."""
     url = own_database
-    records = many(8_000)
+    records = many(60_000)  # enough that the run is still going when the signal comes, on any machine
     path = write_lines(tmp_path / "banners.json", [line(r) for r in records])
     migrate = manage(url, "migrate", "-v0")
     assert migrate.wait(timeout=300) == 0, migrate.stderr.read().decode()
@@ -121,6 +121,7 @@ def test_ctrl_c_stops_the_run_resumably_with_the_shells_interrupt_status(tmp_pat
     while checkpoint_line(url) < 500:
         assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()[-2000:]
         time.sleep(0.01)
+    assert first.poll() is None, "the run ended before it could be interrupted"
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err.decode()[-2000:]
@@ -128,4 +129,4 @@ def test_ctrl_c_stops_the_run_resumably_with_the_shells_interrupt_status(tmp_pat
     assert query(url, "SELECT status FROM harvest_harvestrun") == [("stopped",)]
 
     result = run_json(url, "harvest", "--resume", "1")
-    assert (result["status"], result["seen"], result["new"], result["rejected"]) == ("completed", 8_000, 8_000, {})
+    assert (result["status"], result["seen"], result["new"], result["rejected"]) == ("completed", 60_000, 60_000, {})
