@@ -3,6 +3,7 @@ processes: a run killed with SIGKILL, two runs at once."""
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,8 +17,19 @@ ROOT = Path(__file__).resolve().parents[2]
 def manage(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": url, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "medexpo.settings", **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_answer_ctrl_c,  # noqa: PLW1509 - the workers start no threads of their own
     )
+
+
+def _answer_ctrl_c() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a process inherits that (CI runs so):
+    # Python then never turns Ctrl-C into KeyboardInterrupt. The process gets a terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_json(url: str, *args: str) -> dict:
