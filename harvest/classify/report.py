@@ -12,8 +12,6 @@ import base64
 import csv
 import io
 import json
-import os
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +26,7 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 from harvest.classify.charts import render_charts
 from harvest.classify.types import CLASSES
 from harvest.models import Classification, Service
+from medexpo.lib.files import replaced_whole
 from medexpo.lib.text import shorten, visible_text
 
 MEDICAL_PORTS_FILE = Path(__file__).resolve().parent.parent / "data" / "medical_ports.toml"
@@ -341,15 +340,10 @@ def exposure_report_write(
         # The files list exposed medical systems (TLP:AMBER): readable by their owner alone, like
         # the service export, and each one whole or not there (written beside it, then renamed).
         path = out / name
-        temporary = None
         try:
-            fd, temporary = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".part")
-            with os.fdopen(fd, "wb") as handle:
+            with replaced_whole(path) as handle:
                 handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
-            os.replace(temporary, path)
         except OSError as exc:
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
             raise ReportError(f"cannot write {path}: {exc.strerror}") from None
         written.append(path)
 

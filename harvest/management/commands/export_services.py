@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from django.core.management.base import CommandError, CommandParser
 
 from harvest.services import service_count, service_export_rows
 from medexpo.lib.commands import DatabaseCommand
+from medexpo.lib.files import replaced_whole
 from medexpo.lib.progress import Progress
 from medexpo.lib.text import json_escape_invisible
 
@@ -59,19 +58,12 @@ class Command(DatabaseCommand):
                 raise CommandError(f"--output is not a regular file: {path} (use - for standard output)")
             if not path.parent.is_dir():
                 raise CommandError(f"no such directory: {path.parent}")
-            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+            with replaced_whole(path, text=True) as out:
+                return self._write(out)
         except OSError as exc:
             raise CommandError(f"cannot write {path}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                written = self._write(out)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return written
 
-    def _write(self, out: TextIO) -> int:
+    def _write(self, out: IO[str]) -> int:
         written = 0
         with Progress(total=service_count(), unit="service", desc="export", unit_scale=True) as bar:
             for row in service_export_rows():
