@@ -53,6 +53,13 @@ def visible_text(text: str) -> str:
     return "".join(segment for segment, _ in visible_segments(text))
 
 
+def one_line(text: str) -> str:
+    """Text that a stranger wrote (error bodies, rejection details, file names) for one line of a
+    terminal or log: visible_text(), and CR and LF (which it keeps, for banners) as \\r and \\n,
+    so that a line break in it cannot fake a line of ours."""
+    return visible_text(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def json_escape_invisible(json_text: str) -> str:
     """JSON text with every control, bidi or invisible character that JSON leaves as it is (DEL,
     C1 controls, U+2028, U+202E, ...) written as a \\u escape instead: every JSON reader reads the

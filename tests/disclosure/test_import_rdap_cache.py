@@ -136,3 +136,15 @@ def test_rejections_reach_the_terminal_with_their_controls_visible(
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
     assert "a-\\x1b]0;owned\\x07.json: malformed_json" in err
     assert "b-class.json: malformed_answer: not an ip network but \\x1b[2Jentity\\u202e" in err
+
+
+def test_a_line_break_in_a_file_name_cannot_start_a_line_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """visible_text() keeps CR and LF (banners are shown with their lines), so a file named
+    "x.json\\n  y.json: ..." printed a second, made-up rejection line."""
+    (tmp_path / "a\n  fake.json: unreadable: made up\r.json").write_text("not json")
+    call_command("import_rdap_cache", str(tmp_path))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "a\\n  fake.json: unreadable: made up\\r.json: malformed_json" in err

@@ -11,7 +11,7 @@ from django.core.management.base import CommandError, CommandParser
 from disclosure.services import OwnerError, rdap_cache_import
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
-from medexpo.lib.text import visible_text
+from medexpo.lib.text import one_line
 
 
 class Command(DatabaseCommand):
@@ -38,4 +38,4 @@ class Command(DatabaseCommand):
         for error in report.rejected:
             # File names and details (which quote the answer) are strangers' text: no escape
             # sequence of theirs reaches the terminal.
-            self.stderr.write(visible_text(f"  {error['file']}: {error['reason']}: {error['detail']}"))
+            self.stderr.write(one_line(f"  {error['file']}: {error['reason']}: {error['detail']}"))

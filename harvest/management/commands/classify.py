@@ -13,7 +13,7 @@ from harvest.models import Service
 from medexpo.lib.cli import positive_int
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
-from medexpo.lib.text import visible_text
+from medexpo.lib.text import one_line
 
 
 class Command(DatabaseCommand):
@@ -98,7 +98,7 @@ class Command(DatabaseCommand):
         if e["unmatched_count"]:
             w(f"  {e['unmatched_count']} answer lines not scored:")
             for problem in e["unmatched"][:20]:
-                w(f"    line {problem['line']}: {visible_text(problem['reason'])}")
+                w(f"    line {problem['line']}: {one_line(problem['reason'])}")
             if e["unmatched_count"] > 20:
                 w(f"    ... and {e['unmatched_count'] - 20} more (the first {len(e['unmatched'])} are in --json)")
 
@@ -110,7 +110,7 @@ def _fmt(value: float | None) -> str:
 def _metrics_table(title: str, rows: dict) -> str:
     lines = [f"  {title:<22}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}{'predicted':>11}"]
     for name, m in rows.items():
-        label = visible_text(str(name)) if name else "(none)"
+        label = one_line(str(name)) if name else "(none)"
         lines.append(
             f"  {label:<22}{_fmt(m['precision']):>10}{_fmt(m['recall']):>10}{_fmt(m['f1']):>10}"
             f"{m['support']:>9}{m['predicted']:>11}"

@@ -19,17 +19,10 @@ from harvest.readers import file_size
 from medexpo.lib.cli import positive_int
 from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
-from medexpo.lib.text import shorten, visible_text
+from medexpo.lib.text import one_line, shorten
 
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
-
-
-def _shown(text: str) -> str:
-    """Text that Shodan, a file or its name wrote (error bodies, rejection details, paths), as one
-    line on the terminal: its escape sequences are not run, and a line break in it (CR LF too,
-    which visible_text() keeps for banners) cannot fake a line of ours."""
-    return visible_text(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Command(DatabaseCommand):
@@ -111,7 +104,7 @@ class Command(DatabaseCommand):
                 path = options["hosts"] if hosts else options["file"]
                 run = services.harvest_file_start(path=path, hosts=hosts, country=options["country"])
         except services.HarvestError as exc:
-            raise CommandError(_shown(str(exc))) from None
+            raise CommandError(one_line(str(exc))) from None
         run = self._execute(run, options)
         summary = services.harvest_run_summary(run=run)
         if options["json"]:
@@ -119,7 +112,7 @@ class Command(DatabaseCommand):
         else:
             self._print_summary(summary)
         if run.status == HarvestRun.Status.FAILED:
-            raise CommandError(f"run {run.pk} failed: {_shown(run.message)}")
+            raise CommandError(f"run {run.pk} failed: {one_line(run.message)}")
         self.stopped = run.status == HarvestRun.Status.STOPPED
 
     def _execute(self, run: HarvestRun, options: dict) -> HarvestRun:
@@ -142,7 +135,7 @@ class Command(DatabaseCommand):
                     return run
                 # Raised before the run could record it (taking the lock, marking it running) or
                 # while recording it: the run's summary would show it running, and the exit 0.
-                error = _shown(f"{type(exc).__name__}: {exc}")
+                error = one_line(f"{type(exc).__name__}: {exc}")
                 raise CommandError(
                     f"run {run.pk} stopped on an error it could not record: {error}; resume with --resume {run.pk}"
                 ) from None
@@ -167,7 +160,7 @@ class Command(DatabaseCommand):
                     progress=bar.moved_to,
                 )
         except services.HarvestError as exc:
-            raise CommandError(_shown(str(exc))) from None
+            raise CommandError(one_line(str(exc))) from None
         if options["json"]:
             self.stdout.write(json.dumps(counted))
             return
@@ -177,7 +170,7 @@ class Command(DatabaseCommand):
         for number, row in enumerate(counted["queries"], 1):
             query = shorten(row["query"], 56)
             if row["error"]:
-                w(f"  {number:>3}  {query:<58}  failed: {_shown(row['error'])}")
+                w(f"  {number:>3}  {query:<58}  failed: {one_line(row['error'])}")
                 continue
             top = ", ".join(
                 f"{items[0]['value']} ({items[0]['count']})"
@@ -202,17 +195,17 @@ class Command(DatabaseCommand):
 
     def _print_summary(self, s: dict) -> None:
         w = self.stdout.write
-        message = f" - {_shown(s['message'])}" if s["message"] else ""
+        message = f" - {one_line(s['message'])}" if s["message"] else ""
         w(f"Harvest run {s['run']} ({s['source']}): {s['status']}{message}")
         w(f"  {'read':<12}{s['seen']:>10}")
         w(f"  {'accepted':<12}{s['accepted']:>10}   new {s['new']}, updated {s['updated']}, unchanged {s['unchanged']}")
         w(f"  {'rejected':<12}{sum(s['rejected'].values()):>10}")
         for reason, info in s["rejections"].items():
-            where = ", ".join(_shown(e["position"]) for e in info["examples"])
+            where = ", ".join(one_line(e["position"]) for e in info["examples"])
             more = " ..." if info["count"] > len(info["examples"]) else ""
             w(f"    {reason:<20}{info['count']:>8}   at {where}{more}")
             if info["examples"]:
-                w(f"    {'':<20}{'':>8}   e.g. {_shown(info['examples'][0]['detail'])}")
+                w(f"    {'':<20}{'':>8}   e.g. {one_line(info['examples'][0]['detail'])}")
         if s["credits_spent"]:
             w(f"  {'credits':<12}{s['credits_spent']:>10}")
         # A message that already says how this run goes on (a stop at --max-credits: a plain
