@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 from django.db import connection, reset_queries, transaction
@@ -34,6 +34,11 @@ from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import MAX_HOSTNAMES, BannerRecord, Reason
 
 REJECTION_ROWS_PER_REASON = 1000  # beyond this a reason is only counted
+# Shodan dates a banner when it crawled it, so a later date is false: taken, it would stay the
+# service's current banner until then and file every real sighting as an older one. A day's
+# margin allows for clocks that drift; the run's start, not the clock, keeps a resumed run's
+# verdicts the same as the first attempt's.
+FUTURE_MARGIN = timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -116,6 +121,7 @@ class BatchWriter:
         self.run = run
         self.batch_size = batch_size
         self.fallback_ts = run.started_at
+        self.latest_ts = run.started_at + FUTURE_MARGIN
         self._records: list[tuple[int | str, BannerRecord]] = []
         self._rejections: list[tuple[str, str, str]] = []
         self._seen = 0
@@ -135,6 +141,14 @@ class BatchWriter:
 
     def add(self, position: int | str, record: BannerRecord) -> None:
         """`position`: a line number, or a text such as "query 'x' page 2 item 3"."""
+        if record.timestamp is not None and record.timestamp > self.latest_ts:
+            self.reject(
+                _position(position),
+                Reason.FUTURE_TIMESTAMP,
+                f"timestamp {record.timestamp:%Y-%m-%dT%H:%M:%S}Z is more than a day after the run started "
+                f"({self.run.started_at:%Y-%m-%dT%H:%M:%S}Z)",
+            )
+            return
         self._seen += 1
         self._records.append((position, record))
 

@@ -44,6 +44,7 @@ class Reason:
     INVALID_PORT = "invalid_port"
     INVALID_TRANSPORT = "invalid_transport"
     DUPLICATE = "duplicate"
+    FUTURE_TIMESTAMP = "future_timestamp"
     NO_BANNERS = "no_banners"
     TRUNCATED_FILE = "truncated_file"
     CORRUPT_FILE = "corrupt_file"
@@ -61,6 +62,7 @@ class Reason:
         INVALID_PORT: "port is not an integer from 0 to 65535",
         INVALID_TRANSPORT: "transport is not tcp or udp",
         DUPLICATE: "the same banner was already read in this run",
+        FUTURE_TIMESTAMP: "timestamp more than a day after the run started",
         NO_BANNERS: "host lookup without a data[] list of banners",
         TRUNCATED_FILE: "the file ends in the middle of compressed data",
         CORRUPT_FILE: "the compressed data is corrupt",

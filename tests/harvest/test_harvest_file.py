@@ -8,6 +8,7 @@ import os
 import re
 import tracemalloc
 from collections.abc import Iterable
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
@@ -211,6 +212,32 @@ def test_a_time_an_offset_takes_out_of_range_falls_back_to_the_run_start(tmp_pat
     run = harvest(write_lines(tmp_path / "f.json", [line(r) for r in records]))
     assert (run.status, run.new, run.rejected) == ("completed", 2, {})
     assert set(Service.objects.values_list("first_seen", flat=True)) == {run.started_at}
+
+
+def test_a_time_after_the_run_started_is_rejected_and_the_banners_around_it_kept(tmp_path) -> None:
+    """A banner dated 2099 became its service's current banner until 2099: every real sighting
+    after it was filed as an older banner in history, and the host and service looked alive."""
+    records = [
+        banner("192.0.2.1", port=104, timestamp="2026-11-01T10:00:00.000000"),
+        banner("192.0.2.1", port=104, data="later, and false", timestamp="2099-01-01T00:00:00.000000"),
+        banner("192.0.2.2", timestamp="2099-01-01T00:00:00+00:00"),
+        banner("192.0.2.1", port=104, data="real", timestamp="2026-11-02T10:00:00.000000"),
+    ]
+    path = write_lines(tmp_path / "f.json", [line(r) for r in records])
+    run = harvest(path)
+    assert (run.status, run.seen, run.accepted, run.rejected) == ("completed", 4, 2, {Reason.FUTURE_TIMESTAMP: 2})
+    assert [(r.position, r.reason) for r in run.rejections.all()] == [
+        ("line 2", Reason.FUTURE_TIMESTAMP),
+        ("line 3", Reason.FUTURE_TIMESTAMP),
+    ]
+    assert "2099-01-01T00:00:00Z" in run.rejections.first().detail
+    service = Service.objects.get()
+    assert (service.banner, service.last_seen.year, service.history.count()) == ("real", 2026, 1)
+    assert Host.objects.get().last_seen.year == 2026
+    # Within a day of the run's start is a clock's drift, not a false date.
+    soon = (run.started_at + timedelta(hours=23)).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    again = harvest(write_lines(tmp_path / "g.json", [line(banner("192.0.2.3", timestamp=soon))]))
+    assert (again.new, again.rejected) == (1, {})
 
 
 def test_a_country_code_that_upper_case_lengthens_is_left_empty(tmp_path) -> None:
