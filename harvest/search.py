@@ -8,8 +8,9 @@ filter, so every page costs 1 credit and a query of N results costs ceil(N / 100
 A page is the unit of resume: after each page the source emits a checkpoint
 {"query": index of the next query, "page": its next page}, which commits with the page's
 banners and the credits spent so far. A resumed run starts from there, so no committed page is
-ever bought twice. Before its first page a query is counted (free), and a query with no results
-costs nothing.
+ever bought twice. The page being bought is counted in the run's credits before its request is
+sent: Shodan charges it even if the process dies waiting, and the resumed run buys it again.
+Before its first page a query is counted (free), and a query with no results costs nothing.
 
 A credit limit (--max-credits) belongs to the run, in credits spent by the whole run: a resumed
 run gets what is left of it, not a new one, unless it is given more explicitly.
@@ -244,8 +245,19 @@ class _SearchRun:
     def _buy_page(self, query: str, cost: int) -> shodan_client.SearchPage:
         # A bad answer is retried and paid again: no more often than the limit and the key allow.
         room = self.credits_left if self.limit is None else min(self.credits_left, self.limit - self.spent)
+
+        def in_flight(paid: int) -> None:
+            # Shodan charges a request it answers even if this process is killed waiting for it, and
+            # the resumed run buys the page again: counted before it is sent, the page in flight
+            # stays counted (and the run's limit holds) whatever happens next. The page's checkpoint
+            # then writes what was really paid.
+            spent = self.spent + cost * (paid + 1)
+            HarvestRun.objects.filter(pk=self.run.pk).update(credits_spent=spent)
+
         try:
-            result = shodan_client.search_page(query, self.page, max_answers=room // cost if cost else None)
+            result = shodan_client.search_page(
+                query, self.page, max_answers=room // cost if cost else None, before_request=in_flight if cost else None
+            )
         except ShodanError as exc:
             self._pay(cost * exc.answered)  # answers we could not use were charged all the same
             raise

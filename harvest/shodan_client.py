@@ -159,13 +159,17 @@ def count(query: str, facets: list[str] | None = None) -> CountResult:
     return CountResult(query=query, total=_int(data.get("total")), facets=_facets(data.get("facets")))
 
 
-def search_page(query: str, page: int, *, max_answers: int | None = None) -> SearchPage:
+def search_page(
+    query: str, page: int, *, max_answers: int | None = None, before_request: Callable[[int], None] | None = None
+) -> SearchPage:
     """One page (up to 100 banners, full records) of a search.
 
     Costs 1 query credit when the query has a filter (ours always have `country:`) or the page is
     beyond the first, for each 2xx answer and each request that timed out (Shodan answers it
     after we stopped waiting): a bad or late one retried is paid again. `max_answers` bounds the
-    answers bought (None: as many as the retries allow).
+    answers bought (None: as many as the retries allow). `before_request(paid)` is called just
+    before each request is sent, with the answers paid so far: Shodan charges the request even
+    if this process dies waiting for it, so a caller that keeps accounts records it then.
     # Reference: https://developer.shodan.io/api (Shodan Search: GET /shodan/host/search)
     """
     if page < 1:
@@ -175,6 +179,7 @@ def search_page(query: str, page: int, *, max_answers: int | None = None) -> Sea
         valid=_is_page,
         invalid="search did not answer with a total and a list of matches",
         max_answers=max_answers,
+        before_request=before_request,
     )
     banners = tuple(_raw_banner(item) for item in data["matches"])
     return SearchPage(query=query, page=page, total=_int(data.get("total")), banners=banners, answers=answers)
@@ -233,6 +238,7 @@ def _call(
     valid: Callable[[Any], bool],
     invalid: str,
     max_answers: int | None = None,
+    before_request: Callable[[int], None] | None = None,
 ) -> tuple[Any, int]:
     """fn's answer once it is `valid`, and the number of answers that took (2xx ones and
     timeouts, each charged for a paid search). Retryable errors, a 2xx answer that is not `valid`
@@ -243,6 +249,8 @@ def _call(
     answers = 0
     while True:
         _pace()
+        if before_request is not None:
+            before_request(answers)
         try:
             data = fn(api)
             error = _answer_error(api, data, valid, invalid)

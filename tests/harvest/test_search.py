@@ -351,6 +351,9 @@ def test_retries_exhausted_stop_the_run_resumably(shodan_standin: ShodanStandIn)
     summary, _ = harvest("--plan", "ports")
     assert summary["status"] == "stopped"
     assert "gave up after 3 retries" in summary["message"]
+    # Each request was counted while in flight; none was answered, so none stays counted.
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 0
+    assert HarvestRun.objects.get().credits_spent == 0
     summary, _ = harvest("--resume", str(summary["run"]))
     assert summary["status"] == "completed"
     assert stored() == expected_services(shodan_standin, plan_queries("ports"))
@@ -613,6 +616,43 @@ def test_a_run_killed_with_sigkill_resumes_to_the_reference_result(shodan_standi
     twice = {page for page, n in shodan_standin.pages.items() if n > 1}
     assert twice <= {(queries[committed["query"]], committed["page"])}
     assert set(shodan_standin.pages) == set(reference_pages)
+
+
+def test_a_page_in_flight_when_the_run_is_killed_counts_in_its_credits_and_its_cap(
+    shodan_standin: ShodanStandIn, tmp_path
+) -> None:
+    """Shodan charges a page it answers after the client died, and the resumed run buys it again.
+    That first purchase went uncounted: the run said it spent less than the key paid, and went
+    past its --max-credits by a page for every kill."""
+    env = _env(tmp_path, tmp_path / "killed.sqlite3", shodan_standin)
+    assert _manage(env, "migrate", "-v0").returncode == 0
+    shodan_standin.set_page_delay(1.5)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "harvest", "--plan", "ports", "--max-credits", "3", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not shodan_standin.requests_to("/shodan/host/search") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert shodan_standin.requests_to("/shodan/host/search"), "no page was asked for in time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    _all_answered(shodan_standin)
+    first = plan_queries("ports")[0]
+    assert shodan_standin.pages == {(first, 1): 1}  # charged, though nobody read the answer
+
+    shodan_standin.set_page_delay(0)
+    resumed = _manage(env, "harvest", "--resume", "1", "--json")
+    assert resumed.returncode == 3, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["status"] == "stopped" and "--max-credits reached" in summary["message"]
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 3
+    assert shodan_standin.pages == {(first, 1): 2, (first, 2): 1}
 
 
 def test_a_run_that_stops_exits_with_status_3_for_scripts(shodan_standin: ShodanStandIn, tmp_path) -> None:
