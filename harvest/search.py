@@ -117,6 +117,7 @@ def harvest_search_count(
         code = country_filter(country or settings.MEDEXPO_COUNTRY)
     except PlanError as exc:
         raise HarvestError(str(exc)) from None
+    _check_budget(max_credits)
     info = _stop_to_error(shodan_client.api_info)
     rows = []
     for index, item in enumerate(loaded.queries):

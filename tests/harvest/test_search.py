@@ -494,6 +494,14 @@ def test_a_negative_credit_cap_is_refused(shodan_standin: ShodanStandIn) -> None
     assert not HarvestRun.objects.exists()
 
 
+def test_a_negative_credit_cap_is_refused_by_count_only_too(shodan_standin: ShodanStandIn) -> None:
+    # --count-only took it and answered that a run capped at -1 would stop in query 1, for a cap
+    # that --plan refuses.
+    with pytest.raises(CommandError, match="--max-credits must be 0 or more"):
+        call_command("harvest", "--plan", "ports", "--count-only", "--max-credits", "-1")
+    assert shodan_standin.state.requests == []
+
+
 def test_an_unknown_plan_is_refused(shodan_standin: ShodanStandIn) -> None:
     with pytest.raises(CommandError, match="there is no plan 'nosuch'; plans: .*ports"):
         call_command("harvest", "--plan", "nosuch")
