@@ -1,5 +1,6 @@
 """medexpo settings. Everything that differs between deployments comes from the environment."""
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,22 +25,40 @@ def envbool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
 
-def envint(name: str, default: int) -> int:
-    return _envnumber(name, default, int, "an integer")
+def envint(name: str, default: int, *, minimum: int | None = None) -> int:
+    return _envnumber(name, default, int, "an integer", minimum=minimum)
 
 
-def envfloat(name: str, default: float) -> float:
-    return _envnumber(name, float(default), float, "a number")
+def envfloat(name: str, default: float, *, minimum: float | None = None, above: float | None = None) -> float:
+    """`minimum` allows that value; `above` does not (a timeout of 0 is no timeout)."""
+    return _envnumber(name, float(default), float, "a number", minimum=minimum, above=above)
 
 
-def _envnumber(name: str, default: _Number, kind: Callable[[str], _Number], what: str) -> _Number:
+def _envnumber(
+    name: str,
+    default: _Number,
+    kind: Callable[[str], _Number],
+    what: str,
+    *,
+    minimum: _Number | None = None,
+    above: _Number | None = None,
+) -> _Number:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return kind(value)
+        number = kind(value)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be {what}, got {value!r}") from exc
+    # float() reads "nan" and "inf": NaN compares false with everything (an interval of NaN
+    # never waits), and an infinite delay cannot be slept.
+    if not math.isfinite(number):
+        raise ImproperlyConfigured(f"{name} must be {what}, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum:g}, got {value!r}")
+    if above is not None and number <= above:
+        raise ImproperlyConfigured(f"{name} must be more than {above:g}, got {value!r}")
+    return number
 
 
 def envlist(name: str, default: str = "") -> list[str]:
@@ -158,7 +177,7 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     # Off unless asked for: the TLS proxy in front may already send HSTS and redirect to HTTPS.
-    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
 
 # --- medexpo -----------------------------------------------------------------------------
@@ -166,10 +185,10 @@ if not DEBUG:
 # Shodan. The key is a secret: it is read here and never logged.
 SHODAN_API_KEY = envsecret("SHODAN_API_KEY")
 SHODAN_API_URL = os.environ.get("SHODAN_API_URL", "")  # empty: the shodan package's default
-SHODAN_REQUEST_INTERVAL = envfloat("SHODAN_REQUEST_INTERVAL", 1.0)  # 1 request/s
-SHODAN_TIMEOUT = envfloat("SHODAN_TIMEOUT", 30)
-SHODAN_MAX_RETRIES = envint("SHODAN_MAX_RETRIES", 5)
-SHODAN_BACKOFF = envfloat("SHODAN_BACKOFF", 1.0)  # first retry delay in seconds, then doubling
+SHODAN_REQUEST_INTERVAL = envfloat("SHODAN_REQUEST_INTERVAL", 1.0, minimum=0)  # 1 request/s
+SHODAN_TIMEOUT = envfloat("SHODAN_TIMEOUT", 30, above=0)
+SHODAN_MAX_RETRIES = envint("SHODAN_MAX_RETRIES", 5, minimum=0)
+SHODAN_BACKOFF = envfloat("SHODAN_BACKOFF", 1.0, minimum=0)  # first retry delay in seconds, then doubling
 MEDEXPO_COUNTRY = (os.environ.get("MEDEXPO_COUNTRY") or "NL").strip().upper()
 if not (len(MEDEXPO_COUNTRY) == 2 and MEDEXPO_COUNTRY.isascii() and MEDEXPO_COUNTRY.isalpha()):
     raise ImproperlyConfigured(
@@ -180,22 +199,22 @@ MEDEXPO_HARVEST_PLAN = os.environ.get("MEDEXPO_HARVEST_PLAN", "medical")
 MEDEXPO_HARVEST_MAX_CREDITS = envint("MEDEXPO_HARVEST_MAX_CREDITS", 100)
 
 # Ingest batch size: a checkpoint is written after every batch.
-HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000)
+HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000, minimum=1)
 
 # Owners (RDAP/ASN through ipwhois). RDAP_BASE_URL sends every registry request to one server
 # (a mirror, or the stand-in in tests); empty means the registries themselves.
 RDAP_BASE_URL = os.environ.get("RDAP_BASE_URL", "")
 RDAP_DNS_SERVER = os.environ.get("RDAP_DNS_SERVER", "")  # "host:port" for the ASN step; empty: system
-RDAP_TIMEOUT = envfloat("RDAP_TIMEOUT", 10)
-RDAP_CACHE_DAYS = envint("RDAP_CACHE_DAYS", 30)
-RDAP_REQUESTS_PER_SECOND = envfloat("RDAP_REQUESTS_PER_SECOND", 1.0)  # per registry; 0: no limit
-RDAP_CONCURRENCY = envint("RDAP_CONCURRENCY", 4)
+RDAP_TIMEOUT = envfloat("RDAP_TIMEOUT", 10, above=0)
+RDAP_CACHE_DAYS = envint("RDAP_CACHE_DAYS", 30, minimum=0)
+RDAP_REQUESTS_PER_SECOND = envfloat("RDAP_REQUESTS_PER_SECOND", 1.0, minimum=0)  # per registry; 0: no limit
+RDAP_CONCURRENCY = envint("RDAP_CONCURRENCY", 4, minimum=1)
 
 # Background work: the ORM broker on a single machine, Redis when REDIS_URL is set.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 Q_CLUSTER = {
     "name": "medexpo",
-    "workers": envint("Q_WORKERS", 2),
+    "workers": envint("Q_WORKERS", 2, minimum=1),
     "timeout": 3600,
     "retry": 3900,  # must exceed timeout
     "max_attempts": 3,

@@ -84,3 +84,41 @@ def test_a_country_that_is_not_a_two_letter_code_is_refused_by_name() -> None:
         else:
             assert proc.returncode == 0, proc.stderr[-2000:]
             assert proc.stdout.strip() == expected
+
+
+def test_a_number_setting_out_of_its_range_is_refused_by_name() -> None:
+    """Taken as they were, these did harm without a word: a negative or NaN request interval sent
+    requests without pacing, HARVEST_BATCH_SIZE=0 committed every banner on its own, a negative
+    Q_WORKERS started no worker at all (and 0 one per core), a timeout of 0 failed every request."""
+    for name, value, expected in (
+        ("HARVEST_BATCH_SIZE", "0", "HARVEST_BATCH_SIZE must be at least 1, got '0'"),
+        ("Q_WORKERS", "-1", "Q_WORKERS must be at least 1, got '-1'"),
+        ("RDAP_CONCURRENCY", "0", "RDAP_CONCURRENCY must be at least 1, got '0'"),
+        ("RDAP_CACHE_DAYS", "-30", "RDAP_CACHE_DAYS must be at least 0, got '-30'"),
+        ("SHODAN_MAX_RETRIES", "-1", "SHODAN_MAX_RETRIES must be at least 0, got '-1'"),
+        ("SECURE_HSTS_SECONDS", "-1", "SECURE_HSTS_SECONDS must be at least 0, got '-1'"),
+        ("SHODAN_REQUEST_INTERVAL", "-1", "SHODAN_REQUEST_INTERVAL must be at least 0, got '-1'"),
+        ("SHODAN_REQUEST_INTERVAL", "nan", "SHODAN_REQUEST_INTERVAL must be a number, got 'nan'"),
+        ("SHODAN_BACKOFF", "inf", "SHODAN_BACKOFF must be a number, got 'inf'"),
+        ("RDAP_REQUESTS_PER_SECOND", "-1", "RDAP_REQUESTS_PER_SECOND must be at least 0, got '-1'"),
+        ("SHODAN_TIMEOUT", "0", "SHODAN_TIMEOUT must be more than 0, got '0'"),
+        ("RDAP_TIMEOUT", "-5", "RDAP_TIMEOUT must be more than 0, got '-5'"),
+    ):
+        proc = start_with([sys.executable, "-c", "import django; django.setup()"], **{name: value})
+        assert proc.returncode != 0, name
+        assert f"ImproperlyConfigured: {expected}" in proc.stderr, proc.stderr[-500:]
+
+
+def test_numbers_in_range_are_read() -> None:
+    probe = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.HARVEST_BATCH_SIZE, s.RDAP_REQUESTS_PER_SECOND, s.SHODAN_REQUEST_INTERVAL, s.Q_CLUSTER['workers'])"
+    )
+    proc = run_with(
+        [sys.executable, "-c", probe],
+        HARVEST_BATCH_SIZE="1",
+        RDAP_REQUESTS_PER_SECOND="0",
+        SHODAN_REQUEST_INTERVAL="0.5",
+        Q_WORKERS=" 3 ",
+    )
+    assert proc.stdout.split() == ["1", "0.0", "0.5", "3"]
