@@ -71,9 +71,14 @@ def envsecret(name: str, default: str = "") -> str:
     path = os.environ.get(f"{name}_FILE")
     if path:
         try:
-            return Path(path).read_text().strip()
+            secret = Path(path).read_text().strip()
         except OSError as exc:
             raise ImproperlyConfigured(f"{name}_FILE points to an unreadable file: {exc}") from exc
+        # Named but empty is a mistake (a secret not filled in), not "no secret": taken as none,
+        # an empty Shodan key file quietly removed the scheduled harvest.
+        if not secret:
+            raise ImproperlyConfigured(f"{name}_FILE names an empty file: {path}")
+        return secret
     return os.environ.get(name, default)
 
 

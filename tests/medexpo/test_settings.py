@@ -122,3 +122,22 @@ def test_numbers_in_range_are_read() -> None:
         Q_WORKERS=" 3 ",
     )
     assert proc.stdout.split() == ["1", "0.0", "0.5", "3"]
+
+
+def test_a_secret_file_that_is_empty_is_refused_by_name(tmp_path) -> None:
+    """An empty SHODAN_API_KEY_FILE (a secret not yet filled in, a mount gone wrong) read as no
+    key: setup_schedules then removed the weekly harvest and said only "no SHODAN_API_KEY"."""
+    empty = tmp_path / "key"
+    empty.write_text(" \n")
+    for name in ("SHODAN_API_KEY", "SECRET_KEY"):
+        proc = start_with([sys.executable, "-c", "import django; django.setup()"], **{f"{name}_FILE": str(empty)})
+        assert proc.returncode != 0, name
+        assert f"ImproperlyConfigured: {name}_FILE names an empty file: {empty}" in proc.stderr, proc.stderr[-500:]
+
+
+def test_a_secret_is_read_from_its_file_without_the_line_break(tmp_path) -> None:
+    key = tmp_path / "key"
+    key.write_text("abc123\n")
+    probe = "import django; django.setup(); from django.conf import settings as s; print(repr(s.SHODAN_API_KEY))"
+    proc = run_with([sys.executable, "-c", probe], SHODAN_API_KEY_FILE=str(key))
+    assert proc.stdout.strip() == "'abc123'"
