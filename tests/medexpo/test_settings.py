@@ -141,3 +141,17 @@ def test_a_secret_is_read_from_its_file_without_the_line_break(tmp_path) -> None
     probe = "import django; django.setup(); from django.conf import settings as s; print(repr(s.SHODAN_API_KEY))"
     proc = run_with([sys.executable, "-c", probe], SHODAN_API_KEY_FILE=str(key))
     assert proc.stdout.strip() == "'abc123'"
+
+
+def test_log_level_is_read_in_any_case_and_a_wrong_one_is_refused_by_name() -> None:
+    """LOG_LEVEL=info stopped every start with "ValueError: Unable to configure root logger",
+    a traceback that named neither the variable nor the value."""
+    probe = "import django, logging; django.setup(); print(logging.getLevelName(logging.getLogger().level))"
+    assert run_with([sys.executable, "-c", probe], LOG_LEVEL="info").stdout.strip() == "INFO"
+    assert run_with([sys.executable, "-c", probe], LOG_LEVEL="").stdout.strip() == "WARNING"
+
+    proc = start_with([sys.executable, "-c", probe], LOG_LEVEL="verbose")
+    assert proc.returncode != 0
+    assert "ImproperlyConfigured: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'verbose'" in (
+        proc.stderr
+    )
