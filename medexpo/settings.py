@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -141,8 +142,33 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "medexpo.wsgi.application"
 
+
+def database_from_url(url: str) -> dict:
+    """DATABASE_URL read, or refused with a message that never quotes it (it may hold a password)."""
+    try:
+        database = dict(dj_database_url.parse(url, conn_max_age=60))
+    except ValueError:  # an unknown scheme, or a part that needs quoting (a '/' in a password)
+        scheme = url.partition("://")[0] if re.fullmatch(r"[A-Za-z][\w+.-]{0,19}://.*", url, re.DOTALL) else ""
+        raise ImproperlyConfigured(
+            f"DATABASE_URL is not a database URL that medexpo can use (scheme {scheme or 'missing'!r}); it takes "
+            "postgres://USER:PASSWORD@HOST:PORT/NAME, special characters in the password %-quoted, "
+            "or sqlite:////absolute/path/file.sqlite3"
+        ) from None
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        # dj_database_url drops a host part (sqlite://data/x.db is x.db), takes sqlite:/// for a
+        # database in memory, and a relative path is another database in each working directory.
+        name, netloc = str(database.get("NAME") or ""), url.partition("://")[2].partition("/")[0]
+        if netloc or not Path(name).is_absolute():
+            raise ImproperlyConfigured(
+                "DATABASE_URL must name the SQLite file by its absolute path: sqlite:////path/to/file.sqlite3"
+            )
+    elif not database.get("NAME"):
+        raise ImproperlyConfigured("DATABASE_URL names no database: add /NAME at its end")
+    return database
+
+
 _default_db = f"sqlite:///{DATA_DIR / 'medexpo.sqlite3'}"
-DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or _default_db, conn_max_age=60)}
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or _default_db)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     DATABASES["default"]["CONN_MAX_AGE"] = 0

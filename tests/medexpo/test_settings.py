@@ -155,3 +155,29 @@ def test_log_level_is_read_in_any_case_and_a_wrong_one_is_refused_by_name() -> N
     assert "ImproperlyConfigured: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'verbose'" in (
         proc.stderr
     )
+
+
+def test_a_database_url_that_names_no_usable_database_is_refused_by_name(tmp_path) -> None:
+    """Each of these was read as something else without a word: `sqlite://data/x.db` as the
+    file x.db in the working directory (the host part dropped), `sqlite:///` (a path variable
+    left empty) as a database in memory, gone when the process ends, a relative path as another
+    database in each working directory (the worker's and the command line's); a typo in the
+    scheme or an unquoted '/' in a password stopped the start with a traceback that did not say
+    which variable was wrong."""
+    for url, expected in (
+        ("sqlite://data/x.db", "DATABASE_URL must name the SQLite file by its absolute path"),
+        ("sqlite:///", "DATABASE_URL must name the SQLite file by its absolute path"),
+        ("sqlite://", "DATABASE_URL must name the SQLite file by its absolute path"),
+        ("sqlite:///data/x.db", "DATABASE_URL must name the SQLite file by its absolute path"),
+        ("postgres://u@127.0.0.1:5432", "DATABASE_URL names no database"),
+        ("postgress://u@127.0.0.1/medexpo", "DATABASE_URL is not a database URL that medexpo can use"),
+        ("postgres://u:pa/ss@127.0.0.1/medexpo", "DATABASE_URL is not a database URL that medexpo can use"),
+    ):
+        proc = start_with([sys.executable, "-c", "import django; django.setup()"], DATABASE_URL=url)
+        assert proc.returncode != 0, url
+        assert f"ImproperlyConfigured: {expected}" in proc.stderr, (url, proc.stderr[-800:])
+        assert "pa/ss" not in proc.stderr  # the URL may hold a password: it is never quoted
+
+    probe = "import django; django.setup(); from django.db import connection; print(connection.settings_dict['NAME'])"
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    assert run_with([sys.executable, "-c", probe], DATABASE_URL=url).stdout.strip() == str(tmp_path / "db.sqlite3")
