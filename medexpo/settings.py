@@ -243,6 +243,16 @@ RDAP_CONCURRENCY = envint("RDAP_CONCURRENCY", 4, minimum=1)
 
 # Background work: the ORM broker on a single machine, Redis when REDIS_URL is set.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    from redis.connection import parse_url
+
+    try:
+        parse_url(REDIS_URL)  # reads it only; a bad one otherwise fails qcluster's first connection
+    except ValueError:
+        raise ImproperlyConfigured(
+            "REDIS_URL is not a Redis URL: it takes redis://[:PASSWORD@]HOST:PORT/DB, rediss://... or "
+            "unix:///path/to/socket"  # not quoted: it may hold a password
+        ) from None
 Q_CLUSTER = {
     "name": "medexpo",
     "workers": envint("Q_WORKERS", 2, minimum=1),

@@ -181,3 +181,17 @@ def test_a_database_url_that_names_no_usable_database_is_refused_by_name(tmp_pat
     probe = "import django; django.setup(); from django.db import connection; print(connection.settings_dict['NAME'])"
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     assert run_with([sys.executable, "-c", probe], DATABASE_URL=url).stdout.strip() == str(tmp_path / "db.sqlite3")
+
+
+def test_a_redis_url_that_is_no_redis_url_is_refused_by_name_without_quoting_it() -> None:
+    """`redis//host` (a colon lost) started, and qcluster then failed with a redis traceback at
+    its first connection; the URL may hold a password, so the message does not quote it."""
+    probe = "import django; django.setup(); from django.conf import settings as s; print(s.Q_CLUSTER['redis'])"
+    good = "redis://:pw@127.0.0.1:6379/0"
+    assert run_with([sys.executable, "-c", probe], REDIS_URL=good).stdout.strip() == good
+
+    for bad in ("redis//:secret@127.0.0.1:6379", "http://:secret@127.0.0.1:6379", "redis://:secret@127.0.0.1:63a9"):
+        proc = start_with([sys.executable, "-c", probe], REDIS_URL=bad)
+        assert proc.returncode != 0, bad
+        assert "ImproperlyConfigured: REDIS_URL is not a Redis URL" in proc.stderr, proc.stderr[-500:]
+        assert "secret" not in proc.stderr
