@@ -18,6 +18,7 @@ else from the database, which the batch in flight does not touch.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -264,7 +265,16 @@ class BatchWriter:
             rows = Host.objects.filter(ip__in=ips).values_list(
                 "id", "ip", "first_seen", "last_seen", "org", "isp", "asn", "country", "hostnames", "os"
             )
-        return {row[1]: _HostState(*row) for row in rows}
+        hosts = {}
+        for row in rows:
+            state = _HostState(*row)
+            if "." in state.ip and ":" in state.ip:
+                # PostgreSQL writes an IPv6 address whose first 96 bits are zero with IPv4 at the
+                # end ("::0.10.0.11"); records name it as Python does ("::a:b"). Keyed as written,
+                # the host was not found and inserted again, which its unique address refused.
+                state.ip = ipaddress.ip_address(state.ip).compressed
+            hosts[state.ip] = state
+        return hosts
 
     def _load_services(self, wanted: list[tuple[int, tuple]]) -> dict[tuple, _ServiceState]:
         """Stored services by (host id, (address, port, transport)); only those asked for: a

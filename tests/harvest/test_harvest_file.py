@@ -240,6 +240,18 @@ def test_a_time_after_the_run_started_is_rejected_and_the_banners_around_it_kept
     assert (again.new, again.rejected) == (1, {})
 
 
+@pytest.mark.parametrize("ip", ["::a:b", "::102:304", "2001:db8::1"])
+def test_a_known_ipv6_host_is_found_again_whatever_form_the_database_writes(tmp_path, ip: str) -> None:
+    """PostgreSQL writes an address whose first 96 bits are zero with its last 32 as IPv4
+    ("::0.10.0.11" for "::a:b"); ingest must still know the host it stored."""
+    harvest(write_lines(tmp_path / "a.json", [line(banner(ip, 80, timestamp="2026-01-01T00:00:00"))]))
+    later = banner(ip, 81, org="Later", timestamp="2026-01-02T00:00:00")
+    run = harvest(write_lines(tmp_path / "b.json", [line(later)]))
+    assert (run.status, run.new) == ("completed", 1)
+    assert Host.objects.count() == 1 and Service.objects.count() == 2
+    assert Host.objects.get().org == "Later"
+
+
 def test_a_country_code_that_upper_case_lengthens_is_left_empty(tmp_path) -> None:
     """ "ß".upper() is "SS": three characters would not fit the column (PostgreSQL refuses the batch)."""
     codes = ["ßa", "ﬀa", "nl"]
