@@ -615,21 +615,25 @@ def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime
     if ts >= state.last_seen:
         newer = ts > state.last_seen
         state.last_seen = ts
-        state.dirty = _take_host_fields(state, record) or newer or state.dirty
+        state.dirty = _take_host_fields(state, record, newest=True) or newer or state.dirty
+    else:
+        state.dirty = _take_host_fields(state, record, newest=False) or state.dirty
 
 
-def _take_host_fields(state: _HostState, record: BannerRecord) -> bool:
-    """The newest record wins, but an empty field never blanks a known value."""
+def _take_host_fields(state: _HostState, record: BannerRecord, *, newest: bool) -> bool:
+    """The newest record wins, but an empty field never blanks a known value. An older record
+    (files need not be in time order) fills only what is empty, and adds its hostnames: the same
+    lines in time order would have left its values there too."""
     changed = False
-    if record.org and record.org != state.org:
+    if record.org and record.org != state.org and (newest or not state.org):
         state.org, changed = record.org, True
-    if record.isp and record.isp != state.isp:
+    if record.isp and record.isp != state.isp and (newest or not state.isp):
         state.isp, changed = record.isp, True
-    if record.asn is not None and record.asn != state.asn:
+    if record.asn is not None and record.asn != state.asn and (newest or state.asn is None):
         state.asn, changed = record.asn, True
-    if record.country and record.country != state.country:
+    if record.country and record.country != state.country and (newest or not state.country):
         state.country, changed = record.country, True
-    if record.os and record.os != state.os:
+    if record.os and record.os != state.os and (newest or not state.os):
         state.os, changed = record.os, True
     if record.hostnames:
         names = sorted(set(state.hostnames).union(record.hostnames))[:MAX_HOSTNAMES]

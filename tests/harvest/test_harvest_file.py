@@ -787,7 +787,7 @@ def test_the_pipelined_writer_gives_the_same_result(tmp_path, batch_size: int) -
     assert service.banner == "v3" and service.first_seen.day == 1 and service.last_seen.day == 4
     assert sorted(ServiceBanner.objects.values_list("banner", flat=True)) == ["v0", "v1", "v2"]
     host = Host.objects.get(ip="192.0.2.1")
-    assert host.org == "Newer Org" and host.hostnames == ["a.example"] and host.last_seen.day == 4
+    assert host.org == "Newer Org" and host.hostnames == ["a.example", "b.example"] and host.last_seen.day == 4
 
     later = [
         banner("192.0.2.1", 80, data="v3", timestamp="2026-01-04T00:00:00"),
@@ -936,6 +936,29 @@ def test_a_newer_record_without_an_organisation_keeps_the_known_one(tmp_path) ->
     harvest(write_lines(tmp_path / "f.json", [line(named), line(blank)]))
     host = Host.objects.get()
     assert (host.org, host.isp, host.os, host.last_seen.month) == ("Example Hospital", "Example ISP", "Linux", 2)
+
+
+@pytest.mark.parametrize("batch_size", [1, 1000])
+def test_an_older_record_fills_what_newer_ones_left_empty_whatever_the_order(tmp_path, batch_size: int) -> None:
+    """Files need not be in time order: the host must come out as from the same lines in time
+    order, whose newer empty fields keep the older values and whose hostnames add up."""
+    named = banner(timestamp="2026-01-01T00:00:00", org="Example Hospital", isp="Example ISP", asn="AS64500")
+    named |= {"os": "Linux", "location": {"country_code": "NL"}, "hostnames": ["pacs.example.org"]}
+    blank = banner(port=22, data="SSH-2.0", timestamp="2026-02-01T00:00:00", org="", isp="", asn=None)
+    blank |= {"os": "", "location": {}, "hostnames": ["www.example.org"]}
+    fields = ("org", "isp", "asn", "country", "os", "hostnames", "first_seen", "last_seen")
+    hosts = []
+    for name, lines in (("in-order.json", [named, blank]), ("reversed.json", [blank, named])):
+        harvest(write_lines(tmp_path / name, [line(r) for r in lines]), batch_size=batch_size)
+        hosts.append(Host.objects.values(*fields).get())
+        Service.objects.all().delete()
+        Host.objects.all().delete()
+    assert hosts[1] == hosts[0]
+    assert (hosts[0]["org"], hosts[0]["asn"], hosts[0]["hostnames"]) == (
+        "Example Hospital",
+        64500,
+        ["pacs.example.org", "www.example.org"],
+    )
 
 
 def test_rejections_past_the_row_limit_are_only_counted(tmp_path) -> None:
