@@ -122,7 +122,13 @@ class BatchWriter:
         self.run = run
         self.batch_size = batch_size
         self.fallback_ts = run.started_at
-        self.latest_ts = run.started_at + FUTURE_MARGIN
+        # A file is fixed when its run starts, so every attempt judges by that start. A search
+        # buys its pages as it goes: a run resumed weeks later (credits come back monthly) buys
+        # banners crawled since, which only the time of this attempt tells from false dates.
+        self.reference_ts, self._reference = run.started_at, "the run started"
+        if run.source == HarvestRun.Source.SEARCH:
+            self.reference_ts, self._reference = max(run.started_at, timezone.now()), "this attempt of the run began"
+        self.latest_ts = self.reference_ts + FUTURE_MARGIN
         self._records: list[tuple[int | str, BannerRecord]] = []
         self._rejections: list[tuple[str, str, str]] = []
         self._seen = 0
@@ -146,8 +152,8 @@ class BatchWriter:
             self.reject(
                 _position(position),
                 Reason.FUTURE_TIMESTAMP,
-                f"timestamp {record.timestamp:%Y-%m-%dT%H:%M:%S}Z is more than a day after the run started "
-                f"({self.run.started_at:%Y-%m-%dT%H:%M:%S}Z)",
+                f"timestamp {record.timestamp:%Y-%m-%dT%H:%M:%S}Z is more than a day after {self._reference} "
+                f"({self.reference_ts:%Y-%m-%dT%H:%M:%S}Z)",
             )
             return
         self._seen += 1

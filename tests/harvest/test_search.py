@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,25 @@ def test_exhausted_credits_stop_and_a_resume_after_topping_up_matches_a_referenc
     assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}  # same banners
     assert shodan_standin.pages == reference_pages  # no page fetched twice
     assert resumed["credits_spent"] == reference["credits_spent"]
+
+
+def test_a_search_run_resumed_weeks_later_keeps_the_banners_crawled_since_it_started(
+    shodan_standin: ShodanStandIn,
+) -> None:
+    """Credits run out and come back next month: the pages a resume buys hold banners crawled
+    after the run started, which are not dated in the future."""
+    queries = plan_queries("medical")
+    shodan_standin.exhaust_after(3)
+    first, _ = harvest("--plan", "medical")
+    assert first["status"] == "stopped"
+    newest = max(Service.objects.values_list("last_seen", flat=True))
+    HarvestRun.objects.filter(pk=first["run"]).update(started_at=newest - timedelta(days=30))
+
+    shodan_standin.exhaust_after(None)
+    resumed, _ = harvest("--resume", str(first["run"]))
+    assert resumed["status"] == "completed"
+    assert resumed["rejected"].get("future_timestamp") is None
+    assert stored() == expected_services(shodan_standin, queries)
 
 
 def test_an_invalid_key_stops_with_a_clear_message(shodan_standin: ShodanStandIn, settings) -> None:
