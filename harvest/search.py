@@ -25,6 +25,7 @@ from django.conf import settings
 
 from harvest import shodan_client
 from harvest.ingest import Checkpoint
+from harvest.locking import writing_run
 from harvest.models import HarvestRun
 from harvest.plans import PlanError, country_filter, plan_load, query_filters
 from harvest.records import MAX_RECORD_BYTES, Reason, RecordError, record_from_object
@@ -94,6 +95,10 @@ def harvest_search_set_budget(*, run: HarvestRun, max_credits: int | None) -> Ha
     """Let a search run spend `max_credits` more than it has spent so far (None: no limit). This
     is how a run stopped at its limit goes on; a plain resume keeps the limit the run has."""
     _check_budget(max_credits)
+    if writing_run() == run.pk:
+        # N more than spent so far: the process writing the run spends on while this one would
+        # wait for it, and the limit would be spent before this one began.
+        raise HarvestError(f"run {run.pk} is being written right now; once it stops, resume it with --max-credits")
     limit = None if max_credits is None else run.credits_spent + max_credits
     run.options = {**run.options, "credit_limit": limit}
     run.save(update_fields=["options", "updated_at"])

@@ -1,15 +1,20 @@
 """Real `manage.py` processes against a database of their own, for tests of what happens across
 processes: a run killed with SIGKILL, two runs at once."""
 
+import fcntl
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+
+from harvest.locking import PG_LOCK_KEY, PG_RUN_NAMESPACE, sqlite_lock_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +69,26 @@ def checkpoint(url: str) -> dict:
         return {}
     value = rows[0][0]
     return json.loads(value) if isinstance(value, str) else value
+
+
+HOLDER = 99  # the run a test pretends to be while it holds the lock
+
+
+@contextmanager
+def holding_the_lock(url: str, run: int = HOLDER) -> Iterator[None]:
+    """Hold the harvest lock as run `run` would while writing, the way harvest/locking.py takes it."""
+    if url.startswith("sqlite"):
+        path = sqlite_lock_path(url.removeprefix("sqlite:///"))
+        assert path is not None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, str(run).encode())
+        try:
+            yield
+        finally:
+            os.close(fd)
+        return
+    with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        assert conn.execute("SELECT pg_try_advisory_lock(%s, %s)", PG_LOCK_KEY).fetchone() == (True,)
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", [PG_RUN_NAMESPACE, run])
+        yield

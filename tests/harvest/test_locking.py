@@ -5,46 +5,20 @@ say that it waits, then lets go: the runs then take turns, and the result is wha
 one after the other gives.
 """
 
-import fcntl
 import os
 import re
 import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 
-from harvest.locking import PG_BATCH_KEY, PG_LOCK_KEY, PG_RUN_NAMESPACE, sqlite_lock_path
+from harvest.locking import PG_BATCH_KEY
 from tests.factories import line, many, write_lines
-from tests.harvest.processes import checkpoint_line, manage, query
+from tests.harvest.processes import HOLDER, checkpoint_line, holding_the_lock, manage, query
 
 WAITING = re.compile(rb"run (\d+) waits: another harvest is writing to this database \(run (\d+)\)")
-
-
-HOLDER = 99  # the run the test pretends to be while it holds the lock
-
-
-@contextmanager
-def holding_the_lock(url: str) -> Iterator[None]:
-    """Hold the harvest lock as run HOLDER would, the way harvest/locking.py takes it."""
-    if url.startswith("sqlite"):
-        path = sqlite_lock_path(url.removeprefix("sqlite:///"))
-        assert path is not None
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, str(HOLDER).encode())
-        try:
-            yield
-        finally:
-            os.close(fd)
-        return
-    with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        assert conn.execute("SELECT pg_try_advisory_lock(%s, %s)", PG_LOCK_KEY).fetchone() == (True,)
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", [PG_RUN_NAMESPACE, HOLDER])
-        yield
 
 
 def wait_for_waiting(proc: subprocess.Popen, timeout: float = 60) -> int:

@@ -29,6 +29,8 @@ from harvest.records import RecordError, record_from_object
 from harvest.search import credits_for_page
 from tests.conftest import ROOT
 from tests.harvest.conftest import STANDIN_KEY
+from tests.harvest.processes import holding_the_lock
+from tests.harvest.processes import query as sql
 from tests.standins.shodan_server import ShodanStandIn
 
 pytestmark = pytest.mark.django_db
@@ -776,3 +778,26 @@ def test_text_from_shodan_reaches_the_terminal_with_its_controls_shown(
     text = out.getvalue()
     assert "bad filter \\x1b]0;owned\\x07\\x1b[2J\\u202eevil\\r\\n  accepted 999" in text
     assert not any(char in text for char in "\x1b\x07\u202e\r")
+
+
+def test_more_credits_for_a_run_another_process_is_writing_are_refused(
+    shodan_standin: ShodanStandIn, tmp_path: Path, own_database: str
+) -> None:
+    """The new limit was what the run had spent when the command started plus N, stored before
+    the command waited for the process writing the run; that one went on spending to its old
+    limit, and the resume then stopped at once ("100 of the 70 credits")."""
+    env = _env(tmp_path, tmp_path / "unused.sqlite3", shodan_standin) | {"DATABASE_URL": own_database}
+    assert _manage(env, "migrate", "-v0").returncode == 0
+    run = json.loads(_manage(env, "harvest", "--plan", "ports", "--max-credits", "1", "--json").stdout)["run"]
+
+    def limit() -> int:
+        options = sql(own_database, f"SELECT options FROM harvest_harvestrun WHERE id = {run}")[0][0]
+        return (json.loads(options) if isinstance(options, str) else options)["credit_limit"]
+
+    with holding_the_lock(own_database, run=run):
+        refused = _manage(env, "harvest", "--resume", str(run), "--max-credits", "5", timeout=60)
+    assert refused.returncode == 1
+    assert f"run {run} is being written right now; once it stops, resume it with --max-credits" in refused.stderr
+    assert (limit(), shodan_standin.credits_spent) == (1, 1)
+    allowed = _manage(env, "harvest", "--resume", str(run), "--max-credits", "1", "--json")
+    assert (json.loads(allowed.stdout)["credits_spent"], limit()) == (2, 2)
