@@ -1,8 +1,9 @@
 """python manage.py harvest --file PATH | --hosts PATH | --plan NAME [--count-only] [--max-credits N] | --resume RUN
 [--json]
 
-Exit status: 0 when the run completed, 1 when it failed or could not start, 3 when it stopped and
-can be resumed (credit limit, no credits, an invalid key, Shodan unreachable).
+Exit status: 0 when the run completed, 1 when it failed or could not start, 2 when the command
+line is wrong (argparse), 3 when it stopped and can be resumed (credit limit, no credits, an
+invalid key, Shodan unreachable), 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 class Command(DatabaseCommand):
     help = (
         "Ingest Shodan banners from a download file, a host-lookup file or a query plan. Exit status 0: "
-        "completed; 1: failed; 3: stopped, resumable with --resume RUN; 130: interrupted (Ctrl-C), resumable."
+        "completed; 1: failed; 2: wrong options; 3: stopped, resumable with --resume RUN; 130: interrupted (Ctrl-C), "
+        "resumable."
     )
     stopped = False
 
