@@ -195,3 +195,18 @@ def test_a_redis_url_that_is_no_redis_url_is_refused_by_name_without_quoting_it(
         assert proc.returncode != 0, bad
         assert "ImproperlyConfigured: REDIS_URL is not a Redis URL" in proc.stderr, proc.stderr[-500:]
         assert "secret" not in proc.stderr
+
+
+def test_the_embedded_sqlite_database_is_readable_by_its_owner_alone(tmp_path) -> None:
+    """It holds what the report files keep owner-only (exposed systems, contacts) and staff's
+    password hashes; created with the umask's 0644 it was readable by every user of the machine."""
+    probe = (
+        "import os; os.umask(0o022); import django; django.setup(); from django.db import connection; "
+        "cursor = connection.cursor(); cursor.execute('create table t (x int)'); "
+        "name = connection.settings_dict['NAME']; "
+        # the -wal file exists while a connection is open: its mode is read before this one closes
+        "print(*(oct(os.stat(path).st_mode & 0o777) for path in (name, name + '-wal')))"
+    )
+    modes = run_with([sys.executable, "-c", probe], DATABASE_URL="", MEDEXPO_DATA_DIR=str(tmp_path / "data")).stdout
+    assert (tmp_path / "data" / "medexpo.sqlite3").exists()
+    assert modes.split() == ["0o600", "0o600"]
