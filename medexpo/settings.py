@@ -232,7 +232,7 @@ if not (len(MEDEXPO_COUNTRY) == 2 and MEDEXPO_COUNTRY.isascii() and MEDEXPO_COUN
     )
 # The scheduled weekly harvest (manage.py setup_schedules): which plan, and its credit cap per run.
 MEDEXPO_HARVEST_PLAN = os.environ.get("MEDEXPO_HARVEST_PLAN", "medical")
-MEDEXPO_HARVEST_MAX_CREDITS = envint("MEDEXPO_HARVEST_MAX_CREDITS", 100)
+MEDEXPO_HARVEST_MAX_CREDITS = envint("MEDEXPO_HARVEST_MAX_CREDITS", 100, minimum=1)
 
 # Ingest batch size: a checkpoint is written after every batch.
 HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000, minimum=1)

@@ -103,6 +103,7 @@ def test_a_number_setting_out_of_its_range_is_refused_by_name() -> None:
         ("RDAP_REQUESTS_PER_SECOND", "-1", "RDAP_REQUESTS_PER_SECOND must be at least 0, got '-1'"),
         ("SHODAN_TIMEOUT", "0", "SHODAN_TIMEOUT must be more than 0, got '0'"),
         ("RDAP_TIMEOUT", "-5", "RDAP_TIMEOUT must be more than 0, got '-5'"),
+        ("MEDEXPO_HARVEST_MAX_CREDITS", "-5", "MEDEXPO_HARVEST_MAX_CREDITS must be at least 1, got '-5'"),
     ):
         proc = start_with([sys.executable, "-c", "import django; django.setup()"], **{name: value})
         assert proc.returncode != 0, name
