@@ -351,3 +351,33 @@ def test_a_status_line_of_other_digits_is_not_http() -> None:
     lines = ("HTTP/1.1 \u0662\u0660\u0660 OK\r\n\r\n", "HTTP/\u0661.1 200 OK\r\n\r\n", "HTTP/1.\u0661 200 OK\r\n\r\n")
     for line in lines:
         assert http.decode_response(line) == http.HttpResponse(valid=False), line
+
+
+@pytest.mark.parametrize(
+    "before, inside",
+    [
+        ("", "\r\n"),  # a line break between the start block and MSH
+        ("", " "),
+        ("", "\xef\xbb\xbf"),  # a UTF-8 byte order mark inside the frame (dcm4che issue #779)
+        ("\xef\xbb\xbf", ""),  # ... or before the start block (dcm4che issue #465)
+        ("\r\n", ""),  # a line break before the start block
+    ],
+)
+def test_an_ack_framed_with_leading_blanks_or_a_byte_order_mark_is_still_hl7(before: str, inside: str) -> None:
+    ack = str(hl7.parse(ORU).create_ack())
+    framed = before + "\x0b" + inside + ack + "\x1c\r"
+
+    msg = hl7_decoder.decode_message(framed)
+
+    assert msg is not None and msg.valid, msg and msg.error
+    assert msg.framing == "mllp" and msg.segments == ["MSH", "MSA"] and msg.ack_code == "AA"
+    verdict = classify(Banner(port=2575, data=framed), load_rules())
+    assert (verdict.cls, verdict.category, verdict.confidence) == ("medical", "hl7", 0.95)
+
+
+def test_an_end_block_without_a_start_block_is_not_a_segment() -> None:
+    # An MLLP sender that forgets the start byte still ends its frame: the end is not message text.
+    msg = hl7_decoder.decode_message(str(hl7.parse(ORU).create_ack()) + "\x1c\r")
+
+    assert msg is not None and msg.valid and msg.framing == "bare"
+    assert msg.segments == ["MSH", "MSA"]

@@ -59,19 +59,37 @@ class Hl7Message:
         return out
 
 
+# What real senders put before MSH, outside or inside the frame: blank lines, and a UTF-8 byte
+# order mark (dcm4che issues #465 and #779), as its three bytes or decoded. Not str.lstrip(),
+# which would also eat the MLLP start and end bytes (0x0b and 0x1c are whitespace to Python).
+_BLANKS = " \t\r\n\x0c"
+_BOMS = ("\xef\xbb\xbf", "\ufeff")
+_LEAD_CHARS = "M" + START + _BLANKS + "\xef\ufeff"
+
+
+def _skip_lead(text: str) -> str:
+    text = text.lstrip(_BLANKS)
+    for bom in _BOMS:
+        if text.startswith(bom):
+            return text[len(bom) :].lstrip(_BLANKS)
+    return text
+
+
 def looks_like_hl7(data: str) -> bool:
     """The cheap check the engine dispatches on."""
-    return data.startswith("MSH") or data.startswith(START + "MSH") or data.lstrip()[:3] == "MSH"
+    if data[:1] not in _LEAD_CHARS:  # most banners: one comparison, no copy
+        return False
+    return _skip_lead(_skip_lead(data[:MAX_MESSAGE]).removeprefix(START)).startswith("MSH")
 
 
 def _unframe(data: str) -> tuple[str, str]:
-    head = data[:MAX_MESSAGE]
+    head, framing = _skip_lead(data[:MAX_MESSAGE]), "bare"
     if head.startswith(START):
-        end = head.find("\x1c")
-        if end >= 0:
-            return head[1:end], "mllp"
-        return head[1:], "mllp-unterminated"
-    return head.lstrip(), "bare"
+        head, framing = _skip_lead(head[1:]), "mllp"
+    end = head.find("\x1c")  # the end block, also when the start block was left out
+    if end >= 0:
+        return head[:end], framing
+    return head, "mllp-unterminated" if framing == "mllp" else framing
 
 
 def _component(value: str, sep: str) -> str:
