@@ -44,8 +44,9 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         Implementation(f"DCMTK 3.6.{minor}", f"1.2.276.0.7230010.3.0.3.6.{minor}", f"OFFIS_DCMTK_36{minor}")
         for minor in range(1, 9)
     ),  # fmt: skip
-    Implementation("Orthanc (DCMTK 3.6.7)", "1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367", 0),
-    Implementation("Orthanc (DCMTK 3.6.8)", "1.2.276.0.7230010.3.0.3.6.8", "OFFIS_DCMTK_368", 0),
+    # Orthanc accepts with its MaximumPduLength (default 16384): byte for byte DCMTK's reply.
+    Implementation("Orthanc (DCMTK 3.6.7)", "1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367"),
+    Implementation("Orthanc (DCMTK 3.6.8)", "1.2.276.0.7230010.3.0.3.6.8", "OFFIS_DCMTK_368"),
     Implementation("Horos (DCMTK 3.6.2)", "1.2.276.0.7230010.3.0.3.6.2", "OFFIS_DCMTK_362", 0),
     Implementation("pynetdicom 2.0.2", "1.2.826.0.1.3680043.9.3811.2.0.2", "PYNETDICOM_202"),
     Implementation("pynetdicom 3.0.4", "1.2.826.0.1.3680043.9.3811.3.0.4", "PYNETDICOM_304"),
@@ -53,7 +54,8 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
     Implementation("dcm4che 5.31", "1.2.40.0.13.1.3", "dcm4che-5.31.0", 16384),
     Implementation("dcm4che 2", "1.2.40.0.13.1.1", "dcm4che-2.0", 16384),
     Implementation("Conquest DICOM 1.5.0", "1.2.826.0.1.3680043.2.135.1066.101", "1.5.0/WIN32", 16384),
-    Implementation("Conquest DICOM 1.4.19", "1.2.826.0.1.3680043.2.135.1066.101", "1.4.19/LINUX", 16384),
+    # Conquest's version name names the build platform; Linux builds say OTHER (version.h).
+    Implementation("Conquest DICOM 1.4.19", "1.2.826.0.1.3680043.2.135.1066.101", "1.4.19/OTHER", 16384),
     Implementation("ClearCanvas", "1.3.6.1.4.1.25403.1.1.1", "Dicom 0.1", 116794),
     Implementation("fo-dicom 4.0.8", "1.3.6.1.4.1.30071.8", "fo-dicom 4.0.8", 262144),
     Implementation("fo-dicom 5.1.2", "1.3.6.1.4.1.30071.8", "fo-dicom 5.1.2", 262144),

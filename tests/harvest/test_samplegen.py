@@ -229,6 +229,30 @@ def test_it_names_real_dicom_implementations(corpus: list[tuple[dict, dict]]) ->
     assert len({n.split("_")[0].split("-")[0].split(" ")[0] for n in names}) >= 4
 
 
+# What the servers really send. Conquest names its platform in the version name, and its
+# build for Linux and other Unixes says OTHER (dicomlib's version.h); Orthanc accepts with its
+# MaximumPduLength, 16384 unless configured.
+CONQUEST_UID = "1.2.826.0.1.3680043.2.135.1066.101"
+CONQUEST_VERSION = re.compile(r"\d+\.\d+\.\d+/(WIN32|OTHER|OSX|MAC|SL5|SUNOS|UMIPS)")
+
+
+def test_dicom_identities_are_the_ones_real_products_send(corpus: list[tuple[dict, dict]]) -> None:
+    conquest = orthanc = 0
+    for banner, label in corpus:
+        if label["category"] != "dicom" or banner["data"][:1] != "\x02":
+            continue
+        pdu = A_ASSOCIATE_AC()
+        pdu.decode(banner["data"].encode("latin-1"))
+        info = pdu.user_information
+        if info.implementation_class_uid == CONQUEST_UID:
+            assert CONQUEST_VERSION.fullmatch(info.implementation_version_name), info.implementation_version_name
+            conquest += 1
+        if "Orthanc" in label["note"]:
+            assert info.maximum_length == 16384, label["note"]
+            orthanc += 1
+    assert conquest and orthanc
+
+
 def test_every_hl7_banner_parses_and_its_msa_reads_back(corpus: list[tuple[dict, dict]]) -> None:
     codes = Counter()
     for banner in of_category(corpus, "hl7"):
