@@ -220,9 +220,10 @@ class Generator:
         return banner, label
 
     def _names(self, net: Network, v: Variant, ip: int, domain: str) -> tuple[str, str]:
-        """(hostname, domain): a hospital names its services by role; providers by reverse DNS."""
+        """(hostname, domain): a hospital names its services by role; providers by reverse DNS.
+        Shodan derives domains from hostnames, so a service without a name has no domain."""
         if net.is_hospital:
-            return (f"{v.role}.{domain}" if v.role else ""), domain
+            return (f"{v.role}.{domain}", domain) if v.role else ("", "")
         if net.rdns:
             hostname = reverse_name(net, ip)
             return hostname, ".".join(hostname.rsplit(".", 2)[-2:])

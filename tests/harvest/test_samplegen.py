@@ -126,6 +126,14 @@ def test_it_bundles_at_least_5000_banners_in_shodan_shape(corpus: list[tuple[dic
             assert any(ext["name"] == "subjectAltName" for ext in cert["extensions"])
 
 
+def test_domains_come_only_from_hostnames(corpus: list[tuple[dict, dict]]) -> None:
+    # Shodan derives `domains` from `hostnames`: a banner without a name has no domain either.
+    # (A hospital's domain on its nameless hosts would also hand the segment to a classifier.)
+    for banner, _ in corpus:
+        for domain in banner["domains"]:
+            assert any(h == domain or h.endswith("." + domain) for h in banner["hostnames"]), banner["ip_str"]
+
+
 def test_it_keeps_labels_out_of_the_banners(corpus: list[tuple[dict, dict]]) -> None:
     for banner, _ in corpus:
         assert not {"class", "category", "segment", "honeypot", "label", "note"} & set(banner)
