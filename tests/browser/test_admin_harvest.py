@@ -142,3 +142,49 @@ def test_it_shows_a_run_with_its_rejections_by_reason(
     assert len(rejected) == 1 and "line 4" in rejected[0]
     assert "port '<img src=x onerror=alert(7)>'" in rejected[0]
     assert dialogs == [] and on_rejection_list == NOTHING_INJECTED
+
+
+def test_long_unbroken_text_wraps_instead_of_pushing_the_page_sideways(
+    admin_page: Page, harvest_lines: HarvestLines
+) -> None:
+    # Organisation, ISP, OS and product are kept to 255 characters, hostnames to 253: a stranger
+    # can fill them without a space. Unwrapped, one such host put the service list's verdict
+    # column thousands of pixels to the right and made the host page 5,000 pixels wide.
+    long = "A" * 255
+    harvest_lines(
+        [
+            banner(
+                "192.0.2.30",
+                80,
+                "HTTP/1.1 200 OK",
+                org=long,
+                isp=long,
+                os=long,
+                product=long,
+                version=long,
+                hostnames=["h" * 253, "g" * 253],
+            ),  # fmt: skip
+            banner("192.0.2.31", 104, "DICOM"),
+        ]
+    )
+    service = Service.objects.get(port=80)
+    admin_page.set_viewport_size({"width": 1280, "height": 900})
+    # Staff scroll a list sideways anyway when its columns do not fit beside the sidebars (the
+    # admin's own .results box); long text must not make it wider than the screen.
+    widths = """() => ({
+        page: document.documentElement.scrollWidth,
+        list: document.querySelector('.results')?.scrollWidth ?? 0,
+        clipped: [...document.querySelectorAll('div.readonly')].filter(e => e.scrollWidth > e.clientWidth + 1).length,
+    })"""
+
+    measured = {}
+    for url in (
+        "/admin/harvest/service/",
+        f"/admin/harvest/service/{service.pk}/change/",
+        "/admin/harvest/host/",
+        f"/admin/harvest/host/{service.host_id}/change/",
+    ):
+        admin_page.goto(url)
+        measured[url] = admin_page.evaluate(widths)
+
+    assert all(m["page"] <= 1280 and m["list"] <= 1280 and m["clipped"] == 0 for m in measured.values()), measured
