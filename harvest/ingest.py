@@ -37,8 +37,7 @@ from harvest.records import MAX_HOSTNAMES, BannerRecord, Reason
 REJECTION_ROWS_PER_REASON = 1000  # beyond this a reason is only counted
 # Shodan dates a banner when it crawled it, so a later date is false: taken, it would stay the
 # service's current banner until then and file every real sighting as an older one. A day's
-# margin allows for clocks that drift; the run's start, not the clock, keeps a resumed run's
-# verdicts the same as the first attempt's.
+# margin allows for clocks that drift (what it is measured from: BatchWriter.__init__).
 FUTURE_MARGIN = timedelta(days=1)
 
 
