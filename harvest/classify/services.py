@@ -36,6 +36,9 @@ MAX_JSON_ITEMS = 200
 MAX_JSON_BYTES = 64 * 1024  # evidence or details larger than this are cut down item by item
 
 ProgressFn = Callable[[int], None]
+# Why a run judged a service, the first that applies. "unchanged": nothing of its own changed; a
+# pending run judges it again because a service on its host did (its verdict depends on them).
+REASONS = ("new", "banner_changed", "record_newer", "rules_changed", "unchanged")
 
 
 class ClassificationError(Exception):
@@ -50,6 +53,7 @@ class RunSummary:
     rules_version: str
     mode: str  # "pending" or "all"
     examined: int = 0
+    why: Counter = field(default_factory=Counter)  # REASONS
     by_class: Counter = field(default_factory=Counter)
     by_category: Counter = field(default_factory=Counter)
     unparseable: list[dict] = field(default_factory=list)  # first few: {service, reason}
@@ -70,6 +74,7 @@ class RunSummary:
             "rules_version": self.rules_version,
             "mode": self.mode,
             "classified": self.examined,
+            "why": {r: self.why.get(r, 0) for r in REASONS},
             "by_class": {c: self.by_class.get(c, 0) for c in CLASSES},
             "by_category": dict(sorted(self.by_category.items())),
             "honeypots": self.honeypots,
@@ -164,6 +169,7 @@ class _Row:
     last_seen: datetime
     raw: str
     host_modules: tuple[str, ...] = ()
+    reason: str = "unchanged"
 
 
 _ROW_FIELDS = ("id", "host_id", "port", "transport", "banner_hash", "last_seen", "raw")
@@ -180,6 +186,7 @@ def _service_batches(rules_version: str, everything: bool, size: int, summary: R
             rows = [_Row(*values) for values in next(batches, [])]
             if rows:
                 _add_host_context(rows)
+                _add_reasons(rows, rules_version)
         summary.seconds_read += time.perf_counter() - t0
         if not rows:
             return
@@ -232,6 +239,27 @@ def _add_host_context(rows: list[_Row]) -> None:
         row.host_modules = tuple(names[:MAX_HOST_MODULES])
 
 
+def _add_reasons(rows: list[_Row], rules_version: str) -> None:
+    """Why each service is judged, from its current verdict (one query for the whole batch)."""
+    current = {
+        sid: (version, banner_hash, seen)
+        for sid, version, banner_hash, seen in Classification.objects.filter(
+            service_id__in=[r.id for r in rows], current=True
+        ).values_list("service_id", "rules_version", "banner_hash", "record_seen")
+    }
+    for row in rows:
+        if row.id not in current:
+            row.reason = "new"
+            continue
+        version, banner_hash, seen = current[row.id]
+        if banner_hash != row.banner_hash:
+            row.reason = "banner_changed"
+        elif seen != row.last_seen:
+            row.reason = "record_newer"
+        elif version != rules_version:
+            row.reason = "rules_changed"
+
+
 def _parse_raw(raw: str) -> dict:
     try:
         obj = orjson.loads(raw)
@@ -258,6 +286,7 @@ def _judge(batch: list[_Row], rules: RuleSet, summary: RunSummary) -> list[tuple
     summary.seconds_engine += time.perf_counter() - t1
     for row, verdict, reason in judged:
         summary.examined += 1
+        summary.why[row.reason] += 1
         if verdict is None:
             summary.unparseable_count += 1
             summary.by_class["unknown"] += 1

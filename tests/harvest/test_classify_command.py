@@ -39,14 +39,27 @@ def test_it_classifies_pending_services_and_prints_a_summary(stored: None) -> No
     text = run()
 
     version = load_rules().version
-    assert f"Classified 8 new, changed or unclassified services under rules {version}" in text
+    assert f"Classified 8 (pending services and their hosts' others) under rules {version}" in text
+    assert "  8 new, 0 with a changed banner, 0 with a newer record, 0 judged under other rules, 0 unchanged" in text
     assert "services/s" in text
     blank = Classification.objects.filter(category="blank").count()
     assert blank == 1
     assert f"{'blank':<16}{blank:>10}" in text
     for cls in ("medical", "non_medical", "unknown"):
         assert f"{cls:<16}{Classification.objects.filter(cls=cls).count():>10}" in text
-    assert "Classified 0 new" in run()
+    assert "Classified 0 (" in run()
+
+
+def test_it_says_which_services_only_their_hosts_change_brought_back(stored: None, tmp_path: Path) -> None:
+    run()
+    sibling = banner("198.51.100.50", 2575, data="\x0bMSH|^~\\&|A|B|C|D|20260101||ACK|1|P|2.5\r\x1c\r")
+    harvest_execute(run=harvest_file_start(path=write_lines(tmp_path / "more.jsonl", [line(sibling)])))
+
+    text = run()
+
+    assert "Classified 2 (pending services and their hosts' others)" in text
+    assert "1 new, 0 with a changed banner, 0 with a newer record, 0 judged under other rules, 1 unchanged" in text
+    assert "(judged again because another service on their host changed)" in text
 
 
 def test_it_reclassifies_everything_with_all_and_prints_json(stored: None) -> None:
@@ -55,6 +68,7 @@ def test_it_reclassifies_everything_with_all_and_prints_json(stored: None) -> No
 
     summary = data["run"]
     assert summary["mode"] == "all" and summary["classified"] == 8
+    assert summary["why"] == {"new": 0, "banner_changed": 0, "record_newer": 0, "rules_changed": 0, "unchanged": 8}
     assert summary["rules_version"] == load_rules().version
     assert sum(summary["by_class"].values()) == 8
     assert summary["by_class"] == {
@@ -182,7 +196,7 @@ def test_the_command_prints_the_evaluation(answers: Path) -> None:
     assert len(data["evaluation"]["unmatched"]) == 5
 
     text = run("--evaluate", str(answers))
-    assert "Classified 0 new" in text
+    assert "Classified 0 (" in text
     assert "7 labelled services matched" in text
     assert "confusion matrix (rows: answer file, columns: verdict)" in text
     assert "precision" in text and "recall" in text

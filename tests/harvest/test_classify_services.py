@@ -187,6 +187,44 @@ def test_a_host_that_gains_services_has_its_other_services_judged_again(tmp_path
     assert services.classification_run_pending().examined == 0
 
 
+def test_the_summary_says_why_each_service_was_judged(tmp_path: Path, synapse_reply: str) -> None:
+    """A service judged again only because another one on its host changed is not new or changed:
+    the summary said "N new, changed or unclassified" for the whole host."""
+    data = "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html\r\n\r\n"
+    ingest(
+        tmp_path,
+        [
+            banner("192.0.2.70", 104, data=synapse_reply, _shodan={"module": "dicom"}),
+            banner("192.0.2.70", 22, data="SSH-2.0-OpenSSH_9.2p1\r\n", _shodan={"module": "ssh"}),
+            banner("192.0.2.70", 80, data=data, http={"title": "nginx"}),
+            banner("192.0.2.70", 443, data=data),
+        ],
+    )
+    first = services.classification_run_pending()
+    assert first.why == {"new": 4}
+    later = "2026-02-01T00:00:00"
+    ingest(
+        tmp_path,
+        [
+            banner("192.0.2.70", 22, data="SSH-2.0-OpenSSH_9.6\r\n", timestamp=later, _shodan={"module": "ssh"}),
+            banner("192.0.2.70", 80, data=data, timestamp=later, http={"title": "Orthanc Explorer"}),
+        ],
+    )
+
+    summary = services.classification_run_pending()
+
+    assert summary.examined == 4
+    assert summary.why == {"banner_changed": 1, "record_newer": 1, "unchanged": 2}
+    assert summary.as_dict()["why"] == {
+        "new": 0,
+        "banner_changed": 1,
+        "record_newer": 1,
+        "rules_changed": 0,
+        "unchanged": 2,
+    }
+    assert services.classification_run_all().why == {"unchanged": 4}
+
+
 def test_a_rules_change_adds_verdicts_under_the_new_version(world: list[dict], tmp_path: Path) -> None:
     old = load_rules()
     services.classification_run_pending(rules=old)
@@ -201,6 +239,7 @@ def test_a_rules_change_adds_verdicts_under_the_new_version(world: list[dict], t
     summary = services.classification_run_pending(rules=new)
 
     assert summary.examined == 5 and summary.rules_version == new.version
+    assert summary.why == {"rules_changed": 5}
     assert Classification.objects.count() == 10
     assert set(Classification.objects.filter(current=True).values_list("rules_version", flat=True)) == {new.version}
     assert Classification.objects.filter(rules_version=old.version, current=False).count() == 5

@@ -60,8 +60,15 @@ class Command(DatabaseCommand):
 
     def _print_run(self, s: dict) -> None:
         w = self.stdout.write
-        what = "all services" if s["mode"] == "all" else "new, changed or unclassified services"
-        w(f"Classified {s['classified']} {what} under rules {s['rules_version']} in {s['seconds']:.1f} s")
+        what = "all services" if s["mode"] == "all" else "pending services and their hosts' others"
+        w(f"Classified {s['classified']} ({what}) under rules {s['rules_version']} in {s['seconds']:.1f} s")
+        if s["classified"]:
+            why = s["why"]
+            w(
+                f"  {why['new']} new, {why['banner_changed']} with a changed banner, {why['record_newer']} with a"
+                f" newer record, {why['rules_changed']} judged under other rules, {why['unchanged']} unchanged"
+                + ("" if s["mode"] == "all" else " (judged again because another service on their host changed)")
+            )
         if s["classified"]:
             split = ", ".join(f"{k} {v:.1f} s" for k, v in s["time_split"].items())
             w(f"  rate {s['rate_per_second']:,.0f} services/s ({split})")
