@@ -235,8 +235,11 @@ def _add_host_context(rows: list[_Row]) -> None:
     for host_id, sid, port, transport, module in others.values_list("host_id", "id", "port", "transport", "module"):
         siblings.setdefault(host_id, []).append((sid, service_name(module, port, transport)))
     for row in rows:
-        names = [name for sid, name in siblings.get(row.host_id, ()) if sid != row.id]
-        row.host_modules = tuple(names[:MAX_HOST_MODULES])
+        # Distinct names, "dicom" first: the engine counts protocols, and a sample cut from all
+        # names in port order could hold one module's many ports and no DICOM, so that services
+        # of the same honeypot host were judged differently (or none of them flagged).
+        names = dict.fromkeys(name for sid, name in siblings.get(row.host_id, ()) if sid != row.id)
+        row.host_modules = tuple(sorted(names, key=lambda name: name != "dicom")[:MAX_HOST_MODULES])
 
 
 def _add_reasons(rows: list[_Row], rules_version: str) -> None:

@@ -6,6 +6,7 @@ import gc
 import itertools
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -405,3 +406,24 @@ def test_a_run_collects_rarely_and_gives_the_thresholds_back(tmp_path: Path) -> 
     assert summary.examined == 2_000
     assert gc.get_threshold() == before
     assert len(started) < 10, f"{len(started)} collections for 2,000 services"
+
+
+def test_a_honeypot_host_with_more_services_than_the_sample_is_judged_as_one(
+    tmp_path: Path, synapse_reply: str
+) -> None:
+    """The host context was the first MAX_HOST_MODULES sibling names in port order, repeats
+    included: on a honeypot with hundreds of web ports below its DICOM port that sample held
+    one protocol and no DICOM, and none of its services, DICOM included, was flagged."""
+    rules = load_rules()
+    web = [banner("192.0.2.54", 1000 + i) for i in range(services.MAX_HOST_MODULES + 4)]
+    others = [
+        banner("192.0.2.54", 30000 + i, data=f"hello {i}\r\n", _shodan={"module": f"proto{i}"})
+        for i in range(rules.honeypot_min_host_modules)
+    ]
+    dicom = banner("192.0.2.54", 40000, data=synapse_reply, _shodan={"module": "dicom"})
+    ingest(tmp_path, [*web, *others, dicom])
+
+    services.classification_run_pending()
+
+    flags = Counter(Classification.objects.values_list("honeypot", flat=True))
+    assert flags == {True: len(web) + len(others) + 1}
