@@ -619,11 +619,10 @@ def _per_label(pairs: Counter, always: tuple[str, ...] = ()) -> dict:
         predicted = sum(n for (_, p), n in pairs.items() if p == value)
         actual = sum(n for (a, _), n in pairs.items() if a == value)
         precision, recall = _ratio(tp, predicted), _ratio(tp, actual)
-        f1 = (
-            round(2 * precision * recall / (precision + recall), 4)
-            if precision is not None and recall is not None and precision + recall > 0
-            else None
-        )
+        # 2TP / (predicted + actual): the harmonic mean of precision and recall from the counts
+        # (not their rounded values), and 0 rather than undefined when a value was labelled or
+        # predicted but never right.
+        f1 = _ratio(2 * tp, predicted + actual)
         out[value] = {"support": actual, "predicted": predicted, "true_positives": tp, "precision": precision}
         out[value] |= {"recall": recall, "f1": f1}
     return out

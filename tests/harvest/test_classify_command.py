@@ -157,7 +157,7 @@ def test_evaluation_figures_match_the_hand_computed_ones(answers: Path) -> None:
     assert (cat["unparseable"]["precision"], cat["blank"]["recall"]) == (0.0, 1.0)
     assert e["accuracy_by_field"]["category"] == 0.5  # .1, .3, .5
     # Honeypots: labelled {.1}, flagged {.3} -> nothing right.
-    assert (e["honeypot"]["precision"], e["honeypot"]["recall"], e["honeypot"]["f1"]) == (0.0, 0.0, None)
+    assert (e["honeypot"]["precision"], e["honeypot"]["recall"], e["honeypot"]["f1"]) == (0.0, 0.0, 0.0)
     # Segments are absent from the labels: not scored rather than counted wrong.
     assert e["per_segment"] == {} and e["accuracy_by_field"]["segment"] is None
 
@@ -302,3 +302,18 @@ def test_it_refuses_a_batch_size_below_one(stored: None, size: str) -> None:
     with pytest.raises(CommandError, match="--batch-size: must be 1 or more"):
         run("--all", "--batch-size", size)
     assert not Classification.objects.exists()
+
+
+def test_f1_is_zero_when_nothing_is_right_and_exact_from_the_counts() -> None:
+    """F1 was n/a for a class labelled but never found (or found but never right), the same as
+    for a class with no data, and was computed from the rounded precision and recall."""
+    tally = services.EvaluationTally()
+    for label, verdict in [("medical", "medical")] + [("medical", "unknown")] * 6 + [("non_medical", "unknown")]:
+        tally.add({"class": label}, {"class": verdict})
+
+    per_class = services.evaluation_metrics(tally=tally)["per_class"]
+
+    medical, non_medical, unknown = (per_class[c] for c in ("medical", "non_medical", "unknown"))
+    assert (medical["precision"], medical["recall"], medical["f1"]) == (1.0, 0.1429, 0.25)  # 2*1/(1+7)
+    assert (non_medical["precision"], non_medical["recall"], non_medical["f1"]) == (None, 0.0, 0.0)
+    assert (unknown["precision"], unknown["recall"], unknown["f1"]) == (0.0, None, 0.0)
