@@ -495,15 +495,21 @@ class EvaluationTally:
                 self.pairs[name][(str(label[name]), str(verdict[name]))] += 1
 
 
+def classification_answer_file(*, path: str | Path) -> Path:
+    """The answer file's path, or a ClassificationError when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClassificationError(f"no such answer file: {path}")
+    return path
+
+
 def classification_evaluate(*, path: str | Path, batch_size: int = 1000) -> dict:
     """Precision and recall of the current verdicts against an answer file (JSON lines).
 
     Each line: {"ip", "port", "transport", "class", "category", "segment", "honeypot"}. Lines that
     cannot be read or match no classified service are reported with line number and reason.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ClassificationError(f"no such answer file: {path}")
+    path = classification_answer_file(path=path)
     tally, problems = EvaluationTally(), _Problems()
     seen: set[tuple[str, int, str]] = set()
     batch: list[_Label] = []

@@ -317,3 +317,10 @@ def test_f1_is_zero_when_nothing_is_right_and_exact_from_the_counts() -> None:
     assert (medical["precision"], medical["recall"], medical["f1"]) == (1.0, 0.1429, 0.25)  # 2*1/(1+7)
     assert (non_medical["precision"], non_medical["recall"], non_medical["f1"]) == (None, 0.0, 0.0)
     assert (unknown["precision"], unknown["recall"], unknown["f1"]) == (0.0, None, 0.0)
+
+
+def test_a_missing_answer_file_is_refused_before_classifying(stored: None, tmp_path: Path) -> None:
+    """A mistyped --evaluate path was found only after the whole run had classified everything pending."""
+    with pytest.raises(CommandError, match="no such answer file"):
+        run("--evaluate", str(tmp_path / "labels.jsonl.typo"))
+    assert not Classification.objects.exists()

@@ -34,6 +34,8 @@ class Command(DatabaseCommand):
     def handle(self, *args: object, **options: Any) -> None:
         try:
             rules = services.classification_rules_load()
+            if options["evaluate"]:  # a mistyped path is refused before the run, not after it
+                services.classification_answer_file(path=options["evaluate"])
             summary = self._run(rules, options)
             result = {"run": summary.as_dict()}
             if options["evaluate"]:
