@@ -249,6 +249,14 @@ RDAP_CONCURRENCY = envint("RDAP_CONCURRENCY", 4, minimum=1)
 
 # Background work: the ORM broker on a single machine, Redis when REDIS_URL is set.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+Q_CLUSTER = {
+    "name": "medexpo",
+    "workers": envint("Q_WORKERS", 2, minimum=1),
+    "timeout": 3600,
+    "retry": 3900,  # must exceed timeout
+    "max_attempts": 3,
+    "catch_up": False,
+}
 if REDIS_URL:
     from redis.connection import parse_url
 
@@ -259,15 +267,6 @@ if REDIS_URL:
             "REDIS_URL is not a Redis URL: it takes redis://[:PASSWORD@]HOST:PORT/DB, rediss://... or "
             "unix:///path/to/socket"  # not quoted: it may hold a password
         ) from None
-Q_CLUSTER = {
-    "name": "medexpo",
-    "workers": envint("Q_WORKERS", 2, minimum=1),
-    "timeout": 3600,
-    "retry": 3900,  # must exceed timeout
-    "max_attempts": 3,
-    "catch_up": False,
-}
-if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -578,6 +579,25 @@ def _manage(env: dict, *args: str, timeout: float = 120) -> subprocess.Completed
     )
 
 
+def _kill_when(env: dict, args: list[str], ready: Callable[[], bool], what: str) -> None:
+    """Start `harvest ARGS` and kill it with SIGKILL as soon as `ready()` (within 60 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "harvest", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready(), f"{what} in time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def _services(db: Path) -> set[tuple]:
     with sqlite3.connect(db) as conn:
         return set(
@@ -610,21 +630,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_reference_result(shodan_standi
 
     shodan_standin.set_page_delay(1.0)
     env = _env(tmp_path, killed_db, shodan_standin)
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "harvest", "--plan", "ports", "--json"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not _checkpoint(killed_db) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _checkpoint(killed_db), "no checkpoint committed in time"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+    _kill_when(env, ["--plan", "ports", "--json"], lambda: bool(_checkpoint(killed_db)), "no checkpoint committed")
     committed = _checkpoint(killed_db)
     queries = plan_queries("ports")
     assert committed["query"] < len(queries), "the run ended before it was killed"
@@ -657,21 +663,12 @@ def test_a_page_in_flight_when_the_run_is_killed_counts_in_its_credits_and_its_c
     env = _env(tmp_path, tmp_path / "killed.sqlite3", shodan_standin)
     assert _manage(env, "migrate", "-v0").returncode == 0
     shodan_standin.set_page_delay(1.5)
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "harvest", "--plan", "ports", "--max-credits", "3", "--json"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    _kill_when(
+        env,
+        ["--plan", "ports", "--max-credits", "3", "--json"],
+        lambda: bool(shodan_standin.requests_to("/shodan/host/search")),
+        "no page was asked for",
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not shodan_standin.requests_to("/shodan/host/search") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert shodan_standin.requests_to("/shodan/host/search"), "no page was asked for in time"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
     _all_answered(shodan_standin)
     first = plan_queries("ports")[0]
     assert shodan_standin.pages == {(first, 1): 1}  # charged, though nobody read the answer
