@@ -247,6 +247,9 @@ RDAP_CACHE_DAYS = envint("RDAP_CACHE_DAYS", 30, minimum=0)
 RDAP_REQUESTS_PER_SECOND = envfloat("RDAP_REQUESTS_PER_SECOND", 1.0, minimum=0)  # per registry; 0: no limit
 RDAP_CONCURRENCY = envint("RDAP_CONCURRENCY", 4, minimum=1)
 
+# The DEBUG error page and error mails leave out URLs with credentials (REDIS_URL), not only *KEY*, *PASS*.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "medexpo.lib.debug.SettingsFilter"
+
 # Background work: the ORM broker on a single machine, Redis when REDIS_URL is set.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 Q_CLUSTER = {

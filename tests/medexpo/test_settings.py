@@ -211,3 +211,20 @@ def test_the_embedded_sqlite_database_is_readable_by_its_owner_alone(tmp_path) -
     modes = run_with([sys.executable, "-c", probe], DATABASE_URL="", MEDEXPO_DATA_DIR=str(tmp_path / "data")).stdout
     assert (tmp_path / "data" / "medexpo.sqlite3").exists()
     assert modes.split() == ["0o600", "0o600"]
+
+
+def test_the_debug_error_page_hides_passwords_in_urls() -> None:
+    # Django hides settings named like KEY or PASS; REDIS_URL and Q_CLUSTER["redis"] were shown whole,
+    # and so was the environment runserver copies into each request (DATABASE_URL here).
+    probe = (
+        "import sys, django; django.setup(); from django.test import RequestFactory; "
+        "from django.views.debug import technical_500_response as page\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n"
+        "    request = RequestFactory().get('/', DATABASE_URL='postgres://u:pw2secret@db/x')\n"
+        "    print(page(request, *sys.exc_info()).content.decode())"
+    )
+    shown = run_with(
+        [sys.executable, "-c", probe], DEBUG="1", REDIS_URL="redis://:hunter2secret@127.0.0.1:6379/3"
+    ).stdout
+    assert "ZeroDivisionError" in shown and "Q_CLUSTER" in shown and "REDIS_URL" in shown
+    assert "hunter2secret" not in shown and "pw2secret" not in shown
