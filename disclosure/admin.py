@@ -19,7 +19,7 @@ from typing import Any, ClassVar, cast
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import widgets
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -187,6 +187,15 @@ class _VisibleAdmin:
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list:
         readonly = list(super().get_readonly_fields(request, obj))  # type: ignore[misc]
         return readonly + [self.locked_fields[f] for f in self._locked(request, obj)]
+
+    def history_form_view(
+        self, request: HttpRequest, object_id: str, version_id: str, extra_context: dict | None = None
+    ) -> Any:
+        # simple_history asks only for the view permission, also when the revert form is posted,
+        # and builds that form editable for viewers too: a viewer could write an old version back.
+        if request.method == "POST" and not self.has_change_permission(request):  # type: ignore[attr-defined]
+            raise PermissionDenied
+        return super().history_form_view(request, object_id, version_id, extra_context)  # type: ignore[misc]
 
     def get_historical_record_context_helper(self, request: HttpRequest, historical_record: Any) -> Any:
         return _VisibleHistoryHelper(self.model, historical_record)  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from disclosure.admin import json_text
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
-from disclosure.services import network_find_cached, owner_recompute, owners_resolve
+from disclosure.services import contact_set_enabled, network_find_cached, owner_recompute, owners_resolve
 from harvest.services import EXPORT_ENRICHERS, service_export_rows
 from tests.disclosure.conftest import RDAP_DIR, Registries, make_host
 
@@ -355,6 +355,24 @@ def test_looking_at_contacts_and_owners_is_not_enough_to_run_their_actions(
     )
     owner.refresh_from_db()
     assert owner.recipient == contact and owner.status == HostOwner.Status.RESOLVED
+
+
+def test_looking_at_a_contacts_history_is_not_enough_to_revert_it(viewer_client: Client, staff_client: Client) -> None:
+    organisation = Organisation.objects.create(name="Zorghost")
+    contact = Contact.objects.create(organisation=organisation, email="abuse@zorghost.example", role="abuse")
+    contact_set_enabled(contact=contact, enabled=False)  # it bounced
+    enabled_version = contact.history.earliest()
+    revert = reverse("admin:disclosure_contact_simple_history", args=[contact.pk, enabled_version.history_id])
+    form = {"organisation": organisation.pk, "email": contact.email, "role": "abuse", "enabled": "on"}
+    assert 'name="_save"' not in viewer_client.get(revert).content.decode()  # no button offered...
+
+    response = viewer_client.post(revert, form)  # ...and posting the revert form anyway changes nothing
+
+    contact.refresh_from_db()
+    assert response.status_code == 403 and contact.enabled is False
+    staff_client.post(revert, form)
+    contact.refresh_from_db()
+    assert contact.enabled is True  # staff who may change contacts can still revert
 
 
 @pytest.mark.parametrize(
