@@ -17,6 +17,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, Exists, FilteredRelation, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Length, Substr
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -36,6 +37,7 @@ BANNER_DISPLAY_LIMIT = 8 * 1024  # characters of a banner shown on a service pag
 HISTORY_DISPLAY_LIMIT = 2 * 1024  # per banner in the history inline
 RAW_DISPLAY_LIMIT = 64 * 1024  # characters of the pretty-printed raw record
 PREVIEW_LIMIT = 48  # banner column of the service list
+HOST_SERVICES_SHOWN = 100  # services listed on a host's page; the service list has them all
 BANNER_SEARCH = "banner:"  # a service search that starts so looks in banner text
 
 
@@ -211,8 +213,20 @@ class CountryFilter(admin.SimpleListFilter):
 # --- hosts ---------------------------------------------------------------------------------
 
 
+class _FirstServicesFormSet(BaseInlineFormSet):
+    """The host's first services by port: a honeypot or tarpit answers on thousands of ports, and
+    listing them all made its page megabytes long. The host's "services" field links to all."""
+
+    def get_queryset(self) -> QuerySet[Service]:
+        # Sliced once and kept: the formset asks again for every row it builds.
+        if not hasattr(self, "_first"):
+            self._first = super().get_queryset()[:HOST_SERVICES_SHOWN]
+        return self._first
+
+
 class ServiceInline(ReadOnlyTabularInline):
     model = Service
+    formset = _FirstServicesFormSet
     fields = (
         "port",
         "transport",
@@ -253,9 +267,9 @@ class HostAdmin(AddressSearchMixin, ReadOnlyAdmin):
     list_filter = (CountryFilter, AsnFilter)
     fieldsets = (
         (None, {"fields": ("ip", "org_text", "isp_text", "asn", "country", "hostnames_list", "os_text")}),
-        ("Seen", {"fields": ("first_seen", "last_seen", "service_total")}),
+        ("Seen", {"fields": ("first_seen", "last_seen", "service_summary")}),
     )
-    readonly_fields = list_display
+    readonly_fields = (*list_display, "service_summary")
     inlines = (ServiceInline,)
     org_text = text_column("org")
     isp_text = text_column("isp", "ISP")
@@ -278,6 +292,19 @@ class HostAdmin(AddressSearchMixin, ReadOnlyAdmin):
     @admin.display(description="services", ordering="service_count")
     def service_total(self, obj: Host) -> int:
         return obj.service_count  # type: ignore[attr-defined]
+
+    @admin.display(description="services")
+    def service_summary(self, obj: Host) -> SafeString:
+        count: int = obj.service_count  # type: ignore[attr-defined]
+        every = reverse("admin:harvest_service_changelist") + "?" + urlencode({"q": obj.ip})
+        if count <= HOST_SERVICES_SHOWN:
+            return format_html('<a href="{}">{}</a>', every, count)
+        return format_html(
+            '<a href="{}">{}</a> (the first {} by port are listed below; the link lists them all)',
+            every,
+            f"{count:,}",
+            HOST_SERVICES_SHOWN,
+        )
 
 
 # --- services ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from harvest import services
-from harvest.admin import BANNER_DISPLAY_LIMIT, PREVIEW_LIMIT
+from harvest.admin import BANNER_DISPLAY_LIMIT, HOST_SERVICES_SHOWN, PREVIEW_LIMIT
 from harvest.locking import harvest_lock
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service
 from medexpo.lib.display import text_block, visible_text
@@ -476,6 +476,24 @@ def test_it_shows_a_host_with_many_services_in_a_fixed_number_of_queries(
     with django_assert_num_queries(small):  # type: ignore[operator]
         html = admin_client.get(change_url(host)).content.decode()
     assert html.count('class="inlineviewlink"') == 42
+
+
+@pytest.mark.django_db
+def test_a_host_with_more_services_than_a_page_lists_the_first_and_links_to_all(
+    tmp_path: Path, admin_client: Client
+) -> None:
+    # Some hosts answer on thousands of ports (honeypots, tarpits): listing them all made the host
+    # page megabytes long (5.7 MB and 4.5 s for 3,000).
+    ingest(tmp_path, [banner("2001:db8::60", port, f"s{port}") for port in range(1, HOST_SERVICES_SHOWN + 6)])
+    host = Host.objects.get()
+
+    html = admin_client.get(change_url(host)).content.decode()
+
+    ports = [int(port) for port in re.findall(r'field-port">\s*<p>(\d+)</p>', html)]
+    assert ports == list(range(1, HOST_SERVICES_SHOWN + 1))
+    every = changelist_url(Service) + "?q=2001%3Adb8%3A%3A60"
+    assert f'<a href="{every}">{HOST_SERVICES_SHOWN + 5}</a> (the first {HOST_SERVICES_SHOWN} by port are' in html
+    assert f"{HOST_SERVICES_SHOWN + 5} services" in admin_client.get(every).content.decode()
 
 
 @pytest.mark.django_db
