@@ -138,6 +138,12 @@ class ContactForm(forms.ModelForm):
         if "email" in self.fields and self.instance.pk and self.instance.source == Contact.Source.RDAP:
             self.fields["email"].disabled = True
 
+    def _get_validation_exclusions(self) -> set[str]:
+        # The source is no field of the form (staff do not choose it) but is part of the unique
+        # constraint, which Django then skips: a contact entered twice reached the database and
+        # was a server error. The model (and the formset, across its rows) check it with it.
+        return super()._get_validation_exclusions() - {"source"}  # type: ignore[misc]
+
     def clean_email(self) -> str:
         email = self.cleaned_data["email"]
         if not self.fields["email"].disabled:

@@ -396,6 +396,28 @@ def test_staff_can_enter_only_addresses_that_are_sent_as_shown(staff_client: Cli
         assert "This address cannot be mailed" in response.content.decode()
 
 
+def test_a_contact_entered_twice_is_refused_with_a_message_not_a_server_error(staff_client: Client) -> None:
+    organisation = Organisation.objects.create(name="Zorghost")
+    first = Contact.objects.create(organisation=organisation, email="abuse@zorghost.example", role="abuse")
+    again = {"email": first.email, "role": "abuse", "enabled": "on"}
+    # The organisation's page with its contact and a new row that repeats it.
+    rows = {"contacts-TOTAL_FORMS": "2", "contacts-INITIAL_FORMS": "1", "contacts-0-id": first.pk}
+    rows |= {f"contacts-{n}-{k}": v for n in (0, 1) for k, v in again.items()}
+    pages = {
+        reverse("admin:disclosure_contact_add"): ({"organisation": organisation.pk, **again}, "already exists"),
+        reverse("admin:disclosure_organisation_change", args=[organisation.pk]): (
+            {"name": "Zorghost", "kind": "other", "domains": "[]", **rows},
+            "Please correct the duplicate data for email, role and source",
+        ),
+    }
+
+    for url, (form, message) in pages.items():
+        response = staff_client.post(url, form)
+        assert response.status_code == 200, url
+        assert message in response.content.decode(), url
+    assert Contact.objects.count() == 1
+
+
 def test_an_rdap_address_stays_as_the_registry_sent_it(staff_client: Client) -> None:
     organisation = Organisation.objects.create(name="Zorghost", source="rdap", source_key="rdap:ripencc:ZH")
     contact = Contact.objects.create(
