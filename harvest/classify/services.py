@@ -439,18 +439,26 @@ def classification_counts() -> dict:
 
 @register_export_enricher
 def classification_export_enrich(services: list[ExportedService], rows: list[dict]) -> None:
-    """Export columns: class, category, segment, evidence [{rule, excerpt}], honeypot (one query per batch)."""
+    """Export columns: class, category, segment, identified_product (the product the rules named;
+    `product` is Shodan's), confidence, rules_version, evidence [{rule, excerpt}], honeypot (one
+    query per batch). An unclassified service has null class, identified_product, confidence,
+    rules_version and honeypot, an empty category and segment, and no evidence."""
     found = {
-        sid: (cls, category, segment, evidence, honeypot)
-        for sid, cls, category, segment, evidence, honeypot in Classification.objects.filter(
-            service_id__in=[s.pk for s in services], current=True
-        ).values_list("service_id", "cls", "category", "segment", "evidence", "honeypot")
+        values[0]: values[1:]
+        for values in Classification.objects.filter(service_id__in=[s.pk for s in services], current=True).values_list(
+            "service_id", "cls", "category", "segment", "product", "confidence", "rules_version", "evidence", "honeypot"
+        )
     }
     for service, row in zip(services, rows, strict=True):
-        cls, category, segment, evidence, honeypot = found.get(service.pk, (None, "", "", [], None))
+        cls, category, segment, product, confidence, version, evidence, honeypot = found.get(
+            service.pk, (None, "", "", None, None, None, [], None)
+        )
         row["class"] = cls
         row["category"] = category
         row["segment"] = segment
+        row["identified_product"] = product
+        row["confidence"] = confidence
+        row["rules_version"] = version
         row["evidence"] = [{"rule": e.get("rule", ""), "excerpt": e.get("excerpt", "")} for e in evidence]
         row["honeypot"] = honeypot
 

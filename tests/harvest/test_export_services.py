@@ -200,3 +200,38 @@ def test_an_output_through_a_link_replaces_the_file_it_points_to(tmp_path: Path)
     call_command("export_services", output=str(link))
     assert link.is_symlink() and link.resolve() == real
     assert real.read_text() == ""  # an empty database: no rows, and the old content gone
+
+
+@pytest.mark.django_db
+def test_rows_carry_what_the_verdict_identified_and_how_sure_it_is(tmp_path: Path) -> None:
+    """A row's `product` is Shodan's, empty for nearly every medical service (a DICOM server
+    names itself only in its association reply); the product the rules identified there, the
+    verdict's confidence and the rules version that gave it were in no row."""
+    from harvest.classify import services as classify_services
+    from harvest.models import Classification
+
+    # DCMTK's A-ASSOCIATE-AC to Shodan's probe (as pynetdicom encodes it).
+    dicom = (
+        "\x02\x00\x00\x00\x00\xb8\x00\x01\x00\x00ANY-SCP         FINDSCU         "
+        + "\x00" * 32
+        + "\x10\x00\x00\x151.2.840.10008.3.1.1.1!\x00\x00\x19\x01\x00\x00\x00@\x00\x00\x111.2.840.10008.1.2"
+        + "P\x00\x00:Q\x00\x00\x04\x00\x00@\x00R\x00\x00\x1b1.2.276.0.7230010.3.0.3.6.7U\x00\x00\x0fOFFIS_DCMTK_367"
+    )
+    ingest(tmp_path, [minimal_banner("192.0.2.8", 104, dicom), minimal_banner("192.0.2.9", 80, "HTTP/1.1 200 OK")])
+    classify_services.classification_run_pending()
+    Classification.objects.filter(service__host__ip="192.0.2.9").delete()
+
+    rows = {r["ip"]: r for r in services.service_export_rows()}
+
+    verdict = Classification.objects.get(service__host__ip="192.0.2.8", current=True)
+    assert verdict.product.startswith("DCMTK") and rows["192.0.2.8"]["product"] == ""
+    assert {k: rows["192.0.2.8"][k] for k in ("identified_product", "confidence", "rules_version")} == {
+        "identified_product": verdict.product,
+        "confidence": verdict.confidence,
+        "rules_version": verdict.rules_version,
+    }
+    assert {k: rows["192.0.2.9"][k] for k in ("identified_product", "confidence", "rules_version")} == {
+        "identified_product": None,
+        "confidence": None,
+        "rules_version": None,
+    }
