@@ -12,6 +12,7 @@ import base64
 import csv
 import io
 import json
+import re
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -224,12 +225,18 @@ def _csv_rows(report: dict, table: str) -> Iterable[dict]:
     return report[table]
 
 
+# Where a spreadsheet may start a cell inside one of our values: Excel splits a .csv at its
+# locale's list separator (';' in Dutch and German Excel) and ignores quotes that do not open a
+# cell, so a line break in a quoted value ends its row there; a tab import splits at tabs.
+_CELL_START_INSIDE = re.compile('([;\t\r\n]"?)(?=[=+\\-@])')
+
+
 def _csv_safe(value: object) -> object:
     # A cell starting with = + - @ is a formula to spreadsheets; banners and orgs are hostile.
     # Spreadsheets also obey bidi overrides, so controls are shown as escapes, as in the HTML.
     if not isinstance(value, str):
         return value
-    value = visible_text(value)
+    value = _CELL_START_INSIDE.sub("\\1'", visible_text(value))
     if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value

@@ -537,3 +537,37 @@ def test_the_report_files_are_readable_by_their_owner_alone(corpus: dict, tmp_pa
         assert path.stat().st_mode & 0o077 == 0, path.name
     assert json.loads((out / "exposure_report.json").read_text())["services"] == 15
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temporary files left
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_no_cell_is_a_formula_whatever_separator_the_spreadsheet_splits_at(
+    db: None, tmp_path: Path, delimiter: str
+) -> None:
+    """Excel opens a .csv by splitting at the list separator of its locale: ';' in Dutch (and
+    German) Excel, as at a Dutch CERT. A value with no comma or quote is written as it is, so
+    'x;=cmd|...' became a cell '=cmd|...', a formula; a line break inside a quoted value
+    starts a row for a reader that splits elsewhere, and a tab splits cells in a tab import."""
+    hostile = ["x;=cmd|' /C calc'!A0", "a\tb\t+1", 'q;"@SUM(1)"', "n\n-2+3", "r\r\n=1+1"]
+    for i, org in enumerate(hostile):
+        service = make_service(f"192.0.2.{40 + i}", 104, org=org, module=hostile[-1 - i])
+        judge(service, "medical", "dicom", product=org, segment=hostile[i - 1])
+    report = reports.exposure_report_build()
+    reports.exposure_report_write(report=report, out=tmp_path, formats=["csv"])
+
+    cells = [
+        cell
+        for path in sorted(tmp_path.glob("*.csv"))
+        for row in csv.reader(path.open(encoding="utf-8", newline=""), delimiter=delimiter)
+        for cell in row
+    ]
+    assert len(cells) > 60
+    assert [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")] == []
+    # Read as the comma file it is, each value is there, a quote before each formula start.
+    medical = list(csv.DictReader((tmp_path / "medical_services.csv").open(encoding="utf-8", newline="")))
+    assert [row["org"] for row in medical] == [
+        "x;'=cmd|' /C calc'!A0",
+        "a\tb\t'+1",
+        'q;"\'@SUM(1)"',
+        "n\n'-2+3",
+        "r\r\n'=1+1",
+    ]
