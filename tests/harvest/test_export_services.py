@@ -235,3 +235,21 @@ def test_rows_carry_what_the_verdict_identified_and_how_sure_it_is(tmp_path: Pat
         "confidence": None,
         "rules_version": None,
     }
+
+
+@pytest.mark.django_db
+def test_rows_on_standard_output_are_utf8_whatever_the_locale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """JSON Lines are UTF-8. Standard output takes the locale's encoding (Latin-1 or ASCII on an
+    older server, PYTHONIOENCODING): the first organisation outside it ended the export with a
+    UnicodeEncodeError traceback after the rows before it."""
+    ingest(tmp_path, [minimal_banner("192.0.2.10", 80, "x", org="Ziekenhuis Ω"), minimal_banner("192.0.2.11", 80, "y")])
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    monkeypatch.setattr("sys.stdout", stdout)
+
+    call_command("export_services")
+
+    stdout.flush()
+    rows = [json.loads(line) for line in stdout.buffer.getvalue().decode("utf-8").splitlines()]
+    assert [row["org"] for row in rows] == ["Ziekenhuis Ω", ""]

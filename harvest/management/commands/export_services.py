@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -33,6 +34,10 @@ class Command(DatabaseCommand):
         if target == "-" and options["json"]:
             raise CommandError("--json needs --output FILE: without it the rows themselves go to standard output")
         started = time.perf_counter()
+        if target == "-" and isinstance(sys.stdout, io.TextIOWrapper):
+            # JSON Lines are UTF-8, whatever encoding the locale gives standard output (Latin-1
+            # or ASCII would fail at the first organisation outside it, after the rows before).
+            sys.stdout.reconfigure(encoding="utf-8")
         written = self._write(sys.stdout) if target == "-" else self._write_file(Path(target))
         summary = {
             "services": written,
