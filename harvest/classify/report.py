@@ -28,7 +28,7 @@ from harvest.classify.charts import render_charts
 from harvest.classify.types import CLASSES
 from harvest.models import Classification, Service
 from medexpo.lib.files import replaced_whole
-from medexpo.lib.text import shorten, visible_text
+from medexpo.lib.text import json_escape_invisible, shorten, visible_text
 
 MEDICAL_PORTS_FILE = Path(__file__).resolve().parent.parent / "data" / "medical_ports.toml"
 FORMATS = ("json", "csv", "png", "svg", "html", "pdf")
@@ -355,7 +355,9 @@ def exposure_report_write(
         written.append(path)
 
     if "json" in formats:
-        write("exposure_report.json", json.dumps(report, indent=2, ensure_ascii=False))
+        # Values as stored; what JSON may leave raw (C1 controls, bidi, U+2028) as \u escapes,
+        # so the file read with cat or less shows them, as the service export does.
+        write("exposure_report.json", json_escape_invisible(json.dumps(report, indent=2, ensure_ascii=False)))
         step()
     if "csv" in formats:
         for table in CSV_TABLES:

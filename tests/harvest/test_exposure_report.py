@@ -571,3 +571,20 @@ def test_no_cell_is_a_formula_whatever_separator_the_spreadsheet_splits_at(
         "n\n'-2+3",
         "r\r\n'=1+1",
     ]
+
+
+def test_the_json_file_writes_controls_and_bidi_as_escapes_and_reads_back_as_stored(
+    spoofed: dict, tmp_path: Path
+) -> None:
+    """JSON needs no escape for DEL, C1 controls, bidi or invisible characters, so the report's
+    JSON, read with cat or less, ran an 8-bit CSI (U+009B) from an organisation and showed text
+    after a U+202E reversed; the service export writes them as \\u escapes already."""
+    service = make_service("192.0.2.21", 104, org="a\x9b2Jb\x7f\u2028", module="dicom")
+    judge(service, "medical", "dicom")
+    reports.exposure_report_write(report=reports.exposure_report_build(), out=tmp_path, formats=["json"])
+
+    text = (tmp_path / "exposure_report.json").read_text(encoding="utf-8")
+    assert not [c for c in (*INVISIBLES, "\x9b", "\x7f", "\u2028") if c in text]
+    data = json.loads(text)
+    assert {row["org"] for row in data["dicom"]} == {SPOOFED_ORG, "a\x9b2Jb\x7f\u2028"}
+    assert data["medical_services"][0]["hostnames"] == ["x\u202egro.live"]
