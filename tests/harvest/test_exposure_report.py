@@ -434,6 +434,14 @@ def test_it_refuses_formats_without_a_folder_to_write_them_into(db: None) -> Non
         call_command("exposure_report", "--format", "png", stdout=io.StringIO())
 
 
+def test_it_refuses_a_format_list_that_names_no_format(db: None, tmp_path: Path) -> None:
+    """--format "," (a script's empty variable) wrote no file and exited 0, as if it had."""
+    for empty in (",", "", " , "):
+        with pytest.raises(CommandError, match="--format names no format"):
+            call_command("exposure_report", "--out", str(tmp_path), "--format", empty, stdout=io.StringIO())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_long_hostile_text_is_cut_in_the_html_and_pdf_and_kept_whole_in_json(db: None, tmp_path: Path) -> None:
     # Escaping makes "\u202e" six characters: 255 of them would be 1,530 characters without a
     # break, which the PDF engine lays out in time that grows with the square of the length.

@@ -30,6 +30,8 @@ class Command(DatabaseCommand):
             raise CommandError("--format needs --out DIR: without it no file is written")
         chosen = options["format"] if options["format"] is not None else ",".join(reports.FORMATS)
         formats = sorted({f.strip() for f in chosen.split(",") if f.strip()})
+        if not formats:
+            raise CommandError(f"--format names no format: give one or more of {','.join(reports.FORMATS)}")
         steps = 1 + (len(formats) if options["out"] else 0)
         enabled = False if options["json"] else None
         written = []
