@@ -267,6 +267,8 @@ def _hostnames(value: object) -> tuple[str, ...]:
 def _country(obj: dict) -> str:
     location = obj.get("location")
     code = location.get("country_code") if isinstance(location, dict) else None
+    if code in (None, ""):
+        code = obj.get("country_code")  # where a host lookup (/shodan/host/{ip}) names it
     # ASCII only: "ß".upper() is "SS", and the column holds two characters.
     if isinstance(code, str) and len(code) == 2 and code.isascii() and code.isalpha():
         return code.upper()
@@ -276,7 +278,7 @@ def _country(obj: dict) -> str:
 def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> BannerRecord:
     """Validate a banner object. `inherited` holds host-level fields of a host lookup."""
     if inherited:
-        obj = {**inherited, **obj}
+        obj = _inherit(obj, inherited)
     ip = parse_address(obj)
     port = parse_port(obj)
     transport = parse_transport(obj)
@@ -305,6 +307,19 @@ def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> Ba
     )
 
 
+_NO_VALUE: tuple = (None, "", [], {})
+
+
+def _inherit(obj: dict, host: dict) -> dict:
+    """A banner of a host lookup with the host's fields where it has no value of its own: Shodan
+    writes null, "" or [] in a banner (its hostnames, org, os) where the host has the value."""
+    merged = dict(obj)
+    for key, value in host.items():
+        if merged.get(key, None) in _NO_VALUE:
+            merged[key] = value
+    return merged
+
+
 def _json_text(value: object) -> str:
     """JSON text of a parsed value. Python's encoder recurses once per level, and orjson reads up
     to 1,024 levels: what it cannot encode again is rejected (a cut-off text would hash and show
@@ -322,7 +337,7 @@ def record_from_line(line: bytes) -> BannerRecord:
     return record_from_object(obj, line.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n"))
 
 
-HOST_FIELDS = ("ip", "ip_str", "ipv6", "org", "isp", "asn", "hostnames", "os", "location")
+HOST_FIELDS = ("ip", "ip_str", "ipv6", "org", "isp", "asn", "hostnames", "os", "location", "country_code")
 
 
 def host_from_line(line: bytes) -> tuple[dict, list]:

@@ -191,3 +191,26 @@ def test_clean_text_bounds_and_sanitises() -> None:
     assert clean_text("a\x00b") == "a\u2400b"
     assert clean_text(None) == ""
     assert clean_text(["x"]) == ""
+
+
+def test_a_host_banner_without_a_value_takes_its_hosts(shared_data) -> None:
+    # The real lookup: its banners say "hostnames": [] and have no location; the host names one
+    # hostname and its country in the top-level country_code, as /shodan/host/{ip} answers do.
+    raw = (shared_data / "shodan" / "sner4-host-lookup.jsonl").read_bytes().splitlines()[0]
+    good, _ = records_from_host_line(raw)
+    assert {(r.hostnames, r.country) for r in good} == {(("dummy.hostname.test",), "US")}
+
+    host = {"ip_str": "192.0.2.4", "org": "Host Org", "isp": "Host ISP", "asn": "AS64500", "os": "Linux"}
+    empty = {"ip_str": None, "org": None, "isp": "", "asn": None, "os": None, "hostnames": [], "port": 80}
+    good, bad = records_from_host_line(json.dumps(host | {"hostnames": ["h.example"], "data": [empty]}).encode())
+    assert bad == []
+    (record,) = good
+    assert (record.ip, record.org, record.isp, record.asn, record.os) == (
+        "192.0.2.4",
+        "Host Org",
+        "Host ISP",
+        64500,
+        "Linux",
+    )
+    assert record.hostnames == ("h.example",)
+    assert json.loads(record.raw) == empty  # the banner itself is stored as it came
