@@ -312,12 +312,25 @@ _NO_VALUE: tuple = (None, "", [], {})
 
 def _inherit(obj: dict, host: dict) -> dict:
     """A banner of a host lookup with the host's fields where it has no value of its own: Shodan
-    writes null, "" or [] in a banner (its hostnames, org, os) where the host has the value."""
+    writes null, "" or [] in a banner (its hostnames, org, os) where the host has the value. A
+    banner that names another address than its host's is about another host: it takes nothing."""
+    own = _address_or_none(obj)
+    if own is not None:
+        theirs = _address_or_none(host)
+        if theirs is not None and theirs != own:
+            return obj
     merged = dict(obj)
     for key, value in host.items():
         if merged.get(key, None) in _NO_VALUE:
             merged[key] = value
     return merged
+
+
+def _address_or_none(obj: dict) -> str | None:
+    try:
+        return parse_address(obj)
+    except RecordError:
+        return None
 
 
 def _json_text(value: object) -> str:

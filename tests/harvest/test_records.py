@@ -214,3 +214,15 @@ def test_a_host_banner_without_a_value_takes_its_hosts(shared_data) -> None:
     )
     assert record.hostnames == ("h.example",)
     assert json.loads(record.raw) == empty  # the banner itself is stored as it came
+
+
+def test_a_host_banner_of_another_address_inherits_nothing_from_the_host() -> None:
+    host = {"ip_str": "192.0.2.5", "org": "Host Org", "hostnames": ["h.example"], "country_code": "NL"}
+    same = {"ip": 3221225989, "port": 81}  # 192.0.2.5 as an integer: the same address
+    other = {"ip_str": "203.0.113.9", "port": 80}
+    good, bad = records_from_host_line(json.dumps(host | {"data": [same, other]}).encode())
+    assert bad == []
+    assert [(r.ip, r.org, r.hostnames, r.country) for r in good] == [
+        ("192.0.2.5", "Host Org", ("h.example",), "NL"),
+        ("203.0.113.9", "", (), ""),
+    ]
