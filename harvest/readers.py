@@ -1,7 +1,8 @@
 """Stream Shodan files line by line with bounded memory, as events for the ingest driver.
 
 Events are tuples:
-  ("record", line, BannerRecord)           a valid banner, by line number
+  ("record", line, BannerRecord)           a valid banner, by line number (a banner of a host
+                                           lookup: "line N data[i]", its position in reports)
   ("reject", position, reason, detail)     a bad record, counted and skipped
   ("error", position, reason, detail)      a problem with the file itself (reported, not a record)
   ("line", line, offset)                   a safe point to resume from: the line number and the
@@ -237,7 +238,7 @@ def _short_host_events(line: bytes, line_no: int, skip: int) -> Iterator:
         return
     for index in range(skip, len(banners)):
         try:
-            yield ("record", line_no, record_from_host_item(banners[index], index, inherited))
+            yield ("record", f"line {line_no} data[{index}]", record_from_host_item(banners[index], index, inherited))
         except RecordError as exc:
             yield ("reject", f"line {line_no} data[{index}]", exc.reason, exc.detail)
 
@@ -263,7 +264,7 @@ def _long_host_events(file: IO[bytes], line_no: int, start: int, skip: int) -> I
             if end - begin > MAX_RECORD_BYTES:
                 raise RecordError(Reason.TOO_LARGE, f"banner of {end - begin} bytes, limit {MAX_RECORD_BYTES}")
             item = parse_json(scanner.read(begin, end))
-            yield ("record", line_no, record_from_host_item(item, index, inherited))
+            yield ("record", f"line {line_no} data[{index}]", record_from_host_item(item, index, inherited))
         except RecordError as exc:
             yield ("reject", f"line {line_no} data[{index}]", exc.reason, exc.detail)
         yield ("checkpoint", Checkpoint({"line": line_no - 1, "offset": start, "item": index + 1}))

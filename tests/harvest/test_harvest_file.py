@@ -384,6 +384,21 @@ def test_a_host_lookup_reports_each_bad_banner_by_index(tmp_path) -> None:
     assert (service.port, service.host.org) == (22, "Host Org")  # host fields are inherited
 
 
+@pytest.mark.parametrize("long", [False, True])
+def test_a_repeated_or_future_banner_of_a_host_lookup_is_reported_by_index(tmp_path, long: bool) -> None:
+    """They were reported as "line 1", which a lookup of thousands of banners does not narrow down."""
+    banners = [{"port": 1000 + i, "data": "x" * (4000 if long else 10)} for i in range(300 if long else 3)]
+    banners.append(banners[1])  # repeated within the host
+    banners.append({"port": 2, "timestamp": "2099-01-01T00:00:00"})
+    run = harvest(write_lines(tmp_path / "h.json", [host_lookup(banners)]), hosts=True)
+    assert run.rejected == {Reason.DUPLICATE: 1, Reason.FUTURE_TIMESTAMP: 1}
+    last = len(banners) - 1
+    assert list(run.rejections.order_by("position").values_list("position", "reason")) == [
+        (f"line 1 data[{last - 1}]", Reason.DUPLICATE),
+        (f"line 1 data[{last}]", Reason.FUTURE_TIMESTAMP),
+    ]
+
+
 def host_lookup(
     banners: list, ip: str = "192.0.2.70", *, separators: tuple[str, str] | None = None, **fields: object
 ) -> bytes:
@@ -524,7 +539,9 @@ def read_whole(text: bytes, line_no: int) -> list[tuple]:
     failed = dict(bad)
     records = iter(good)
     return [
-        ("reject", f"line {line_no} data[{i}]", failed[i].reason) if i in failed else ("record", line_no, next(records))
+        ("reject", f"line {line_no} data[{i}]", failed[i].reason)
+        if i in failed
+        else ("record", f"line {line_no} data[{i}]", next(records))
         for i in range(len(good) + len(bad))
     ]
 
