@@ -28,6 +28,7 @@ from typing import IO
 
 from harvest.ingest import Checkpoint
 from harvest.records import (
+    BANNER_NOT_HOST,
     HOST_FIELDS,
     MAX_HOST_LINE_BYTES,
     MAX_RECORD_BYTES,
@@ -284,15 +285,19 @@ def _host_outline(scanner: _Scanner) -> tuple[dict, int | None]:
     scanner.expect(_LBRACE)
     fields: dict = {}
     data_at: int | None = None
+    text_data = has_port = False  # a banner given for a host lookup
     if not scanner.take(_RBRACE):
         while True:
             key = _key(scanner)
             scanner.expect(_COLON)
+            has_port = has_port or key == "port"
             if key == "data" and scanner.peek() == _LBRACKET:
-                data_at = scanner.offset
+                data_at, text_data = scanner.offset, False
                 for _ in _array_items(scanner):  # checks what separates the banners, parses none
                     pass
             else:
+                if key == "data":
+                    text_data = scanner.peek() == _QUOTE
                 begin, end = scanner.skip_value()
                 if key == "data":
                     data_at = None  # as for a short line, the last "data" counts
@@ -308,7 +313,7 @@ def _host_outline(scanner: _Scanner) -> tuple[dict, int | None]:
     if scanner.peek() is not None:
         raise scanner.error("the end of the line")
     if data_at is None:
-        raise RecordError(Reason.NO_BANNERS)
+        raise RecordError(Reason.NO_BANNERS, *([BANNER_NOT_HOST] if text_data and has_port else []))
     return fields, data_at
 
 

@@ -347,9 +347,15 @@ def record_from_line(line: bytes) -> BannerRecord:
     """One line of a `shodan download` file: the raw record is the line itself, verbatim (a BOM
     in front of it aside)."""
     obj = parse_line(line)
-    return record_from_object(obj, line.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n"))
+    try:
+        return record_from_object(obj, line.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n"))
+    except RecordError as exc:
+        if exc.reason == Reason.MISSING_PORT and isinstance(obj.get("data"), list):
+            exc.detail = "no port field: a host lookup, its banners in data[]; read the file with --hosts"
+        raise
 
 
+BANNER_NOT_HOST = "a banner, not a host lookup: its data is text, not a list of banners; read the file with --file"
 HOST_FIELDS = ("ip", "ip_str", "ipv6", "org", "isp", "asn", "hostnames", "os", "location", "country_code")
 
 
@@ -359,6 +365,8 @@ def host_from_line(line: bytes) -> tuple[dict, list]:
     obj = parse_line(line)
     banners = obj.get("data")
     if not isinstance(banners, list):
+        if isinstance(banners, str) and "port" in obj:
+            raise RecordError(Reason.NO_BANNERS, BANNER_NOT_HOST)
         raise RecordError(Reason.NO_BANNERS)
     return {k: obj[k] for k in HOST_FIELDS if k in obj}, banners
 

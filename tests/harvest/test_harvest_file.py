@@ -67,6 +67,19 @@ def test_it_ingests_every_real_shodan_file(shared_data) -> None:
     assert json.loads(ldap.raw)["port"] == 389
 
 
+def test_a_file_read_in_the_wrong_mode_says_which_mode_reads_it(shared_data, tmp_path) -> None:
+    """Every line rejected for a reason that did not say the file was of the other kind: a run
+    "completed" with nothing accepted, and "no port field" sent its user looking at the data."""
+    lookups = harvest(shared_data / "shodan" / "sner4-host-lookup.jsonl")
+    banners = harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl", hosts=True)
+    assert (lookups.rejected, banners.rejected) == ({Reason.MISSING_PORT: 1}, {Reason.NO_BANNERS: 7})
+    assert "read the file with --hosts" in lookups.rejections.get().detail
+    long = harvest(write_lines(tmp_path / "long.json", [line(banner(data="x" * MAX_RECORD_BYTES))]), hosts=True)
+    assert {r.detail for r in [*banners.rejections.all(), *long.rejections.all()]} == {
+        "a banner, not a host lookup: its data is text, not a list of banners; read the file with --file"
+    }
+
+
 def test_seeing_a_service_again_never_duplicates_it(shared_data) -> None:
     path = shared_data / "shodan" / "intelmq-parser-tests.jsonl"
     harvest(path)
