@@ -122,6 +122,15 @@ def _open(path: Path) -> tuple[BufferedIOBase, BufferedIOBase]:
 _Line = bytes | _TooLarge | _Spooled
 
 
+class _Damaged(Exception):
+    """The stream could not be read further: `cause`, and the unfinished last line read before
+    it (`rest`, ending at `end`), which is a whole record when only its newline was missing."""
+
+    def __init__(self, cause: BaseException, rest: bytes, end: int) -> None:
+        super().__init__(str(cause))
+        self.cause, self.rest, self.end = cause, rest, end
+
+
 def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_Line, int]]:
     """(line without its newline, offset after it). A line over `limit` (not counting its ending)
     is skipped; one over MAX_RECORD_BYTES is never held in memory whole: within `limit` it is
@@ -131,7 +140,10 @@ def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_L
     long: _LongLine | None = None  # inside a line too long for memory
     try:
         while True:
-            block = stream.read1(READ_CHUNK)
+            try:
+                block = stream.read1(READ_CHUNK)
+            except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+                raise _Damaged(exc, b"" if long is not None else rest, offset + len(rest)) from exc
             if not block:
                 break
             if long is not None:
@@ -197,10 +209,19 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
                 yield ("line", line_no, end)
                 if progress is not None and line_no % 256 == 0:
                     progress(raw.tell())
-        except EOFError as exc:
-            yield ("error", f"line {line_no + 1}", Reason.TRUNCATED_FILE, f"{exc}; records before it were kept")
+        except _Damaged as damage:
+            if _is_whole(damage.rest, limit):
+                line_no += 1
+                if hosts:
+                    yield from _host_line_events(damage.rest, line_no, offset, skip)
+                else:
+                    yield from _banner_line_events(damage.rest, line_no)
+                offset = damage.end
+                yield ("line", line_no, offset)
+            reason = Reason.TRUNCATED_FILE if isinstance(damage.cause, EOFError) else Reason.CORRUPT_FILE
+            yield ("error", f"line {line_no + 1}", reason, f"{damage.cause}; records before it were kept")
             yield _end_of_file(line_no, offset)
-        except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+        except OSError as exc:  # outside the read itself: the temporary file of a long line
             yield ("error", f"line {line_no + 1}", Reason.CORRUPT_FILE, f"{exc}; records before it were kept")
             yield _end_of_file(line_no, offset)
         if progress is not None:
@@ -208,6 +229,18 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
     finally:
         stream.close()
         raw.close()
+
+
+def _is_whole(rest: bytes, limit: int) -> bool:
+    """Whether an unfinished last line cut off by damage is a whole JSON value: then only its
+    newline was missing. One cut inside a record is not read (the damage is reported at it)."""
+    if not rest.strip(JSON_BLANKS) or record_size(rest) > limit:
+        return False
+    try:
+        parse_json(rest)
+    except (RecordError, ValueError):
+        return False
+    return True
 
 
 def _banner_line_events(line: bytes, line_no: int) -> Iterator:

@@ -335,6 +335,22 @@ def test_a_truncated_gzip_keeps_what_came_before(tmp_path) -> None:
     assert endpoints() <= {(r["ip_str"], 80, "tcp") for r in many(2000)}
 
 
+@pytest.mark.parametrize("hosts", [False, True])
+def test_a_last_line_without_a_newline_before_the_damage_is_kept_when_it_is_whole(tmp_path, hosts: bool) -> None:
+    """Junk after the last gzip member lost the record before it when that record had no newline:
+    the reader dropped its unfinished last line whenever reading stopped on an error."""
+    records = many(3)
+    if hosts:
+        records = [{"ip_str": r["ip_str"], "data": [{"port": 80}]} for r in records]
+    body = b"".join(line(r) for r in records).rstrip(b"\n")
+    path = tmp_path / "f.json.gz"
+    path.write_bytes(gzip.compress(body) + b"junk after the last member")
+    run = harvest(path, hosts=hosts)
+    assert endpoints() == {(r["ip_str"], 80, "tcp") for r in records}
+    assert run.rejected == {Reason.CORRUPT_FILE: 1}
+    assert Rejection.objects.get(run=run).position == "line 4"
+
+
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_a_damaged_gzip_is_reported_once_when_its_run_is_resumed_after_its_last_batch(tmp_path, damage: str) -> None:
     """A run can die after its last batch committed and before it was marked completed (kill -9,
