@@ -18,6 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
 
@@ -388,7 +389,8 @@ def _import_file(path: Path) -> Network:
 def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
     """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network,
     or whose recipient staff have since disabled, deleted or inhibited, or added or changed a
-    contact it was chosen from (no lookup is made for these: their network is cached).
+    contact it was chosen from, or whose candidates had an inhibition end, change or go (no lookup
+    is made for these: their network is cached).
 
     Inhibited owners come back every time: an inhibition ends, and their network is usually cached.
     """
@@ -402,12 +404,31 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
         | Q(organisation=OuterRef("operator"))
         | Q(organisation=OuterRef("network__holder"))
     )
-    settled = HostOwner.objects.filter(host=OuterRef("pk")).filter(
+    # An inhibition of a candidate that ended, or that staff changed or deleted, since the
+    # recipient was chosen: the contact it held back may be the better one again.
+    inhibition_of_candidate = (
+        Q(contact=OuterRef("override_recipient"))
+        | Q(contact__organisation=OuterRef("operator"))
+        | Q(contact__organisation=OuterRef("network__holder"))
+        | Q(organisation=OuterRef("override_recipient__organisation"))
+        | Q(organisation=OuterRef("operator"))
+        | Q(organisation=OuterRef("network__holder"))
+    )
+    inhibition_ended = Inhibition.objects.filter(inhibition_of_candidate).filter(
+        until__lt=timezone.localdate(), until__gte=OuterRef("chosen_on")
+    )
+    inhibition_changed = Inhibition.history.model.objects.filter(inhibition_of_candidate).filter(
+        history_date__gt=OuterRef("updated_at")
+    )
+    owners = HostOwner.objects.annotate(chosen_on=TruncDate("updated_at"))  # the day, in TIME_ZONE
+    settled = owners.filter(host=OuterRef("pk")).filter(
         Q(status=HostOwner.Status.SKIPPED)
         | (
             Q(status=HostOwner.Status.RESOLVED, network__expires_at__gt=now, recipient__enabled=True)
             & ~Exists(recipient_inhibited)
             & ~Exists(contact_changed)
+            & ~Exists(inhibition_ended)
+            & ~Exists(inhibition_changed)
         )
     )
     return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation
@@ -610,3 +611,52 @@ def test_the_next_run_chooses_again_when_staff_disabled_inhibited_deleted_or_add
     desk = Contact.objects.create(organisation=owner.network.holder, email="desk@bt.example", role="abuse")
     owner = next_run()
     assert owner.status == HostOwner.Status.RESOLVED and owner.recipient == desk
+
+
+def a_day_passes() -> None:
+    """Time moves on: every stored time and day moves one day into the past."""
+    day = timedelta(days=1)
+    HostOwner.objects.update(updated_at=F("updated_at") - day)
+    Contact.objects.update(updated_at=F("updated_at") - day)
+    Network.objects.update(fetched_at=F("fetched_at") - day, expires_at=F("expires_at") - day)
+    Inhibition.objects.update(until=F("until") - day)
+    Inhibition.history.model.objects.update(history_date=F("history_date") - day)
+
+
+def test_the_next_run_chooses_again_when_an_inhibition_ended_or_was_deleted(registries: Registries) -> None:
+    """An inhibited recipient was passed over for the next contact, and that one stayed the host's
+    recipient after the inhibition ended or staff deleted it: the host was settled until its
+    network expired (up to RDAP_CACHE_DAYS), so the contact the rule prefers waited as long."""
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    first = HostOwner.objects.get(host=host).recipient
+    assert first.email == "zzdnsr@bt.com"
+    inhibition = inhibition_create(contact=first, reason="holiday", until=timezone.localdate(), actor="staff")
+    resolve(registries)
+    assert HostOwner.objects.get(host=host).recipient.email == "steve.a.marshall@bt.com"
+    assert list(hosts_needing_owner()) == []
+
+    a_day_passes()  # the inhibition has ended
+    assert Inhibition.objects.get(pk=inhibition.pk).until < timezone.localdate()
+    assert [h.ip for h in hosts_needing_owner()] == ["62.239.237.1"]
+    assert resolve(registries).as_dict()["requests"] == 0
+    assert HostOwner.objects.get(host=host).recipient == first
+    assert list(hosts_needing_owner()) == []
+
+    holder = first.organisation
+    inhibition_create(contact=first, reason="holiday", until=timezone.localdate() + timedelta(days=9))
+    resolve(registries)
+    assert HostOwner.objects.get(host=host).recipient.email == "steve.a.marshall@bt.com"
+    Inhibition.objects.get(contact=first, until__gt=timezone.localdate()).delete()  # staff lift it early
+    assert [h.ip for h in hosts_needing_owner()] == ["62.239.237.1"]
+    resolve(registries)
+    assert HostOwner.objects.get(host=host).recipient == first
+
+    inhibition_create(organisation=holder, reason="asked us to wait", until=timezone.localdate() + timedelta(days=9))
+    resolve(registries)
+    assert HostOwner.objects.get(host=host).status == HostOwner.Status.INHIBITED
+    Inhibition.objects.filter(organisation=holder).delete()
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.status, owner.recipient) == (HostOwner.Status.RESOLVED, first)
+    assert list(hosts_needing_owner()) == []
