@@ -523,7 +523,7 @@ class _Context:
 
     def contacts_of(self, organisation_id: int) -> list[Contact]:
         if organisation_id not in self._contacts:
-            self._contacts[organisation_id] = list(Contact.objects.filter(organisation_id=organisation_id))
+            self._contacts[organisation_id] = _contacts_from_db(organisation_id)
         return self._contacts[organisation_id]
 
 
@@ -632,7 +632,20 @@ ContactsOf = Callable[[int], list[Contact]]
 
 
 def _contacts_from_db(organisation_id: int) -> list[Contact]:
-    return list(Contact.objects.filter(organisation_id=organisation_id))
+    """The organisation's contacts that may be chosen: those staff entered, and the RDAP ones that
+    the stored answer of a network it holds still names. A registry that replaced an address does
+    not delete our row (staff may have disabled it, it has history), but it is no contact now."""
+    contacts = list(Contact.objects.filter(organisation_id=organisation_id))
+    if any(c.source == Contact.Source.RDAP for c in contacts):
+        named = {
+            (candidate["email"], candidate["role"])
+            for candidates in Network.objects.filter(holder_id=organisation_id).values_list(
+                "contact_candidates", flat=True
+            )
+            for candidate in candidates
+        }
+        contacts = [c for c in contacts if c.source == Contact.Source.STAFF or (c.email, c.role) in named]
+    return contacts
 
 
 def _recipient_apply(

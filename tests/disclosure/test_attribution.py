@@ -217,3 +217,25 @@ def test_a_look_alike_name_with_the_kelvin_sign_is_not_the_hospitals(name: str) 
     assert attribute_operator(facts, REGISTRY) is None
     upper = facts_from_host(hostnames=["PACS.MaasstadZiekenhuis.NL"], org="", raws=[])
     assert attribute_operator(upper, REGISTRY).organisation.name == "Maasstad Ziekenhuis"
+
+
+@pytest.mark.django_db
+def test_an_address_the_hospitals_registration_no_longer_names_is_not_its_operator_contact(tmp_path: Path) -> None:
+    """A hospital on its own network is the holder, so its network's RDAP contacts serve it as
+    operator. When the registry replaced the abuse address, the old contact stayed among the
+    hospital's contacts and, being the older row of the same role, went on being chosen as the
+    operator's contact for its systems, on its own network and elsewhere."""
+    own = make_host("81.0.0.7", hostnames=["pacs.erasmusmc.nl"])
+    cloud = make_host("198.51.3.7", hostnames=["viewer.erasmusmc.nl"])
+    hoster = ip_network("NET-CLOUD", "198.51.3.0", "198.51.3.255", "US", "Cloud Inc", "abuse@cloud.example")
+    hospital = ip_network("EMC-NET", "81.0.0.0", "81.0.0.255", "NL", "Erasmus MC", "old-abuse@erasmusmc.nl")
+    import_answers(tmp_path / "first", hoster, hospital)
+    owners_resolve()
+    assert {o.recipient.email for o in HostOwner.objects.all()} == {"old-abuse@erasmusmc.nl"}
+
+    hospital["entities"][0]["entities"][0]["vcardArray"][1][0][3] = "cert@erasmusmc.nl"
+    import_answers(tmp_path / "again", hospital)  # the registry's answer now names another address
+
+    assert owner_recompute(owner=HostOwner.objects.get(host=own)).recipient.email == "cert@erasmusmc.nl"
+    assert owner_recompute(owner=HostOwner.objects.get(host=cloud)).recipient.email == "cert@erasmusmc.nl"
+    assert Contact.objects.filter(email="old-abuse@erasmusmc.nl").exists()  # kept, with its history
