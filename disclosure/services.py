@@ -287,10 +287,25 @@ def _holder_save(*, answer: rdap_client.RdapNetwork, fetched_at: datetime) -> Or
     if registered is not None:
         return _registry_organisation(registered)
     organisation, created = Organisation.objects.get_or_create(
-        source_key=f"rdap:{answer.registry}:{handle}"[:200],
-        defaults={"name": name[:255] or handle, "country": answer.country, "source": Organisation.Source.RDAP},
+        source_key=_holder_key(answer=answer, handle=handle, name=name),
+        defaults={
+            "name": name[:255] or handle or f"{answer.start} - {answer.end}",
+            "country": answer.country,
+            "source": Organisation.Source.RDAP,
+        },
     )
     return organisation
+
+
+def _holder_key(*, answer: rdap_client.RdapNetwork, handle: str, name: str) -> str:
+    """How an RDAP holder is found again: by the registry's handle. RDAP makes handles optional:
+    without one, by its name, and without a name either, by the network (a prefix of its own each,
+    so no handle can stand for another holder)."""
+    if handle:
+        return f"rdap:{answer.registry}:{handle}"[:200]
+    if name:
+        return f"rdap-name:{answer.registry}:{name}"[:200]
+    return f"rdap-network:{answer.registry}:{answer.start}-{answer.end}"
 
 
 def _rdap_contacts_save(*, organisation: Organisation, candidates: list[dict], registry: str, at: datetime) -> None:

@@ -239,3 +239,21 @@ def test_an_address_the_hospitals_registration_no_longer_names_is_not_its_operat
     assert owner_recompute(owner=HostOwner.objects.get(host=own)).recipient.email == "cert@erasmusmc.nl"
     assert owner_recompute(owner=HostOwner.objects.get(host=cloud)).recipient.email == "cert@erasmusmc.nl"
     assert Contact.objects.filter(email="old-abuse@erasmusmc.nl").exists()  # kept, with its history
+
+
+@pytest.mark.django_db
+def test_registrants_without_a_handle_are_not_one_organisation(tmp_path: Path) -> None:
+    """RDAP makes an entity's handle optional. Holders were found again by registry and handle
+    only, so every registrant without one was the same organisation: the first one's name, and
+    a contact staff added for one network's holder mailed about the other's hosts."""
+    first = ip_network("NET-A", "198.51.4.0", "198.51.4.255", "US", "Alpha Hosting", "abuse@alpha.example")
+    second = ip_network("NET-B", "198.51.5.0", "198.51.5.255", "US", "Beta Cloud", "abuse@beta.example")
+    nameless = ip_network("NET-C", "198.51.6.0", "198.51.6.255", "US", "", "abuse@gamma.example")
+    for answer in (first, second, nameless):
+        del answer["handle"], answer["entities"][0]["handle"]
+    import_answers(tmp_path / "answers", first, second, nameless)
+
+    holders = {n.start_address: n.holder for n in Network.objects.all()}
+    assert holders["198.51.4.0"].name == "Alpha Hosting" and holders["198.51.5.0"].name == "Beta Cloud"
+    assert holders["198.51.6.0"].name == "198.51.6.0 - 198.51.6.255"  # no handle, no name: the range
+    assert len({h.pk for h in holders.values()}) == 3
