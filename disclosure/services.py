@@ -40,6 +40,8 @@ LOOKUP_SPAN = {4: 8, 6: 12}
 # security, technical, administrative; entities on the network before nested ones): the rule
 # takes the first usable one, so an answer listing thousands of addresses costs 50 rows.
 MAX_CONTACTS_PER_NETWORK = 50
+# Host owners are written per chunk of this many hosts.
+OWNER_CHUNK = 500
 
 
 class OwnerError(Exception):
@@ -87,6 +89,14 @@ class ResolveStats:
             "networks_fetched": self.networks_fetched,
             "failed": dict(self.failed),
         }
+
+    def add(self, other: ResolveStats) -> None:
+        self.addresses += other.addresses
+        self.resolved += other.resolved
+        self.from_cache += other.from_cache
+        self.requests += other.requests
+        self.networks_fetched += other.networks_fetched
+        self.failed.update(other.failed)
 
 
 class _Intervals:
@@ -146,20 +156,22 @@ def network_resolve_addresses(
     limiter: rdap_client.RateLimiter | None = None,
     concurrency: int | None = None,
     progress: ProgressFn | None = None,
+    memory: _Intervals | None = None,
 ) -> tuple[dict[str, AddressOutcome], ResolveStats]:
     """Map each public address to its registry network: from the cache, else one RDAP lookup.
 
     Lookups run `concurrency` at a time in threads; answers are saved here, in this thread.
     A failure is recorded for its address and the rest go on. The outcomes are keyed by the
     addresses exactly as given (e.g. `Host.ip`); an IPv4-mapped address (::ffff:a.b.c.d) is
-    looked up as the IPv4 address it holds, once for both spellings.
+    looked up as the IPv4 address it holds, once for both spellings. `memory` keeps the networks
+    seen from one call to the next.
     """
     options = options or lookup_options_from_settings()
     limiter = limiter or rdap_client.RateLimiter(settings.RDAP_REQUESTS_PER_SECOND)
     concurrency = max(1, concurrency or settings.RDAP_CONCURRENCY)
     stats = ResolveStats()
     outcomes: dict[str, AddressOutcome] = {}
-    memory = _Intervals()
+    memory = memory if memory is not None else _Intervals()
     now = timezone.now()
     keys: dict[str, str] = {}
     spellings: dict[str, list[str]] = {}  # the address looked up -> the texts given for it
@@ -492,34 +504,57 @@ def owners_resolve(
     concurrency: int | None = None,
     progress: ProgressFn | None = None,
 ) -> OwnersSummary:
-    """Resolve network, operator and recipient for every host that needs it (or the given hosts)."""
-    host_list = list(hosts if hosts is not None else hosts_needing_owner())
+    """Resolve network, operator and recipient for every host that needs it (or the given hosts).
+
+    Hosts go in chunks of OWNER_CHUNK, in address order: each chunk's owners are written as soon
+    as its addresses are resolved, so a run stopped early (Ctrl-C, the task's timeout while a
+    registry is slow) keeps what it did, and the next run takes up the rest.
+    """
+    host_list = sorted(hosts if hosts is not None else hosts_needing_owner(), key=_address_order)
     summary = OwnersSummary(hosts=len(host_list))
-    public, refused = [], {}
-    for host in host_list:
-        reason = rdap_client.address_refusal(host.ip)
-        if reason:
-            refused[host.pk] = reason
-            summary.skipped[reason] += 1
-        else:
-            public.append(host.ip)
-    outcomes, summary.stats = network_resolve_addresses(
-        addresses=public, options=options, limiter=limiter, concurrency=concurrency, progress=progress
-    )
-    context = _Context()
-    for start in range(0, len(host_list), 500):
-        chunk = host_list[start : start + 500]
+    options = options or lookup_options_from_settings()
+    limiter = limiter or rdap_client.RateLimiter(settings.RDAP_REQUESTS_PER_SECOND)
+    memory = _Intervals()
+    done = 0
+
+    def moved(count: int) -> None:
+        if progress:
+            progress(done + count)
+
+    for start in range(0, len(host_list), OWNER_CHUNK):
+        chunk = host_list[start : start + OWNER_CHUNK]
+        public, refused = [], {}
+        for host in chunk:
+            reason = rdap_client.address_refusal(host.ip)
+            if reason:
+                refused[host.pk] = reason
+                summary.skipped[reason] += 1
+            else:
+                public.append(host.ip)
+        outcomes, stats = network_resolve_addresses(
+            addresses=public, options=options, limiter=limiter, concurrency=concurrency, progress=moved, memory=memory
+        )
+        summary.stats.add(stats)
+        done += stats.addresses
+        # A fresh context per chunk: the networks this chunk saved may have added contacts.
         try:
-            owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context)
+            owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=_Context())
         except IntegrityError:
             # Another run created some of these owners meanwhile: read them and write again. The
             # context may hold organisations created by the attempt just rolled back: start afresh.
-            context = _Context()
-            owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=context)
+            owners = _owners_write(chunk=chunk, refused=refused, outcomes=outcomes, context=_Context())
         for owner in owners:
             summary.status[str(owner.status)] += 1
             summary.operators += owner.operator_id is not None
     return summary
+
+
+def _address_order(host: Host) -> tuple[int, str]:
+    """Hosts in address order (neighbours in one chunk), addresses that do not parse last."""
+    try:
+        return 0, ip_key(rdap_client.lookup_address(host.ip))
+    except ValueError:
+        return 1, host.ip
 
 
 class _Context:

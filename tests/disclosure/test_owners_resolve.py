@@ -15,6 +15,7 @@ from django.utils import timezone
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation
 from disclosure.services import (
     MAX_CONTACTS_PER_NETWORK,
+    OWNER_CHUNK,
     OwnersSummary,
     contact_set_enabled,
     hosts_needing_owner,
@@ -24,8 +25,9 @@ from disclosure.services import (
     owner_recompute,
     owners_resolve,
 )
+from harvest.models import Host, Service
 from harvest.services import harvest_execute, harvest_file_start
-from tests.disclosure.conftest import Registries, make_host
+from tests.disclosure.conftest import SEEN, Registries, make_host
 from tests.standins.rdap_server import Script
 
 pytestmark = pytest.mark.django_db
@@ -659,4 +661,34 @@ def test_the_next_run_chooses_again_when_an_inhibition_ended_or_was_deleted(regi
     resolve(registries)
     owner = HostOwner.objects.get(host=host)
     assert (owner.status, owner.recipient) == (HostOwner.Status.RESOLVED, first)
+    assert list(hosts_needing_owner()) == []
+
+
+def test_a_run_killed_during_lookups_keeps_the_owners_of_the_addresses_it_resolved(registries: Registries) -> None:
+    """Owners were written only once every address had been looked up, so a run stopped before
+    its end (Ctrl-C, or the task's timeout while a registry was slow) kept no owner at all, and a
+    run that always took longer than the timeout never gave any host an owner."""
+    from tests.standins.rdap_server import generated_answer
+
+    start, end = ipaddress.IPv4Address("11.0.0.0"), ipaddress.IPv4Address("11.0.255.255")
+    registries.standin.add(generated_answer(0, start, end), registry="ripencc", asn=64500, country="NL")
+    hosts = Host.objects.bulk_create(
+        Host(ip=str(start + 1 + i), first_seen=SEEN, last_seen=SEEN) for i in range(OWNER_CHUNK + 1)
+    )
+    Service.objects.bulk_create(
+        Service(host=h, port=104, raw="{}", banner_hash="0", first_seen=SEEN, last_seen=SEEN, banner_since=SEEN)
+        for h in hosts
+    )
+
+    def killed_at_the_last_address(done: int) -> None:
+        if done == OWNER_CHUNK + 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        owners_resolve(options=registries.options, limiter=registries.limiter, progress=killed_at_the_last_address)
+    assert HostOwner.objects.filter(status=HostOwner.Status.RESOLVED).count() == OWNER_CHUNK
+
+    summary = resolve(registries).as_dict()  # resumed: only the host the killed run did not finish
+    assert summary["hosts"] == 1 and summary["requests"] == 0
+    assert HostOwner.objects.filter(status=HostOwner.Status.RESOLVED, attempts=1).count() == OWNER_CHUNK + 1
     assert list(hosts_needing_owner()) == []
