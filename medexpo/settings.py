@@ -1,5 +1,6 @@
 """medexpo settings. Everything that differs between deployments comes from the environment."""
 
+import ipaddress
 import math
 import os
 import re
@@ -28,6 +29,26 @@ def envbool(name: str, default: bool) -> bool:
 
 def envint(name: str, default: int, *, minimum: int | None = None) -> int:
     return _envnumber(name, default, int, "an integer", minimum=minimum)
+
+
+def envdnsserver(name: str) -> str:
+    """An IP address and port ("192.0.2.53:53", "[2001:db8::53]:53"), or empty. The DNS client
+    takes addresses only; a value it cannot use failed every owner look-up, not the start."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return ""
+    host, _, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+        valid = (address.version == 6) == bracketed and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ImproperlyConfigured(
+            f"{name} must be an IP address and port like 192.0.2.53:53 or [2001:db8::53]:53, got {value!r}"
+        )
+    return value
 
 
 def envfloat(name: str, default: float, *, minimum: float | None = None, above: float | None = None) -> float:
@@ -241,7 +262,7 @@ HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000, minimum=1)
 # Owners (RDAP/ASN through ipwhois). RDAP_BASE_URL sends every registry request to one server
 # (a mirror, or the stand-in in tests); empty means the registries themselves.
 RDAP_BASE_URL = os.environ.get("RDAP_BASE_URL", "")
-RDAP_DNS_SERVER = os.environ.get("RDAP_DNS_SERVER", "")  # "host:port" for the ASN step; empty: system
+RDAP_DNS_SERVER = envdnsserver("RDAP_DNS_SERVER")  # "address:port" for the ASN step; empty: system
 RDAP_TIMEOUT = envfloat("RDAP_TIMEOUT", 10, above=0)
 RDAP_CACHE_DAYS = envint("RDAP_CACHE_DAYS", 30, minimum=0)
 RDAP_REQUESTS_PER_SECOND = envfloat("RDAP_REQUESTS_PER_SECOND", 1.0, minimum=0)  # per registry; 0: no limit

@@ -86,6 +86,23 @@ def test_a_country_that_is_not_a_two_letter_code_is_refused_by_name() -> None:
             assert proc.stdout.strip() == expected
 
 
+def test_a_dns_server_that_is_not_an_address_and_port_is_refused_by_name() -> None:
+    """A value without its port, or with a name, failed every owner look-up as unexpected_error."""
+    probe = [
+        sys.executable,
+        "-c",
+        "import django; django.setup(); from django.conf import settings as s; print(s.RDAP_DNS_SERVER)",
+    ]
+    for value in ("127.0.0.1", "dns.example:53", "127.0.0.1:0", "127.0.0.1:99999", "::1:53", "127.0.0.1:x"):
+        proc = start_with(probe, RDAP_DNS_SERVER=value)
+        assert proc.returncode != 0, value
+        assert "RDAP_DNS_SERVER must be an IP address and port like 192.0.2.53:53 or [2001:db8::53]:53" in proc.stderr
+    for value, read in (("127.0.0.1:5353", "127.0.0.1:5353"), (" [::1]:53 ", "[::1]:53"), ("", "")):
+        proc = start_with(probe, RDAP_DNS_SERVER=value)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == read
+
+
 def test_a_number_setting_out_of_its_range_is_refused_by_name() -> None:
     """Taken as they were, these did harm without a word: a negative or NaN request interval sent
     requests without pacing, HARVEST_BATCH_SIZE=0 committed every banner on its own, a negative
