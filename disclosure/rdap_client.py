@@ -702,7 +702,8 @@ def _vcard(vcard: Any) -> tuple[str, str, tuple[str, ...]]:
         elif key == "kind" and not kind:
             kind = _text(value, 20).lower()
         elif key == "email" and isinstance(value, str):
-            address = _text(value, 254).lower()
+            # Read whole (within reason): cut to 254 it could become another, valid address.
+            address = _text(value, 1000).lower()
             if "@" in address and address not in emails:
                 emails.append(address)
     return name, kind, tuple(emails[:10])

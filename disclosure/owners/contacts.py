@@ -87,6 +87,8 @@ def address_problem(email: str) -> str | None:
     if hidden is not None:
         name = unicodedata.name(hidden, "(a control character)")
         return f"contains U+{ord(hidden):04X} {name}: control, invisible and space characters are not sent as shown"
+    if len(email) > 254:  # RFC 5321's limit, and the contact field's: Django's validator takes 320
+        return f"is {len(email)} characters long, more than the 254 an address can have"
     try:
         validate_email(email)
     except ValidationError:

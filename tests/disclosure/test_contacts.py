@@ -81,6 +81,17 @@ def test_an_ordinary_address_is_a_candidate_and_sent_as_shown(email: str) -> Non
     assert sanitize_address(email.lower(), "utf-8") == f"{local}@{domain.encode('idna').decode('ascii')}"
 
 
+def test_an_address_too_long_to_send_is_not_cut_into_another() -> None:
+    """Read cut to 254 characters, this address became a different, valid one: its first 254."""
+    domain = ".".join(["a" * 61] * 3 + ["b" * 59, "nl"])
+    whole = f"abuse@{domain}xyz"
+    assert len(whole) == 257 and not address_problem(whole[:254])
+    network = parse_network(answer(whole))
+
+    assert [c["email"] for c in contact_candidates(network)] == ["noc@x.nl"]
+    assert [a["email"] for a in unusable_addresses(network.entities)] == [whole]
+
+
 @pytest.mark.parametrize(
     ("email", "reason"),
     [
