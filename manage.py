@@ -5,6 +5,8 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medexpo.settings")
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
     try:
@@ -15,6 +17,12 @@ def main() -> None:
         # output still buffered would fail again at exit, so it goes to /dev/null instead.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except ImproperlyConfigured as exc:
+        if settings.configured:
+            raise
+        # The settings refused the environment: the message names the variable and what it
+        # takes, and a traceback through Django's startup would read as a crash.
+        sys.exit(f"ImproperlyConfigured: {exc}")
 
 
 if __name__ == "__main__":

@@ -245,3 +245,13 @@ def test_the_debug_error_page_hides_passwords_in_urls() -> None:
     ).stdout
     assert "ZeroDivisionError" in shown and "Q_CLUSTER" in shown and "REDIS_URL" in shown
     assert "hunter2secret" not in shown and "pw2secret" not in shown
+
+
+def test_a_refused_setting_stops_a_command_with_its_message_and_no_traceback() -> None:
+    """The refusal named the variable, but at the end of some 50 lines of traceback through
+    Django's startup, which an operator reads as a crash of the program."""
+    for command in (["check"], ["harvest", "--file", "x.json"], ["qcluster"]):
+        proc = start_with([sys.executable, "manage.py", *command], HARVEST_BATCH_SIZE="0")
+        assert proc.returncode == 1, command
+        assert proc.stderr == "ImproperlyConfigured: HARVEST_BATCH_SIZE must be at least 1, got '0'\n", command
+        assert proc.stdout == ""
