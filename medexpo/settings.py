@@ -193,11 +193,18 @@ _default_db = f"sqlite:///{DATA_DIR / 'medexpo.sqlite3'}"
 DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or _default_db)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     _sqlite_file = Path(DATABASES["default"]["NAME"])
-    _sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-    # SQLite creates a database (and its -wal and -shm files, which copy its mode) with the umask's
-    # 0644: every user of the machine could read the exposed systems and contacts that the report
-    # files keep owner-only, and staff's password hashes. An empty file is an empty database.
-    _sqlite_file.touch(mode=0o600, exist_ok=True)
+    try:
+        _sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        # SQLite creates a database (and its -wal and -shm files, which copy its mode) with the
+        # umask's 0644: every user of the machine could read the exposed systems and contacts that
+        # the report files keep owner-only, and staff's password hashes. An empty file is an empty
+        # database.
+        _sqlite_file.touch(mode=0o600, exist_ok=True)
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"{'DATABASE_URL' if os.environ.get('DATABASE_URL') else 'MEDEXPO_DATA_DIR'}: cannot create the "
+            f"SQLite database {_sqlite_file}: {exc.strerror}"
+        ) from None
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         # WAL lets the admin read while a harvest writes; IMMEDIATE avoids lock-upgrade deadlocks.

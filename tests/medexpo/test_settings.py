@@ -255,3 +255,18 @@ def test_a_refused_setting_stops_a_command_with_its_message_and_no_traceback() -
         assert proc.returncode == 1, command
         assert proc.stderr == "ImproperlyConfigured: HARVEST_BATCH_SIZE must be at least 1, got '0'\n", command
         assert proc.stdout == ""
+
+
+def test_a_data_dir_where_no_database_can_be_made_is_refused_by_name(tmp_path) -> None:
+    """A MEDEXPO_DATA_DIR under a file (or a path nobody may write) stopped the start with a bare
+    FileNotFoundError or NotADirectoryError traceback that named neither variable."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    probe = [sys.executable, "-c", "import django; django.setup()"]
+    proc = start_with(probe, DATABASE_URL="", MEDEXPO_DATA_DIR=str(blocker / "data"))
+    assert proc.returncode != 0
+    assert f"ImproperlyConfigured: MEDEXPO_DATA_DIR: cannot create the SQLite database {blocker}/data" in proc.stderr
+
+    proc = start_with(probe, DATABASE_URL=f"sqlite:///{blocker}/db.sqlite3")
+    assert proc.returncode != 0
+    assert f"ImproperlyConfigured: DATABASE_URL: cannot create the SQLite database {blocker}/db.sqlite3" in proc.stderr
