@@ -4,6 +4,7 @@ import ipaddress
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -102,6 +103,22 @@ def envsecret(name: str, default: str = "") -> str:
             raise ImproperlyConfigured(f"{name}_FILE names an empty file: {path}")
         return secret
     return os.environ.get(name, default)
+
+
+def envurl(name: str) -> str:
+    """The http(s) URL of a server, or "" when not set. Not quoted when refused: it may hold a password."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return ""
+    parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - reading it checks it (a port that is no number)
+    except ValueError:
+        parts = parts._replace(scheme="")
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL with a host")
+    return value
+
 
 
 DEBUG = envbool("DEBUG", False)
@@ -249,7 +266,7 @@ if not DEBUG:
 
 # Shodan. The key is a secret: it is read here and never logged.
 SHODAN_API_KEY = envsecret("SHODAN_API_KEY")
-SHODAN_API_URL = os.environ.get("SHODAN_API_URL", "")  # empty: the shodan package's default
+SHODAN_API_URL = envurl("SHODAN_API_URL")  # empty: the shodan package's default
 SHODAN_REQUEST_INTERVAL = envfloat("SHODAN_REQUEST_INTERVAL", 1.0, minimum=0)  # 1 request/s
 SHODAN_TIMEOUT = envfloat("SHODAN_TIMEOUT", 30, above=0)
 SHODAN_MAX_RETRIES = envint("SHODAN_MAX_RETRIES", 5, minimum=0)
@@ -268,7 +285,7 @@ HARVEST_BATCH_SIZE = envint("HARVEST_BATCH_SIZE", 2000, minimum=1)
 
 # Owners (RDAP/ASN through ipwhois). RDAP_BASE_URL sends every registry request to one server
 # (a mirror, or the stand-in in tests); empty means the registries themselves.
-RDAP_BASE_URL = os.environ.get("RDAP_BASE_URL", "")
+RDAP_BASE_URL = envurl("RDAP_BASE_URL")
 RDAP_DNS_SERVER = envdnsserver("RDAP_DNS_SERVER")  # "address:port" for the ASN step; empty: system
 RDAP_TIMEOUT = envfloat("RDAP_TIMEOUT", 10, above=0)
 RDAP_CACHE_DAYS = envint("RDAP_CACHE_DAYS", 30, minimum=0)

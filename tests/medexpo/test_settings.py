@@ -270,3 +270,41 @@ def test_a_data_dir_where_no_database_can_be_made_is_refused_by_name(tmp_path) -
     proc = start_with(probe, DATABASE_URL=f"sqlite:///{blocker}/db.sqlite3")
     assert proc.returncode != 0
     assert f"ImproperlyConfigured: DATABASE_URL: cannot create the SQLite database {blocker}/db.sqlite3" in proc.stderr
+
+
+def test_a_server_address_the_clients_cannot_use_is_refused_by_name() -> None:
+    """Taken as they were, each failed every lookup or request later, under a name that hid the
+    setting: RDAP_DNS_SERVER=127.0.0.1 (no port) as 'unexpected_error' (a fault of ours) for every
+    host, RDAP_BASE_URL=127.0.0.1:9 (no scheme) as 'lookup_failed' naming ARIN's own URL, and
+    SHODAN_API_URL=127.0.0.1:9 as 'connection to Shodan failed (InvalidSchema)' after the retries."""
+    probe = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(repr((s.RDAP_DNS_SERVER, s.RDAP_BASE_URL, s.SHODAN_API_URL)))"
+    )
+    for name, value, expected in (
+        ("RDAP_DNS_SERVER", "127.0.0.1", "RDAP_DNS_SERVER must be an IP address and port"),
+        ("RDAP_DNS_SERVER", "::1:53", "RDAP_DNS_SERVER must be an IP address and port"),
+        ("RDAP_DNS_SERVER", "127.0.0.1:dns", "RDAP_DNS_SERVER must be an IP address and port"),
+        ("RDAP_DNS_SERVER", "127.0.0.1:70000", "RDAP_DNS_SERVER must be an IP address and port"),
+        ("RDAP_BASE_URL", "127.0.0.1:9", "RDAP_BASE_URL must be an http:// or https:// URL with a host"),
+        ("SHODAN_API_URL", "ftp://u:secret@127.0.0.1", "SHODAN_API_URL must be an http:// or https:// URL with a host"),
+        ("SHODAN_API_URL", "https://", "SHODAN_API_URL must be an http:// or https:// URL with a host"),
+        ("SHODAN_API_URL", "http://127.0.0.1:port", "SHODAN_API_URL must be an http:// or https:// URL with a host"),
+    ):
+        proc = start_with([sys.executable, "-c", probe], **{name: value})
+        assert proc.returncode != 0, (name, value)
+        assert f"ImproperlyConfigured: {expected}" in proc.stderr, proc.stderr[-500:]
+        if name != "RDAP_DNS_SERVER":
+            assert "secret" not in proc.stderr  # a proxy's URL may hold a password: it is not quoted
+        else:
+            assert f"got {value!r}" in proc.stderr
+
+    read = run_with(
+        [sys.executable, "-c", probe],
+        RDAP_DNS_SERVER="[::1]:5353",
+        RDAP_BASE_URL="http://127.0.0.1:9/",
+        SHODAN_API_URL=" https://shodan-proxy.example/api ",
+    )
+    assert read.stdout.strip() == repr(("[::1]:5353", "http://127.0.0.1:9/", "https://shodan-proxy.example/api"))
+    empty = run_with([sys.executable, "-c", probe], RDAP_DNS_SERVER="", RDAP_BASE_URL="", SHODAN_API_URL="")
+    assert empty.stdout.strip() == repr(("", "", ""))
