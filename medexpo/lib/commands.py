@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
 from django.db.migrations.executor import MigrationExecutor
 
 # Names of databases found migrated in this process: a migrated database stays so, and tests call
@@ -28,11 +28,14 @@ def database_label(alias: str = DEFAULT_DB_ALIAS) -> str:
 
 class DatabaseCommand(BaseCommand):
     """Refuses, with the command to run, a database that is not migrated, instead of failing with
-    a traceback about a missing table halfway through."""
+    a traceback about a missing table halfway through; and one it cannot connect to, with the reason."""
 
     def execute(self, *args: Any, **options: Any) -> str | None:
         name = str(connections[DEFAULT_DB_ALIAS].settings_dict.get("NAME"))
-        missing = [] if name in _migrated else unapplied_migrations()
+        try:
+            missing = [] if name in _migrated else unapplied_migrations()
+        except OperationalError as exc:  # a server down, a database name mistyped, a wrong password
+            raise CommandError(f"cannot connect to the {database_label()}: {' '.join(str(exc).split())}") from None
         if not missing:
             _migrated.add(name)
         else:

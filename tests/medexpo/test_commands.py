@@ -40,6 +40,20 @@ def test_a_database_not_yet_migrated_is_refused_with_the_command_to_run(tmp_path
     assert done.stdout == ""
 
 
+def test_a_database_that_cannot_be_reached_is_refused_with_the_reason_and_no_traceback(tmp_path):
+    """A DATABASE_URL naming a database that does not exist, or a server that is down, ended every
+    command in some 90 lines of traceback through psycopg and Django's migration loader."""
+    url = "postgres://medexpo:secret@127.0.0.1:1/medexpo"  # nothing listens on port 1
+    proc = processes.manage(url, "classify", env={"MEDEXPO_DATA_DIR": str(tmp_path / "data")})
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1
+    assert err.decode().startswith("CommandError: cannot connect to the postgresql database medexpo: ")
+    assert "Connection refused" in err.decode()
+    assert "Traceback" not in err.decode() and "secret" not in err.decode()
+    assert out == b""
+
+
 def test_a_migrated_database_passes_and_a_reader_that_went_away_is_no_error(tmp_path):
     assert manage(tmp_path, "migrate", "-v0").returncode == 0
 
