@@ -703,6 +703,28 @@ def test_a_resume_refuses_options_it_would_ignore(tmp_path) -> None:
     assert (run.status, run.country, Service.objects.count()) == (HarvestRun.Status.COMPLETED, "NL", 3)
 
 
+def test_options_that_do_not_go_together_exit_with_the_status_of_wrong_options(tmp_path) -> None:
+    """`harvest --help` says 2: wrong options, as for `--batch-size 0` or two sources; these were
+    refused with 1, the status of a run that failed, before anything started."""
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(2)])
+    run = services.harvest_file_start(path=path, hosts=False, country="NL")
+    HarvestRun.objects.filter(pk=run.pk).update(status=HarvestRun.Status.STOPPED)
+    for args in (
+        ["--plan", "ports", "--batch-size", "10"],
+        ["--file", str(path), "--max-credits", "5"],
+        ["--resume", str(run.pk), "--country", "DE"],
+        ["--resume", str(run.pk), "--max-credits", "5"],
+        ["--file", str(path), "--count-only"],
+    ):
+        with pytest.raises(CommandError) as raised:
+            call_command("harvest", *args)
+        assert raised.value.returncode == 2, (args, raised.value)
+    with pytest.raises(CommandError) as raised:
+        call_command("harvest", "--file", str(tmp_path / "missing.json"))
+    assert raised.value.returncode == 1  # not an option error: the file is not there
+    assert HarvestRun.objects.count() == 1 and not Service.objects.exists()
+
+
 def test_export_services_writes_one_object_per_service(tmp_path, shared_data) -> None:
     harvest(shared_data / "shodan" / "intelmq-parser-tests.jsonl")
     out_file = tmp_path / "out.jsonl"

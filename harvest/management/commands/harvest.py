@@ -22,6 +22,7 @@ from medexpo.lib.commands import DatabaseCommand
 from medexpo.lib.progress import Progress
 from medexpo.lib.text import one_line, shorten
 
+EXIT_OPTIONS = 2  # as argparse exits on a usage error
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
@@ -79,12 +80,17 @@ class Command(DatabaseCommand):
         if options["plan"] is not None and options["batch_size"] is not None:
             raise CommandError(
                 "--batch-size does not apply to --plan: a search run commits after every page, "
-                "so that an interrupted run never buys a page twice"
+                "so that an interrupted run never buys a page twice",
+                returncode=EXIT_OPTIONS,
             )
         if options["max_credits"] is not None and (options["file"] is not None or options["hosts"] is not None):
-            raise CommandError("--max-credits applies to --plan and --resume: reading a file costs no credits")
+            raise CommandError(
+                "--max-credits applies to --plan and --resume: reading a file costs no credits", returncode=EXIT_OPTIONS
+            )
         if options["resume"] is not None and options["country"]:
-            raise CommandError("--country does not apply to --resume: a run keeps the country it started with")
+            raise CommandError(
+                "--country does not apply to --resume: a run keeps the country it started with", returncode=EXIT_OPTIONS
+            )
         if options["count_only"]:
             return self._count_only(options)
         # `is not None`: `--resume 0` or `--file ""` is the source asked for, refused by its own check.
@@ -94,7 +100,8 @@ class Command(DatabaseCommand):
                 if options["max_credits"] is not None:
                     if run.source != HarvestRun.Source.SEARCH:
                         raise CommandError(
-                            f"--max-credits applies to search runs: run {run.pk} reads a file, which costs no credits"
+                            f"--max-credits applies to search runs: run {run.pk} reads a file, which costs no credits",
+                            returncode=EXIT_OPTIONS,
                         )
                     run = search.harvest_search_set_budget(run=run, max_credits=options["max_credits"])
             elif options["plan"] is not None:
@@ -151,7 +158,7 @@ class Command(DatabaseCommand):
 
     def _count_only(self, options: dict) -> None:
         if options["plan"] is None:
-            raise CommandError("--count-only needs --plan NAME")
+            raise CommandError("--count-only needs --plan NAME", returncode=EXIT_OPTIONS)
         enabled = False if options["json"] else None
         try:
             with Progress(total=None, unit="query", desc="counting", enabled=enabled) as bar:
