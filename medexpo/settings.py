@@ -120,7 +120,6 @@ def envurl(name: str) -> str:
     return value
 
 
-
 DEBUG = envbool("DEBUG", False)
 DATA_DIR = Path(os.environ.get("MEDEXPO_DATA_DIR") or BASE_DIR / "data")
 
