@@ -85,8 +85,10 @@ def _envnumber(
 
 
 def envlist(name: str, default: str = "") -> list[str]:
-    """A comma-separated list; spaces around the items are dropped ("a.example, b.example")."""
-    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+    """A comma-separated list; spaces around the items are dropped ("a.example, b.example"). Set
+    but empty (a blank line in an env file), it is the default, as every other variable is."""
+    items = [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+    return items or [item.strip() for item in default.split(",") if item.strip()]
 
 
 def envsecret(name: str, default: str = "") -> str:

@@ -47,6 +47,12 @@ def test_hosts_and_origins_may_be_written_with_spaces_after_the_commas() -> None
     assert read["origins"] == ["https://medexpo.example", "https://admin.medexpo.example"]
 
 
+def test_hosts_set_but_empty_are_the_default_as_for_every_other_variable() -> None:
+    """ALLOWED_HOSTS= (a blank line in an env file) allowed no host: every request got a 400."""
+    assert settings_with(ALLOWED_HOSTS="")["hosts"] == ["localhost", "127.0.0.1", "[::1]"]
+    assert settings_with(ALLOWED_HOSTS=" , ")["hosts"] == ["localhost", "127.0.0.1", "[::1]"]
+
+
 def test_hsts_and_the_https_redirect_are_settings_that_the_deploy_check_sees() -> None:
     deploy = [sys.executable, "manage.py", "check", "--deploy"]
     plain = run_with(deploy).stderr
