@@ -715,6 +715,7 @@ def test_options_that_do_not_go_together_exit_with_the_status_of_wrong_options(t
         ["--resume", str(run.pk), "--country", "DE"],
         ["--resume", str(run.pk), "--max-credits", "5"],
         ["--file", str(path), "--count-only"],
+        ["--plan", "ports", "--max-credits", "0"],  # a run that could buy nothing was started and stopped
     ):
         with pytest.raises(CommandError) as raised:
             call_command("harvest", *args)

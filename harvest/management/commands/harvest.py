@@ -91,6 +91,13 @@ class Command(DatabaseCommand):
             raise CommandError(
                 "--country does not apply to --resume: a run keeps the country it started with", returncode=EXIT_OPTIONS
             )
+        if options["plan"] is not None and options["max_credits"] == 0 and not options["count_only"]:
+            # --resume RUN --max-credits 0 stays: it resumes a run for no more than it has spent.
+            raise CommandError(
+                "--max-credits 0 would start a run that can buy no page (every query with a country "
+                "filter costs a credit a page): give 1 or more",
+                returncode=EXIT_OPTIONS,
+            )
         if options["count_only"]:
             return self._count_only(options)
         # `is not None`: `--resume 0` or `--file ""` is the source asked for, refused by its own check.
