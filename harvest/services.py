@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -19,6 +19,7 @@ from harvest.plans import PlanError, country_filter
 from harvest.readers import file_events, file_identity
 from medexpo.lib.collector import fewer_collections
 from medexpo.lib.prefetch import prefetch
+from medexpo.lib.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +107,18 @@ def harvest_run_get_resumable(*, run_id: int) -> HarvestRun:
 
 
 def harvest_run_enqueue_resume(*, run: HarvestRun) -> None:
-    """Resume a run in the background (a qcluster worker), once the current transaction commits."""
+    """Resume a run in the background (a qcluster worker). Nothing here writes, so the task is
+    handed over at once, and a broker that cannot take it is a HarvestError, not a server error."""
     run = harvest_run_get_resumable(run_id=run.pk)
     if writing_run() == run.pk:
         raise HarvestError(f"run {run.pk} is being written right now; it needs no resume")
-    transaction.on_commit(lambda: async_task("harvest.tasks.harvest_resume", run.pk, task_name=f"resume run {run.pk}"))
+    try:
+        async_task("harvest.tasks.harvest_resume", run.pk, task_name=f"resume run {run.pk}")
+    except Exception as exc:  # the broker's own errors: redis, or the database of the ORM broker
+        raise HarvestError(
+            f"run {run.pk} could not be handed to the task queue ({type(exc).__name__}: {one_line(str(exc))[:200]}); "
+            f"is qcluster's broker running? The run is unchanged: resume it with manage.py harvest --resume {run.pk}"
+        ) from exc
 
 
 def harvest_execute(

@@ -629,6 +629,31 @@ def test_staff_resume_a_stopped_run_in_the_background(
 
 
 @pytest.mark.django_db
+def test_a_resume_the_task_queue_cannot_take_is_a_message_not_a_server_error(
+    tmp_path: Path, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the Redis broker down, the action ended in a 500 (the broker's ConnectionError)."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    path = tmp_path / "banners.json"
+    path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
+    stopped = services.harvest_file_start(path=path)
+    HarvestRun.objects.filter(pk=stopped.pk).update(status=HarvestRun.Status.STOPPED)
+
+    response = admin_client.post(
+        changelist_url(HarvestRun), {"action": "resume", "index": 0, "_selected_action": [stopped.pk]}, follow=True
+    )
+    text = response.content.decode()
+    assert response.status_code == 200
+    assert f"run {stopped.pk} could not be handed to the task queue" in text.lower()
+    assert "will resume in the background" not in text
+    assert HarvestRun.objects.get(pk=stopped.pk).status == "stopped"
+
+
+@pytest.mark.django_db
 def test_the_runs_list_tells_a_run_writing_now_from_an_interrupted_one(tmp_path: Path, admin_client: Client) -> None:
     path = tmp_path / "banners.json"
     path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
