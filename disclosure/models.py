@@ -146,6 +146,24 @@ def network_label(cidrs: list[str], start_address: str, end_address: str) -> str
     return ", ".join(cidrs[:3]) or f"{start_address} - {end_address}"
 
 
+# RDAP ip network `type`s of an assignment: a network no narrower one is registered inside, so
+# the registry answers every address in it with it. Written as RIPE and AFRINIC (IPv4 and IPv6),
+# ARIN, APNIC and LACNIC send them; compared in upper case with spaces collapsed. Any other type
+# (an allocation, a sub-allocation, LEGACY) or none may hold assignments we have not seen.
+ASSIGNMENT_TYPES = frozenset(
+    {
+        "ASSIGNED", "ASSIGNED PA", "ASSIGNED PI", "ASSIGNED ANYCAST",  # RIPE NCC, AFRINIC
+        "ASSIGNMENT", "DIRECT ASSIGNMENT", "REASSIGNMENT",  # ARIN
+        "ASSIGNED PORTABLE", "ASSIGNED NON-PORTABLE",  # APNIC
+        "REASSIGNED", "RE-ASSIGNED",  # LACNIC (and "ASSIGNED")
+    }
+)  # fmt: skip
+
+
+def is_assignment(network_type: str) -> bool:
+    return " ".join(network_type.upper().split()) in ASSIGNMENT_TYPES
+
+
 class NetworkQuerySet(models.QuerySet):
     def holding(self, first: str, last: str | None = None) -> NetworkQuerySet:
         """Networks that hold the address `first`, or any address from `first` to `last`."""
@@ -164,6 +182,9 @@ class Network(models.Model):
     start_address = models.GenericIPAddressField()
     end_address = models.GenericIPAddressField()
     cidrs = models.JSONField(default=list)
+    # The registry's type: an assignment answers for every address in it, anything else only for
+    # the addresses it was the registry's answer for (NetworkAnswer).
+    network_type = models.CharField(max_length=50, blank=True)
     handle = models.CharField(max_length=100, blank=True)
     name = models.CharField(max_length=255, blank=True)
     country = models.CharField(max_length=2, blank=True)
@@ -193,6 +214,24 @@ class Network(models.Model):
     @property
     def cidr(self) -> str:
         return str(self)
+
+    @property
+    def answers_whole_range(self) -> bool:
+        """An assignment holds no narrower network: the registry answers all its addresses with it."""
+        return is_assignment(self.network_type)
+
+
+class NetworkAnswer(models.Model):
+    """An address the registry answered with this network (when it may hold narrower ones)."""
+
+    network = models.ForeignKey(Network, on_delete=models.CASCADE, related_name="answers")
+    address_key = models.CharField(max_length=33, help_text="ip_key() of the address.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["network", "address_key"], name="networkanswer_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.address_key} -> {self.network}"
 
 
 class HostOwner(models.Model):

@@ -101,6 +101,10 @@ class RdapNetwork:
     asn_description: str
     entities: tuple[RdapEntity, ...]
     raw: dict = field(repr=False, compare=False)
+    network_type: str = ""  # the registry's `type`: "ASSIGNED PA", "DIRECT ALLOCATION", ...
+    # The address this answer was the registry's answer for: the one looked up, or for a recorded
+    # answer the address its `self` link names (registries write the query there); else empty.
+    queried: str = ""
 
 
 @dataclass(frozen=True)
@@ -517,7 +521,28 @@ def parse_network(
         asn_description=_text(asn_description, 255),
         entities=tuple(iter_entities(raw.get("entities"))),
         raw=stored,
+        network_type=_text(raw.get("type"), 50),
+        queried=str(query) if query is not None else _self_query(raw, start, end),
     )
+
+
+def _self_query(raw: dict, start: Any, end: Any) -> str:
+    """The address a recorded answer was given for, from its `self` link, whose `value` is the
+    URL asked (`https://rdap.db.ripe.net/ip/62.239.237.1`); "" when it names a CIDR, no address
+    or one outside the range."""
+    for link in _list(raw.get("links")):
+        if not isinstance(link, dict) or link.get("rel") != "self" or not isinstance(link.get("value"), str):
+            continue
+        path = urllib.parse.urlsplit(link["value"][:2000]).path
+        head, marker, tail = path.rpartition("/ip/")
+        try:
+            address = ipaddress.ip_address(urllib.parse.unquote(tail))  # a CIDR ("1.1.1.0/24") fails here
+        except ValueError:
+            return ""
+        if marker and address.version == start.version and start <= address <= end:
+            return str(address)
+        return ""
+    return ""
 
 
 def parse_address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

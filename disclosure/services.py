@@ -23,7 +23,16 @@ from django.utils import timezone
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
 
 from disclosure import rdap_client
-from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key, network_label
+from disclosure.models import (
+    Contact,
+    HostOwner,
+    Inhibition,
+    Network,
+    NetworkAnswer,
+    Organisation,
+    ip_key,
+    network_label,
+)
 from disclosure.owners.attribution import attribute_operator, facts_from_host, registry_match_name
 from disclosure.owners.contacts import ROLE_ORDER, address_problem, contact_candidates, network_holder
 from disclosure.owners.registry import RegistryOrganisation, load_registry
@@ -102,16 +111,23 @@ class ResolveStats:
 class _Intervals:
     """Networks already seen in this run, for lookups without a query.
 
-    A network that holds narrower cached networks (a hoster's block around its customers') does
-    not answer from here: the database knows which of them holds an address.
+    An assignment answers here for the addresses inside it, unless it holds narrower cached
+    networks (the database knows which of them holds an address); any other network (an
+    allocation around assignments not yet seen) only for the addresses it was the answer for.
     """
 
     def __init__(self) -> None:
         self._keys: list[tuple[str, int]] = []
         self._networks: dict[int, Network] = {}
         self._covering: set[int] = set()
+        self._answered: dict[str, Network] = {}
 
-    def add(self, network: Network) -> None:
+    def add(self, network: Network, key: str | None = None) -> None:
+        """Remember `network`, and that it is the registry's answer for the address `key`."""
+        if key is not None:
+            self._answered[key] = network
+        if not network.answers_whole_range:
+            return
         if network.pk not in self._networks:
             bisect.insort(self._keys, (network.start_key, network.pk))
             narrower = Network.objects.filter(
@@ -121,7 +137,19 @@ class _Intervals:
                 self._covering.add(network.pk)
         self._networks[network.pk] = network
 
+    def forget_narrower(self, network: Network, key: str) -> None:
+        """The registry answered `key` with `network`: narrower networks holding it are gone."""
+        for pk, seen in list(self._networks.items()):
+            if pk != network.pk and _strictly_inside(seen, network) and seen.start_key <= key <= seen.end_key:
+                self._covering.add(pk)  # never answers from here again
+        for answered, seen in list(self._answered.items()):
+            if seen.pk != network.pk and _strictly_inside(seen, network) and seen.start_key <= key <= seen.end_key:
+                del self._answered[answered]
+
     def find(self, key: str) -> Network | None:
+        answered = self._answered.get(key)
+        if answered is not None:
+            return answered
         position = bisect.bisect_right(self._keys, (key, 2**63))
         best = None
         for start, pk in reversed(self._keys[max(0, position - 16) : position]):
@@ -131,22 +159,37 @@ class _Intervals:
         return None if best is None or best.pk in self._covering else best
 
 
+def _strictly_inside(inner: Network, outer: Network) -> bool:
+    return (
+        outer.start_key <= inner.start_key
+        and inner.end_key <= outer.end_key
+        and (inner.start_key, inner.end_key) != (outer.start_key, outer.end_key)
+    )
+
+
 def network_find_cached(*, ip: str, now: datetime | None = None) -> Network | None:
-    """The most specific cached network that holds `ip`, with one indexed query; None when it has
-    expired, even if a wider one has not: the wider one (a hoster's) must not answer for it."""
-    found = _network_most_specific(ip)
+    """The most specific cached network that holds `ip`, with one indexed query, when it answers
+    for `ip`: an assignment for every address in it, any other network (an allocation, which may
+    hold assignments not cached yet) only for the addresses it was the registry's answer for.
+    None when it has expired, even if a wider one has not: the wider one must not answer for it."""
+    found = _network_answering(ip)
     return found if found is not None and found.expires_at > (now or timezone.now()) else None
 
 
-def _network_most_specific(ip: str) -> Network | None:
+def _network_answering(ip: str) -> Network | None:
+    """The most specific cached network holding `ip` when it answers for `ip`, expired or not."""
     address = ipaddress.ip_address(ip)
     floor = ipaddress.ip_network(f"{address}/{LOOKUP_SPAN[address.version]}", strict=False).network_address
-    return (
+    found = (
         Network.objects.holding(str(address))
         .filter(start_key__gte=ip_key(floor))
+        .annotate(answered=Exists(NetworkAnswer.objects.filter(network=OuterRef("pk"), address_key=ip_key(address))))
         .order_by("-start_key", "end_key")
         .first()
     )
+    if found is None or not (found.answers_whole_range or found.answered):  # type: ignore[attr-defined]
+        return None
+    return found
 
 
 def network_resolve_addresses(
@@ -212,7 +255,7 @@ def network_resolve_addresses(
                     continue
                 cached = network_find_cached(ip=ip, now=now)
                 if cached is not None:
-                    memory.add(cached)
+                    memory.add(cached, keys[ip])
                     finish(ip, AddressOutcome(cached, from_cache=True))
                     continue
                 lookup_stats = rdap_client.LookupStats()
@@ -229,7 +272,7 @@ def network_resolve_addresses(
                 if outcome.network is None and not outcome.permanent:
                     # The registry did not answer this time: the expired network, if there is
                     # one, still tells the owner better than nothing until the next run asks again.
-                    outcome.network = _network_most_specific(ip)
+                    outcome.network = _network_answering(ip)
                 finish(ip, outcome)
                 queue.extendleft(reversed(waiting.pop(hood, [])))
     return outcomes, stats
@@ -252,7 +295,9 @@ def _save_answer(future: Future, memory: _Intervals, stats: ResolveStats) -> Add
     except Exception as exc:  # noqa: BLE001 - e.g. another worker saved the same range a moment ago
         return AddressOutcome(None, reason="save_failed", detail=_error_detail(exc))
     stats.networks_fetched += 1
-    memory.add(network)
+    key = ip_key(answer.queried)
+    memory.forget_narrower(network, key)
+    memory.add(network, key)
     return AddressOutcome(network)
 
 
@@ -261,8 +306,15 @@ def _error_detail(exc: BaseException) -> str:
 
 
 @transaction.atomic
-def network_save_answer(*, answer: rdap_client.RdapNetwork, source: str, fetched_at: datetime | None = None) -> Network:
-    """Store (or refresh) one registry network, its holder and the holder's RDAP contacts."""
+def network_save_answer(
+    *, answer: rdap_client.RdapNetwork, source: str, fetched_at: datetime | None = None, answered: Iterable[str] = ()
+) -> Network:
+    """Store (or refresh) one registry network, its holder and the holder's RDAP contacts.
+
+    The network is recorded as the registry's answer for `answer.queried` and the `answered`
+    addresses; cached networks narrower than it that hold one of them are gone from the registry
+    (it would have answered with them) and expire now.
+    """
     fetched_at = fetched_at or timezone.now()
     holder = _holder_save(answer=answer, fetched_at=fetched_at)
     candidates = contact_candidates(answer)[:MAX_CONTACTS_PER_NETWORK]
@@ -273,6 +325,7 @@ def network_save_answer(*, answer: rdap_client.RdapNetwork, source: str, fetched
             "start_address": answer.start,
             "end_address": answer.end,
             "cidrs": list(answer.cidrs),
+            "network_type": answer.network_type,
             "handle": answer.handle,
             "name": answer.name,
             "country": answer.country,
@@ -288,7 +341,28 @@ def network_save_answer(*, answer: rdap_client.RdapNetwork, source: str, fetched
         },
     )
     _rdap_contacts_save(organisation=holder, candidates=candidates, registry=answer.registry, at=fetched_at)
+    keys = sorted({ip_key(a) for a in [answer.queried, *answered] if a})
+    if keys:
+        NetworkAnswer.objects.bulk_create(
+            [NetworkAnswer(network=network, address_key=key) for key in keys], ignore_conflicts=True
+        )
+        _narrower_expire(network=network, keys=keys, at=fetched_at)
     return network
+
+
+def _narrower_expire(*, network: Network, keys: list[str], at: datetime) -> None:
+    """Cached networks strictly inside `network` that hold an address it was just the answer for
+    no longer exist at the registry: they stop answering (their hosts are resolved again)."""
+    inside = Network.objects.filter(
+        start_key__gte=network.start_key, start_key__lte=network.end_key, end_key__lte=network.end_key
+    ).exclude(pk=network.pk)
+    stale = [
+        pk
+        for pk, start, end in inside.filter(expires_at__gt=at).values_list("pk", "start_key", "end_key")
+        if bisect.bisect_right(keys, end) > bisect.bisect_left(keys, start)  # some key in start..end
+    ]
+    if stale:
+        Network.objects.filter(pk__in=stale).update(expires_at=at)
 
 
 def _holder_save(*, answer: rdap_client.RdapNetwork, fetched_at: datetime) -> Organisation:
@@ -388,6 +462,19 @@ def rdap_cache_import(*, directory: str | Path, progress: ProgressFn | None = No
 
 def _import_file(path: Path) -> Network:
     try:
+        text = _read_bounded(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise rdap_client.RdapError("malformed_json", str(exc)[:200]) from None
+    answer = rdap_client.parse_network(rdap_client.load_json(text))
+    answered = _answered_addresses(path.with_suffix(".addresses"), answer)
+    try:
+        return network_save_answer(answer=answer, source=Network.Source.IMPORT, answered=answered)
+    except Exception as exc:  # noqa: BLE001 - one file that cannot be stored must not stop the import
+        raise rdap_client.RdapError("save_failed", _error_detail(exc)[:200]) from None
+
+
+def _read_bounded(path: Path) -> bytes:
+    try:
         status = path.stat()
         if not stat.S_ISREG(status.st_mode):
             # A named pipe would wait for a writer forever; /dev/zero has no size and no end.
@@ -396,18 +483,39 @@ def _import_file(path: Path) -> Network:
             raise rdap_client.RdapError("answer_too_large", f"{status.st_size} bytes")
         with path.open("rb") as handle:
             data = handle.read(rdap_client.MAX_ANSWER_BYTES + 1)  # it may have grown since
-        if len(data) > rdap_client.MAX_ANSWER_BYTES:
-            raise rdap_client.RdapError("answer_too_large", f"more than {rdap_client.MAX_ANSWER_BYTES} bytes")
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise rdap_client.RdapError("malformed_json", str(exc)[:200]) from None
     except OSError as exc:
         raise rdap_client.RdapError("unreadable", f"{type(exc).__name__}: {exc}"[:200]) from None
-    answer = rdap_client.parse_network(rdap_client.load_json(text))
+    if len(data) > rdap_client.MAX_ANSWER_BYTES:
+        raise rdap_client.RdapError("answer_too_large", f"more than {rdap_client.MAX_ANSWER_BYTES} bytes")
+    return data
+
+
+def _answered_addresses(path: Path, answer: rdap_client.RdapNetwork) -> list[str]:
+    """The addresses listed in NAME.addresses beside a recorded answer (one a line, `#` starts a
+    comment): those it was the registry's answer for. Each must lie in the answer's range."""
+    if not path.exists() and not path.is_symlink():
+        return []
     try:
-        return network_save_answer(answer=answer, source=Network.Source.IMPORT)
-    except Exception as exc:  # noqa: BLE001 - one file that cannot be stored must not stop the import
-        raise rdap_client.RdapError("save_failed", _error_detail(exc)[:200]) from None
+        lines = _read_bounded(path).decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise rdap_client.RdapError("malformed_addresses", f"{path.name}: {exc}"[:200]) from None
+    except rdap_client.RdapError as exc:
+        raise rdap_client.RdapError(exc.reason, f"{path.name}: {exc.detail}"[:200]) from None
+    start, end = ipaddress.ip_address(answer.start), ipaddress.ip_address(answer.end)
+    addresses = []
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            address = rdap_client.parse_address(text)
+        except ValueError:
+            address = None
+        if address is None or address.version != start.version or not start <= address <= end:  # type: ignore[operator]
+            problem = f"{path.name} line {number}: {rdap_client.storable_text(text[:60])!r} is not an address in"
+            raise rdap_client.RdapError("malformed_addresses", f"{problem} {answer.start} - {answer.end}")
+        addresses.append(str(address))
+    return addresses
 
 
 # --- hosts: operator, recipient ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -49,7 +50,8 @@ def sample_generate(
     _write_lines(out_dir / "hosts.jsonl", hosts)
     networks = (*PROVIDERS, *hospital_networks(load_registry()))
     rdap_files = _write_rdap(out_dir / "rdap", networks, banners)
-    summary = corpus_summary(labels=labels, seed=seed, hosts=len(hosts), rdap_files=len(rdap_files))
+    answers = [p for p in rdap_files if p.suffix == ".json"]
+    summary = corpus_summary(labels=labels, seed=seed, hosts=len(hosts), rdap_files=len(answers))
     (out_dir / "README.md").write_text(readme(summary), encoding="utf-8")
     summary["files"] = {
         str(p.relative_to(out_dir)): _sha256(p)
@@ -116,18 +118,27 @@ def _host(banners: list[dict]) -> dict:
 
 
 def _write_rdap(folder: Path, networks: tuple[Network, ...], banners: list[dict]) -> list[Path]:
-    """One RDAP answer per network that holds a sample host; its stale answers are removed."""
+    """One RDAP answer per network that holds a sample host, and beside each allocation's the
+    sample addresses it answers for (`NAME.addresses`: an allocation answers only for those);
+    its stale files are removed."""
     folder.mkdir(parents=True, exist_ok=True)
-    used = {n.key for n in networks if any(_inside(b["ip"], n) for b in banners)}
     written = []
     for net in networks:
-        if net.key not in used:
+        inside = sorted({b["ip"] for b in banners if _inside(b["ip"], net)})
+        if not inside:
             continue
+        answer = rdap.network_answer(net)
         path = folder / f"{net.key}.json"
-        path.write_text(json.dumps(rdap.network_answer(net), indent=2) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(answer, indent=2) + "\n", encoding="utf-8")
         written.append(path)
+        if answer["type"] != "ASSIGNED PA":
+            listed = folder / f"{net.key}.addresses"
+            header = f"# The sample addresses the registry answers with {answer['name']} ({answer['type']}).\n"
+            listed.write_text(header + "".join(f"{ipaddress.IPv4Address(ip)}\n" for ip in inside), encoding="utf-8")
+            written.append(listed)
     # Only files named after a network are the generator's: other answers in --out stay.
-    for stale in {folder / f"{net.key}.json" for net in networks} - set(written):
+    ours = {folder / f"{net.key}{suffix}" for net in networks for suffix in (".json", ".addresses")}
+    for stale in ours - set(written):
         stale.unlink(missing_ok=True)
     return written
 
@@ -194,7 +205,9 @@ the LDAP BER answer quoted by the 2019 study.
   then the busiest others.
 - `rdap/*.json`: {s["rdap_networks"]} raw RDAP ip-network answers (RIPE NCC style), one per network
   that holds a sample host. Some lack an `abuse` role (contacts only through `technical` and
-  `administrative`); `hosp-wza.json` has no contact at all.
+  `administrative`); `hosp-wza.json` has no contact at all. Beside each provider's allocation
+  (`ALLOCATED PA`), `NAME.addresses` lists the sample addresses it is the answer for: an
+  allocation may hold assignments, so `import_rdap_cache` lets it answer for those only.
 
 Vocabulary of `labels.jsonl`: class `medical` / `non_medical` / `unknown`; category `dicom`, `hl7`,
 `pacs_web`, `ehr_web`, `pump_server`, `medical_device`, `hospital_infra`, `known_service`, `blank`,

@@ -47,6 +47,7 @@ def answer(*emails: str) -> dict:
     return {
         "objectClassName": "ip network",
         "handle": "NET-1",
+        "type": "ASSIGNED PA",
         "startAddress": "81.0.0.0",
         "endAddress": "81.0.0.255",
         "country": "NL",

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.django_db
 HOSTILE = {
     "objectClassName": "ip network",
     "handle": "EVIL-<b>NET</b>",
+    "type": "ASSIGNED PA",
     "startAddress": "81.0.0.0",
     "endAddress": "81.0.0.255",
     "name": "<script>alert(1)</script>",
@@ -81,7 +82,9 @@ def test_import_loads_good_answers_and_reports_bad_files(cache_dir: Path, capsys
         "zz-asn.json": "malformed_answer",
         "zz-binary.json": "malformed_json",
     }
-    assert network_find_cached(ip="130.59.200.1").name == "SWITCH-LAN"
+    # A LEGACY block may hold assignments: it answers only for the address its answer was for.
+    assert network_find_cached(ip="130.59.31.80").name == "SWITCH-LAN"
+    assert network_find_cached(ip="130.59.200.1") is None
     assert network_find_cached(ip="2a00:2381:ffff::9").registry == "ripencc"
     assert Network.objects.filter(source="import").count() == 12
 
@@ -184,6 +187,7 @@ RLO, ZWSP = "\u202e", "\u200b"  # a right-to-left override and a zero-width spac
 STRANGE = {
     "objectClassName": "ip network",
     "handle": f"NET{RLO}1",
+    "type": "ASSIGNED PA",
     "startAddress": "81.0.0.0",
     "endAddress": "81.0.0.255",
     "name": f"EVIL{RLO}TEN{ZWSP}",
@@ -514,7 +518,7 @@ def test_the_bundled_sample_answers_load_and_a_hospital_network_belongs_to_the_h
     assert report["loaded"] == len(files) and report["rejected"] == 0
     # A PACS on the hospital's own network, and one of the same hospital at Microsoft Azure.
     make_host("145.10.64.20", hostnames=["pacs.erasmusmc.nl"])
-    make_host("51.144.1.2", record={"ssl": {"cert": {"subject": {"CN": "viewer.erasmusmc.nl"}}}})
+    make_host("51.144.0.198", record={"ssl": {"cert": {"subject": {"CN": "viewer.erasmusmc.nl"}}}})
     make_host("145.18.200.1")  # the hospital network whose answer names no contact
     summary = owners_resolve().as_dict()
     assert summary["requests"] == 0 and summary["from_cache"] == 3
@@ -522,7 +526,7 @@ def test_the_bundled_sample_answers_load_and_a_hospital_network_belongs_to_the_h
     assert own.network.holder == own.operator and own.operator.source == Organisation.Source.REGISTRY
     assert own.recipient.email == "security@erasmusmc.nl" and own.recipient.role == "abuse"
     assert own.recipient_reason == "operator Erasmus MC: abuse contact (RDAP)"
-    cloud = HostOwner.objects.get(host__ip="51.144.1.2")
+    cloud = HostOwner.objects.get(host__ip="51.144.0.198")  # listed in azure-we.addresses
     assert cloud.operator == own.operator and cloud.network.holder.name == "Microsoft Azure"
     assert cloud.recipient.email == "security@erasmusmc.nl"  # the operator's contact, not Azure's abuse desk
     assert Organisation.objects.filter(name="Erasmus MC").count() == 1

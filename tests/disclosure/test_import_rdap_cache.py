@@ -17,6 +17,7 @@ pytestmark = pytest.mark.django_db
 GOOD = {
     "objectClassName": "ip network",
     "handle": "GOOD",
+    "type": "ASSIGNED PA",
     "startAddress": "81.0.0.0",
     "endAddress": "81.0.0.255",
     "name": "GOOD-NET",

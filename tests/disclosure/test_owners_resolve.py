@@ -62,15 +62,16 @@ def test_addresses_in_one_network_cost_one_request(registries: Registries) -> No
 
 
 def test_a_second_run_resolves_from_the_cache_without_requests(registries: Registries) -> None:
-    make_host("74.125.225.229")
+    make_host("74.125.225.229")  # ARIN networks of no type: cached for the addresses looked up
     make_host("2001:4860:4860::8888")
+    make_host("62.239.237.1")
     resolve(registries)
     HostOwner.objects.all().delete()  # forget the owners, keep the cached networks
-    make_host("74.125.1.1")  # a new address inside a cached network
+    make_host("62.239.237.99")  # a new address inside a cached assignment
     before = registries.ip_requests
     summary = resolve(registries).as_dict()
     assert registries.ip_requests == before
-    assert summary["requests"] == 0 and summary["from_cache"] == 3 and summary["resolved"] == 3
+    assert summary["requests"] == 0 and summary["from_cache"] == 4 and summary["resolved"] == 4
 
 
 def test_an_expired_network_is_fetched_again(registries: Registries) -> None:
@@ -86,7 +87,7 @@ def test_an_expired_network_is_fetched_again(registries: Registries) -> None:
 
 def test_the_cache_prefers_the_most_specific_network(registries: Registries) -> None:
     now = timezone.now()
-    common = {"raw": {}, "fetched_at": now, "expires_at": now + timedelta(days=1)}
+    common = {"raw": {}, "network_type": "ASSIGNED PA", "fetched_at": now, "expires_at": now + timedelta(days=1)}
     from disclosure.models import ip_key
 
     wide = Network.objects.create(

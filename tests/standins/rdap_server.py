@@ -101,6 +101,12 @@ class RdapStandin:
         self.networks.append(network)
         self._starts = sorted(((n.version, n.start), i) for i, n in enumerate(self.networks))
 
+    def remove(self, start: str, end: str) -> None:
+        """The registry deletes a network (e.g. an assignment returned to its provider)."""
+        first, last = int(_address(start)), int(_address(end))
+        self.networks = [n for n in self.networks if (n.start, n.end) != (first, last)]
+        self._starts = sorted(((n.version, n.start), i) for i, n in enumerate(self.networks))
+
     def find(self, text: str) -> StandinNetwork | None:
         address = _address(text)
         key = (address.version, int(address))
@@ -192,7 +198,9 @@ class RdapStandin:
         return RunningServer(self)
 
 
-def generated_answer(i: int, start: ipaddress.IPv4Address, end: ipaddress.IPv4Address) -> dict:
+def generated_answer(
+    i: int, start: ipaddress.IPv4Address, end: ipaddress.IPv4Address, *, network_type: str = "ASSIGNED PA"
+) -> dict:
     """A current-format RIPE-style ip-network answer with a nested abuse entity."""
     handle = f"{start} - {end}"
     return {
@@ -202,6 +210,7 @@ def generated_answer(i: int, start: ipaddress.IPv4Address, end: ipaddress.IPv4Ad
         "startAddress": str(start),
         "endAddress": str(end),
         "ipVersion": "v4",
+        "type": network_type,
         "name": f"BENCH-NET-{i}",
         "country": "NL",
         "port43": "whois.ripe.net",
