@@ -84,3 +84,14 @@ def test_a_run_that_could_not_start_writing_fails_the_command(tmp_path):
         assert "IsADirectoryError" in done.stderr and "Traceback" not in done.stderr
         assert "could not record" in done.stderr and "resume with --resume" in done.stderr
         assert done.stdout == ""
+
+
+def test_the_demo_refuses_a_cache_lifetime_that_would_send_it_to_the_network(tmp_path) -> None:
+    """With RDAP_CACHE_DAYS=0 the bundled answers expired as they were imported, and the demo,
+    which promises no network, looked up every one of its 4,316 hosts at the registries."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    proc = processes.manage(url, "demo", env={"MEDEXPO_DATA_DIR": str(tmp_path / "data"), "RDAP_CACHE_DAYS": "0"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "RDAP_CACHE_DAYS=0" in err.decode() and "Traceback" not in err.decode()
+    assert out == b""  # refused before the first step

@@ -16,6 +16,11 @@ class Command(BaseCommand):
     help = "Set up the database and run harvest, classify, owners and the report on the bundled sample data."
 
     def handle(self, *args: object, **options: Any) -> None:
+        if settings.RDAP_CACHE_DAYS < 1:
+            raise CommandError(
+                "the demo finds owners in the bundled RDAP answers only, and with RDAP_CACHE_DAYS=0 they "
+                "expire as they are imported, so every host would be looked up on the network: unset it"
+            )
         banners = SAMPLE / "banners.jsonl.gz"
         if not banners.exists():
             raise CommandError(f"the bundled sample corpus is missing: {banners}")
