@@ -11,6 +11,7 @@ never evidence of what runs on it; it only decides the `medical_port` segment.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,7 +204,20 @@ def _field_value(banner: Banner, data: str, name: str, state: _State) -> str:
     value = getattr(banner, name, "")
     if isinstance(value, tuple):
         return "\n".join(v for v in value[:64] if isinstance(v, str))[:MAX_SCAN]
+    if name in _HTML_FIELDS:
+        return _page_text(_str(value))
     return _str(value)
+
+
+_HTML_FIELDS = ("http_title", "http_html")
+
+
+def _page_text(text: str) -> str:
+    """A title or page as a person reads it: pages write letters and spaces as entities
+    ("Orthanc&nbsp;Explorer", "Dr&auml;ger"), and a no-break space is a space to the reader."""
+    if "&" in text:
+        text = html.unescape(text)
+    return text.replace("\xa0", " ") if "\xa0" in text else text
 
 
 def _match_rules(banner: Banner, data: str, rules: RuleSet, state: _State) -> list[_Match]:

@@ -457,3 +457,25 @@ def test_a_status_line_of_other_digits_is_no_known_service(rules: RuleSet) -> No
 
     assert "service.http" not in rules_of(verdict)
     assert verdict.category != "known_service"
+
+
+@pytest.mark.parametrize(
+    ("title", "product", "read_in_pages"),
+    [
+        ("Orthanc&nbsp;Explorer", "Orthanc", False),
+        ("Orthanc\xa0Explorer", "Orthanc", False),
+        ("HiX&nbsp;-&nbsp;Inloggen", "ChipSoft HiX", True),
+        ("Mirth&#32;Connect Administrator", "Mirth Connect", True),
+        ("Dr&auml;ger Evita Infinity V500", "patient monitor", False),
+    ],
+)
+def test_a_login_page_whose_title_is_html_escaped_is_recognised(
+    rules: RuleSet, title: str, product: str, read_in_pages: bool
+) -> None:
+    # Pages write spaces and letters as entities (&nbsp;, &#32;, &auml;); a person reads the text.
+    by_title = classify(Banner(port=8080, data=NGINX, http_title=title), rules)
+    by_page = classify(Banner(port=8080, data=NGINX, http_html=f"<html><title>{title}</title></html>"), rules)
+
+    assert (by_title.cls, by_title.product) == ("medical", product)
+    if read_in_pages:
+        assert (by_page.cls, by_page.product) == ("medical", product)
