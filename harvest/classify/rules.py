@@ -198,9 +198,10 @@ def _read(path: Path) -> tuple[bytes, dict]:
 
 # Bump when the engine judges the same rules differently (not for speed-ups): it is part of the
 # rules version, so `classify` judges every stored service again after such a release.
-ENGINE_REVISION = "4"  # 2: a service without a Shodan module counts itself in the honeypot test
+ENGINE_REVISION = "5"  # 2: a service without a Shodan module counts itself in the honeypot test
 # 3: HL7 after blank lines or a byte order mark, inside or outside the MLLP frame
 # 4: titles and pages read with HTML entities decoded and no-break spaces as spaces
+# 5: patterns match with ASCII word boundaries, digits and spaces
 
 
 def _build(paths: list[Path]) -> RuleSet:
@@ -341,7 +342,9 @@ def _compile(source: object, case_sensitive: bool, fail: Callable[[str], RuleErr
     if re.search(r"(?<!\\)\(\?[aiLmsux]+\)", source):
         raise fail("pattern sets global inline flags; use case_sensitive instead")
     try:
-        compiled = re.compile(source, 0 if case_sensitive else re.IGNORECASE)
+        # ASCII: in Unicode mode \b takes a Chinese or Japanese character for part of a word, and
+        # those languages write no space between words ("OpenEMR登录"); \d and \s keep to ASCII too.
+        compiled = re.compile(source, re.ASCII | (0 if case_sensitive else re.IGNORECASE))
         parsed = sre_parse.parse(source, compiled.flags)
         nested = _unbounded_inside_repeat(parsed, inside=False)
         ambiguous = not nested and _too_many_ways(parsed, compiled.flags)

@@ -479,3 +479,24 @@ def test_a_login_page_whose_title_is_html_escaped_is_recognised(
     assert (by_title.cls, by_title.product) == ("medical", product)
     if read_in_pages:
         assert (by_page.cls, by_page.product) == ("medical", product)
+
+
+@pytest.mark.parametrize("title", ["OpenEMR登录", "欢迎使用OpenEMR", "OpenEMRログイン", "OpenEMR 登录"])
+def test_a_product_name_next_to_chinese_or_japanese_text_is_recognised(rules: RuleSet, title: str) -> None:
+    # Chinese and Japanese put no space between words: an ideograph next to a name is not part of it.
+    verdict = classify(Banner(port=443, data=NGINX, http_title=title), rules)
+
+    assert (verdict.cls, verdict.category, verdict.product) == ("medical", "ehr_web", "OpenEMR")
+
+
+@pytest.mark.parametrize("title", ["OpenEMRx", "xOpenEMR", "OpenEMR2", "OpenEMR_test"])
+def test_a_product_name_inside_a_longer_word_is_still_not_recognised(rules: RuleSet, title: str) -> None:
+    verdict = classify(Banner(port=443, data=NGINX, http_title=title), rules)
+
+    assert verdict.cls == "non_medical", verdict.evidence
+
+
+def test_a_name_with_a_non_ascii_letter_is_found_in_either_case(rules: RuleSet) -> None:
+    for title in ("Dräger Evita", "DRÄGER EVITA", "Draeger Evita"):
+        verdict = classify(Banner(port=443, data=NGINX, http_title=title), rules)
+        assert (verdict.cls, verdict.product) == ("medical", "patient monitor"), title
