@@ -376,6 +376,8 @@ def test_it_agrees_with_the_sample_corpus_labels(rules: RuleSet) -> None:
         "Smiths Medical | Careers",
         "Epic Systems Corporation",
         "Agfa HealthCare - Corporate",
+        "Siemens Healthineers | Home",
+        "Nihon Kohden Europe - Careers",
         "ChipSoft - Software voor de zorg",
         "Mirth and merriment",
         "Guardrails AI",
@@ -395,6 +397,23 @@ def test_vendor_homepages_and_ordinary_words_are_not_medical_systems(rules: Rule
     verdict = classify(Banner(port=443, data=NGINX, http_title=title, http_html=f"<h1>{title}</h1>"), rules)
 
     assert (verdict.cls, verdict.category) == ("non_medical", "known_service"), verdict.evidence
+
+
+@pytest.mark.parametrize(
+    ("title", "product"),
+    [
+        ("syngo Web Access - Siemens Healthineers", "Siemens Healthineers modality"),
+        ("Nihon Kohden Life Scope TR", "patient monitor"),
+        ("Nihon Kohden CNS-6201 central monitor", "patient monitor"),
+        ("Nihon Kohden PVM-2701", "patient monitor"),
+    ],
+)
+def test_a_vendors_product_is_a_medical_device_where_its_name_alone_is_not(
+    rules: RuleSet, title: str, product: str
+) -> None:
+    verdict = classify(Banner(port=443, data=NGINX, http_title=title), rules)
+
+    assert (verdict.cls, verdict.category, verdict.product) == ("medical", "medical_device", product)
 
 
 def test_it_classifies_the_sample_corpus_at_thousands_of_banners_per_second(rules: RuleSet) -> None:
