@@ -185,6 +185,29 @@ def test_count_only_says_where_a_credit_cap_would_stop_the_run(shodan_standin: S
     assert f"--max-credits {cap}: NOT enough for the whole plan; a run would stop in query {stop} (" in out.getvalue()
 
 
+def test_ctrl_c_during_count_only_says_nothing_was_spent_and_exits_with_130(
+    shodan_standin: ShodanStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting the medical plan takes minutes at 1 request/s, and Ctrl-C in it ended in a
+    KeyboardInterrupt traceback through the client instead of the line and status of an
+    interrupted run."""
+    real, calls = shodan_client.count, []
+
+    def count(*args: Any, **kwargs: Any) -> shodan_client.CountResult:
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shodan_client, "count", count)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="^interrupted: nothing was spent") as caught:
+        call_command("harvest", "--plan", "ports", "--count-only", "--json", stdout=out)
+    assert caught.value.returncode == 130
+    assert out.getvalue() == ""
+    assert shodan_standin.credits_spent == 0 and not HarvestRun.objects.exists()
+
+
 def test_count_only_needs_a_plan(shodan_standin: ShodanStandIn) -> None:
     with pytest.raises(CommandError, match="--count-only needs --plan"):
         call_command("harvest", "--resume", "1", "--count-only")

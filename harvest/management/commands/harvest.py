@@ -177,6 +177,12 @@ class Command(DatabaseCommand):
                 )
         except services.HarvestError as exc:
             raise CommandError(one_line(str(exc))) from None
+        except KeyboardInterrupt:
+            # Counting a large plan takes minutes at 1 request/s: Ctrl-C is expected, not a crash.
+            raise CommandError(
+                "interrupted: nothing was spent (counting is free) and no run was started",
+                returncode=EXIT_INTERRUPTED,
+            ) from None
         if options["json"]:
             self.stdout.write(json.dumps(counted))
             return
