@@ -38,6 +38,8 @@ SEARCH_BATCH_SIZE = 1
 T = TypeVar("T")
 COUNT_FACETS = ["port:10", "org:10", "product:10"]
 QUERY_FAILED = "query_failed"
+# Shodan served an empty page where its total promised results: the query ends there, short.
+SHORT_RESULTS = "short_results"
 # Errors after which no further call can succeed until someone acts (new key, more credits, a
 # better plan) or Shodan recovers: the run stops and can be resumed.
 STOPPING_ERRORS = {
@@ -242,6 +244,15 @@ class _SearchRun:
             yield from self._next_query()
             return
         yield from _page_events(result, self.query + 1, self.page)
+        if not result.banners and (self.page - 1) * shodan_client.PAGE_SIZE < result.total:
+            # Buying further pages would likely bring nothing either; the run goes on, on record.
+            yield (
+                "error",
+                f"query {self.query + 1} page {self.page}",
+                SHORT_RESULTS,
+                f"page {self.page} came back empty, though Shodan's total promised {result.total} results "
+                f"({result.pages} pages); the rest of this query was not served",
+            )
         if self.page >= result.pages or not result.banners:
             yield from self._next_query()
         else:

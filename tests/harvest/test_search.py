@@ -492,6 +492,19 @@ def test_a_paid_page_that_came_back_empty_commits_its_credit_at_once(shodan_stan
     assert summary["credits_spent"] == shodan_standin.credits_spent
 
 
+def test_a_query_shodan_serves_short_of_its_total_is_reported(shodan_standin: ShodanStandIn, plan_file) -> None:
+    """An empty page where the total promised results ended the query as if it were done, and the
+    run completed with nothing on record that part of the query's results never came."""
+    shodan_standin.garble({"total": 250, "matches": []}, times=1)
+    summary, _ = harvest("--plan", plan_file("port:104", "port:2575"), "--max-credits", "10")
+    assert summary["status"] == "completed", summary["message"]
+    assert summary["rejected"] == {"short_results": 1}
+    rejection = Rejection.objects.get()
+    assert rejection.position == "query 1 page 1"
+    assert "page 1 came back empty" in rejection.detail and "250 results" in rejection.detail
+    assert ("port:2575 country:NL", 1) in shodan_standin.pages  # the run went on with the next query
+
+
 def test_bad_answers_stop_the_run_within_its_cap_and_their_credits_count(
     shodan_standin: ShodanStandIn, plan_file
 ) -> None:
