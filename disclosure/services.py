@@ -117,34 +117,41 @@ class _Intervals:
     """
 
     def __init__(self) -> None:
-        self._keys: list[tuple[str, int]] = []
+        self._keys: list[tuple[str, int]] = []  # (start, pk) of the assignments: they answer by range
+        self._seen: list[tuple[str, int]] = []  # (start, pk) of every network, to find those inside one
         self._networks: dict[int, Network] = {}
         self._covering: set[int] = set()
-        self._answered: dict[str, Network] = {}
+        self._answered: dict[str, Network] = {}  # address -> the allocation (or untyped network) it was answered with
+        self._answered_by: dict[int, list[str]] = {}
 
     def add(self, network: Network, key: str | None = None) -> None:
         """Remember `network`, and that it is the registry's answer for the address `key`."""
-        if key is not None:
-            self._answered[key] = network
-        if not network.answers_whole_range:
-            return
         if network.pk not in self._networks:
-            bisect.insort(self._keys, (network.start_key, network.pk))
-            narrower = Network.objects.filter(
-                start_key__gte=network.start_key, start_key__lte=network.end_key, end_key__lte=network.end_key
-            ).exclude(pk=network.pk)
-            if narrower.exists():
-                self._covering.add(network.pk)
+            bisect.insort(self._seen, (network.start_key, network.pk))
+            if network.answers_whole_range:
+                bisect.insort(self._keys, (network.start_key, network.pk))
+                narrower = Network.objects.filter(
+                    start_key__gte=network.start_key, start_key__lte=network.end_key, end_key__lte=network.end_key
+                ).exclude(pk=network.pk)
+                if narrower.exists():
+                    self._covering.add(network.pk)
         self._networks[network.pk] = network
+        if key is not None and not network.answers_whole_range and key not in self._answered:
+            self._answered[key] = network
+            self._answered_by.setdefault(network.pk, []).append(key)
 
     def forget_narrower(self, network: Network, key: str) -> None:
-        """The registry answered `key` with `network`: narrower networks holding it are gone."""
-        for pk, seen in list(self._networks.items()):
+        """The registry answered `key` with `network`: narrower networks holding it are gone.
+        Looks only at the networks that start inside `network`, not at all those seen."""
+        low = bisect.bisect_left(self._seen, (network.start_key, -1))
+        high = bisect.bisect_right(self._seen, (network.end_key, 2**63))
+        for _start, pk in self._seen[low:high]:
+            seen = self._networks[pk]
             if pk != network.pk and _strictly_inside(seen, network) and seen.start_key <= key <= seen.end_key:
                 self._covering.add(pk)  # never answers from here again
-        for answered, seen in list(self._answered.items()):
-            if seen.pk != network.pk and _strictly_inside(seen, network) and seen.start_key <= key <= seen.end_key:
-                del self._answered[answered]
+                for answered in self._answered_by.pop(pk, ()):
+                    if self._answered.get(answered) is seen:
+                        del self._answered[answered]
 
     def find(self, key: str) -> Network | None:
         answered = self._answered.get(key)
@@ -343,9 +350,10 @@ def network_save_answer(
     _rdap_contacts_save(organisation=holder, candidates=candidates, registry=answer.registry, at=fetched_at)
     keys = sorted({ip_key(a) for a in [answer.queried, *answered] if a})
     if keys:
-        NetworkAnswer.objects.bulk_create(
-            [NetworkAnswer(network=network, address_key=key) for key in keys], ignore_conflicts=True
-        )
+        if not network.answers_whole_range:  # an assignment answers for all its addresses anyway
+            NetworkAnswer.objects.bulk_create(
+                [NetworkAnswer(network=network, address_key=key) for key in keys], ignore_conflicts=True
+            )
         _narrower_expire(network=network, keys=keys, at=fetched_at)
     return network
 
