@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from harvest.plans import DATA_DIR, PlanError, country_filter, plan_load, plan_names
+from tests.conftest import ROOT
+from tests.standins.shodan_server import matches, parse_query
 
 SHIPPED = ["devices", "hospitals", "medical", "ports", "software"]
 
@@ -67,6 +72,29 @@ def test_software_and_devices_plans_name_the_studys_products() -> None:
     for label in ["BD / CareFusion Alaris", "Hospira Plum A+", "ICU Medical Plum 360", "Baxter Sigma Spectrum"]:
         assert label in devices
     assert {"B. Braun SpaceStation", "Eitan / Q Core Sapphire", "Philips IntelliVue"} <= devices
+
+
+def test_the_plans_find_the_web_pages_that_name_their_products_as_shodan_searches() -> None:
+    """Shodan looks for a bare word in a banner's main text (`data`) only, which for a web server
+    is its status line and headers: a login page that names its product in its title ('OpenEMR
+    Login', 'Sectra UniView') is found through `http.title:` and not through '"OpenEMR"'. Every
+    medical web page of the sample corpus whose title names a product the software or devices
+    plan looks for is found by those plans, searched as the Shodan stand-in searches."""
+    queries = [q for name in ["software", "devices"] for q in plan_load(name=name).queries]
+    names = [m[1].lower() for q in queries if (m := re.fullmatch(r'"([^"]+)"', q.query))]
+    terms = [parse_query(q.with_country("NL")) for q in queries]
+    sample = ROOT / "fixtures" / "sample"
+    labels = (json.loads(line) for line in (sample / "labels.jsonl").read_text().splitlines())
+    with gzip.open(sample / "banners.jsonl.gz", "rt") as lines:
+        pages = [
+            banner
+            for banner, label in zip(map(json.loads, lines), labels, strict=True)
+            if label["class"] == "medical"
+            and any(name in str((banner.get("http") or {}).get("title") or "").lower() for name in names)
+        ]
+    missed = sorted({b["http"]["title"] for b in pages if not any(matches(b, t) for t in terms)})
+    assert len(pages) > 50
+    assert missed == []
 
 
 def test_medical_plan_is_the_union_of_the_others_without_repeats() -> None:

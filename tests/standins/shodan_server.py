@@ -9,9 +9,16 @@ endpoints medexpo uses:
                                    query has a filter or the page is beyond the first
   GET /shodan/host/{ip}            the host's banners
 
-Queries are filtered crudely: `port:N[,M]`, `country:XX`, `product:`, `org:`, `hostname:`
-(suffix), quoted or bare keywords matched against data, org, hostnames, product and HTTP title,
-and `-filter:` negation. Other filters are refused with 400, as Shodan refuses unknown ones.
+Queries are filtered crudely: `port:`, `country:`, `product:`, `org:`, `hostname:` (suffix),
+`http.title:` and `http.html:`, each with a quoted or bare value or a comma list of values (any
+of them matches), `-filter:` negation, and quoted or bare keywords. As on Shodan, a keyword is
+looked for in the banner's main text (`data`) only, never in its metadata (org, hostnames,
+product, HTTP title or HTML): "By default, Shodan only searches the data property on the banner.
+To search in other properties you have to specify a filter. Query terms are always AND-ed
+together whereas filter values are OR-ed together." (https://blog.shodan.io/search-engine-improvements,
+and https://help.shodan.io/the-basics/search-query-fundamentals). Values match as case-blind
+substrings, where Shodan matches words: close enough for the names our plans search for. Other
+filters are refused with 400, as Shodan refuses unknown ones.
 
 A test can make it fail: answer a status n times (401, 429, 503, ...; with Shodan's {"error": ...}
 body or another one), answer slowly (beyond the client's timeout), cut the connection (before an answer, or in the
@@ -39,7 +46,7 @@ PAGE_SIZE = 100
 NO_CREDITS = "Insufficient query credits, please upgrade your API plan or wait for the monthly limit to reset"
 # One token: a filter with a quoted or bare value, a quoted phrase, or a bare word.
 TOKEN_RE = re.compile(r'(-?)([A-Za-z][A-Za-z0-9_.]*):(?:"([^"]*)"|(\S+))|"([^"]*)"|(\S+)')
-FILTERS = {"port", "country", "product", "org", "hostname"}
+FILTERS = {"port", "country", "product", "org", "hostname", "http.title", "http.html"}
 
 
 class QueryError(ValueError):
@@ -121,25 +128,31 @@ def parse_query(query: str) -> list[tuple[bool, str, str]]:
 
 
 def _text_of(banner: dict) -> str:
-    http = banner.get("http") if isinstance(banner.get("http"), dict) else {}
-    parts = [banner.get("data"), banner.get("org"), banner.get("product"), http.get("title")]
-    parts.extend(banner.get("hostnames") or [])
-    return " ".join(str(p) for p in parts if p).lower()
+    """What a keyword is looked for in: the main text only, as on Shodan."""
+    return str(banner.get("data") or "").lower()
 
 
 def _term_matches(banner: dict, name: str, value: str, text: str) -> bool:
+    if not name:
+        return value in text
+    return any(_filter_matches(banner, name, one.strip()) for one in value.split(","))
+
+
+def _filter_matches(banner: dict, name: str, value: str) -> bool:
+    http = banner.get("http") if isinstance(banner.get("http"), dict) else {}
     if name == "port":
-        return str(banner.get("port")) in value.split(",")
+        return str(banner.get("port")) == value
     if name == "country":
         location = banner.get("location") if isinstance(banner.get("location"), dict) else {}
         return str(location.get("country_code", "")).lower() == value
-    if name == "product":
-        return value in str(banner.get("product") or "").lower()
-    if name == "org":
-        return value in str(banner.get("org") or "").lower()
     if name == "hostname":
         return any(h.lower() == value or h.lower().endswith("." + value) for h in banner.get("hostnames") or [])
-    return value in text
+    field = {"product": banner.get("product"), "org": banner.get("org")}.get(name)
+    if name == "http.title":
+        field = http.get("title")
+    elif name == "http.html":
+        field = http.get("html")
+    return value in str(field or "").lower()
 
 
 def matches(banner: dict, terms: list[tuple[bool, str, str]], text: str | None = None) -> bool:
