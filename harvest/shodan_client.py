@@ -35,6 +35,9 @@ from medexpo.lib.http import Session, backoff_delays, protect_logs, scrub
 PAGE_SIZE = 100  # Shodan returns search results in pages of 100
 MAX_BANNER_CHARS = 1024 * 1024  # a banner bigger than this is not kept (see records.MAX_RECORD_BYTES)
 NO_CREDITS_TEXT = "insufficient query credits"
+# Shodan's 401 for a plan without search filters or paging ("Please upgrade your API plan to use
+# filters or paging."): the key is good, its plan is not (https://github.com/achillean/shodan-python/issues/31).
+NO_FILTERS_TEXT = "upgrade your api plan to use filters"
 
 # urllib3 logs request URLs, ?key= included: each request at DEBUG, a malformed answer at WARNING.
 protect_logs("urllib3", "requests")
@@ -338,6 +341,12 @@ def _classify(api: shodan.Shodan, message: str, cause: BaseException | None) -> 
             )
         what = type(cause).__name__ if cause is not None else "no answer"
         return ShodanError(f"connection to Shodan failed ({what})", kind=ShodanError.CONNECTION, permanent=False)
+    if status == 401 and NO_FILTERS_TEXT in text.lower():
+        return ShodanError(
+            f"Shodan denied access ({status}): the key's plan does not allow this call ({text})",
+            kind=ShodanError.ACCESS_DENIED,
+            permanent=True,
+        )
     if status == 401:
         return ShodanError(
             f"Shodan refused the API key (401: {text}); check SHODAN_API_KEY",

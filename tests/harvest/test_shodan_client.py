@@ -223,6 +223,19 @@ def test_it_recognises_exhausted_credits(shodan_standin: ShodanStandIn) -> None:
     assert shodan_standin.pages == {}
 
 
+def test_a_plan_without_filters_is_access_denied_not_an_invalid_key(shodan_standin: ShodanStandIn) -> None:
+    """Shodan answers a search with a filter on a plan without them with 401 'Please upgrade your
+    API plan to use filters or paging.': the key is good, and checking it does not help."""
+    shodan_standin.without_filters()
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.search_page(DICOM_NL, 1)
+    assert caught.value.kind == ShodanError.ACCESS_DENIED
+    assert caught.value.permanent
+    assert "plan does not allow" in str(caught.value) and "upgrade your API plan" in str(caught.value)
+    assert "SHODAN_API_KEY" not in str(caught.value)
+    assert len(shodan_standin.requests_to("/shodan/host/search")) == 1
+
+
 def test_it_refuses_to_run_without_a_key(settings) -> None:
     settings.SHODAN_API_KEY = ""
     shodan_client.reset()

@@ -44,6 +44,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 PAGE_SIZE = 100
 NO_CREDITS = "Insufficient query credits, please upgrade your API plan or wait for the monthly limit to reset"
+# What a key whose plan has no search filters or paging gets, with 401 (shodan-python's 401 branch
+# raises it: https://github.com/pielco11/fav-up/issues/2; "to use search filters or go past the
+# 1st page you need to have the Shodan Membership", https://github.com/achillean/shodan-python/issues/31).
+NO_FILTERS = "Please upgrade your API plan to use filters or paging."
 # One token: a filter with a quoted or bare value, a quoted phrase, or a bare word.
 TOKEN_RE = re.compile(r'(-?)([A-Za-z][A-Za-z0-9_.]*):(?:"([^"]*)"|(\S+))|"([^"]*)"|(\S+)')
 FILTERS = {"port", "country", "product", "org", "hostname", "http.title", "http.html"}
@@ -78,6 +82,7 @@ class StandInState:
     initial_credits: int
     page_delay: float = 0.0
     pages_left: int | None = None  # credits run out after this many paid pages, whatever /api-info says
+    filters: bool = True  # False: the key's plan may not use filters or paging
     faults: list[Fault] = field(default_factory=list)
     requests: list[Seen] = field(default_factory=list)
     pages: Counter = field(default_factory=Counter)  # (query, page) -> times charged
@@ -233,6 +238,11 @@ class ShodanStandIn:
         with self.lock:
             self.state.pages_left = pages
 
+    def without_filters(self) -> None:
+        """A key whose plan may not use search filters or pages beyond the first."""
+        with self.lock:
+            self.state.filters = False
+
     def set_page_delay(self, seconds: float) -> None:
         with self.lock:
             self.state.page_delay = seconds
@@ -321,6 +331,8 @@ class ShodanStandIn:
         if self.state.page_delay:
             time.sleep(self.state.page_delay)
         with self.lock:
+            if cost and not self.state.filters:
+                return 401, {"error": NO_FILTERS}
             if cost > self.state.credits or (cost and self.state.pages_left == 0):
                 return 401, {"error": NO_CREDITS}
             if cost and self.state.pages_left is not None:
