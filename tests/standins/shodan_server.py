@@ -343,18 +343,33 @@ class ShodanStandIn:
         return 200, {"total": len(found), "matches": chunk, "facets": {}}
 
     def _host(self, ip: str) -> tuple[int, dict]:
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            return 404, {"error": "No information available for that IP."}
         found = [b for b in self.banners if banner_ip(b) == ip]
         if not found:
             return 404, {"error": "No information available for that IP."}
         first = found[0]
-        return 200, {
+        location = first.get("location") if isinstance(first.get("location"), dict) else {}
+        # The host's fields at the top, its location flattened, as Shodan answers (see
+        # ../shared/data/shodan/sner4-host-lookup.jsonl); `ip` is an integer for IPv4 only.
+        address = ipaddress.ip_address(ip)  # found through banner_ip: a valid address
+        answer = {"ip": int(address)} if address.version == 4 else {}
+        answer |= {k: location.get(k) for k in ("city", "region_code", "area_code", "latitude", "longitude")}
+        return 200, answer | {
             "ip_str": ip,
             "ports": sorted({b.get("port") for b in found}),
             "hostnames": first.get("hostnames", []),
+            "domains": first.get("domains", []),
             "org": first.get("org"),
             "isp": first.get("isp"),
             "asn": first.get("asn"),
-            "country_code": (first.get("location") or {}).get("country_code"),
+            "os": first.get("os"),
+            "tags": [],
+            "country_code": location.get("country_code"),
+            "country_name": location.get("country_name"),
+            "last_update": max(str(b.get("timestamp") or "") for b in found),
             "data": found,
         }
 
