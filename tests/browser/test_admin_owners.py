@@ -19,7 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 from playwright.sync_api import Page
 
-from disclosure.models import Contact, HostOwner, Inhibition
+from disclosure.models import Contact, HostOwner, Inhibition, Organisation
 from disclosure.services import owners_resolve, rdap_cache_import
 from harvest.models import HarvestRun
 from harvest.services import service_export_rows
@@ -327,3 +327,36 @@ def test_bidi_and_zero_width_characters_from_rdap_are_shown_as_escapes(
     assert title == holder_name == "Zorg \\u202eVB tsoh"
     assert sorted(shown_emails) == [[RDAP_ABUSE, True], ["noc@exa\\u200bmple.com", True]]  # kept as sent
     assert rlo not in network_text + organisation_text and zwsp not in network_text + organisation_text
+
+
+def test_a_long_registry_name_wraps_on_the_owner_pages_instead_of_running_off_them(
+    admin_page: Page, owners: dict[str, HostOwner]
+) -> None:
+    # A registry's organisation name is up to 255 characters, without a space if its writer likes:
+    # it is the page title of the organisation, the holder beside a network's id box, and it is
+    # quoted in a host owner's recipient and reason. Unwrapped, the titles made the pages 3,000
+    # pixels wide and the rows cut the rest off (the admin's .form-row hides what overflows it).
+    owner = owners["81.0.0.7"]
+    long = "N" * 255
+    Organisation.objects.filter(pk=owner.network.holder_id).update(name=long)
+    HostOwner.objects.filter(pk=owner.pk).update(recipient_reason=f"network 81.0.0.0/24 holder {long}: abuse")
+    admin_page.set_viewport_size({"width": 1280, "height": 900})
+    # Not the page's width: the organisation's contacts table is wider than the screen anyway.
+    measure = """() => ({
+        wider: [...document.querySelectorAll('div.breadcrumbs, #content h1, #content h2, #change-history')]
+            .filter(e => e.scrollWidth > e.clientWidth + 1).length,
+        clipped: [...document.querySelectorAll('div.form-row')].filter(e => e.scrollWidth > e.clientWidth + 1).length,
+    })"""
+
+    measured = {}
+    for url in (
+        f"/admin/disclosure/hostowner/{owner.pk}/change/",
+        f"/admin/disclosure/organisation/{owner.network.holder_id}/change/",
+        f"/admin/disclosure/contact/{owner.recipient_id}/change/",
+        f"/admin/disclosure/network/{owner.network_id}/change/",
+        f"/admin/disclosure/organisation/{owner.network.holder_id}/history/",
+    ):
+        admin_page.goto(url)
+        measured[url] = admin_page.evaluate(measure)
+
+    assert all(m == {"wider": 0, "clipped": 0} for m in measured.values()), measured
