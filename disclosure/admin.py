@@ -39,6 +39,8 @@ from disclosure.services import (
     owner_recompute,
     owners_resolve,
 )
+from harvest.admin import HOST_SECTIONS, HostSection
+from harvest.models import Host
 from medexpo.lib.admin_search import AddressSearchMixin, search_address
 from medexpo.lib.display import text_block, text_column, visible_text
 
@@ -490,3 +492,32 @@ class OwnerUnknownAdmin(HostOwnerAdminBase):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).filter(status=HostOwner.Status.UNKNOWN)
+
+
+def host_owner_section(request: HttpRequest, host: Host) -> HostSection | None:
+    """The host's owner on its page and its services' pages: whom an exposure there goes to, and
+    why; the override is set on the host owner's page, which the first row links to."""
+    if not request.user.has_perm("disclosure.view_hostowner"):
+        return None
+    related = ("network", "operator", "recipient__organisation", "override_recipient__organisation")
+    owner = HostOwner.objects.select_related(*related).filter(host=host).first()
+    if owner is None:
+        return HostSection("Owner", [("status", "not looked up yet (resolve_owners does it, or its schedule)")])
+    rows: list[tuple[str, SafeString | str]] = [
+        ("host owner", _link("admin:disclosure_hostowner_change", owner)),
+        ("status", owner.get_status_display()),
+    ]
+    if owner.reason or owner.detail:
+        rows.append(("reason", visible_text(f"{owner.reason}: {owner.detail}".strip(": "))))
+    rows += [
+        ("network", _link("admin:disclosure_network_change", owner.network)),
+        ("operator", _link("admin:disclosure_organisation_change", owner.operator)),
+        ("recipient", _link("admin:disclosure_contact_change", owner.recipient)),
+        ("recipient reason", visible_text(owner.recipient_reason) or "-"),
+    ]
+    if owner.override_recipient is not None:
+        rows.append(("override recipient", _link("admin:disclosure_contact_change", owner.override_recipient)))
+    return HostSection("Owner", rows)
+
+
+HOST_SECTIONS.append(host_owner_section)

@@ -9,8 +9,10 @@ nothing from the data is ever marked safe.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
@@ -18,7 +20,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, Exists, FilteredRelation, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Length, Substr
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -210,6 +212,28 @@ class CountryFilter(admin.SimpleListFilter):
         return queryset.filter(country=value.upper()) if len(value) == 2 and value.isalpha() else queryset.none()
 
 
+# --- what other apps know of a host --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostSection:
+    """A titled block of read-only rows about a host, shown on its page and its services' pages."""
+
+    title: str
+    rows: list[tuple[str, SafeString | str]]
+
+
+# Apps that know more about a host (disclosure: its owner and recipient) add a function here that
+# gives their section, or None where the user may not see it; harvest imports none of them.
+HOST_SECTIONS: list[Callable[[HttpRequest, Host], HostSection | None]] = []
+
+
+def _with_host_sections(context: dict[str, Any], request: HttpRequest, host: Host | None) -> None:
+    if host is not None:
+        sections = (section(request, host) for section in HOST_SECTIONS)
+        context["host_sections"] = [section for section in sections if section is not None]
+
+
 # --- hosts ---------------------------------------------------------------------------------
 
 
@@ -281,6 +305,18 @@ class HostAdmin(AddressSearchMixin, ReadOnlyAdmin):
         # answers it; sorting by the count runs it for every host.
         count = Service.objects.filter(host=OuterRef("pk")).order_by().values("host").annotate(n=Count("*")).values("n")
         return super().get_queryset(request).annotate(service_count=Coalesce(Subquery(count), 0))
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Host | None = None,
+    ) -> HttpResponse:
+        _with_host_sections(context, request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     @admin.display(description="hostnames")
     def hostnames_list(self, obj: Host) -> str:
@@ -406,6 +442,18 @@ class ServiceAdmin(AddressSearchMixin, ReadOnlyAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
         return ServiceChangeList
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Service | None = None,
+    ) -> HttpResponse:
+        _with_host_sections(context, request, obj.host if obj is not None else None)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
         # The current verdicts of the page's services in one more query, not a subquery per row:

@@ -689,3 +689,36 @@ def test_looking_owners_up_again_says_how_they_ended(registries: Registries, sta
         "2 hosts: 1 networks found (1 from cache, 1 RDAP requests), 0 operators recognised; "
         "owner status unknown 2; failed: not_found 1" in body
     )
+
+
+def test_host_and_service_pages_name_the_owner_and_recipient(tmp_path: Path, staff_client: Client) -> None:
+    # A handler looking at an exposed service needs to know whom it goes to without searching the
+    # host owners for its address; staff who may not see owners are not shown them.
+    (tmp_path / "evil.json").write_text(json.dumps(HOSTILE))
+    call_command("import_rdap_cache", str(tmp_path), "--json")
+    host = make_host("81.0.0.7")
+    unresolved = make_host("81.0.0.8")
+    owners_resolve(hosts=[host])
+    owner = HostOwner.objects.get()
+    service = host.services.get()
+    looker = User.objects.create_user("looker", password="pw", is_staff=True)
+    looker.user_permissions.add(*Permission.objects.filter(codename__in=["view_host", "view_service"]))
+    viewer = Client()
+    viewer.force_login(looker)
+    owner_url = reverse("admin:disclosure_hostowner_change", args=[owner.pk])
+    pages = [
+        reverse("admin:harvest_host_change", args=[host.pk]),
+        reverse("admin:harvest_service_change", args=[service.pk]),
+    ]
+
+    shown = [staff_client.get(url).content.decode() for url in pages]
+    hidden = [viewer.get(url).content.decode() for url in pages]
+    not_yet = staff_client.get(reverse("admin:harvest_host_change", args=[unresolved.pk])).content.decode()
+
+    for body in shown:
+        text = page_text(body)
+        assert f'href="{owner_url}"' in body
+        assert "abuse@evil.example" in text and "81.0.0.0/24" in text and "Resolved" in text
+        assert "<img src=x onerror" not in body and "&lt;img src=x onerror=alert(2)&gt;" in body
+    assert all("abuse@evil.example" not in body and owner_url not in body for body in hidden)
+    assert "not looked up yet" in page_text(not_yet)
