@@ -133,6 +133,17 @@ def _current_verdicts() -> QuerySet[Classification]:
     return Classification.objects.filter(service=OuterRef("pk"), current=True).order_by()
 
 
+def _current_verdicts_prefetch() -> Prefetch:
+    """The current verdict of each service in one query, as `service.current_verdicts`."""
+    current = Classification.objects.filter(current=True).order_by().only("service", "cls", "category")
+    return Prefetch("classifications", queryset=current, to_attr="current_verdicts")
+
+
+def _verdict_text(service: Service) -> str:
+    verdicts = getattr(service, "current_verdicts", [])
+    return f"{verdicts[0].cls} / {verdicts[0].category}" if verdicts else "-"
+
+
 class VerdictFilter(admin.SimpleListFilter):
     """Services by the class of their current verdict; "not classified" for those without one."""
 
@@ -260,6 +271,7 @@ class ServiceInline(ReadOnlyTabularInline):
         "first_seen",
         "last_seen",
         "banner_since",
+        "verdict",
     )
     readonly_fields = fields
     show_change_link = True
@@ -268,8 +280,13 @@ class ServiceInline(ReadOnlyTabularInline):
     module_text = text_column("module")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
-        # Banners can be a megabyte each; the inline shows none of them.
-        return super().get_queryset(request).defer("banner", "raw")
+        # Banners can be a megabyte each; the inline shows none of them. The current verdicts of
+        # the listed services come in one more query.
+        return super().get_queryset(request).defer("banner", "raw").prefetch_related(_current_verdicts_prefetch())
+
+    @admin.display(description="verdict")
+    def verdict(self, obj: Service) -> str:
+        return _verdict_text(obj)
 
 
 @admin.register(Host)
@@ -460,21 +477,17 @@ class ServiceAdmin(AddressSearchMixin, ReadOnlyAdmin):
         # PostgreSQL would run that for every row a later page skips (OFFSET), or every row of the
         # table when sorting by it. Sorting by verdict joins the current verdicts instead
         # (`current_verdict`, joined only when used); the filters ask EXISTS (see _current_verdicts).
-        current = Classification.objects.filter(current=True).order_by().only("service", "cls", "category")
         return (
             super()
             .get_queryset(request)
             .select_related("host")  # the change page's title names the host's address
             .annotate(current_verdict=FilteredRelation("classifications", condition=Q(classifications__current=True)))
-            .prefetch_related(Prefetch("classifications", queryset=current, to_attr="current_verdicts"))
+            .prefetch_related(_current_verdicts_prefetch())
         )
 
     @admin.display(description="verdict", ordering="current_verdict__cls")
-    def verdict(self, obj: Service) -> SafeString | str:
-        verdicts = getattr(obj, "current_verdicts", [])
-        if not verdicts:
-            return "-"
-        return format_html("{} / {}", verdicts[0].cls, verdicts[0].category)
+    def verdict(self, obj: Service) -> str:
+        return _verdict_text(obj)
 
     @admin.display(description="host", ordering="host__ip")
     def host_ip(self, obj: Service) -> str:

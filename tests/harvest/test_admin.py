@@ -333,6 +333,22 @@ def test_it_shows_hosts_with_their_service_count_and_services(tmp_path: Path, ad
 
 
 @pytest.mark.django_db
+def test_a_hosts_page_gives_each_service_its_verdict(tmp_path: Path, admin_client: Client) -> None:
+    # Which of a host's services are the medical exposure is what staff open a host for.
+    from harvest.classify.services import classification_run_pending
+
+    hl7 = "\x0bMSH|^~\\&|HiX|ZH|||20260101||ACK^A01|1|P|2.4\rMSA|AA|1\r\x1c\r"
+    ingest(tmp_path, [banner("192.0.2.30", 2575, hl7), banner("192.0.2.30", 22, "SSH-2.0-OpenSSH_9.6")])
+    classification_run_pending()
+    ingest(tmp_path, [banner("192.0.2.30", 8080, "HTTP/1.1 200 OK\r\n\r\n")], name="later.json")
+
+    html = admin_client.get(change_url(Host.objects.get())).content.decode()
+
+    rows = re.findall(r'field-port">\s*<p>(\d+)</p>.*?field-verdict">\s*<p>(.*?)</p>', html, re.S)
+    assert rows == [("22", "non_medical / known_service"), ("2575", "medical / hl7"), ("8080", "-")]
+
+
+@pytest.mark.django_db
 def test_it_searches_and_filters_hosts(tmp_path: Path, admin_client: Client) -> None:
     ingest(
         tmp_path,
