@@ -248,7 +248,8 @@ def network_resolve_addresses(
         if progress:
             progress(done_count)
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rdap") as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rdap")
+    try:
         while queue or inflight:
             while queue and len(inflight) < concurrency:
                 ip = queue.popleft()
@@ -282,6 +283,14 @@ def network_resolve_addresses(
                     outcome.network = _network_answering(ip)
                 finish(ip, outcome)
                 queue.extendleft(reversed(waiting.pop(hood, [])))
+    except BaseException:
+        # Ctrl-C, or django-q2's timeout (a SystemExit): leave the lookups in flight (each may
+        # take RDAP_TIMEOUT, with retries) to end by themselves. Waiting for them outlasted the 3 s
+        # django-q2 gives a timed-out task before it kills the worker, so the failure was never
+        # recorded, and the ORM broker then delivered the task again and again, never counting it.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return outcomes, stats
 
 
