@@ -1,11 +1,14 @@
 """The harvest tasks run through django-q2 (synchronously in tests) and call the real services."""
 
+import ast
+import os
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
+from django_q.models import Schedule
 from django_q.scheduler import scheduler
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task, result
@@ -131,3 +134,19 @@ def test_a_timeout_that_lands_inside_a_query_still_marks_the_run_stopped(tmp_pat
     assert run.status == HarvestRun.Status.STOPPED and "timeout" in run.message
     summary = services.harvest_execute(run=run)
     assert summary.status == HarvestRun.Status.COMPLETED and Service.objects.count() == 3000
+
+
+def test_a_plan_file_named_relative_to_where_setup_ran_is_found_by_a_worker_started_elsewhere(
+    shodan_standin: ShodanStandIn, plan_file, settings, monkeypatch, tmp_path
+) -> None:
+    """setup_schedules checks MEDEXPO_HARVEST_PLAN from its own directory; the weekly task used to
+    look for the same relative path from the worker's, and failed there a week later."""
+    path = plan_file("port:104")
+    monkeypatch.chdir(tmp_path)
+    settings.MEDEXPO_HARVEST_PLAN = os.path.basename(path)
+    call_command("setup_schedules", stdout=StringIO())
+    monkeypatch.chdir(tmp_path.parent)  # qcluster runs from another directory
+    schedule = Schedule.objects.get(name="harvest: search plan")
+    summary = result(async_task(schedule.func, **ast.literal_eval(schedule.kwargs)))  # as the scheduler reads it
+    assert isinstance(summary, dict), summary
+    assert summary["status"] == "completed" and summary["accepted"] > 0

@@ -8,6 +8,7 @@ Idempotent: schedules are matched by name and updated in place, and a name found
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -44,13 +45,22 @@ def schedules() -> list[dict]:
             {
                 "name": HARVEST,
                 "func": "harvest.tasks.harvest_plan",
-                "kwargs": {"plan": settings.MEDEXPO_HARVEST_PLAN, "max_credits": settings.MEDEXPO_HARVEST_MAX_CREDITS},
+                "kwargs": {
+                    "plan": _plan_argument(settings.MEDEXPO_HARVEST_PLAN),
+                    "max_credits": settings.MEDEXPO_HARVEST_MAX_CREDITS,
+                },
                 "schedule_type": Schedule.WEEKLY,
                 # the firing's date in the task's arguments: a task delivered again goes on with its run
                 "intended_date_kwarg": "scheduled_for",
             },
         )
     return wanted
+
+
+def _plan_argument(plan: str) -> str:
+    """A plan's name, or its file's absolute path: checked here from this command's directory, a
+    relative path would be looked for from the worker's when the schedule fires."""
+    return str(Path(plan).resolve()) if plan.endswith(".toml") else plan
 
 
 class Command(DatabaseCommand):
