@@ -133,18 +133,44 @@ def harvest_execute(
     One run writes at a time (harvest/locking.py): while another holds the lock, this one waits,
     after telling `on_wait` (or the log) why. It then continues from its checkpoint as stored,
     which another process may have moved on, or completed, in the meantime."""
-    with harvest_lock(run.pk, on_wait=lambda: (on_wait or logger.warning)(_waiting_message(run))):
-        run.refresh_from_db()
-        if run.status == HarvestRun.Status.COMPLETED:
-            return run
-        with fewer_collections():
-            return _execute(run, progress, batch_size)
+    locked = False
+    try:
+        with harvest_lock(run.pk, on_wait=lambda: (on_wait or logger.warning)(_waiting_message(run))):
+            locked = True
+            run.refresh_from_db()
+            if run.status == HarvestRun.Status.COMPLETED:
+                return run
+            with fewer_collections():
+                return _execute(run, progress, batch_size)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if not locked:
+            _interrupted_waiting(run, stop)
+        raise
 
 
 def harvest_writing_run() -> int | None:
     """The run writing right now, if any (one at a time); others marked running are waiting or
     were interrupted."""
     return writing_run()
+
+
+def _interrupted_waiting(run: HarvestRun, stop: BaseException) -> None:
+    """Ctrl-C, or django-q2's timeout, before the run got the lock. A run marked running that no
+    process writes (a new one, or one interrupted before) is marked stopped, as an interrupted
+    run is; a stopped or failed one keeps its reason, and one being written elsewhere (the same
+    run resumed twice) is left to that process."""
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        # It may land while the connection waits for the lock (a query in flight leaves it
+        # unusable) or between the lock's keys: closing the connection gives up what it holds.
+        connection.close()
+    if writing_run() == run.pk:
+        return
+    now = timezone.now()
+    why = f"interrupted ({stop})" if str(stop) else "interrupted"
+    message = f"{why} while waiting for another harvest; resume with --resume"[:2000]
+    HarvestRun.objects.filter(pk=run.pk, status=HarvestRun.Status.RUNNING).update(
+        status=HarvestRun.Status.STOPPED, message=message, finished_at=now, updated_at=now
+    )
 
 
 def _waiting_message(run: HarvestRun) -> str:

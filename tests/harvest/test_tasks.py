@@ -1,11 +1,16 @@
 """The harvest tasks run through django-q2 (synchronously in tests) and call the real services."""
 
 import ast
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 
+import psycopg
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.models import Schedule
@@ -13,6 +18,8 @@ from django_q.scheduler import scheduler
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task, result
 
+from harvest import locking
+from harvest.locking import PG_LOCK_KEY, sqlite_lock_path
 from harvest.models import Classification, HarvestRun, Service
 from tests.factories import line, many, write_lines
 from tests.standins.shodan_server import ShodanStandIn
@@ -149,4 +156,45 @@ def test_a_plan_file_named_relative_to_where_setup_ran_is_found_by_a_worker_star
     schedule = Schedule.objects.get(name="harvest: search plan")
     summary = result(async_task(schedule.func, **ast.literal_eval(schedule.kwargs)))  # as the scheduler reads it
     assert isinstance(summary, dict), summary
+    assert summary["status"] == "completed" and summary["accepted"] > 0
+
+
+@contextmanager
+def another_run_writing() -> Iterator[None]:
+    """Hold the harvest lock of the test database, as another run writing would."""
+    if connection.vendor == "postgresql":
+        db = connection.settings_dict
+        with psycopg.connect(
+            host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"], autocommit=True
+        ) as other:
+            other.execute("SELECT pg_advisory_lock(%s, %s)", list(PG_LOCK_KEY))
+            yield
+        return
+    path = sqlite_lock_path(str(connection.settings_dict["NAME"]))
+    if path is None:  # an in-memory database: the lock is this process's
+        with locking._in_process:
+            yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.django_db(transaction=True)  # as in a worker
+def test_a_harvest_whose_timeout_comes_while_it_waits_for_another_run_is_marked_stopped(
+    shodan_standin: ShodanStandIn, plan_file
+) -> None:
+    """The weekly harvest can fire while another run writes (a long import by hand). When the task's
+    timeout came before the lock, its new run stayed 'running' with no word of why, for ever on the
+    Redis broker, which does not deliver the task again."""
+    with another_run_writing(), pytest.raises(SystemExit):
+        async_task("harvest.tasks.harvest_plan", plan=plan_file("port:104"), max_credits=5, q_options={"timeout": 1})
+    run = HarvestRun.objects.get()
+    assert run.status == HarvestRun.Status.STOPPED and run.finished_at is not None
+    assert "timeout" in run.message and "waiting for another harvest" in run.message and "--resume" in run.message
+    assert run.credits_spent == 0 and shodan_standin.credits_spent == 0
+    summary = result(async_task("harvest.tasks.harvest_resume", run.pk))
     assert summary["status"] == "completed" and summary["accepted"] > 0
