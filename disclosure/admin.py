@@ -503,20 +503,27 @@ def host_owner_section(request: HttpRequest, host: Host) -> HostSection | None:
     owner = HostOwner.objects.select_related(*related).filter(host=host).first()
     if owner is None:
         return HostSection("Owner", [("status", "not looked up yet (resolve_owners does it, or its schedule)")])
+
+    def link(model: str, obj: Any) -> SafeString | str:
+        # Named for everyone who may see owners; a link only for those who may open it (not a 403).
+        if obj is not None and not request.user.has_perm(f"disclosure.view_{model}"):
+            return str(obj)
+        return _link(f"admin:disclosure_{model}_change", obj)
+
     rows: list[tuple[str, SafeString | str]] = [
-        ("host owner", _link("admin:disclosure_hostowner_change", owner)),
+        ("host owner", link("hostowner", owner)),
         ("status", owner.get_status_display()),
     ]
     if owner.reason or owner.detail:
         rows.append(("reason", visible_text(f"{owner.reason}: {owner.detail}".strip(": "))))
     rows += [
-        ("network", _link("admin:disclosure_network_change", owner.network)),
-        ("operator", _link("admin:disclosure_organisation_change", owner.operator)),
-        ("recipient", _link("admin:disclosure_contact_change", owner.recipient)),
+        ("network", link("network", owner.network)),
+        ("operator", link("organisation", owner.operator)),
+        ("recipient", link("contact", owner.recipient)),
         ("recipient reason", visible_text(owner.recipient_reason) or "-"),
     ]
     if owner.override_recipient is not None:
-        rows.append(("override recipient", _link("admin:disclosure_contact_change", owner.override_recipient)))
+        rows.append(("override recipient", link("contact", owner.override_recipient)))
     return HostSection("Owner", rows)
 
 

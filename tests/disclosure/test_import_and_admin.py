@@ -722,3 +722,11 @@ def test_host_and_service_pages_name_the_owner_and_recipient(tmp_path: Path, sta
         assert "<img src=x onerror" not in body and "&lt;img src=x onerror=alert(2)&gt;" in body
     assert all("abuse@evil.example" not in body and owner_url not in body for body in hidden)
     assert "not looked up yet" in page_text(not_yet)
+
+    # Allowed to see owners but not contacts: the recipient is named, without a link into a 403.
+    looker.user_permissions.add(Permission.objects.get(codename="view_hostowner"))
+    viewer.force_login(User.objects.get(pk=looker.pk))  # permissions are cached per user object
+    body = viewer.get(pages[0]).content.decode()
+    contact_url = reverse("admin:disclosure_contact_change", args=[owner.recipient_id])
+    assert "abuse@evil.example" in page_text(body) and f'href="{owner_url}"' in body
+    assert contact_url not in body and "<img src=x onerror" not in body
