@@ -181,6 +181,7 @@ def _waiting_message(run: HarvestRun) -> str:
 
 def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | None) -> HarvestRun:
     _mark(run, HarvestRun.Status.RUNNING, "")
+    outside_transactions = connection.get_autocommit() and not connection.in_atomic_block
     # The writer thread lets the source read on while a batch commits: not the search API, whose
     # next page would be bought before the page before it is stored (and bought again if the
     # process died then).
@@ -226,6 +227,8 @@ def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | Non
         # SystemExit). It may arrive anywhere, even inside a flush: write nothing more. A batch already
         # handed to the writer commits whole with its checkpoint; resuming reads everything after it again.
         _close_after_failure(writer)
+        if outside_transactions:
+            _leave_half_made_transaction()
         message = (f"interrupted ({stop})" if str(stop) else "interrupted") + "; resume with --resume"
         try:
             _mark(run, HarvestRun.Status.STOPPED, message)
@@ -248,6 +251,23 @@ def _checkpoint(last: Checkpoint | tuple) -> Checkpoint:
     if isinstance(last, tuple):
         return Checkpoint({"line": last[1], "offset": last[2]})
     return last
+
+
+def _leave_half_made_transaction() -> None:
+    """An interrupt that lands inside Django's opening or closing of a batch's transaction leaves
+    the connection in a transaction nothing will commit (autocommit off, the block's bookkeeping
+    half done): what is written next, the run's stop mark, would be lost at exit. Roll that
+    transaction back (its batch is read again on resume) and return to autocommit."""
+    if connection.get_autocommit() and not connection.in_atomic_block:
+        return
+    connection.atomic_blocks.clear()
+    connection.savepoint_ids.clear()
+    connection.in_atomic_block = False
+    try:
+        connection.rollback()
+        connection.set_autocommit(True)
+    except DatabaseError:  # a query in flight: the connection is unusable; a new one starts clean
+        connection.close()
 
 
 def _close_after_failure(writer: BatchWriter) -> None:

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import threading
 import tracemalloc
 from collections.abc import Iterable
 from datetime import timedelta
@@ -810,6 +811,54 @@ def test_an_interrupted_pipelined_run_keeps_only_committed_batches_and_resumes_e
     done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=10)
     assert (done.status, done.seen, done.new, done.rejected) == ("completed", 45, 45, {})
     assert endpoints() == {(r["ip_str"], 80, "tcp") for r in records}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("where", ["opening", "closing"])
+def test_ctrl_c_while_a_batch_transaction_opens_or_closes_still_marks_the_run_stopped(
+    tmp_path, monkeypatch, where: str
+) -> None:
+    """Ctrl-C that lands inside Django's opening or closing of a batch's transaction (autocommit
+    off, the block's bookkeeping half done) left the connection in a transaction that nothing
+    would commit, and the stop mark written into it was lost at exit: the run stayed 'running'
+    though the command said it was stopped (seen once in CI, on SQLite)."""
+    from django.db import connection
+    from django.db.transaction import Atomic
+
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(30)])
+    run = services.harvest_file_start(path=path)
+    enter, leave, calls = Atomic.__enter__, Atomic.__exit__, []
+
+    def half_open(self: Atomic) -> None:
+        if threading.current_thread() is threading.main_thread():
+            calls.append(self)
+            if len(calls) == 2:
+                connection.set_autocommit(False)  # the first thing Atomic.__enter__ does
+                raise KeyboardInterrupt
+        enter(self)
+
+    def half_closed(self: Atomic, *exc: object) -> None:
+        if threading.current_thread() is threading.main_thread() and exc[0] is None:
+            calls.append(self)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # before __exit__ has left the block or committed
+        leave(self, *exc)
+
+    if where == "opening":
+        monkeypatch.setattr(Atomic, "__enter__", half_open)
+    else:
+        monkeypatch.setattr(Atomic, "__exit__", half_closed)
+    with pytest.raises(KeyboardInterrupt):
+        services.harvest_execute(run=run, batch_size=10)
+    monkeypatch.undo()
+
+    # What is written now commits: the connection is out of the half-made transaction.
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    run.refresh_from_db()
+    assert run.status == "stopped" and run.message.startswith("interrupted")
+    assert Service.objects.count() == run.accepted == run.checkpoint.get("line", 0)
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=10)
+    assert (done.status, done.seen, done.new) == ("completed", 30, 30)
 
 
 def test_hostile_fields_are_stored_exactly(tmp_path) -> None:
