@@ -155,6 +155,37 @@ class ContactForm(forms.ModelForm):
         return email
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether a parsed JSON value has a NUL in any string or key (walked without recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+class OrganisationForm(forms.ModelForm):
+    """Text fields refuse NUL (Django's own check); the JSON of `domains` needs the same: JSON
+    writes it as \\u0000, which PostgreSQL's jsonb cannot hold (the save was a server error)."""
+
+    class Meta:
+        model = Organisation
+        fields = "__all__"
+
+    def clean_domains(self) -> Any:
+        domains = self.cleaned_data["domains"]
+        if _holds_nul(domains):
+            raise ValidationError("Null characters are not allowed.", code="null_characters_not_allowed")
+        return domains
+
+
 class _VisibleHistoryHelper(HistoricalRecordContextHelper):
     """The history page's list of changes shows old and new values: stranger text among them."""
 
@@ -253,6 +284,7 @@ class ContactInline(_VisibleAdmin, admin.TabularInline):
 
 @admin.register(Organisation)
 class OrganisationAdmin(_VisibleAdmin, SimpleHistoryAdmin):
+    form = OrganisationForm
     list_display = ["name_text", "kind", "sector", "country_text", "sector_cert_member", "source", "contact_count"]
     list_filter = ["kind", "sector_cert_member", "source", ("country", VisibleValuesFilter)]
     search_fields = ["name", "source_key", "contacts__email"]

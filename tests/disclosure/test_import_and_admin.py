@@ -422,6 +422,23 @@ def test_a_contact_entered_twice_is_refused_with_a_message_not_a_server_error(st
     assert Contact.objects.count() == 1
 
 
+@pytest.mark.parametrize("domains", ['["zorg\\u0000host.example"]', '{"\\u0000": "zorghost.example"}'])
+def test_a_nul_in_an_organisations_domains_is_refused_with_a_message_not_a_server_error(
+    staff_client: Client, domains: str
+) -> None:
+    # JSON writes NUL as \u0000; PostgreSQL's jsonb cannot hold it (a DataError, a 500 page).
+    organisation = Organisation.objects.create(name="Zorghost", domains=["zorghost.example"])
+    url = reverse("admin:disclosure_organisation_change", args=[organisation.pk])
+    form = {"name": "Zorghost", "kind": "other", "domains": domains, "contacts-TOTAL_FORMS": "0"}
+
+    response = staff_client.post(url, {**form, "contacts-INITIAL_FORMS": "0"})
+
+    assert response.status_code == 200
+    assert "Null characters are not allowed." in response.content.decode()
+    organisation.refresh_from_db()
+    assert organisation.domains == ["zorghost.example"]
+
+
 def test_an_rdap_address_stays_as_the_registry_sent_it(staff_client: Client) -> None:
     organisation = Organisation.objects.create(name="Zorghost", source="rdap", source_key="rdap:ripencc:ZH")
     contact = Contact.objects.create(
