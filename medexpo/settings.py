@@ -261,6 +261,9 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     # Off unless asked for: the TLS proxy in front may already send HSTS and redirect to HTTPS.
     SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
+    # Off unless asked for: a browser keeps them for SECURE_HSTS_SECONDS (preloading, for good).
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
 
 # --- medexpo -----------------------------------------------------------------------------

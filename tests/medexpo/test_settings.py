@@ -26,6 +26,7 @@ def run_with(command: list[str], **env: str) -> subprocess.CompletedProcess:
 def start_with(command: list[str], **env: str) -> subprocess.CompletedProcess:
     """`command` in a fresh process with production settings and `env`, whatever it exits with."""
     unset = {"DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT"}
+    unset |= {"SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD"}
     unset.add("DJANGO_ALLOW_ASYNC_UNSAFE")  # set by the browser tests in this process, never in production
     base = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
@@ -59,6 +60,18 @@ def test_hsts_and_the_https_redirect_are_settings_that_the_deploy_check_sees() -
     assert "security.W004" in plain and "security.W008" in plain
     hardened = run_with(deploy, SECURE_HSTS_SECONDS="31536000", SECURE_SSL_REDIRECT="1").stderr
     assert "security.W004" not in hardened and "security.W008" not in hardened
+
+
+def test_hsts_for_subdomains_and_preloading_can_be_set_so_that_the_deploy_check_has_nothing_left() -> None:
+    """With HSTS on, the deploy check also asks for includeSubDomains and preload: with no
+    variable for them, those two warnings could only be silenced, never answered."""
+    deploy = [sys.executable, "manage.py", "check", "--deploy"]
+    key = "medexpo-test-key-" + "0123456789abcdefghijklmnopqrstuvwxyz"  # long and varied enough for the check
+    hsts = {"SECURE_HSTS_SECONDS": "31536000", "SECURE_SSL_REDIRECT": "1", "SECRET_KEY": key}
+    assert "security.W005" in run_with(deploy, **hsts).stderr
+    full = run_with(deploy, **hsts, SECURE_HSTS_INCLUDE_SUBDOMAINS="1", SECURE_HSTS_PRELOAD="1")
+    assert "security.W" not in full.stderr
+    assert "System check identified no issues" in full.stdout
 
 
 def test_a_number_setting_that_is_not_a_number_is_refused_by_name() -> None:
