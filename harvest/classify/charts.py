@@ -52,7 +52,9 @@ def _classes(report: dict) -> Figure:
 def _top_services(report: dict) -> Figure:
     rows = list(reversed(report["top_services"]))
     fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(rows), 3) + 1))
-    ax.barh([_label(r["service"]) for r in rows], [r["count"] for r in rows], color="#2e86c1")
+    # By position, not by label: labels cut alike would share one category and one bar hide another.
+    ax.barh(range(len(rows)), [r["count"] for r in rows], color="#2e86c1")
+    ax.set_yticks(range(len(rows)), [_label(r["service"]) for r in rows])
     ax.set_title("Top services, non-blank banners (study Figure 10)")
     ax.set_xlabel("services")
     return fig

@@ -596,3 +596,20 @@ def test_the_json_file_writes_controls_and_bidi_as_escapes_and_reads_back_as_sto
     data = json.loads(text)
     assert {row["org"] for row in data["dicom"]} == {SPOOFED_ORG, "a\x9b2Jb\x7f\u2028"}
     assert data["medical_services"][0]["hostnames"] == ["x\u202egro.live"]
+
+
+def test_services_whose_names_are_cut_alike_keep_a_bar_each() -> None:
+    """Chart labels are cut to 40 characters; matplotlib put two services whose labels came out
+    the same on one category, so one bar hid the other."""
+    from harvest.classify import charts
+
+    prefix = "Vendor Imaging Archive Server Edition 20"  # 40 characters
+    report = {"top_services": [{"service": f"{prefix}25 A", "count": 5}, {"service": f"{prefix}26 B", "count": 3}]}
+    figure = charts.CHARTS["top_services"](report)
+    try:
+        axes = figure.axes[0]
+        assert sorted(bar.get_width() for bar in axes.patches) == [3, 5]
+        assert len({bar.get_y() for bar in axes.patches}) == 2  # each on a row of its own
+        assert len(axes.get_yticklabels()) == 2
+    finally:
+        charts.plt.close(figure)
