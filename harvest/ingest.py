@@ -87,7 +87,7 @@ class _History:
     last_seen: datetime
     run_id: int | None  # the run that saw it at last_seen
     record: BannerRecord | None = None  # its text; None: the service's stored banner, read on apply
-    touched: bool = False  # a stored row whose run changed
+    touched: bool = False  # a stored row whose window or run changed
 
 
 @dataclass(slots=True)
@@ -348,7 +348,7 @@ class BatchWriter:
         if same_banner and ts >= state.banner_since:
             return "unchanged"  # within what is known of the current banner
         # An older sighting. Files need not be in time order: history may already hold it.
-        known = self._in_history(state, record.banner_hash, ts)
+        known, before, after = self._history_near(state, record.banner_hash, ts)
         if known is not None:
             return _seen_again(known, ts, run_id)
         if same_banner and not any(h.first_seen < state.banner_since and h.last_seen >= ts for h in state.history):
@@ -357,21 +357,37 @@ class BatchWriter:
             state.first_seen = min(state.first_seen, ts)
             state.dirty = state.touched = True
             return "updated"
-        # An older banner, or an earlier spell of the current one: it is history, once.
-        state.history.append(_History(None, record.banner_hash, ts, ts, run_id, record))
+        # An older banner, or an earlier spell of the current one: it is history, once. Next to a
+        # history row of the same banner with nothing else seen in between, it is part of that
+        # row's spell (in time order the two sightings would have made one row).
+        if not _widen_spell(state, before, after, ts, run_id):
+            state.history.append(_History(None, record.banner_hash, ts, ts, run_id, record))
         state.first_seen = min(state.first_seen, ts)
         state.dirty = state.touched = True
         return "updated"
 
     def _in_history(self, state: _ServiceState, banner_hash: str, ts: datetime) -> _History | None:
-        """The history row of this banner that covers `ts`, if any. Rows of the batch still being
-        written are in memory with their ids; the database adds every other one."""
+        """The history row of this banner that covers `ts`, if any."""
+        return self._history_near(state, banner_hash, ts)[0]
+
+    def _history_near(self, state: _ServiceState, banner_hash: str, ts: datetime) -> tuple[_History | None, ...]:
+        """The history row of this banner that covers `ts`, or else the nearest ones before and after
+        it (any of them None). Rows of the batch still being written are in memory with their
+        ids; the database adds every other one."""
         if not state.history_loaded:
             self._load_history(state)
+        before = after = None
         for item in state.history:
-            if item.banner_hash == banner_hash and item.first_seen <= ts <= item.last_seen:
-                return item
-        return None
+            if item.banner_hash == banner_hash:
+                if item.last_seen < ts:
+                    if before is None or item.last_seen > before.last_seen:
+                        before = item
+                elif item.first_seen > ts:
+                    if after is None or item.first_seen < after.first_seen:
+                        after = item
+                else:
+                    return item, None, None
+        return None, before, after
 
     def _load_history(self, asking: _ServiceState) -> None:
         """Read stored history at the first need in a batch, in one query for every stored
@@ -439,15 +455,17 @@ class BatchWriter:
                 plan.service_touches.append(s.id)
 
     def _plan_history(self, services: dict, plan: _Plan) -> None:
-        """New history rows (ids allocated here), and stored rows whose run changed (then
-        cleared: the state is carried to the next batch)."""
+        """New history rows (ids allocated here), and stored rows whose window or run changed
+        (then cleared: the state is carried to the next batch)."""
         added = []
         for state in services.values():
             for item in state.history:
                 if item.id is None:
                     added.append((state, item))
                 elif item.touched:
-                    plan.history_touches.append((item.id, item.run_id))
+                    plan.history_touches.append(
+                        (item.id, self._dt(item.first_seen), self._dt(item.last_seen), item.run_id)
+                    )
                     item.touched = False
         ids = bulk.allocate_ids(ServiceBanner._meta.db_table, len(added))
         for (state, item), pk in zip(added, ids, strict=True):
@@ -521,7 +539,7 @@ def _apply(plan: _Plan) -> None:
     table = Service._meta.db_table
     bulk.copy_in(table, ("id", *_SERVICE_INSERT), plan.service_inserts, payload=plan.service_payload, binary=True)
     _write_history(plan.history)  # before the rewrites: it may read the banners they replace
-    bulk.update_rows(ServiceBanner._meta.db_table, ("run_id",), plan.history_touches)
+    bulk.update_rows(ServiceBanner._meta.db_table, ("first_seen", "last_seen", "run_id"), plan.history_touches)
     bulk.update_rows(table, _SERVICE_REWRITE, plan.service_rewrites)
     bulk.update_rows(table, ("first_seen", "last_seen", "banner_since", "last_run_id"), plan.service_sightings)
     if plan.service_touches:
@@ -600,6 +618,32 @@ def _seen_again(item: _History, ts: datetime, run_id: int) -> str:
     item.run_id = run_id
     item.touched = item.id is not None
     return "unchanged"
+
+
+def _widen_spell(
+    state: _ServiceState, before: _History | None, after: _History | None, ts: datetime, run_id: int
+) -> bool:
+    """Stretch the nearest history row of a banner before or after `ts` to `ts` when no other
+    spell, history or the current one, has a sighting between the two. Whether one has can only
+    be told from their windows: one that reaches into the gap, or touches it, keeps the row as it
+    is. A farther row of the banner always has the nearest one in between."""
+    gaps = []
+    if after is not None:
+        gaps.append((after, ts, after.first_seen))
+    if before is not None:
+        gaps.append((before, before.last_seen, ts))
+    for item, low, high in gaps:
+        if state.banner_since <= high and low <= state.last_seen:
+            continue
+        if any(h is not item and h.first_seen <= high and low <= h.last_seen for h in state.history):
+            continue
+        if item is after:
+            item.first_seen = ts
+        else:
+            item.last_seen, item.run_id = ts, run_id
+        item.touched = item.id is not None
+        return True
+    return False
 
 
 def _position(position: int | str) -> str:

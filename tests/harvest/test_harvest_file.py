@@ -1011,6 +1011,21 @@ def test_reading_a_file_again_adds_no_history(tmp_path, batch_size: int) -> None
     assert later.updated == 1 and ServiceBanner.objects.filter(banner="v1").count() == 2
 
 
+@pytest.mark.parametrize("batch_size", [1, 1000])
+@pytest.mark.parametrize("order", ["A3 B1 B2", "A3 B2 B1", "B1 B2 A3"])
+def test_an_older_spell_read_out_of_order_is_one_history_row(tmp_path, batch_size: int, order: str) -> None:
+    """B on days 1 and 2, then A on day 3: B's spell is one history row, whatever order the lines
+    come in (read after A, B's sightings were two rows, as if something had come between them)."""
+    lines = [line(banner(data=item[0], timestamp=f"2026-01-0{item[1]}T00:00:00")) for item in order.split()]
+    path = write_lines(tmp_path / "f.json", lines)
+    run = harvest(path, batch_size=batch_size)
+    assert (run.new, run.updated, run.unchanged) == (1, 2, 0)
+    history = list(ServiceBanner.objects.values_list("banner", "first_seen__day", "last_seen__day"))
+    assert history == [("B", 1, 2)]
+    assert harvest(path, batch_size=batch_size).unchanged == 3  # read again: nothing changes
+    assert list(ServiceBanner.objects.values_list("banner", "first_seen__day", "last_seen__day")) == history
+
+
 def test_stored_history_is_read_once_a_batch(tmp_path) -> None:
     """A file of host lookups with history holds many older banners: reading it again looks up
     the stored history of the batch's services together, not one query per service."""
