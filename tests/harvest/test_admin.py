@@ -855,3 +855,14 @@ def test_a_runs_message_and_target_show_their_controls_as_escapes(admin_client: 
         assert "\\x1b[31m\\u202eevil &lt;b&gt;x&lt;/b&gt;\\x00" in html
         assert "\u202e" not in html and "\x1b" not in html and "<b>x" not in html
     assert "Shodan says: \\x1b" in page
+
+
+@pytest.mark.django_db
+def test_a_regular_expression_in_a_list_url_is_refused_not_run(tmp_path: Path, admin_client: Client) -> None:
+    """?banner__regex=... ran a regular expression over every stored banner, and one the database
+    could not compile was a server error; the lists filter by their own filters and search."""
+    ingest(tmp_path, [banner("192.0.2.41", 104, "DICOM")])
+    for query in ("banner__regex=(", "banner__iregex=DICOM", "host__org__regex=x"):
+        response = admin_client.get(f"{changelist_url(Service)}?{query}")
+        assert response.status_code == 400, query
+    assert admin_client.get(f"{changelist_url(Service)}?port=104").status_code == 200
