@@ -169,6 +169,12 @@ class NetworkQuerySet(models.QuerySet):
         """Networks that hold the address `first`, or any address from `first` to `last`."""
         return self.filter(start_key__lte=ip_key(last or first), end_key__gte=ip_key(first))
 
+    def inside(self, network: Network) -> NetworkQuerySet:
+        """Networks within `network`'s range, other than itself."""
+        return self.filter(
+            start_key__gte=network.start_key, start_key__lte=network.end_key, end_key__lte=network.end_key
+        ).exclude(pk=network.pk)
+
 
 class Network(models.Model):
     """One registry network (an RDAP ip-network object), the cache unit of owner lookups."""

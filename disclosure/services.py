@@ -113,50 +113,35 @@ class _Intervals:
 
     An assignment answers here for the addresses inside it, unless it holds narrower cached
     networks (the database knows which of them holds an address); any other network (an
-    allocation around assignments not yet seen) only for the addresses it was the answer for.
+    allocation around assignments not yet seen) never does: the addresses it was the answer for
+    are in the database (NetworkAnswer), and a run asks for each address once.
     """
 
     def __init__(self) -> None:
-        self._keys: list[tuple[str, int]] = []  # (start, pk) of the assignments: they answer by range
-        self._seen: list[tuple[str, int]] = []  # (start, pk) of every network, to find those inside one
+        self._keys: list[tuple[str, int]] = []  # (start, pk) of the assignments, sorted
         self._networks: dict[int, Network] = {}
         self._covering: set[int] = set()
-        self._answered: dict[str, Network] = {}  # address -> the allocation (or untyped network) it was answered with
-        self._answered_by: dict[int, list[str]] = {}
 
-    def add(self, network: Network, key: str | None = None) -> None:
-        """Remember `network`, and that it is the registry's answer for the address `key`."""
+    def add(self, network: Network) -> None:
+        if not network.answers_whole_range:
+            return
         if network.pk not in self._networks:
-            bisect.insort(self._seen, (network.start_key, network.pk))
-            if network.answers_whole_range:
-                bisect.insort(self._keys, (network.start_key, network.pk))
-                narrower = Network.objects.filter(
-                    start_key__gte=network.start_key, start_key__lte=network.end_key, end_key__lte=network.end_key
-                ).exclude(pk=network.pk)
-                if narrower.exists():
-                    self._covering.add(network.pk)
+            bisect.insort(self._keys, (network.start_key, network.pk))
+            if Network.objects.inside(network).exists():
+                self._covering.add(network.pk)
         self._networks[network.pk] = network
-        if key is not None and not network.answers_whole_range and key not in self._answered:
-            self._answered[key] = network
-            self._answered_by.setdefault(network.pk, []).append(key)
 
     def forget_narrower(self, network: Network, key: str) -> None:
         """The registry answered `key` with `network`: narrower networks holding it are gone.
         Looks only at the networks that start inside `network`, not at all those seen."""
-        low = bisect.bisect_left(self._seen, (network.start_key, -1))
-        high = bisect.bisect_right(self._seen, (network.end_key, 2**63))
-        for _start, pk in self._seen[low:high]:
+        low = bisect.bisect_left(self._keys, (network.start_key, -1))
+        high = bisect.bisect_right(self._keys, (network.end_key, 2**63))
+        for _start, pk in self._keys[low:high]:
             seen = self._networks[pk]
             if pk != network.pk and _strictly_inside(seen, network) and seen.start_key <= key <= seen.end_key:
                 self._covering.add(pk)  # never answers from here again
-                for answered in self._answered_by.pop(pk, ()):
-                    if self._answered.get(answered) is seen:
-                        del self._answered[answered]
 
     def find(self, key: str) -> Network | None:
-        answered = self._answered.get(key)
-        if answered is not None:
-            return answered
         position = bisect.bisect_right(self._keys, (key, 2**63))
         best = None
         for start, pk in reversed(self._keys[max(0, position - 16) : position]):
@@ -263,7 +248,7 @@ def network_resolve_addresses(
                     continue
                 cached = network_find_cached(ip=ip, now=now)
                 if cached is not None:
-                    memory.add(cached, keys[ip])
+                    memory.add(cached)
                     finish(ip, AddressOutcome(cached, from_cache=True))
                     continue
                 lookup_stats = rdap_client.LookupStats()
@@ -313,7 +298,7 @@ def _save_answer(future: Future, memory: _Intervals, stats: ResolveStats) -> Add
     stats.networks_fetched += 1
     key = ip_key(answer.queried)
     memory.forget_narrower(network, key)
-    memory.add(network, key)
+    memory.add(network)
     return AddressOutcome(network)
 
 
@@ -370,12 +355,10 @@ def network_save_answer(
 def _narrower_expire(*, network: Network, keys: list[str], at: datetime) -> None:
     """Cached networks strictly inside `network` that hold an address it was just the answer for
     no longer exist at the registry: they stop answering (their hosts are resolved again)."""
-    inside = Network.objects.filter(
-        start_key__gte=network.start_key, start_key__lte=network.end_key, end_key__lte=network.end_key
-    ).exclude(pk=network.pk)
+    inside = Network.objects.inside(network).filter(expires_at__gt=at)
     stale = [
         pk
-        for pk, start, end in inside.filter(expires_at__gt=at).values_list("pk", "start_key", "end_key")
+        for pk, start, end in inside.values_list("pk", "start_key", "end_key")
         if bisect.bisect_right(keys, end) > bisect.bisect_left(keys, start)  # some key in start..end
     ]
     if stale:
