@@ -246,10 +246,26 @@ class HostSection:
 HOST_SECTIONS: list[Callable[[HttpRequest, Host], HostSection | None]] = []
 
 
-def _with_host_sections(context: dict[str, Any], request: HttpRequest, host: Host | None) -> None:
-    if host is not None:
-        sections = (section(request, host) for section in HOST_SECTIONS)
-        context["host_sections"] = [section for section in sections if section is not None]
+class _HostSectionsAdmin(ReadOnlyAdmin):
+    """A change page that shows the HOST_SECTIONS of the host it is about (`host_of`)."""
+
+    def host_of(self, obj: Any) -> Host | None:
+        raise NotImplementedError
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> HttpResponse:
+        host = self.host_of(obj) if obj is not None else None
+        if host is not None:
+            sections = (section(request, host) for section in HOST_SECTIONS)
+            context["host_sections"] = [section for section in sections if section is not None]
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 # --- hosts ---------------------------------------------------------------------------------
@@ -297,7 +313,7 @@ class ServiceInline(ReadOnlyTabularInline):
 
 
 @admin.register(Host)
-class HostAdmin(AddressSearchMixin, ReadOnlyAdmin):
+class HostAdmin(AddressSearchMixin, _HostSectionsAdmin):
     list_display = (
         "ip",
         "org_text",
@@ -330,17 +346,8 @@ class HostAdmin(AddressSearchMixin, ReadOnlyAdmin):
         count = Service.objects.filter(host=OuterRef("pk")).order_by().values("host").annotate(n=Count("*")).values("n")
         return super().get_queryset(request).annotate(service_count=Coalesce(Subquery(count), 0))
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Host | None = None,
-    ) -> HttpResponse:
-        _with_host_sections(context, request, obj)
-        return super().render_change_form(request, context, add, change, form_url, obj)
+    def host_of(self, obj: Host) -> Host:
+        return obj
 
     @admin.display(description="hostnames")
     def hostnames_list(self, obj: Host) -> str:
@@ -405,7 +412,7 @@ class ServiceChangeList(ChangeList):
 
 
 @admin.register(Service)
-class ServiceAdmin(AddressSearchMixin, ReadOnlyAdmin):
+class ServiceAdmin(AddressSearchMixin, _HostSectionsAdmin):
     list_display = (
         "host_ip",
         "port",
@@ -467,17 +474,8 @@ class ServiceAdmin(AddressSearchMixin, ReadOnlyAdmin):
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
         return ServiceChangeList
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Service | None = None,
-    ) -> HttpResponse:
-        _with_host_sections(context, request, obj.host if obj is not None else None)
-        return super().render_change_form(request, context, add, change, form_url, obj)
+    def host_of(self, obj: Service) -> Host:
+        return obj.host
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
         # The current verdicts of the page's services in one more query, not a subquery per row:
