@@ -166,11 +166,15 @@ def _interrupted_waiting(run: HarvestRun, stop: BaseException) -> None:
     if writing_run() == run.pk:
         return
     now = timezone.now()
-    why = f"interrupted ({stop})" if str(stop) else "interrupted"
-    message = f"{why} while waiting for another harvest; resume with --resume"[:2000]
+    message = f"{_interrupted(stop)} while waiting for another harvest; resume with --resume"[:2000]
     HarvestRun.objects.filter(pk=run.pk, status=HarvestRun.Status.RUNNING).update(
         status=HarvestRun.Status.STOPPED, message=message, finished_at=now, updated_at=now
     )
+
+
+def _interrupted(stop: BaseException) -> str:
+    """Ctrl-C says nothing; django-q2's timeout says why ("Task exceeded maximum timeout value")."""
+    return f"interrupted ({stop})" if str(stop) else "interrupted"
 
 
 def _waiting_message(run: HarvestRun) -> str:
@@ -229,7 +233,7 @@ def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | Non
         _close_after_failure(writer)
         if outside_transactions:
             _leave_half_made_transaction()
-        message = (f"interrupted ({stop})" if str(stop) else "interrupted") + "; resume with --resume"
+        message = f"{_interrupted(stop)}; resume with --resume"
         try:
             _mark(run, HarvestRun.Status.STOPPED, message)
         except DatabaseError:

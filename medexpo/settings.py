@@ -87,8 +87,11 @@ def _envnumber(
 def envlist(name: str, default: str = "") -> list[str]:
     """A comma-separated list; spaces around the items are dropped ("a.example, b.example"). Set
     but empty (a blank line in an env file), it is the default, as every other variable is."""
-    items = [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
-    return items or [item.strip() for item in default.split(",") if item.strip()]
+    return _items(os.environ.get(name, "")) or _items(default)
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def envsecret(name: str, default: str = "") -> str:

@@ -24,6 +24,7 @@ from harvest import services
 from harvest.models import HarvestRun, Host, Service, ServiceBanner
 from tests.factories import banner, line, write_lines
 from tests.harvest.test_harvest_file import interrupt
+from tests.harvest.test_ingest_properties import empty_tables
 
 # The same host written four ways, another host, and an IPv6 address PostgreSQL writes as ::0.10.0.11.
 ADDRESSES = ["192.0.2.1", "::ffff:192.0.2.1", "2001:DB8::1", "2001:db8::1", "::a:b"]
@@ -203,18 +204,11 @@ def test_ingest_stores_what_the_reference_model_says(tmp_path: Path) -> None:
             pass
 
 
-def _empty() -> None:
-    ServiceBanner.objects.all().delete()
-    Service.objects.all().delete()
-    Host.objects.all().delete()
-    HarvestRun.objects.all().delete()
-
-
 @pytest.mark.django_db(transaction=True)
 def test_the_pipelined_writer_stores_what_the_reference_model_says(tmp_path: Path) -> None:
     """On PostgreSQL outside a transaction a batch is prepared while the one before it is written."""
     rng = random.Random(20260102)
     for example in range(15):
-        _empty()
+        empty_tables()
         (tmp_path / str(example)).mkdir()
         _check(tmp_path / str(example), rng)

@@ -92,7 +92,7 @@ def test_the_result_depends_on_the_banners_alone(tmp_path, items, batch_size) ->
     assert len(history) == len(set(history))  # no banner is history twice over the same time
 
 
-def _empty() -> None:
+def empty_tables() -> None:
     ServiceBanner.objects.all().delete()
     Service.objects.all().delete()
     Host.objects.all().delete()
@@ -107,10 +107,10 @@ def test_the_pipelined_writer_gives_the_same_result(tmp_path, items, batch_size)
     next is prepared from the state of the one in flight."""
     lines = [_line(*item) for item in items]
     path = write_lines(tmp_path / "f.json", lines)
-    _empty()
+    empty_tables()
     harvest(path, 1000)
     expected = stored()
-    _empty()
+    empty_tables()
     harvest(path, batch_size)
     assert stored() == expected
     rerun = harvest(path, batch_size)
