@@ -267,7 +267,9 @@ class VisibleValuesFilter(admin.AllValuesFieldListFilter):
             yield {**choice, "display": visible_text(str(choice["display"]))}
 
 
-class ContactInline(_VisibleAdmin, admin.TabularInline):
+class ContactInline(_VisibleAdmin, admin.StackedInline):
+    # Stacked: eight columns of addresses, fingerprints and notes made a table twice as wide as
+    # a laptop screen, with the right-hand fields out of sight.
     model = Contact
     form = ContactForm
     extra = 0

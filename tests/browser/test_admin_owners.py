@@ -173,14 +173,14 @@ def test_a_contact_added_by_staff_becomes_the_recipient(
     admin_page.click(f"#result_list a[href$='/organisation/{holder.pk}/change/']")
     admin_page.wait_for_url(f"**/admin/disclosure/organisation/{holder.pk}/change/")
     admin_page.click("#contacts-group .add-row a")
-    new_row = admin_page.locator("#contacts-group tr.dynamic-contacts:not(.has_original)")
+    new_row = admin_page.locator("#contacts-group .dynamic-contacts:not(.has_original)")
     new_row.locator("input[name$='-email']").fill(STAFF_EMAIL)
     new_row.locator("select[name$='-role']").select_option("security")
     new_row.locator("textarea[name$='-note']").fill("Asked by phone <script>alert(7)</script>")
     with admin_page.expect_navigation():
         admin_page.click("input[name=_continue]")
     saved = admin_page.locator("ul.messagelist").inner_text()
-    listed = admin_page.locator("#contacts-group tr.has_original input[name$='-email']").evaluate_all(
+    listed = admin_page.locator("#contacts-group .has_original input[name$='-email']").evaluate_all(
         "els => els.map(e => e.value)"
     )
     message = run_action(admin_page, "/admin/disclosure/hostowner/", [owner.pk], "choose_recipient_again")
@@ -316,7 +316,7 @@ def test_bidi_and_zero_width_characters_from_rdap_are_shown_as_escapes(
     admin_page.goto(f"/admin/disclosure/organisation/{holder.pk}/change/")
     title = admin_page.locator("#content h2").first.inner_text()
     holder_name = readonly(admin_page, "name_text")
-    emails = admin_page.locator("#contacts-group tr.has_original input[name$='-email']")
+    emails = admin_page.locator("#contacts-group .has_original input[name$='-email']")
     shown_emails = emails.evaluate_all("els => els.map(e => [e.value, e.disabled])")
     organisation_text = admin_page.locator("body").inner_text()
 
@@ -341,8 +341,8 @@ def test_a_long_registry_name_wraps_on_the_owner_pages_instead_of_running_off_th
     Organisation.objects.filter(pk=owner.network.holder_id).update(name=long)
     HostOwner.objects.filter(pk=owner.pk).update(recipient_reason=f"network 81.0.0.0/24 holder {long}: abuse")
     admin_page.set_viewport_size({"width": 1280, "height": 900})
-    # Not the page's width: the organisation's contacts table is wider than the screen anyway.
     measure = """() => ({
+        page: document.documentElement.scrollWidth > document.documentElement.clientWidth,
         wider: [...document.querySelectorAll('div.breadcrumbs, #content h1, #content h2, #change-history')]
             .filter(e => e.scrollWidth > e.clientWidth + 1).length,
         clipped: [...document.querySelectorAll('div.form-row')].filter(e => e.scrollWidth > e.clientWidth + 1).length,
@@ -359,4 +359,30 @@ def test_a_long_registry_name_wraps_on_the_owner_pages_instead_of_running_off_th
         admin_page.goto(url)
         measured[url] = admin_page.evaluate(measure)
 
-    assert all(m == {"wider": 0, "clipped": 0} for m in measured.values()), measured
+    assert all(m == {"page": False, "wider": 0, "clipped": 0} for m in measured.values()), measured
+
+
+def test_the_organisation_page_with_its_contacts_fits_a_laptop_screen(
+    admin_page: Page, owners: dict[str, HostOwner]
+) -> None:
+    # Staff read an organisation's contacts on a 1280-pixel screen: a contacts table wider than
+    # the page hid its right-hand columns (enabled, note) behind a sideways scroll of the whole page.
+    owner = owners["81.0.0.7"]
+    organisation = Organisation.objects.get(pk=owner.network.holder_id)
+    Contact.objects.create(
+        organisation=organisation,
+        email="security-incident-response-team@zorghost-ziekenhuis-netwerkbeheer.example",
+        role=Contact.Role.SECURITY,
+        source=Contact.Source.STAFF,
+        pgp_fingerprint="0123 4567 89AB CDEF 0123  4567 89AB CDEF 0123 4567",
+        note="Call the on-call desk first; mail only during office hours.",
+    )
+    admin_page.set_viewport_size({"width": 1280, "height": 900})
+    admin_page.goto(f"/admin/disclosure/organisation/{organisation.pk}/change/")
+
+    widths = admin_page.evaluate(
+        "() => ({page: document.documentElement.scrollWidth, screen: document.documentElement.clientWidth})"
+    )
+    assert widths["page"] <= widths["screen"], widths
+    # Every contact's fields are still on the page, none hidden.
+    assert admin_page.locator("#contacts-group .field-note textarea, #contacts-group .field-note input").count() >= 2
