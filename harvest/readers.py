@@ -3,8 +3,10 @@
 Events are tuples:
   ("record", line, BannerRecord)           a valid banner, by line number (a banner of a host
                                            lookup: "line N data[i]", its position in reports)
-  ("reject", position, reason, detail)     a bad record, counted and skipped
-  ("error", position, reason, detail)      a problem with the file itself (reported, not a record)
+  ("reject", position, reason, detail)     a bad record, counted and skipped; damage that ends the
+                                           file's reading (a truncated or corrupt gzip) too: it
+                                           spoils the record being read, so that record is read
+                                           and rejected (seen = accepted + rejected)
   ("line", line, offset)                   a safe point to resume from: the line number and the
                                            byte offset (in the decoded stream) after it
   ("checkpoint", Checkpoint)               a safe point inside a host lookup too long for memory:
@@ -219,10 +221,10 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
                 offset = damage.end
                 yield ("line", line_no, offset)
             reason = Reason.TRUNCATED_FILE if isinstance(damage.cause, EOFError) else Reason.CORRUPT_FILE
-            yield ("error", f"line {line_no + 1}", reason, f"{damage.cause}; records before it were kept")
+            yield ("reject", f"line {line_no + 1}", reason, f"{damage.cause}; records before it were kept")
             yield _end_of_file(line_no, offset)
         except OSError as exc:  # outside the read itself: the temporary file of a long line
-            yield ("error", f"line {line_no + 1}", Reason.CORRUPT_FILE, f"{exc}; records before it were kept")
+            yield ("reject", f"line {line_no + 1}", Reason.CORRUPT_FILE, f"{exc}; records before it were kept")
             yield _end_of_file(line_no, offset)
         if progress is not None:
             progress(raw.tell())

@@ -1151,3 +1151,35 @@ def test_a_run_collects_rarely_and_gives_the_thresholds_back(tmp_path) -> None:
     assert run.new == 6_000
     assert gc.get_threshold() == before
     assert len(young) < 20, f"{len(young)} collections for 6,000 banners"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "cut mid-member"])
+@pytest.mark.parametrize("hosts", [False, True])
+def test_the_damage_of_a_gzip_counts_as_a_record_read_and_rejected(tmp_path, damage: str, hosts: bool) -> None:
+    """The damage was counted in `rejected` but not in `seen`: a run's read count was one short of
+    accepted + rejected, in its summary and its --json alike. The damage rejects the record it
+    spoils, so it is read too."""
+    records = many(2000)
+    if hosts:
+        records = [{"ip_str": r["ip_str"], "data": [{"port": 80}]} for r in records]
+    full = write_lines(tmp_path / "full.json.gz", [line(r) for r in records], gz=True)
+    data = full.read_bytes()
+    path = tmp_path / "damaged.json.gz"
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt":
+        path.write_bytes(data + b"not a gzip member")
+    else:  # a second member whose deflate data is garbage
+        path.write_bytes(data + gzip.compress(line(banner("192.0.2.99")))[:10] + b"\xff" * 64)
+    out = StringIO()
+    call_command("harvest", **{"hosts" if hosts else "file": str(path)}, json=True, stdout=out)
+    result = json.loads(out.getvalue())
+    assert sum(result["rejected"].values()) == 1
+    assert result["seen"] == result["accepted"] + 1
+    out = StringIO()
+    call_command("harvest", **{"hosts" if hosts else "file": str(path)}, stdout=out)
+    text = out.getvalue()
+    read = int(re.search(r"read\s+(\d+)", text).group(1))
+    accepted = int(re.search(r"accepted\s+(\d+)", text).group(1))
+    rejected = int(re.search(r"rejected\s+(\d+)", text).group(1))
+    assert read == accepted + rejected and rejected == 1
