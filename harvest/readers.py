@@ -45,6 +45,7 @@ from harvest.records import (
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
+_LONE_CR = re.compile(rb"\r(?!\n)")
 # What JSON allows between values. bytes.strip() without it also takes vertical tabs and form
 # feeds away, and a line of them would vanish uncounted instead of being rejected as not JSON.
 JSON_BLANKS = b" \t\r\n"
@@ -139,15 +140,21 @@ def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_L
     copied to a temporary file. Reads with read1(): a truncated gzip stream then still yields every
     line before the damage, and splitting blocks is far cheaper than readline() per line."""
     rest = b""
+    carry = b""  # a "\r" that ended the last block: the next byte tells whether it ends a line
     long: _LongLine | None = None  # inside a line too long for memory
     try:
         while True:
             try:
                 block = stream.read1(READ_CHUNK)
             except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-                raise _Damaged(exc, b"" if long is not None else rest, offset + len(rest)) from exc
+                cut = b"" if long is not None else rest + carry
+                raise _Damaged(exc, cut, offset + len(cut)) from exc
             if not block:
-                break
+                if not carry:
+                    break
+                block, carry = carry, b""  # the file's last byte: a line's ending, as "\r\n" is
+            elif carry or b"\r" in block:
+                block, carry = _lone_crs_as_newlines(carry + block)
             if long is not None:
                 end = block.find(b"\n")
                 if end < 0:
@@ -179,6 +186,17 @@ def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_L
     finally:
         if long is not None and long.file is not None:  # a damaged stream ended it mid-line
             long.file.close()
+
+
+def _lone_crs_as_newlines(block: bytes) -> tuple[bytes, bytes]:
+    """Old Mac files end their lines with "\r" alone. No valid JSON line holds a raw CR but as a
+    blank between values (inside a string it is escaped), so a lone one ends a line too: it
+    becomes "\n", byte for byte, and offsets stay those of the file. A "\r" at the block's end
+    is kept back (the carry) until the next byte shows whether a "\n" follows it."""
+    carry = b""
+    if block.endswith(b"\r"):
+        block, carry = block[:-1], b"\r"
+    return _LONE_CR.sub(b"\n", block), carry
 
 
 def _end_of_file(line_no: int, offset: int) -> tuple:

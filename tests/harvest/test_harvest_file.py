@@ -336,14 +336,17 @@ def test_a_truncated_gzip_keeps_what_came_before(tmp_path) -> None:
     assert endpoints() <= {(r["ip_str"], 80, "tcp") for r in many(2000)}
 
 
+@pytest.mark.parametrize("ending", [b"", b"\r"])  # b"\r": every line ends so, the last one too
 @pytest.mark.parametrize("hosts", [False, True])
-def test_a_last_line_without_a_newline_before_the_damage_is_kept_when_it_is_whole(tmp_path, hosts: bool) -> None:
+def test_a_last_line_without_a_newline_before_the_damage_is_kept_when_it_is_whole(
+    tmp_path, hosts: bool, ending: bytes
+) -> None:
     """Junk after the last gzip member lost the record before it when that record had no newline:
     the reader dropped its unfinished last line whenever reading stopped on an error."""
     records = many(3)
     if hosts:
         records = [{"ip_str": r["ip_str"], "data": [{"port": 80}]} for r in records]
-    body = b"".join(line(r) for r in records).rstrip(b"\n")
+    body = b"".join(line(r).replace(b"\n", ending or b"\n") for r in records).rstrip(b"\n")
     path = tmp_path / "f.json.gz"
     path.write_bytes(gzip.compress(body) + b"junk after the last member")
     run = harvest(path, hosts=hosts)
@@ -918,25 +921,34 @@ def test_the_pipelined_writer_gives_the_same_result(tmp_path, batch_size: int) -
     assert Host.objects.get(ip="192.0.2.2").last_seen.day == 6
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_lines_split_across_read_blocks_are_whole(tmp_path, monkeypatch, chunk: int) -> None:
+@pytest.mark.parametrize("endings", ["\n", "\r\n", "\r", "mixed"])
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64])
+def test_lines_split_across_read_blocks_are_whole(tmp_path, monkeypatch, chunk: int, endings: str) -> None:
+    """Whatever their endings: a file with old Mac ones ("\r" alone) was one line, rejected whole
+    as too large or not JSON with every record in it. A raw CR cannot stand inside a JSON string,
+    so a lone one ends a line as "\r\n" and "\n" do, wherever the read blocks split it."""
     monkeypatch.setattr(readers, "READ_CHUNK", chunk)
     monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 400)
-    good = [line(r) for r in many(4)]
-    huge = line(banner("192.0.2.99", data="A" * 1000))
-    content = [good[0], b"\n", huge, good[1], huge, good[2], good[3].rstrip(b"\n")]
+    good = [line(r).rstrip(b"\n") for r in many(4)]
+    huge = line(banner("192.0.2.99", data="A" * 1000)).rstrip(b"\n")
+    bodies = [good[0], b"", huge, good[1], huge, b"{broken", good[2], good[3]]
+    ends = itertools.cycle([b"\r", b"\r\n", b"\n"] if endings == "mixed" else [endings.encode()])
+    content = [body + end for body, end in zip(bodies, ends, strict=False)]
+    content[-1] = good[3] if endings == "\n" else content[-1]  # the last line's ending is one too, or none
     path = write_lines(tmp_path / "f.json", content)
     events = list(readers.file_events(path, {}, hosts=False))
-    ends = [e[2] for e in events if e[0] == "line"]
-    assert ends == list(itertools.accumulate(len(c) for c in content))
+    offsets = [e[2] for e in events if e[0] == "line"]
+    assert offsets == list(itertools.accumulate(len(c) for c in content))
     assert [(e[1], e[2]) for e in events if e[0] == "reject"] == [
         ("line 3", Reason.TOO_LARGE),
         ("line 5", Reason.TOO_LARGE),
+        ("line 6", Reason.NOT_JSON),
     ]
-    assert [e[1] for e in events if e[0] == "record"] == [1, 4, 6, 7]
+    assert [e[1] for e in events if e[0] == "record"] == [1, 4, 7, 8]
 
-    resumed = list(readers.file_events(path, {"line": 4, "offset": ends[3]}, hosts=False))
-    assert [e[1] for e in resumed if e[0] == "record"] == [6, 7]
+    for done, offset in enumerate(offsets, 1):  # a run resumed after any line reads on from the next
+        resumed = list(readers.file_events(path, {"line": done, "offset": offset}, hosts=False))
+        assert [e[1] for e in resumed if e[0] == "record"] == [n for n in [1, 4, 7, 8] if n > done]
 
 
 REFUSE_PORT_8080 = {
@@ -1183,3 +1195,23 @@ def test_the_damage_of_a_gzip_counts_as_a_record_read_and_rejected(tmp_path, dam
     accepted = int(re.search(r"accepted\s+(\d+)", text).group(1))
     rejected = int(re.search(r"rejected\s+(\d+)", text).group(1))
     assert read == accepted + rejected and rejected == 1
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_file_with_old_mac_line_endings_is_read_record_by_record(tmp_path, gz: bool) -> None:
+    records = many(4000)
+    lines = [line(r).replace(b"\n", b"\r") for r in records]
+    lines.insert(4, b"oops\r")
+    assert sum(map(len, lines)) > MAX_RECORD_BYTES  # one line, it was rejected as too large
+    run = harvest(write_lines(tmp_path / ("f.json.gz" if gz else "f.json"), lines, gz=gz))
+    assert (run.seen, run.new, run.rejected) == (4001, 4000, {Reason.NOT_JSON: 1})
+    assert Rejection.objects.get().position == "line 5"
+    assert endpoints() == {(r["ip_str"], 80, "tcp") for r in records}
+
+
+def test_host_lookups_with_old_mac_line_endings_are_read_one_by_one(tmp_path) -> None:
+    long = host_lookup(busy_host(300)).replace(b"\n", b"\r")  # over a megabyte: read banner by banner
+    short = host_lookup([{"port": 22}], "192.0.2.71").replace(b"\n", b"\r")
+    run = harvest(write_lines(tmp_path / "h.json", [short, long, b"[]\r", short]), hosts=True)
+    assert (run.seen, run.new, run.rejected) == (303, 301, {Reason.NOT_OBJECT: 1, Reason.DUPLICATE: 1})
+    assert sorted(run.rejections.values_list("position", flat=True)) == ["line 3", "line 4 data[0]"]
