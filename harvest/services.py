@@ -99,7 +99,8 @@ def harvest_run_get_resumable(*, run_id: int) -> HarvestRun:
         path = Path(run.target)
         if not path.is_file():
             raise HarvestError(f"run {run_id} read {path}, which is gone")
-        # Every part of the identity the run stored (runs started before mtime_ns have none).
+        # Every part of the identity the run stored: runs started before mtime_ns or the content
+        # sample have none, and are checked by what they have.
         current, stored = file_identity(path), run.options.get("file", {})
         if not stored or any(current.get(key) != value for key, value in stored.items()):
             raise HarvestError(f"run {run_id}: {path} has changed since the run started; start a new run")

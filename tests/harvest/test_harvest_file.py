@@ -770,6 +770,64 @@ def test_a_run_whose_file_changed_is_not_resumed(tmp_path, change: str) -> None:
     assert (run.checkpoint, run.seen, sorted(Service.objects.values_list("host__ip", "banner"))) == before
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_file_replaced_by_another_of_the_same_size_and_time_is_not_resumed(tmp_path, gz: bool) -> None:
+    """Size and modification time were the whole identity: another download of the same size with
+    its time carried over (cp -p, rsync -t, an unpacked archive) passed, and the resume read the
+    other file's records on from the checkpoint's offset."""
+    old = [line(banner(f"192.0.2.{i}", 80, data=f"old {i}")) for i in range(1, 7)]
+    path = write_lines(tmp_path / ("f.json.gz" if gz else "f.json"), old, gz=gz)
+    run = services.harvest_file_start(path=path)
+    interrupt(run, HarvestRun.Source.FILE, at_event=6, batch_size=2)
+    run.source = HarvestRun.Source.FILE
+    run.save(update_fields=["source"])
+    stat = path.stat()
+    other = tmp_path / "other"
+    write_lines(other, [line(banner(f"192.0.2.{i}", 80, data=f"new {i}")) for i in range(1, 7)], gz=gz)
+    if gz:  # the same size: the same compressed length, the other content
+        other.write_bytes(other.read_bytes()[: stat.st_size].ljust(stat.st_size, b"\0"))
+    os.replace(other, path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    with pytest.raises(services.HarvestError, match="has changed since the run started"):
+        services.harvest_run_get_resumable(run_id=run.pk)
+    assert sorted(Service.objects.values_list("banner", flat=True)) == ["old 1", "old 2"]
+
+
+def test_a_run_started_before_the_content_check_resumes_by_size_and_time(tmp_path) -> None:
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(6)])
+    run = services.harvest_file_start(path=path)
+    interrupt(run, HarvestRun.Source.FILE, at_event=6, batch_size=2)
+    HarvestRun.objects.filter(pk=run.pk).update(
+        source=HarvestRun.Source.FILE, options={"file": {key: run.options["file"][key] for key in ("size", "mtime_ns")}}
+    )
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk))
+    assert (done.status, done.seen, done.new) == ("completed", 6, 6)
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1))
+    HarvestRun.objects.filter(pk=run.pk).update(status=HarvestRun.Status.STOPPED)
+    with pytest.raises(services.HarvestError, match="has changed since the run started"):
+        services.harvest_run_get_resumable(run_id=run.pk)
+
+
+def test_the_identity_of_a_large_file_reads_a_megabyte_at_most(tmp_path) -> None:
+    """A resume checks the file before it reads on: for a download of many gigabytes that must not
+    mean reading it whole."""
+    path = tmp_path / "big.json"
+    with open(path, "wb") as fh:
+        fh.truncate(8 * 1024**3)  # sparse: takes no room
+    io_before = _bytes_read()
+    identity = readers.file_identity(path)
+    assert _bytes_read() - io_before <= 1024 * 1024 + 64 * 1024
+    assert identity["size"] == 8 * 1024**3 and identity == readers.file_identity(path)
+
+
+def _bytes_read() -> int:
+    """What this process has read through system calls so far (Linux)."""
+    fields = dict(row.split(": ") for row in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
 def test_the_gzip_reader_streams(tmp_path) -> None:
     path = tmp_path / "f.json.gz"
     with gzip.open(path, "wb") as fh:
