@@ -172,7 +172,7 @@ def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_L
         while True:
             try:
                 block = stream.read1(READ_CHUNK)
-            except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # not other OSErrors: see file_events
                 cut = b"" if long is not None else rest + carry
                 raise _Damaged(exc, cut, offset + len(cut)) from exc
             if not block:
@@ -267,9 +267,9 @@ def file_events(path: Path, checkpoint: dict, *, hosts: bool, progress: Progress
             reason = Reason.TRUNCATED_FILE if isinstance(damage.cause, EOFError) else Reason.CORRUPT_FILE
             yield ("reject", f"line {line_no + 1}", reason, f"{damage.cause}; records before it were kept")
             yield _end_of_file(line_no, offset)
-        except OSError as exc:  # outside the read itself: the temporary file of a long line
-            yield ("reject", f"line {line_no + 1}", Reason.CORRUPT_FILE, f"{exc}; records before it were kept")
-            yield _end_of_file(line_no, offset)
+        # Any other OSError (a full disk under the temporary file of a long line, a read error of
+        # the disk or a network mount) is no damage of the file: it fails the run, which resumes
+        # from its last checkpoint once the cause is fixed, instead of ending its reading for good.
         if progress is not None:
             progress(raw.tell())
     finally:

@@ -6,6 +6,8 @@ import itertools
 import json
 import os
 import re
+import resource
+import signal
 import threading
 import tracemalloc
 from collections.abc import Iterable
@@ -530,6 +532,32 @@ TRICKY_BANNERS = [
     {"port": 5, "nested": {"data": "}"}, "empty": ""},
 ]
 PADDING = "y" * 500  # a host field no banner inherits, to make the lines longer than the banner limit
+
+
+def test_no_room_to_copy_a_long_host_lookup_fails_the_run_which_then_resumes(tmp_path) -> None:
+    """Copying a long host lookup to a temporary file can fail for want of room (a full /tmp):
+    that was reported as a corrupt file and ended the run's reading for good, completed, every
+    line after it unread. The file is not damaged: the run fails, and resumes once there is room."""
+    short = host_lookup([{"port": 22}], "192.0.2.71")
+    long = host_lookup(busy_host(700))
+    assert len(long) > 2 * MAX_RECORD_BYTES
+    path = write_lines(tmp_path / "h.json", [short, long, host_lookup([{"port": 23}], "192.0.2.72")])
+    run = services.harvest_file_start(path=path, hosts=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * MAX_RECORD_BYTES, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            services.harvest_execute(run=run, batch_size=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    run.refresh_from_db()
+    assert (run.status, run.checkpoint["line"], run.rejected) == ("failed", 1, {})
+    assert "File too large" in run.message
+
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk))
+    assert (done.status, done.seen, done.new, done.rejected) == ("completed", 702, 702, {})
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
