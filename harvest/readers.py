@@ -178,7 +178,7 @@ def _lines(stream: BufferedIOBase, offset: int, limit: int) -> Iterator[tuple[_L
             if not block:
                 if not carry:
                     break
-                block, carry = carry, b""  # the file's last byte: a line's ending, as "\r\n" is
+                block, carry = b"\n", b""  # the file's last byte, a lone "\r": a line's ending
             elif carry or b"\r" in block:
                 block, carry = _lone_crs_as_newlines(carry + block)
             if long is not None:
