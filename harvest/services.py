@@ -80,11 +80,15 @@ def harvest_file_start(*, path: str | Path, hosts: bool = False, country: str = 
         code = country_filter(country) if country else ""
     except PlanError as exc:
         raise HarvestError(str(exc)) from None
+    try:
+        identity = file_identity(path)  # reads a sample of the file
+    except OSError as exc:
+        raise HarvestError(f"{path} cannot be read: {exc.strerror or exc}") from None
     return HarvestRun.objects.create(
         source=HarvestRun.Source.HOSTS if hosts else HarvestRun.Source.FILE,
         target=str(path),
         country=code,
-        options={"file": file_identity(path)},
+        options={"file": identity},
     )
 
 
@@ -101,7 +105,10 @@ def harvest_run_get_resumable(*, run_id: int) -> HarvestRun:
             raise HarvestError(f"run {run_id} read {path}, which is gone")
         # Every part of the identity the run stored: runs started before mtime_ns or the content
         # sample have none, and are checked by what they have.
-        current, stored = file_identity(path), run.options.get("file", {})
+        try:
+            current, stored = file_identity(path), run.options.get("file", {})
+        except OSError as exc:
+            raise HarvestError(f"run {run_id} read {path}, which cannot be read now: {exc.strerror or exc}") from None
         if not stored or any(current.get(key) != value for key, value in stored.items()):
             raise HarvestError(f"run {run_id}: {path} has changed since the run started; start a new run")
     return run

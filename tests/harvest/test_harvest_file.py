@@ -8,6 +8,8 @@ import os
 import re
 import resource
 import signal
+import subprocess
+import sys
 import threading
 import tracemalloc
 from collections.abc import Iterable
@@ -25,6 +27,7 @@ from harvest.ingest import REJECTION_ROWS_PER_REASON, BatchWriter, Checkpoint
 from harvest.models import HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import MAX_RECORD_BYTES, UTF8_BOM, Reason, RecordError, record_from_line, records_from_host_line
 from tests.factories import banner, line, many, write_lines
+from tests.harvest.processes import ROOT, manage, query
 
 pytestmark = pytest.mark.django_db
 
@@ -821,6 +824,26 @@ def test_a_file_replaced_by_another_of_the_same_size_and_time_is_not_resumed(tmp
     with pytest.raises(services.HarvestError, match="has changed since the run started"):
         services.harvest_run_get_resumable(run_id=run.pk)
     assert sorted(Service.objects.values_list("banner", flat=True)) == ["old 1", "old 2"]
+
+
+def test_a_file_its_user_may_not_read_is_refused_before_a_run_starts(tmp_path, own_database) -> None:
+    """A run takes its file's identity, a sample of its content, when it starts: a file its user
+    may not read was a traceback there. The process runs without root's right to read any file."""
+    path = write_lines(tmp_path / "f.json", [line(banner())])
+    path.chmod(0)
+    migrate = manage(own_database, "migrate", "-v0")
+    assert migrate.wait(timeout=300) == 0, migrate.stderr.read().decode()
+    as_a_user = [
+        "setpriv",
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--bounding-set=-dac_override,-dac_read_search",
+    ]
+    env = {**os.environ, "DATABASE_URL": own_database, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "medexpo.settings"}
+    harvest = [sys.executable, "manage.py", "harvest", "--file", str(path)]
+    result = subprocess.run([*as_a_user, *harvest], cwd=ROOT, env=env, capture_output=True, timeout=120, check=False)
+    error = result.stderr.decode()
+    assert (result.returncode, error.strip()) == (1, f"CommandError: {path} cannot be read: Permission denied")
+    assert query(own_database, "SELECT count(*) FROM harvest_harvestrun") == [(0,)]
 
 
 def test_a_run_started_before_the_content_check_resumes_by_size_and_time(tmp_path) -> None:
