@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+import dns.exception
+import dns.resolver
 from ipwhois import IPWhois
 from ipwhois.exceptions import (
     ASNLookupError,
@@ -183,19 +185,41 @@ def _shutdown(sock: socket.socket) -> None:
         pass  # already closed
 
 
-def _watched_connection(http_class: Callable[..., Any], deadline: _Deadline | None, host: str, **kwargs: Any) -> Any:
-    """An http.client connection whose socket is handed to `deadline` as soon as it exists."""
+def _watched_connection(
+    http_class: Callable[..., Any],
+    deadline: _Deadline | None,
+    pins: dict[str, tuple[str, ...]],
+    host: str,
+    **kwargs: Any,
+) -> Any:
+    """An http.client connection whose socket is handed to `deadline` as soon as it exists, and
+    that connects to the checked addresses when its host name is in `pins` (TLS still verifies
+    the name)."""
     connection = http_class(host, **kwargs)
-    if deadline is not None:
-        create = connection._create_connection
+    create = connection._create_connection
+    pinned = pins.get(str(connection.host).lower().rstrip("."), ())
 
-        def create_watched(*args: Any, **kw: Any) -> socket.socket:
-            sock = create(*args, **kw)
+    def create_watched(address: tuple[str, int], *args: Any, **kw: Any) -> socket.socket:
+        sock = _connect_first(create, pinned, address[1], *args, **kw) if pinned else create(address, *args, **kw)
+        if deadline is not None:
             deadline.watch(sock)
-            return sock
+        return sock
 
-        connection._create_connection = create_watched
+    connection._create_connection = create_watched
     return connection
+
+
+def _connect_first(
+    create: Callable[..., socket.socket], addresses: tuple[str, ...], port: int, *args: Any, **kw: Any
+) -> socket.socket:
+    """A socket connected to the first of `addresses` that answers."""
+    error: OSError = OSError(f"no address to connect to on port {port}")
+    for address in addresses:
+        try:
+            return create((address, port), *args, **kw)
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 class _DeadlineMixin:
@@ -205,7 +229,8 @@ class _DeadlineMixin:
 
     def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
         deadline = getattr(self.parent, "deadline", None)
-        watched = functools.partial(_watched_connection, http_class, deadline)
+        pins = getattr(self.parent, "pins", {})
+        watched = functools.partial(_watched_connection, http_class, deadline, pins)
         return super().do_open(watched, req, **http_conn_args)  # type: ignore[misc]
 
 
@@ -236,6 +261,8 @@ class _Opener(urllib.request.OpenerDirector):
         self.stats = stats
         self.problem: RdapError | None = None
         self.deadline: _Deadline | None = None
+        # Host name -> the addresses that were checked for it: connections to it go there.
+        self.pins: dict[str, tuple[str, ...]] = {}
 
     def open(self, fullurl: Any, data: Any = None, timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT) -> Any:  # type: ignore[attr-defined]  # urllib's own default
         url = fullurl.full_url if isinstance(fullurl, urllib.request.Request) else str(fullurl)
@@ -245,6 +272,7 @@ class _Opener(urllib.request.OpenerDirector):
         if refusal:
             self.problem = RdapError("refused_url", refusal, permanent=True)
             raise HTTPLookupError(refusal)
+        self._check_name(url)
         request = urllib.request.Request(url, headers=getattr(fullurl, "headers", {}))  # noqa: S310 - checked above
         registry = REGISTRY_HOSTS.get(urllib.parse.urlsplit(request.full_url).hostname or "", "other")
         request.full_url = self._rewrite(request.full_url)
@@ -276,6 +304,27 @@ class _Opener(urllib.request.OpenerDirector):
                 deadline.cancel()
                 self.deadline = outer
         raise AssertionError("unreachable")
+
+    def _check_name(self, url: str) -> None:
+        """A host name that is not a registry's (a redirect may name any) must resolve to public
+        addresses only. Without a base URL the connection then goes to those very addresses: a
+        second look-up when connecting could answer with another one (DNS rebinding). Checked
+        with a base URL too, so that tests see what a direct lookup would do; the base itself is
+        the deployment's own choice and not checked."""
+        host = _url_host(url).lower()
+        if host in REGISTRY_HOSTS or _literal_address(host) is not None:
+            return
+        try:
+            addresses = resolve_name(host, dns_server=self.options.dns_server, timeout=self.options.timeout)
+        except RdapError as exc:
+            self.problem = exc
+            raise HTTPLookupError(exc.detail) from None
+        refusal = name_refusal(url, addresses)
+        if refusal:
+            self.problem = RdapError("refused_url", refusal, permanent=True)
+            raise HTTPLookupError(refusal)
+        if not self.options.base_url:
+            self.pins[host] = addresses
 
     def _rewrite(self, url: str) -> str:
         if not self.options.base_url:
@@ -380,22 +429,62 @@ def url_refusal(url: str) -> str | None:
     HTTP would let anyone on the path rewrite the contacts we mail, and an address literal that is
     not public would point the lookup into our own network. Checked before any rewrite to a
     configured RDAP_BASE_URL, so the stand-ins of the tests see the same URLs a registry would."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "https":
+    if urllib.parse.urlsplit(url).scheme != "https":
         return f"not HTTPS: {url[:100]}"
-    host = (parts.hostname or "").strip("[]").rstrip(".")
+    host = _url_host(url)
     if not host:
         return f"no host: {url[:100]}"
     if host == "localhost" or host.endswith(".localhost"):  # loopback by definition (RFC 6761)
         return f"not a public address: {url[:100]}"
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = _ipv4_in_any_form(host)
+    address = _literal_address(host)
     if address is None:
-        return None  # a name
+        return None  # a name: see name_refusal()
     return None if address.is_global else f"not a public address: {url[:100]}"
+
+
+def name_refusal(url: str, addresses: tuple[str, ...]) -> str | None:
+    """Why a URL whose host name resolved to `addresses` is not fetched, or None: a name that
+    leads to any address that is not public (a hospital's intranet host, a cloud metadata
+    service) would send the request into a network of our own as surely as the literal would."""
+    for address in addresses:
+        if address_refusal(address.split("%", 1)[0]):  # a link-local IPv6 address carries its %zone
+            return f"{_url_host(url)} resolves to {address}, not a public address: {url[:100]}"
+    return None
+
+
+def resolve_name(host: str, *, dns_server: str, timeout: float) -> tuple[str, ...]:
+    """The IPv4 and IPv6 addresses of `host`, asked of `dns_server` ("address:port") when one is
+    configured, else of the system resolver. RdapError("connection_error") when it has none."""
+    # Reference: https://dnspython.readthedocs.io/en/stable/resolver-class.html
+    addresses: list[str] = []
+    try:
+        if dns_server:
+            resolver = dns.resolver.Resolver(configure=False)
+            server, _, port = dns_server.rpartition(":")
+            resolver.nameservers, resolver.port, resolver.lifetime = [server.strip("[]")], int(port), timeout
+            for rdtype in ("A", "AAAA"):
+                answer = resolver.resolve(host, rdtype, search=False, raise_on_no_answer=False)
+                addresses.extend(record.to_text() for record in answer.rrset or ())
+        else:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            addresses.extend(str(info[4][0]) for info in infos)
+    except (dns.exception.DNSException, OSError, UnicodeError) as exc:
+        raise RdapError("connection_error", f"cannot resolve {host}: {type(exc).__name__}: {exc}"[:300]) from None
+    if not addresses:
+        raise RdapError("connection_error", f"cannot resolve {host}: no addresses")
+    return tuple(dict.fromkeys(addresses))
+
+
+def _url_host(url: str) -> str:
+    return (urllib.parse.urlsplit(url).hostname or "").strip("[]").rstrip(".")
+
+
+def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `host` spells (in any form the resolver reads), or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return _ipv4_in_any_form(host)
 
 
 def _ipv4_in_any_form(host: str) -> ipaddress.IPv4Address | None:

@@ -4,13 +4,23 @@ five registries in old (2015-16) and current formats, and every way a lookup can
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pytest
 
 from disclosure.owners.contacts import contact_candidates, network_holder
-from disclosure.rdap_client import LookupStats, RateLimiter, RdapError, address_refusal, lookup_ip, parse_network
+from disclosure.rdap_client import (
+    LookupOptions,
+    LookupStats,
+    RateLimiter,
+    RdapError,
+    _Opener,
+    address_refusal,
+    lookup_ip,
+    parse_network,
+)
 from tests.disclosure.conftest import Registries
-from tests.standins.rdap_server import Script
+from tests.standins.rdap_server import RunningServer, Script
 
 # address, registry, origin ASN, first CIDR, preferred e-mail, its role, network holder.
 RECORDED = [
@@ -392,3 +402,72 @@ def test_a_redirect_off_https_or_into_a_private_network_is_refused(
     assert (caught.value.reason, caught.value.permanent) == ("refused_url", True)
     assert why in caught.value.detail
     assert len(registries.standin.paths) == 1  # the redirect itself; nothing was fetched from where it led
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["10.20.30.40"],  # the hospital's own network
+        ["127.0.0.1"],
+        ["::1"],
+        ["169.254.169.254"],  # a cloud metadata service
+        ["fd00::1"],
+        ["130.59.1.1", "192.168.1.10"],  # one public address does not make the other one safe
+    ],
+)
+def test_a_redirect_to_a_name_that_resolves_into_a_private_network_is_refused(
+    registries: Registries, addresses: list[str]
+) -> None:
+    # A hostile or compromised RDAP server names a host of the CERT's own network.
+    registries.dns.resolver.names["pacs.intranet.example"] = addresses
+    registries.standin.scripts["62.239.237.1"] = Script(redirect="https://pacs.intranet.example/ip/62.239.237.0")
+
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "62.239.237.1")
+
+    assert (caught.value.reason, caught.value.permanent) == ("refused_url", True)
+    assert "pacs.intranet.example" in caught.value.detail and "not a public address" in caught.value.detail
+    assert registries.dns.resolver.queries["address"] >= 1  # asked through RDAP_DNS_SERVER
+    assert len(registries.standin.paths) == 1  # the redirect itself; nothing was fetched from where it led
+
+
+def test_a_redirect_to_a_name_with_public_addresses_is_followed(registries: Registries) -> None:
+    # LACNIC sends Brazilian networks to NIC.br's own RDAP server.
+    registries.dns.resolver.names["rdap.registro.br"] = ["200.160.2.3", "2001:12ff:0:2::3"]
+    registries.standin.scripts["62.239.237.1"] = Script(redirect="https://rdap.registro.br/ip/62.239.237.0")
+
+    network, stats = lookup(registries, "62.239.237.1")
+
+    assert network.cidrs == ("62.239.237.0/24",) and stats.requests == 2
+    assert registries.standin.paths[-1] == "/rdap.registro.br/ip/62.239.237.0"
+
+
+def test_a_redirect_to_a_name_that_does_not_resolve_is_a_connection_error(registries: Registries) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(redirect="https://gone.example/ip/62.239.237.0")
+
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "62.239.237.1")
+
+    assert (caught.value.reason, caught.value.permanent) == ("connection_error", False)
+    assert "gone.example" in caught.value.detail
+    assert len(registries.standin.paths) == 1
+
+
+def test_the_registries_own_names_are_not_resolved_first(registries: Registries) -> None:
+    registries.standin.scripts["62.239.237.1"] = Script(redirect="https://rdap.db.ripe.net/ip/62.239.237.0")
+    lookup(registries, "62.239.237.1")
+    assert registries.dns.resolver.queries["address"] == 0
+
+
+def test_a_checked_name_is_reached_at_the_address_that_was_checked(registries: Registries) -> None:
+    # Asked again when connecting, the name could answer with another address (DNS rebinding):
+    # the connection goes to the address checked. "localhost" is what the system resolver
+    # answers without the network (127.0.0.1); the address checked is 127.0.0.2.
+    with RunningServer(registries.standin, address="127.0.0.2") as server:
+        opener = _Opener(LookupOptions(timeout=1.0), RateLimiter(0), LookupStats())
+        opener.pins["localhost"] = ("127.0.0.2",)
+        # The opener's own open() takes HTTPS URLs only; its handlers are what connects.
+        url = f"http://localhost:{server.port}/rdap.db.ripe.net/ip/62.239.237.1"
+        with urllib.request.OpenerDirector.open(opener, url) as response:
+            assert response.status == 200
+    assert registries.standin.paths == ["/rdap.db.ripe.net/ip/62.239.237.1"]

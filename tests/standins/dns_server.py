@@ -2,7 +2,8 @@
 
 `<reversed ip>.origin.asn.cymru.com` / `<reversed nibbles>.origin6.asn.cymru.com` answer
 "ASN | CIDR | CC | registry | date"; `AS<n>.asn.cymru.com` answers
-"ASN | CC | registry | date | description". Everything else is NXDOMAIN.
+"ASN | CC | registry | date | description". Names in `names` answer A and AAAA queries with
+their addresses, as a zone that hands out internal addresses would. Everything else is NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
-from dnslib import QTYPE, RCODE, RR, TXT
+from dnslib import AAAA, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from tests.standins.rdap_server import AS_DESCRIPTIONS, RdapStandin
@@ -32,11 +33,15 @@ class CymruResolver(BaseResolver):
         self.standin = standin
         self.descriptions = descriptions
         self.queries: Counter = Counter()
+        self.names: dict[str, list[str]] = {}  # host name -> its addresses, both versions
 
     def resolve(self, request, handler):  # noqa: ANN001, ANN201 - dnslib's interface
         reply = request.reply()
         name = str(request.q.qname).rstrip(".").lower()
         labels = name.split(".")
+        if name in self.names:
+            self.queries["address"] += 1
+            return self._addresses(reply, request.q.qtype, self.names[name])
         text = None
         try:
             if labels[-3:] == ["asn", "cymru", "com"] and len(labels) == 4 and labels[0].startswith("as"):
@@ -53,6 +58,14 @@ class CymruResolver(BaseResolver):
             reply.header.rcode = RCODE.NXDOMAIN
         else:
             reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(text), ttl=60))
+        return reply
+
+    def _addresses(self, reply, qtype, addresses: list[str]):  # noqa: ANN001, ANN202 - dnslib's types
+        for text in addresses:
+            address = ipaddress.ip_address(text)
+            if (qtype, address.version) in ((QTYPE.A, 4), (QTYPE.AAAA, 6)):
+                rdata = A(text) if address.version == 4 else AAAA(text)
+                reply.add_answer(RR(reply.q.qname, qtype, rdata=rdata, ttl=60))
         return reply
 
     def _origin(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:

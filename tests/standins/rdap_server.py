@@ -242,7 +242,7 @@ def generated_answer(
 
 
 class RunningServer:
-    def __init__(self, standin: RdapStandin) -> None:
+    def __init__(self, standin: RdapStandin, address: str = "127.0.0.1") -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 status, body, headers = standin.answer(self.path)
@@ -273,9 +273,10 @@ class RunningServer:
                 pass
 
         self.standin = standin
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((address, 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://{address}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
