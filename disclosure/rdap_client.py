@@ -43,7 +43,9 @@ MAX_429_RETRIES = 3
 MAX_BACKOFF_SECONDS = 60.0
 MAX_JSON_DEPTH = 64  # real answers nest about 15 levels; deeper ones are refused as malformed_json
 MAX_ASN = 2**32 - 1
-MAX_ENTITIES = 10_000  # per answer; bounds the work an answer of MAX_ANSWER_BYTES can cause
+# Per answer (real ones have a few dozen). More are refused before ipwhois reads the answer: it
+# compares each nested entity's handle with all those before it, which took minutes for 100,000.
+MAX_ENTITIES = 10_000
 MAX_ENTITY_DEPTH = 5
 READ_CHUNK = 64 * 1024
 ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
@@ -356,10 +358,13 @@ class _Opener(urllib.request.OpenerDirector):
             raise HTTPLookupError("answer too large")
         body = b"".join(chunks)
         try:
-            load_json(body.decode("utf-8", "replace"))
+            answer = load_json(body.decode("utf-8", "replace"))
         except RdapError as exc:
             self.problem = exc
             raise HTTPLookupError("malformed JSON") from exc
+        if _entity_count(answer) > MAX_ENTITIES:
+            self.problem = RdapError("answer_too_large", f"more than {MAX_ENTITIES} entities", permanent=True)
+            raise HTTPLookupError("too many entities")
         return _Body(body)
 
 
@@ -769,6 +774,18 @@ def _storable(value: Any) -> Any:
 
 
 _END = object()
+
+
+def _entity_count(answer: Any) -> int:
+    """How many entities an answer holds, nested ones included (it is at most MAX_JSON_DEPTH deep)."""
+    count, stack = 0, [answer]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            children = _list(item.get("entities"))
+            count += len(children)
+            stack.extend(children)
+    return count
 
 
 def iter_entities(entities: Any, parent: str = "") -> list[RdapEntity]:

@@ -3,6 +3,7 @@ five registries in old (2015-16) and current formats, and every way a lookup can
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 
@@ -10,6 +11,7 @@ import pytest
 
 from disclosure.owners.contacts import contact_candidates, network_holder
 from disclosure.rdap_client import (
+    MAX_ANSWER_BYTES,
     LookupOptions,
     LookupStats,
     RateLimiter,
@@ -471,3 +473,23 @@ def test_a_checked_name_is_reached_at_the_address_that_was_checked(registries: R
         with urllib.request.OpenerDirector.open(opener, url) as response:
             assert response.status == 200
     assert registries.standin.paths == ["/rdap.db.ripe.net/ip/62.239.237.1"]
+
+
+def test_an_answer_with_more_entities_than_any_registry_sends_is_refused_quickly(registries: Registries) -> None:
+    # ipwhois compares each nested entity's handle with all those before it: 100,000 of them in
+    # 2 MB kept a worker busy for more than a minute, far past RDAP_TIMEOUT.
+    answer = dict(registries.standin.find("62.239.237.1").response)
+    answer["entities"] = [
+        {"handle": "ORG", "roles": ["registrant"], "entities": [{"handle": str(i)} for i in range(100_000)]}
+    ]
+    body = json.dumps(answer, separators=(",", ":")).encode()
+    assert len(body) < MAX_ANSWER_BYTES
+    registries.standin.scripts["62.239.237.1"] = Script(body=body)
+    started = time.monotonic()
+
+    with pytest.raises(RdapError) as caught:
+        lookup(registries, "62.239.237.1")
+
+    assert time.monotonic() - started < 5
+    assert (caught.value.reason, caught.value.permanent) == ("answer_too_large", True)
+    assert "entities" in caught.value.detail
