@@ -609,7 +609,7 @@ def parse_network(
         cidrs=_cidrs(raw, start, end),
         handle=_text(raw.get("handle"), 100),
         name=_text(raw.get("name"), 255),
-        country=_text(raw.get("country"), 2).upper(),
+        country=_country(raw.get("country")),
         registry=registry or _registry_of(raw),
         asn=answer_asn if answer_asn is not None else _origin_asn(raw),
         asn_description=_text(asn_description, 255),
@@ -618,6 +618,13 @@ def parse_network(
         network_type=_text(raw.get("type"), 50),
         queried=str(query) if query is not None else _self_query(raw, start, end),
     )
+
+
+def _country(value: Any) -> str:
+    """The answer's country code in upper case, as at most two characters: "ß" and "ﬀ" are two
+    in upper case, so text that is not ASCII is kept as it came."""
+    country = _text(value, 2)
+    return country.upper() if country.isascii() else country
 
 
 def _self_query(raw: dict, start: Any, end: Any) -> str:

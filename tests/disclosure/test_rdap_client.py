@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from disclosure.models import Network
 from disclosure.owners.contacts import contact_candidates, network_holder
 from disclosure.rdap_client import (
     MAX_ANSWER_BYTES,
@@ -21,6 +22,7 @@ from disclosure.rdap_client import (
     lookup_ip,
     parse_network,
 )
+from disclosure.services import network_resolve_addresses
 from tests.disclosure.conftest import Registries
 from tests.standins.rdap_server import RunningServer, Script
 
@@ -493,3 +495,21 @@ def test_an_answer_with_more_entities_than_any_registry_sends_is_refused_quickly
     assert time.monotonic() - started < 5
     assert (caught.value.reason, caught.value.permanent) == ("answer_too_large", True)
     assert "entities" in caught.value.detail
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("country", "stored"), [("nl", "NL"), ("ßß", "ßß"), ("ﬀ", "ﬀ")])
+def test_a_country_is_kept_in_the_two_characters_it_came_in(registries: Registries, country: str, stored: str) -> None:
+    # Upper case, "ß" is "SS" and "ﬀ" is "FF": two characters became four, which PostgreSQL's
+    # varchar(2) refused, and the whole answer, contacts included, was not saved.
+    network = registries.standin.find("62.239.237.1")
+    network.response = {**network.response, "country": country}
+
+    outcomes, _ = network_resolve_addresses(
+        addresses=["62.239.237.1"], options=registries.options, limiter=registries.limiter
+    )
+
+    outcome = outcomes["62.239.237.1"]
+    assert (outcome.reason, outcome.detail) == ("", "")
+    assert outcome.network is not None and outcome.network.country == stored
+    assert Network.objects.get().country == stored
