@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 from django_q.tasks import async_task
+from psycopg.pq import TransactionStatus
 
 from harvest.ingest import BatchWriter, Checkpoint
 from harvest.locking import harvest_lock, writing_run
@@ -269,8 +270,10 @@ def _leave_half_made_transaction() -> None:
     """An interrupt that lands inside Django's opening or closing of a batch's transaction leaves
     the connection in a transaction nothing will commit (autocommit off, the block's bookkeeping
     half done): what is written next, the run's stop mark, would be lost at exit. Roll that
-    transaction back (its batch is read again on resume) and return to autocommit."""
-    if connection.get_autocommit() and not connection.in_atomic_block:
+    transaction back (its batch is read again on resume) and return to autocommit. Django's own
+    flags are not enough: the driver begins first (SQLite's BEGIN, psycopg's autocommit off), and
+    a signal that arrives during it is raised before Django records that it did."""
+    if connection.get_autocommit() and not connection.in_atomic_block and not _driver_in_transaction():
         return
     connection.atomic_blocks.clear()
     connection.savepoint_ids.clear()
@@ -280,6 +283,18 @@ def _leave_half_made_transaction() -> None:
         connection.set_autocommit(True)
     except DatabaseError:  # a query in flight: the connection is unusable; a new one starts clean
         connection.close()
+
+
+def _driver_in_transaction() -> bool:
+    """Whether the database driver's connection is in, or will open, a transaction."""
+    raw = connection.connection
+    if raw is None:
+        return False
+    if connection.vendor == "sqlite":
+        return bool(raw.in_transaction or raw.isolation_level is not None)
+    if connection.vendor == "postgresql":
+        return not raw.autocommit or raw.info.transaction_status != TransactionStatus.IDLE
+    return False
 
 
 def _close_after_failure(writer: BatchWriter) -> None:

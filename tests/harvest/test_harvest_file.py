@@ -926,7 +926,7 @@ def test_an_interrupted_pipelined_run_keeps_only_committed_batches_and_resumes_e
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("where", ["opening", "closing"])
+@pytest.mark.parametrize("where", ["opening", "begun", "closing"])
 def test_ctrl_c_while_a_batch_transaction_opens_or_closes_still_marks_the_run_stopped(
     tmp_path, monkeypatch, where: str
 ) -> None:
@@ -949,6 +949,20 @@ def test_ctrl_c_while_a_batch_transaction_opens_or_closes_still_marks_the_run_st
                 raise KeyboardInterrupt
         enter(self)
 
+    def begun(self: Atomic) -> None:
+        # Inside set_autocommit(False): the driver has begun (SQLite: BEGIN sent; PostgreSQL:
+        # the driver's autocommit off) but Django's own flag still says autocommit. A signal that
+        # arrives during the BEGIN is raised right after it, in Django's cursor wrapper.
+        if threading.current_thread() is threading.main_thread():
+            calls.append(self)
+            if len(calls) == 2:
+                if connection.vendor == "sqlite":
+                    connection._start_transaction_under_autocommit()
+                else:
+                    connection._set_autocommit(False)
+                raise KeyboardInterrupt
+        enter(self)
+
     def half_closed(self: Atomic, *exc: object) -> None:
         if threading.current_thread() is threading.main_thread() and exc[0] is None:
             calls.append(self)
@@ -958,6 +972,8 @@ def test_ctrl_c_while_a_batch_transaction_opens_or_closes_still_marks_the_run_st
 
     if where == "opening":
         monkeypatch.setattr(Atomic, "__enter__", half_open)
+    elif where == "begun":
+        monkeypatch.setattr(Atomic, "__enter__", begun)
     else:
         monkeypatch.setattr(Atomic, "__exit__", half_closed)
     with pytest.raises(KeyboardInterrupt):
