@@ -30,7 +30,12 @@ from harvest.classify.types import CATEGORIES, CLASSES
 from harvest.ingest import REJECTION_ROWS_PER_REASON
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
-from harvest.services import HarvestError, harvest_run_enqueue_resume, harvest_writing_run
+from harvest.services import (
+    HarvestError,
+    harvest_run_enqueue_resume,
+    harvest_runs_stop_abandoned,
+    harvest_writing_run,
+)
 from medexpo.lib.admin_search import AddressSearchMixin
 from medexpo.lib.display import text_block, text_column, visible_text
 from medexpo.lib.text import ascii_digits
@@ -630,6 +635,17 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         # Viewing runs is not enough: resuming a search run spends Shodan credits.
         return request.user.has_perm(f"{HarvestRun._meta.app_label}.resume_harvestrun")
 
+    # A run whose process was killed is still marked running: both pages show it stopped instead.
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        harvest_runs_stop_abandoned()
+        return super().changelist_view(request, extra_context)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        harvest_runs_stop_abandoned()
+        return super().change_view(request, object_id, form_url, extra_context)
+
     readonly_fields = (
         "source",
         "plan",
@@ -723,12 +739,14 @@ class HarvestRunAdmin(ReadOnlyAdmin):
 
 
 def _run_status(run: HarvestRun, writing: int | None) -> str:
-    """A run marked running may have no process behind it: only the lock holder is writing."""
+    """Only the lock holder is writing; the pages marked stopped any other run no process runs."""
     if run.status != HarvestRun.Status.RUNNING:
         return run.get_status_display()
     if run.pk == writing:
         return "Running: writing now"
-    return "Running: not writing now (waiting for another run, or interrupted: resume it)"
+    if writing is None:  # the holder ended in between
+        return "Running: waiting for the harvest lock"
+    return f"Running: waiting for run {writing} to finish"
 
 
 # --- verdicts ------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ command line and the admin's resume) would read and count its lines twice. So a 
 for as long as it writes. The database (PostgreSQL: a session advisory lock) or the operating
 system (SQLite: a lock on a file beside the database) releases it when the process ends, however
 it ends: a run killed with SIGKILL never leaves it behind.
+
+A process also marks each run it is running, from before it waits for the harvest lock until it
+is done with the run (run_owned). A run marked "running" in the database that no process runs
+(its process was killed, or its worker or machine died) is then told apart from one that waits
+for the lock: `unowned` says so, and keeps any process from taking the run up meanwhile.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from django.db import connection
+from django.db import DatabaseError, connection
 
 # pg_advisory_lock(key1, key2): a namespace of our own, and the harvest lock within it. The run
 # that holds it also holds (PG_RUN_NAMESPACE, run id), so others can tell which run is writing.
@@ -29,15 +35,32 @@ PG_RUN_NAMESPACE = 0x6D656479
 # other connection's) before the commit is done; the next run waits for this key so that the
 # checkpoint it reads is the one that commit writes.
 PG_BATCH_KEY = (0x6D656478, 2)
+# (PG_OWNER_NAMESPACE, run id), held shared by every session that runs the run, writing or waiting.
+PG_OWNER_NAMESPACE = 0x6D65647A
 
 _in_process = threading.Lock()  # an in-memory SQLite database is only this process's
 _in_process_run: int | None = None
+
+# The runs this process runs, and how many times over (threads). A PostgreSQL session's own
+# advisory locks never stand in its way, and a process's own POSIX locks never conflict with each
+# other, so `unowned` looks here first. Guarded by _owners_guard, which `unowned` holds throughout:
+# on SQLite a process has one lock on a run's byte, which a check in another thread would replace.
+_owners: Counter[int] = Counter()
+_owners_guard = threading.Lock()
+_owners_files: dict[str, int] = {}  # lock file -> descriptor, open for the life of the process
+_owners_pid = os.getpid()
 
 
 @contextmanager
 def harvest_lock(run_id: int, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the harvest lock for the block, as run `run_id`. When another process holds it, call
-    `on_wait` once and wait for it."""
+    `on_wait` once and wait for it. The run is owned by this process for the block (run_owned)."""
+    with run_owned(run_id), _writer_lock(run_id, on_wait):
+        yield
+
+
+@contextmanager
+def _writer_lock(run_id: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
     global _in_process_run
     if connection.vendor == "postgresql":
         with _advisory_lock(run_id, on_wait):
@@ -110,6 +133,107 @@ def _advisory_lock(run_id: int, on_wait: Callable[[], None] | None) -> Iterator[
                     "SELECT pg_advisory_unlock(%s, %s), pg_advisory_unlock(%s, %s)",
                     [PG_RUN_NAMESPACE, run_id, *PG_LOCK_KEY],
                 )
+
+
+@contextmanager
+def run_owned(run_id: int) -> Iterator[None]:
+    """Mark run `run_id` as run by this process for the block, whether it writes or waits to. The
+    database (a shared advisory key) or the operating system (a shared lock on the run's byte of
+    `<database>.harvest-runs`) lets go when the process ends, however it ends."""
+    with _owners_guard:
+        _forget_parents_owners()
+        _owners[run_id] += 1
+        if connection.vendor != "postgresql" and _owners[run_id] == 1 and (fd := _owners_file()) is not None:
+            # Blocks only while another process's `unowned` looks at this run.
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, run_id)
+    try:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock_shared(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
+        yield
+    finally:
+        with _owners_guard:
+            _owners[run_id] -= 1
+            if not _owners[run_id]:
+                del _owners[run_id]
+                if connection.vendor != "postgresql" and (fd := _owners_file()) is not None:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, run_id)
+        if connection.vendor == "postgresql":
+            _pg_unlock_owner(run_id)
+
+
+def _pg_unlock_owner(run_id: int) -> None:
+    if connection.connection is None or connection.connection.closed:
+        return  # closed: the key went with the session
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock_shared(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
+    except DatabaseError:
+        # Ctrl-C while a query waited leaves the connection unusable: closing it ends the
+        # session, and its keys with it, where failing here would hide the interrupt.
+        connection.close()
+
+
+@contextmanager
+def unowned(run_id: int) -> Iterator[bool]:
+    """Whether no process runs run `run_id` (see run_owned); if none does, none can begin to
+    until the block ends. A run marked running in the database that no process runs can then be
+    marked stopped without ever marking one that is running. Takes no transaction: on SQLite one
+    would wait for the batch another process is writing."""
+    with _owners_guard:
+        _forget_parents_owners()
+        if _owners[run_id]:
+            yield False
+            return
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
+                free = bool(cursor.fetchone()[0])
+            try:
+                yield free
+            finally:
+                if free:
+                    with connection.cursor() as cursor:
+                        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
+            return
+        fd = _owners_file()
+        if fd is None:  # an in-memory database is only this process's
+            yield True
+            return
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, run_id)
+        except OSError:  # EACCES or EAGAIN: another process holds its byte
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, run_id)
+
+
+def _owners_file() -> int | None:
+    """This process's descriptor of `<database>.harvest-runs`. Never closed: closing any descriptor
+    of a file gives up every POSIX lock the process holds on it."""
+    name = str(connection.settings_dict["NAME"] or "")
+    path = sqlite_lock_path(name)
+    if path is None:
+        return None
+    path = path.with_name(Path(name).name + ".harvest-runs")
+    key = str(path)
+    if key not in _owners_files:
+        _owners_files[key] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return _owners_files[key]
+
+
+def _forget_parents_owners() -> None:
+    """A forked process (a django-q2 worker) inherits its parent's memory, not its locks."""
+    global _owners_pid
+    if os.getpid() != _owners_pid:
+        _owners_pid = os.getpid()
+        _owners.clear()
+        for fd in _owners_files.values():
+            os.close(fd)  # holds none of the parent's locks in this process: closing gives up nothing of it
+        _owners_files.clear()
 
 
 def hold_batch_key() -> None:

@@ -14,7 +14,7 @@ from django_q.tasks import async_task
 from psycopg.pq import TransactionStatus
 
 from harvest.ingest import BatchWriter, Checkpoint
-from harvest.locking import harvest_lock, writing_run
+from harvest.locking import harvest_lock, run_owned, unowned, writing_run
 from harvest.models import HarvestRun, Service
 from harvest.plans import PlanError, country_filter
 from harvest.readers import file_events, file_identity
@@ -121,6 +121,8 @@ def harvest_run_enqueue_resume(*, run: HarvestRun) -> None:
     run = harvest_run_get_resumable(run_id=run.pk)
     if writing_run() == run.pk:
         raise HarvestError(f"run {run.pk} is being written right now; it needs no resume")
+    if harvest_run_is_being_run(run_id=run.pk):
+        raise HarvestError(f"run {run.pk} is being run right now (it waits for another harvest); it needs no resume")
     try:
         async_task("harvest.tasks.harvest_resume", run.pk, task_name=f"resume run {run.pk}")
     except Exception as exc:  # the broker's own errors: redis, or the database of the ORM broker
@@ -144,13 +146,17 @@ def harvest_execute(
     which another process may have moved on, or completed, in the meantime."""
     locked = False
     try:
-        with harvest_lock(run.pk, on_wait=lambda: (on_wait or logger.warning)(_waiting_message(run))):
-            locked = True
-            run.refresh_from_db()
-            if run.status == HarvestRun.Status.COMPLETED:
-                return run
-            with fewer_collections():
-                return _execute(run, progress, batch_size)
+        with run_owned(run.pk):
+            # Before waiting: a run this process is about to write is not one that nobody runs.
+            _reclaim_abandoned(run)
+            harvest_runs_stop_abandoned()
+            with harvest_lock(run.pk, on_wait=lambda: (on_wait or logger.warning)(_waiting_message(run))):
+                locked = True
+                run.refresh_from_db()
+                if run.status == HarvestRun.Status.COMPLETED:
+                    return run
+                with fewer_collections():
+                    return _execute(run, progress, batch_size)
     except (KeyboardInterrupt, SystemExit) as stop:
         if not locked:
             _interrupted_waiting(run, stop)
@@ -158,27 +164,68 @@ def harvest_execute(
 
 
 def harvest_writing_run() -> int | None:
-    """The run writing right now, if any (one at a time); others marked running are waiting or
-    were interrupted."""
+    """The run writing right now, if any (one at a time); others marked running wait for it."""
     return writing_run()
+
+
+def harvest_run_is_being_run(*, run_id: int) -> bool:
+    """Whether a process runs run `run_id` now, writing it or waiting to."""
+    with unowned(run_id) as free:
+        return not free
+
+
+def harvest_runs_stop_abandoned() -> list[int]:
+    """Mark stopped every run marked running that no process runs any more: its process was
+    killed (kill -9, out of memory, a power cut) or its django-q2 worker died, and nothing could
+    record it. A run that is writing, or waiting for the harvest lock, is never marked. Returns
+    the runs marked."""
+    marked = []
+    for pk in HarvestRun.objects.filter(status=HarvestRun.Status.RUNNING).values_list("pk", flat=True):
+        with unowned(pk) as free:
+            if free and _stop_if_running(pk, _abandoned_message(pk)):
+                marked.append(pk)
+    if marked:
+        logger.warning("harvest runs %s were marked running with no process behind them: marked stopped", marked)
+    return marked
+
+
+def _abandoned_message(run_id: int) -> str:
+    return (
+        "interrupted: no process was running it any more (killed, or its worker or machine stopped); "
+        f"resume with --resume {run_id}"
+    )
+
+
+def _reclaim_abandoned(run: HarvestRun) -> None:
+    """A run this process has taken up is running again if all that stopped it was being found
+    with no process behind it: found so in the instant between its creation and run_owned, or
+    found so before and now resumed."""
+    HarvestRun.objects.filter(pk=run.pk, status=HarvestRun.Status.STOPPED, message=_abandoned_message(run.pk)).update(
+        status=HarvestRun.Status.RUNNING, message="", finished_at=None, updated_at=timezone.now()
+    )
+
+
+def _stop_if_running(run_id: int, message: str) -> bool:
+    now = timezone.now()
+    return bool(
+        HarvestRun.objects.filter(pk=run_id, status=HarvestRun.Status.RUNNING).update(
+            status=HarvestRun.Status.STOPPED, message=message[:2000], finished_at=now, updated_at=now
+        )
+    )
 
 
 def _interrupted_waiting(run: HarvestRun, stop: BaseException) -> None:
     """Ctrl-C, or django-q2's timeout, before the run got the lock. A run marked running that no
-    process writes (a new one, or one interrupted before) is marked stopped, as an interrupted
-    run is; a stopped or failed one keeps its reason, and one being written elsewhere (the same
-    run resumed twice) is left to that process."""
+    other process runs (a new one, or one interrupted before) is marked stopped, as an interrupted
+    run is; a stopped or failed one keeps its reason, and one run elsewhere (the same run resumed
+    twice) is left to that process."""
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
         # It may land while the connection waits for the lock (a query in flight leaves it
         # unusable) or between the lock's keys: closing the connection gives up what it holds.
         connection.close()
-    if writing_run() == run.pk:
-        return
-    now = timezone.now()
-    message = f"{_interrupted(stop)} while waiting for another harvest; resume with --resume"[:2000]
-    HarvestRun.objects.filter(pk=run.pk, status=HarvestRun.Status.RUNNING).update(
-        status=HarvestRun.Status.STOPPED, message=message, finished_at=now, updated_at=now
-    )
+    with unowned(run.pk) as free:
+        if free:
+            _stop_if_running(run.pk, f"{_interrupted(stop)} while waiting for another harvest; resume with --resume")
 
 
 def _interrupted(stop: BaseException) -> str:

@@ -8,11 +8,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from harvest.locking import PG_LOCK_KEY, PG_RUN_NAMESPACE, sqlite_lock_path
 
@@ -69,6 +71,20 @@ def checkpoint(url: str) -> dict:
         return {}
     value = rows[0][0]
     return json.loads(value) if isinstance(value, str) else value
+
+
+def kill_after_line(proc: subprocess.Popen, url: str, target: int) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the harvest ended before line {target} was committed: {proc.stderr.read().decode()[-2000:]}")
+        reached = checkpoint_line(url)
+        if reached >= target:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return checkpoint_line(url)
+        time.sleep(0.01)
+    pytest.fail("no progress within 120 s")
 
 
 HOLDER = 99  # the run a test pretends to be while it holds the lock

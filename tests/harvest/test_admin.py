@@ -18,7 +18,7 @@ from django.urls import reverse
 
 from harvest import services
 from harvest.admin import BANNER_DISPLAY_LIMIT, HOST_SERVICES_SHOWN, PREVIEW_LIMIT
-from harvest.locking import harvest_lock
+from harvest.locking import harvest_lock, run_owned
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service
 from medexpo.lib.display import text_block, visible_text
 from tests.factories import minimal_banner
@@ -684,12 +684,35 @@ def test_the_runs_list_tells_a_run_writing_now_from_an_interrupted_one(tmp_path:
         )
         assert f"run {writing.pk} is being written right now" in response.content.decode().lower()
     assert text.count("Running: writing now") == 1
-    assert text.count("Running: not writing now") == 1
     row = re.compile(r'<a href="[^"]*/harvestrun/(\d+)/change/">\d+</a>(.*?)</tr>', re.S)
     rows = dict(row.findall(text))
-    assert "writing now" in rows[str(writing.pk)] and "interrupted" in rows[str(interrupted.pk)]
-    text = admin_client.get(changelist_url(HarvestRun)).content.decode()
-    assert "Running: writing now" not in text and text.count("Running: not writing now") == 2
+    assert "writing now" in rows[str(writing.pk)] and "Stopped (can be resumed)" in rows[str(interrupted.pk)]
+    interrupted.refresh_from_db()
+    assert interrupted.status == "stopped" and f"resume with --resume {interrupted.pk}" in interrupted.message
+    killed = services.harvest_file_start(path=path)  # its page is the first to look at it
+    text = admin_client.get(change_url(killed)).content.decode()
+    assert "Stopped (can be resumed)" in text and "no process was running it any more" in text
+    assert f"resume with --resume {killed.pk}" in text
+
+
+@pytest.mark.django_db
+def test_a_run_that_waits_for_another_is_shown_waiting_and_cannot_be_resumed_twice(
+    tmp_path: Path, admin_client: Client
+) -> None:
+    path = tmp_path / "banners.json"
+    path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
+    writing, waiting = services.harvest_file_start(path=path), services.harvest_file_start(path=path)
+    with harvest_lock(writing.pk), run_owned(waiting.pk):  # as a process waiting for the lock holds it
+        text = admin_client.get(changelist_url(HarvestRun)).content.decode()
+        response = admin_client.post(
+            changelist_url(HarvestRun), {"action": "resume", "index": 0, "_selected_action": [waiting.pk]}, follow=True
+        )
+        assert f"run {waiting.pk} is being run right now" in response.content.decode().lower()
+        page = admin_client.get(change_url(waiting)).content.decode()
+    row = re.compile(r'<a href="[^"]*/harvestrun/(\d+)/change/">\d+</a>(.*?)</tr>', re.S)
+    assert f"Running: waiting for run {writing.pk} to finish" in dict(row.findall(text))[str(waiting.pk)]
+    assert f"Running: waiting for run {writing.pk} to finish" in page
+    assert HarvestRun.objects.get(pk=waiting.pk).status == "running"
 
 
 @pytest.mark.django_db
@@ -831,11 +854,14 @@ def test_the_runs_list_asks_for_the_writing_run_once_a_page(tmp_path: Path, admi
     path.write_text("\n".join(json.dumps(b) for b in many(3)) + "\n")
     runs = [services.harvest_file_start(path=path) for _ in range(4)]  # marked running, none writing
     admin_client.get(changelist_url(HarvestRun))
+    HarvestRun.objects.update(status=HarvestRun.Status.RUNNING)  # the first page marked them stopped
 
-    with harvest_lock(runs[1].pk), CaptureQueriesContext(connection) as ctx:
-        text = admin_client.get(changelist_url(HarvestRun)).content.decode()
+    with harvest_lock(runs[1].pk), run_owned(runs[2].pk), run_owned(runs[3].pk):
+        with CaptureQueriesContext(connection) as ctx:
+            text = admin_client.get(changelist_url(HarvestRun)).content.decode()
 
-    assert text.count("Running: writing now") == 1 and text.count("Running: not writing now") == 3
+    assert text.count("Running: writing now") == 1 and text.count(f"Running: waiting for run {runs[1].pk}") == 2
+    assert results(text).count("Stopped (can be resumed)") == 1
     # On PostgreSQL the holder comes from pg_locks (on SQLite from a lock file): once a page.
     lock_queries = [q for q in ctx.captured_queries if "pg_locks" in q["sql"]]
     assert len(lock_queries) == (1 if connection.vendor == "postgresql" else 0)
@@ -846,7 +872,9 @@ def test_a_runs_message_and_target_show_their_controls_as_escapes(admin_client: 
     """A run's message quotes errors (Shodan's own words, a file's name) and its target is a path
     or a query: text from outside, shown as every other such text is."""
     hostile = "\x1b[31m\u202eevil <b>x</b>\u2400"  # NUL as stored
-    run = HarvestRun.objects.create(source="file", target=f"/data/{hostile}.json", message=f"Shodan says: {hostile}")
+    run = HarvestRun.objects.create(
+        source="file", status="stopped", target=f"/data/{hostile}.json", message=f"Shodan says: {hostile}"
+    )
 
     page = admin_client.get(change_url(run)).content.decode()
     table = results(admin_client.get(changelist_url(HarvestRun)).content.decode())

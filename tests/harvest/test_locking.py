@@ -5,6 +5,7 @@ say that it waits, then lets go: the runs then take turns, and the result is wha
 one after the other gives.
 """
 
+import json
 import os
 import re
 import select
@@ -16,12 +17,12 @@ import psycopg
 
 from harvest.locking import PG_BATCH_KEY
 from tests.factories import line, many, write_lines
-from tests.harvest.processes import HOLDER, checkpoint_line, holding_the_lock, manage, query
+from tests.harvest.processes import HOLDER, checkpoint_line, holding_the_lock, kill_after_line, manage, query, run_json
 
 WAITING = re.compile(rb"run (\d+) waits: another harvest is writing to this database \(run (\d+)\)")
 
 
-def wait_for_waiting(proc: subprocess.Popen, timeout: float = 60) -> int:
+def wait_for_waiting(proc: subprocess.Popen, timeout: float = 60, holder: int = HOLDER) -> int:
     """Read the process's stderr until it says it waits, naming the holder; return its own run."""
     assert proc.stderr is not None
     seen = b""
@@ -34,7 +35,7 @@ def wait_for_waiting(proc: subprocess.Popen, timeout: float = 60) -> int:
                 break
             seen += chunk
             if match := WAITING.search(seen):
-                assert int(match.group(2)) == HOLDER  # it names the run that holds the lock
+                assert int(match.group(2)) == holder  # it names the run that holds the lock
                 return int(match.group(1))
         elif proc.poll() is not None:
             break
@@ -152,3 +153,62 @@ def test_a_resume_waits_for_the_batch_a_killed_process_was_still_committing(tmp_
     assert '"status": "completed"' in finish(resumed)
     assert query(url, "SELECT seen, new, status FROM harvest_harvestrun") == [(3000, 3000, "completed")]
     assert query(url, "SELECT count(*) FROM harvest_service") == [(3000,)]
+
+
+def status(url: str, run: int) -> tuple[str, str]:
+    [row] = query(url, f"SELECT status, message FROM harvest_harvestrun WHERE id = {run}")
+    return row
+
+
+def test_a_killed_run_is_marked_stopped_by_the_next_run_and_resumes(tmp_path, own_database) -> None:
+    """Nothing runs a run whose process was killed: it is not left "running" for ever."""
+    url = migrated(own_database)
+    big = write_lines(tmp_path / "big.json", [line(r) for r in many(12_000)])
+    small = write_lines(tmp_path / "small.json", [line(r) for r in many(10, start="203.0.113.0")])
+    killed = manage(url, "harvest", "--file", str(big), "--batch-size", "50")
+    kill_after_line(killed, url, 1_000)
+    assert status(url, 1)[0] == "running"  # nothing could record the kill
+
+    assert run_json(url, "harvest", "--file", str(small))["status"] == "completed"
+
+    state, message = status(url, 1)
+    assert state == "stopped"
+    assert "no process was running it" in message and "--resume 1" in message
+    with holding_the_lock(url):
+        resumed = manage(url, "harvest", "--resume", "1", "--json")
+        assert wait_for_waiting(resumed) == 1
+        assert status(url, 1) == ("running", "")  # a process runs it again, waiting its turn
+    result = json.loads(finish(resumed))
+    assert (result["status"], result["seen"], result["new"]) == ("completed", 12_000, 12_000)
+
+
+def test_a_run_that_waits_or_writes_is_never_marked_stopped(tmp_path, own_database) -> None:
+    """A run marked running that does not hold the harvest lock may be waiting for it, alive: only
+    a run no process runs at all is marked stopped."""
+    url = migrated(own_database)
+    a = write_lines(tmp_path / "a.json", [line(r) for r in many(300)])
+    b = write_lines(tmp_path / "b.json", [line(r) for r in many(300, start="203.0.113.0")])
+    big = write_lines(tmp_path / "big.json", [line(r) for r in many(20_000, start="198.18.0.0")])
+
+    with holding_the_lock(url):
+        waiting = manage(url, "harvest", "--file", str(a), "--json")
+        run = wait_for_waiting(waiting)
+        starting = manage(url, "harvest", "--file", str(b), "--json")
+        wait_for_waiting(starting)  # it looked at the runs marked running before it began to wait
+        assert status(url, run) == ("running", "")
+    finish(waiting)
+    finish(starting)
+
+    writer, writing = manage(url, "harvest", "--file", str(big), "--batch-size", "10"), 3
+    deadline = time.monotonic() + 120
+    while not query(url, f"SELECT 1 FROM harvest_harvestrun WHERE id = {writing} AND seen >= 200"):
+        assert time.monotonic() < deadline and writer.poll() is None, "the writer wrote nothing"
+        time.sleep(0.01)
+    third = manage(url, "harvest", "--file", str(a), "--json")
+    wait_for_waiting(third, holder=writing)
+    assert status(url, writing) == ("running", "")
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    finish(third)
+    result = run_json(url, "harvest", "--resume", str(writing))
+    assert (result["status"], result["seen"], result["new"]) == ("completed", 20_000, 20_000)

@@ -6,27 +6,12 @@ fresh PostgreSQL database when the suite runs on PostgreSQL), is killed twice mi
 
 import json
 import signal
-import subprocess
 import time
 
 import pytest
 
 from tests.factories import banner, line, many, write_lines
-from tests.harvest.processes import checkpoint, checkpoint_line, manage, query, run_json
-
-
-def kill_after_line(proc: subprocess.Popen, url: str, target: int) -> int:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the harvest ended before line {target} was committed: {proc.stderr.read().decode()[-2000:]}")
-        reached = checkpoint_line(url)
-        if reached >= target:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return checkpoint_line(url)
-        time.sleep(0.01)
-    pytest.fail("no progress within 120 s")
+from tests.harvest.processes import checkpoint, checkpoint_line, kill_after_line, manage, query, run_json
 
 
 def test_a_killed_run_resumes_exactly(tmp_path, own_database) -> None:
