@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from harvest import services
+from tests.factories import line, many, write_lines
 from tests.factories import minimal_banner as _minimal_banner
+from tests.harvest.processes import manage, run_json
 
 
 def minimal_banner(ip: str, port: int, data: str, **extra: object) -> dict:
@@ -253,3 +258,57 @@ def test_rows_on_standard_output_are_utf8_whatever_the_locale(
     stdout.flush()
     rows = [json.loads(line) for line in stdout.buffer.getvalue().decode("utf-8").splitlines()]
     assert [row["org"] for row in rows] == ["Ziekenhuis Ω", ""]
+
+
+def part_files(folder: Path) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.endswith(".part"))
+
+
+def stopped_while_writing(url: str, out: Path) -> subprocess.Popen:
+    """An export process frozen (SIGSTOP) while it writes `out` beside its name."""
+    before = set(part_files(out.parent))
+    proc = manage(url, "export_services", "--output", str(out))
+    deadline = time.monotonic() + 60
+    while not set(part_files(out.parent)) - before:
+        assert proc.poll() is None, f"the export ended before it was caught: {proc.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "no temporary file within 60 s"
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGSTOP)
+    return proc
+
+
+def test_a_killed_exports_temporary_file_is_removed_by_the_next_export_of_that_file(
+    tmp_path: Path, own_database: str
+) -> None:
+    """A killed export leaves its hidden temporary file (a part of the export: exposed systems)
+    beside the output; the next export to that output removes it, and nothing else: not another
+    output's, not one an export still running writes."""
+    url = own_database
+    assert manage(url, "migrate", "-v0").wait(timeout=300) == 0
+    banners = write_lines(tmp_path / "banners.json", [line(r) for r in many(20_000)])
+    run_json(url, "harvest", "--file", str(banners))
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = folder / "services.jsonl"
+    others = [".other.jsonl.abcd1234.part", ".services.jsonl.notes", "services.jsonl.abcd1234.part"]
+    for name in others:
+        (folder / name).write_text("not the export's")
+
+    killed = stopped_while_writing(url, out)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    [stale] = sorted(set(part_files(folder)) - set(others))
+    running = stopped_while_writing(url, out)  # alive, frozen mid-export
+    [live] = sorted(set(part_files(folder)) - set(others) - {stale})
+
+    again = manage(url, "export_services", "--output", str(out), "--json")
+    summary, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()[-2000:]
+    assert json.loads(summary)["services"] == 20_000
+    assert sorted(set(part_files(folder)) - set(others)) == [live]  # the stale one went, the live one stayed
+    assert all((folder / name).read_text() == "not the export's" for name in others)
+
+    running.send_signal(signal.SIGCONT)
+    assert running.wait(timeout=300) == 0, running.stderr.read().decode()[-2000:]
+    assert sorted(os.listdir(folder)) == sorted([*others, "services.jsonl"])
+    assert len(out.read_text().splitlines()) == 20_000
