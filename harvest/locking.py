@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from django.db import DatabaseError, connection
+from psycopg.pq import TransactionStatus
 
 # pg_advisory_lock(key1, key2): a namespace of our own, and the harvest lock within it. The run
 # that holds it also holds (PG_RUN_NAMESPACE, run id), so others can tell which run is writing.
@@ -84,8 +85,8 @@ def _writer_lock(run_id: int, on_wait: Callable[[], None] | None) -> Iterator[No
 
 
 def writing_run() -> int | None:
-    """The run that holds the harvest lock (is writing right now), if any. A run marked running
-    that is not this one has no process behind it: it was interrupted and waits for --resume."""
+    """The run that holds the harvest lock (is writing right now), if any. Another run marked
+    running waits for the lock, or has no process behind it (see unowned)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
@@ -127,12 +128,9 @@ def _advisory_lock(run_id: int, on_wait: Callable[[], None] | None) -> Iterator[
     try:
         yield
     finally:
-        if connection.connection is not None and not connection.connection.closed:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_advisory_unlock(%s, %s), pg_advisory_unlock(%s, %s)",
-                    [PG_RUN_NAMESPACE, run_id, *PG_LOCK_KEY],
-                )
+        _pg_release(
+            "SELECT pg_advisory_unlock(%s, %s), pg_advisory_unlock(%s, %s)", [PG_RUN_NAMESPACE, run_id, *PG_LOCK_KEY]
+        )
 
 
 @contextmanager
@@ -163,15 +161,35 @@ def run_owned(run_id: int) -> Iterator[None]:
 
 
 def _pg_unlock_owner(run_id: int) -> None:
+    _pg_release("SELECT pg_advisory_unlock_shared(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
+
+
+def _pg_release(sql: str, params: list[int]) -> None:
+    """Give up session advisory keys. Ctrl-C between a query's sending and its answer leaves the
+    connection busy ("another command is already in progress"): closing it ends the session, and
+    its keys with it, where failing here would replace the interrupt with this error."""
     if connection.connection is None or connection.connection.closed:
-        return  # closed: the key went with the session
+        return  # closed: the keys went with the session
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock_shared(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
+            cursor.execute(sql, params)
     except DatabaseError:
-        # Ctrl-C while a query waited leaves the connection unusable: closing it ends the
-        # session, and its keys with it, where failing here would hide the interrupt.
-        connection.close()
+        close_connection()
+
+
+def close_connection() -> None:
+    """Close this thread's connection, ending its session and every advisory key it holds, also
+    when an interrupt left a query in flight (the connection is then unusable). That query is
+    cancelled first: the server notices a closed connection only once the query is done, and a
+    wait for the harvest lock could last the length of another run."""
+    raw = connection.connection
+    busy = connection.vendor == "postgresql" and raw is not None and not raw.closed
+    if busy and raw.info.transaction_status == TransactionStatus.ACTIVE:
+        try:
+            raw.cancel_safe(timeout=5)
+        except Exception:  # noqa: BLE001, S110 - closing ends the session all the same, only later
+            pass
+    connection.close()
 
 
 @contextmanager
@@ -193,8 +211,7 @@ def unowned(run_id: int) -> Iterator[bool]:
                 yield free
             finally:
                 if free:
-                    with connection.cursor() as cursor:
-                        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
+                    _pg_release("SELECT pg_advisory_unlock(%s, %s)", [PG_OWNER_NAMESPACE, run_id])
             return
         fd = _owners_file()
         if fd is None:  # an in-memory database is only this process's

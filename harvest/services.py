@@ -14,7 +14,7 @@ from django_q.tasks import async_task
 from psycopg.pq import TransactionStatus
 
 from harvest.ingest import BatchWriter, Checkpoint
-from harvest.locking import harvest_lock, run_owned, unowned, writing_run
+from harvest.locking import close_connection, harvest_lock, run_owned, unowned, writing_run
 from harvest.models import HarvestRun, Service
 from harvest.plans import PlanError, country_filter
 from harvest.readers import file_events, file_identity
@@ -222,7 +222,7 @@ def _interrupted_waiting(run: HarvestRun, stop: BaseException) -> None:
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
         # It may land while the connection waits for the lock (a query in flight leaves it
         # unusable) or between the lock's keys: closing the connection gives up what it holds.
-        connection.close()
+        close_connection()
     with unowned(run.pk) as free:
         if free:
             _stop_if_running(run.pk, f"{_interrupted(stop)} while waiting for another harvest; resume with --resume")
@@ -296,7 +296,7 @@ def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | Non
             # It landed while the connection waited for a query's answer: that connection is
             # unusable ("another command is already in progress"). Closing it also gives up its
             # lock at once, instead of when the worker's process next uses it; a new one says why.
-            connection.close()
+            close_connection()
             _mark(run, HarvestRun.Status.STOPPED, message)
         raise
     except Exception as exc:
@@ -329,7 +329,7 @@ def _leave_half_made_transaction() -> None:
         connection.rollback()
         connection.set_autocommit(True)
     except DatabaseError:  # a query in flight: the connection is unusable; a new one starts clean
-        connection.close()
+        close_connection()
 
 
 def _driver_in_transaction() -> bool:

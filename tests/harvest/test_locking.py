@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import psycopg
+import pytest
 
 from harvest.locking import PG_BATCH_KEY
 from tests.factories import line, many, write_lines
@@ -212,3 +213,32 @@ def test_a_run_that_waits_or_writes_is_never_marked_stopped(tmp_path, own_databa
     finish(third)
     result = run_json(url, "harvest", "--resume", str(writing))
     assert (result["status"], result["seen"], result["new"]) == ("completed", 20_000, 20_000)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_interrupt_that_leaves_a_query_in_flight_still_ends_with_the_interrupt_and_the_locks_given_up(
+    tmp_path,
+) -> None:
+    """Ctrl-C can land between psycopg sending a query and reading its answer: the connection is
+    then busy, and the locks' own release ("another command is already in progress") replaced
+    the interrupt with an error, so `harvest` said the run 'stopped on an error it could not
+    record' instead of 'interrupted' (exit 1, not 130)."""
+    from django.db import connection
+
+    from harvest import services
+    from harvest.locking import harvest_lock, unowned, writing_run
+
+    run = services.harvest_file_start(path=write_lines(tmp_path / "f.json", [line(r) for r in many(3)]))
+    with pytest.raises(KeyboardInterrupt), harvest_lock(run.pk):
+        assert writing_run() == run.pk
+        if connection.vendor == "postgresql":
+            # Sent, its answer unread; a closed connection alone would keep the keys until it ends.
+            connection.connection.pgconn.send_query(b"SELECT pg_sleep(60)")
+        raise KeyboardInterrupt
+
+    deadline = time.monotonic() + 5  # the server ends the session a moment after the client
+    while writing_run() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writing_run() is None
+    with unowned(run.pk) as free:
+        assert free
