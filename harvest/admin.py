@@ -30,6 +30,7 @@ from harvest.classify.types import CATEGORIES, CLASSES
 from harvest.ingest import REJECTION_ROWS_PER_REASON
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service, ServiceBanner
 from harvest.records import Reason
+from harvest.search import QUERY_ERROR_DESCRIPTIONS
 from harvest.services import (
     HarvestError,
     harvest_run_enqueue_resume,
@@ -617,7 +618,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         (None, {"fields": ("source", "plan", "target_text", "country", "status_now", "message_text")}),
         ("Time", {"fields": ("started_at", "updated_at", "finished_at")}),
         ("Counts", {"fields": ("seen", "accepted", "new", "updated", "unchanged", "credits_spent")}),
-        ("Rejected", {"fields": ("rejected_table",)}),
+        ("Rejected", {"fields": ("rejected_table", "query_errors_table")}),
         ("Resume", {"fields": ("checkpoint_json", "options_json"), "classes": ("collapse",)}),
     )
 
@@ -663,6 +664,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         "unchanged",
         "credits_spent",
         "rejected_table",
+        "query_errors_table",
         "checkpoint_json",
         "options_json",
     )
@@ -704,23 +706,36 @@ class HarvestRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="rejected by reason")
     def rejected_table(self, obj: HarvestRun) -> SafeString | str:
-        if not obj.rejected:
+        return self._reasons_table(obj, obj.rejected, Reason.DESCRIPTIONS, "records", "medexpo-rejected")
+
+    @admin.display(description="query errors")
+    def query_errors_table(self, obj: HarvestRun) -> SafeString | str:
+        # A search's queries that failed or came back short: not records, so apart from them.
+        return self._reasons_table(obj, obj.query_errors, QUERY_ERROR_DESCRIPTIONS, "queries", "medexpo-query-errors")
+
+    def _reasons_table(
+        self, obj: HarvestRun, counts: dict, descriptions: dict[str, str], unit: str, css: str
+    ) -> SafeString | str:
+        if not counts:
             return "none"
         rows = format_html_join(
             "",
             '<tr><td><a href="{}">{}</a></td><td>{}</td><td style="text-align: right">{}</td></tr>',
             (
-                (self._rejections_url(obj, reason), reason, Reason.DESCRIPTIONS.get(reason, ""), count)
-                for reason, count in sorted(obj.rejected.items(), key=lambda item: (-item[1], item[0]))
+                (self._rejections_url(obj, reason), reason, descriptions.get(reason, ""), count)
+                for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
             ),
         )
         return format_html(
-            '<table class="medexpo-rejected"><thead><tr><th>reason</th><th>what it means</th>'
-            '<th style="text-align: right">records</th></tr></thead><tbody>{}</tbody>'
+            '<table class="{}"><thead><tr><th>reason</th><th>what it means</th>'
+            '<th style="text-align: right">{}</th></tr></thead><tbody>{}</tbody>'
             '<tfoot><tr><td colspan="2">total</td><td style="text-align: right">{}</td></tr></tfoot></table>'
-            '<p class="help">Each reason links to its rejected records (the first {} per reason are kept).</p>',
+            '<p class="help">Each reason links to its {} (the first {} per reason are kept).</p>',
+            css,
+            unit,
             rows,
-            obj.rejected_total,
+            sum(counts.values()),
+            "rejected records" if unit == "records" else "positions and details",
             f"{REJECTION_ROWS_PER_REASON:,}",
         )
 

@@ -129,7 +129,9 @@ class BatchWriter:
             self.reference_ts, self._reference = max(run.started_at, timezone.now()), "this attempt of the run began"
         self.latest_ts = self.reference_ts + FUTURE_MARGIN
         self._records: list[tuple[int | str, BannerRecord]] = []
-        self._rejections: list[tuple[str, str, str]] = []
+        # (position, reason, detail, is_record): a query's error is reported like a rejection but
+        # counted apart (HarvestRun.query_errors), since it is not a record read.
+        self._rejections: list[tuple[str, str, str, bool]] = []
         self._seen = 0
         self._dt: Callable = bulk.datetime_adapter()
         # The state of the previous batch's hosts and services, after it.
@@ -160,11 +162,11 @@ class BatchWriter:
 
     def reject(self, position: str, reason: str, detail: str = "") -> None:
         self._seen += 1
-        self._rejections.append((position, reason, detail or Reason.DESCRIPTIONS.get(reason, "")))
+        self._rejections.append((position, reason, detail or Reason.DESCRIPTIONS.get(reason, ""), True))
 
     def note_error(self, position: str, reason: str, detail: str) -> None:
-        """A problem with the input as a whole (a truncated file): reported, but not a record."""
-        self._rejections.append((position, reason, detail))
+        """A problem with a search query (refused, served short): reported, but not a record."""
+        self._rejections.append((position, reason, detail, False))
 
     def mark(self) -> tuple[int, int, int]:
         return (len(self._records), len(self._rejections), self._seen)
@@ -225,7 +227,7 @@ class BatchWriter:
                     counts["unchanged"] += 1
                 elif outcome == Reason.DUPLICATE:
                     self._rejections.append(
-                        (_position(position), Reason.DUPLICATE, Reason.DESCRIPTIONS[Reason.DUPLICATE])
+                        (_position(position), Reason.DUPLICATE, Reason.DESCRIPTIONS[Reason.DUPLICATE], True)
                     )
                 else:
                     counts[outcome] += 1
@@ -486,23 +488,20 @@ class BatchWriter:
             item.record = None  # the row holds the text now; the state need not keep it
 
     def _plan_rejections(self, counts: Counter, plan: _Plan) -> None:
-        stored = Counter(self.run.rejected)
-        for position, reason, detail in self._rejections:
+        stored = Counter(self.run.rejected) + Counter(self.run.query_errors)
+        for position, reason, detail, is_record in self._rejections:
             if stored[reason] < REJECTION_ROWS_PER_REASON:
                 plan.rejections.append(
                     Rejection(run_id=self.run.pk, position=position[:100], reason=reason, detail=detail[:500])
                 )
             stored[reason] += 1
-            counts[f"rejected:{reason}"] += 1
+            counts[f"{'rejected' if is_record else 'query_error'}:{reason}"] += 1
 
     def _plan_run(self, counts: Counter, checkpoint: Checkpoint, plan: _Plan) -> None:
         """The run's counters after this batch: kept on self.run, and written with the batch."""
         run = self.run
-        rejected = Counter(run.rejected)
-        for key, value in counts.items():
-            if key.startswith("rejected:"):
-                rejected[key.removeprefix("rejected:")] += value
-        run.rejected = dict(sorted(rejected.items()))
+        run.rejected = _added(run.rejected, counts, "rejected:")
+        run.query_errors = _added(run.query_errors, counts, "query_error:")
         run.seen += self._seen
         run.new += counts["new"]
         run.updated += counts["updated"]
@@ -516,8 +515,18 @@ class BatchWriter:
         plan.run_fields["pk"] = run.pk
 
 
+def _added(by_reason: dict, counts: Counter, prefix: str) -> dict:
+    """`by_reason` plus the counts whose key is `prefix` and a reason."""
+    total = Counter(by_reason)
+    for key, value in counts.items():
+        if key.startswith(prefix):
+            total[key.removeprefix(prefix)] += value
+    return dict(sorted(total.items()))
+
+
 _RUN_FIELDS = (
     "rejected",
+    "query_errors",
     "seen",
     "new",
     "updated",

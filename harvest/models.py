@@ -33,6 +33,11 @@ class HarvestRun(models.Model):
     updated = models.PositiveBigIntegerField(default=0)
     unchanged = models.PositiveBigIntegerField(default=0)
     rejected = models.JSONField(default=dict, blank=True, help_text="Rejected records by reason.")
+    # Not records: a search's query Shodan refused, or served short of its total. Kept apart so
+    # that `seen` is always `accepted` plus the rejected records.
+    query_errors = models.JSONField(
+        default=dict, blank=True, help_text="Search queries that failed or came back short, by reason."
+    )
     credits_spent = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -52,6 +57,10 @@ class HarvestRun(models.Model):
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+    @property
+    def query_errors_total(self) -> int:
+        return sum(self.query_errors.values())
 
     @property
     def is_resumable(self) -> bool:

@@ -40,6 +40,12 @@ COUNT_FACETS = ["port:10", "org:10", "product:10"]
 QUERY_FAILED = "query_failed"
 # Shodan served an empty page where its total promised results: the query ends there, short.
 SHORT_RESULTS = "short_results"
+# Reported like rejections, with a position, but counted apart (HarvestRun.query_errors): a query
+# is not a record read.
+QUERY_ERROR_DESCRIPTIONS = {
+    QUERY_FAILED: "Shodan refused the query (a bad filter, a query it cannot run)",
+    SHORT_RESULTS: "a page came back empty before the results Shodan's total promised",
+}
 # Errors after which no further call can succeed until someone acts (new key, more credits, a
 # better plan) or Shodan recovers: the run stops and can be resumed.
 STOPPING_ERRORS = {

@@ -361,12 +361,17 @@ def _mark(run: HarvestRun, status: str, message: str) -> HarvestRun:
 
 
 def harvest_run_summary(*, run: HarvestRun, examples: int = 5) -> dict:
-    """What a run did, as JSON-able data: counts, rejections by reason with example positions."""
+    """What a run did, as JSON-able data: counts, rejected records by reason with example
+    positions, and apart from them a search's query errors: `seen` is `accepted` plus `rejected`."""
     run.refresh_from_db()
-    reasons = {}
-    for reason, count in run.rejected.items():
-        rows = run.rejections.filter(reason=reason).values_list("position", "detail")[:examples]
-        reasons[reason] = {"count": count, "examples": [{"position": p, "detail": d} for p, d in rows]}
+
+    def by_reason(counts: dict) -> dict:
+        reasons = {}
+        for reason, count in counts.items():
+            rows = run.rejections.filter(reason=reason).values_list("position", "detail")[:examples]
+            reasons[reason] = {"count": count, "examples": [{"position": p, "detail": d} for p, d in rows]}
+        return reasons
+
     return {
         "run": run.pk,
         "source": run.source,
@@ -379,7 +384,8 @@ def harvest_run_summary(*, run: HarvestRun, examples: int = 5) -> dict:
         "updated": run.updated,
         "unchanged": run.unchanged,
         "rejected": dict(run.rejected),
-        "rejections": reasons,
+        "rejections": by_reason(run.rejected),
+        "query_errors": by_reason(run.query_errors),
         "credits_spent": run.credits_spent,
         "started_at": run.started_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

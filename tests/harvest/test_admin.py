@@ -5,12 +5,14 @@ Data comes from the real ingest (harvest_file_start + harvest_execute on a JSON-
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -22,6 +24,7 @@ from harvest.locking import harvest_lock, run_owned
 from harvest.models import Classification, HarvestRun, Host, Rejection, Service
 from medexpo.lib.display import text_block, visible_text
 from tests.factories import minimal_banner
+from tests.standins.shodan_server import ShodanStandIn
 
 HOSTILE_BANNER = (
     "HTTP/1.1 200 OK\r\nServer: <script>alert(1)</script>\r\n"
@@ -419,6 +422,22 @@ def test_it_shows_a_run_with_rejections_by_reason(tmp_path: Path, admin_client: 
     listed = results(not_json)
     assert listed.count("<tr") == 3  # header and two rows
     assert "line 2" in listed and "line 3" in listed and "line 4" not in listed
+
+
+@pytest.mark.django_db
+def test_it_shows_a_search_runs_query_errors_apart_from_its_rejected_records(
+    shodan_standin: ShodanStandIn, plan_file, admin_client: Client
+) -> None:
+    call_command("harvest", "--plan", plan_file("vuln:CVE-2019-0708", "port:104"), "--json", stdout=io.StringIO())
+    run = HarvestRun.objects.get()
+    html = admin_client.get(change_url(run)).content.decode()
+
+    rejected = re.search(r'<table class="medexpo-rejected">.*?</table>', html, re.S)
+    errors = re.search(r'<table class="medexpo-query-errors">.*?</table>', html, re.S)
+    assert rejected is not None and errors is not None
+    assert "query_failed" not in rejected.group(0) and "invalid_address" in rejected.group(0)
+    assert "query_failed" in errors.group(0) and "Shodan refused the query" in errors.group(0)
+    assert re.search(r"<td colspan=\"2\">total</td><td[^>]*>1</td>", errors.group(0))
 
 
 @pytest.mark.django_db

@@ -3,6 +3,7 @@ to the stand-in over a socket, and the real database."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -498,7 +499,8 @@ def test_a_query_shodan_serves_short_of_its_total_is_reported(shodan_standin: Sh
     shodan_standin.garble({"total": 250, "matches": []}, times=1)
     summary, _ = harvest("--plan", plan_file("port:104", "port:2575"), "--max-credits", "10")
     assert summary["status"] == "completed", summary["message"]
-    assert summary["rejected"] == {"short_results": 1}
+    assert summary["rejected"] == {}
+    assert summary["query_errors"]["short_results"]["count"] == 1
     rejection = Rejection.objects.get()
     assert rejection.position == "query 1 page 1"
     assert "page 1 came back empty" in rejection.detail and "250 results" in rejection.detail
@@ -524,10 +526,38 @@ def test_bad_answers_stop_the_run_within_its_cap_and_their_credits_count(
 def test_a_refused_query_is_reported_and_the_others_are_harvested(shodan_standin: ShodanStandIn, plan_file) -> None:
     summary, _ = harvest("--plan", plan_file("vuln:CVE-2019-0708", "port:2575"))
     assert summary["status"] == "completed"
-    assert summary["rejected"] == {"query_failed": 1}
-    assert summary["rejections"]["query_failed"]["examples"][0]["position"] == "query 1 page 1"
-    assert "unknown filter" in summary["rejections"]["query_failed"]["examples"][0]["detail"]
+    assert summary["rejected"] == {}
+    failed = summary["query_errors"]["query_failed"]
+    assert failed["count"] == 1
+    assert failed["examples"][0]["position"] == "query 1 page 1"
+    assert "unknown filter" in failed["examples"][0]["detail"]
     assert {port for _, port, _ in stored()} == {2575}
+
+
+def test_query_errors_are_counted_apart_from_the_records_read_and_rejected(
+    shodan_standin: ShodanStandIn, plan_file
+) -> None:
+    """A refused query, or a page served short, counted among the run's rejected records but not
+    among those read: `seen` was short of accepted plus rejected, as a file run's never is."""
+    shodan_standin.garble({"total": 250, "matches": []}, times=1)  # the first page: port:2575's
+    out = io.StringIO()
+    call_command("harvest", "--plan", plan_file("port:2575", "vuln:CVE-2019-0708", "port:104"), stdout=out)
+    run = HarvestRun.objects.get()
+    summary = services.harvest_run_summary(run=run)
+    assert summary["status"] == "completed", summary["message"]
+    assert summary["rejected"], "the corpus has invalid records: both kinds of count are exercised"
+    assert summary["seen"] == summary["accepted"] + sum(summary["rejected"].values())
+    assert set(summary["rejections"]) == set(summary["rejected"])
+    assert run.query_errors == {"query_failed": 1, "short_results": 1}
+    errors = summary["query_errors"]
+    assert {reason: info["count"] for reason, info in errors.items()} == run.query_errors
+    assert errors["query_failed"]["examples"][0]["position"] == "query 2 page 1"
+    assert errors["short_results"]["examples"][0]["position"] == "query 1 page 1"
+    text = out.getvalue()
+    assert f"  {'read':<12}{summary['seen']:>10}" in text
+    assert f"  {'rejected':<12}{sum(summary['rejected'].values()):>10}" in text
+    assert f"  {'query errors':<12}{2:>10}" in text
+    assert "query_failed" in text and "short_results" in text
 
 
 def test_the_key_never_appears_in_output_or_logs(shodan_standin: ShodanStandIn, caplog, capsys) -> None:
@@ -834,3 +864,23 @@ def test_more_credits_for_a_run_another_process_is_writing_are_refused(
     assert (limit(), shodan_standin.credits_spent) == (1, 1)
     allowed = _manage(env, "harvest", "--resume", str(run), "--max-credits", "1", "--json")
     assert (json.loads(allowed.stdout)["credits_spent"], limit()) == (2, 2)
+
+
+def test_runs_stored_before_have_their_query_errors_moved_out_of_the_rejected_records() -> None:
+    from django.apps import apps
+
+    migration = importlib.import_module("harvest.migrations.0008_harvestrun_query_errors")
+    old = HarvestRun.objects.create(
+        source="search", seen=5, accepted=4, rejected={"invalid_address": 1, "query_failed": 2, "short_results": 1}
+    )
+    clean = HarvestRun.objects.create(source="search", seen=1, accepted=1)
+    file_run = HarvestRun.objects.create(source="file", seen=2, accepted=1, rejected={"not_json": 1})
+    migration.move_query_errors(apps, None)
+    old.refresh_from_db()
+    assert (old.rejected, old.query_errors) == ({"invalid_address": 1}, {"query_failed": 2, "short_results": 1})
+    assert old.seen == old.accepted + old.rejected_total
+    assert HarvestRun.objects.get(pk=clean.pk).query_errors == {}
+    assert HarvestRun.objects.get(pk=file_run.pk).rejected == {"not_json": 1}
+    migration.move_back(apps, None)
+    old.refresh_from_db()
+    assert old.rejected == {"invalid_address": 1, "query_failed": 2, "short_results": 1}

@@ -222,12 +222,11 @@ class Command(DatabaseCommand):
         w(f"  {'read':<12}{s['seen']:>10}")
         w(f"  {'accepted':<12}{s['accepted']:>10}   new {s['new']}, updated {s['updated']}, unchanged {s['unchanged']}")
         w(f"  {'rejected':<12}{sum(s['rejected'].values()):>10}")
-        for reason, info in s["rejections"].items():
-            where = ", ".join(one_line(e["position"]) for e in info["examples"])
-            more = " ..." if info["count"] > len(info["examples"]) else ""
-            w(f"    {reason:<20}{info['count']:>8}   at {where}{more}")
-            if info["examples"]:
-                w(f"    {'':<20}{'':>8}   e.g. {one_line(info['examples'][0]['detail'])}")
+        self._print_reasons(s["rejections"])
+        if s["query_errors"]:
+            # Queries, not records: not part of what was read.
+            w(f"  {'query errors':<12}{sum(e['count'] for e in s['query_errors'].values()):>10}")
+            self._print_reasons(s["query_errors"])
         if s["credits_spent"]:
             w(f"  {'credits':<12}{s['credits_spent']:>10}")
         # A message that already says how this run goes on (a stop at --max-credits: a plain
@@ -235,3 +234,12 @@ class Command(DatabaseCommand):
         if s["status"] != "completed" and f"--resume {s['run']}" not in s["message"]:
             w(f"  resume with: python manage.py harvest --resume {s['run']}")
         sys.stdout.flush()
+
+    def _print_reasons(self, reasons: dict) -> None:
+        w = self.stdout.write
+        for reason, info in reasons.items():
+            where = ", ".join(one_line(e["position"]) for e in info["examples"])
+            more = " ..." if info["count"] > len(info["examples"]) else ""
+            w(f"    {reason:<20}{info['count']:>8}   at {where}{more}")
+            if info["examples"]:
+                w(f"    {'':<20}{'':>8}   e.g. {one_line(info['examples'][0]['detail'])}")
