@@ -8,7 +8,6 @@ failure into one generic exception.
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import http.client
 import ipaddress
@@ -23,7 +22,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
 
 import dns.exception
@@ -38,6 +36,8 @@ from ipwhois.exceptions import (
     IPDefinedError,
 )
 
+from medexpo.lib.http import retry_after_seconds
+
 MAX_ANSWER_BYTES = 2_000_000  # a real ip-network answer is a few kB; refuse to hold anything huge
 MAX_429_RETRIES = 3
 MAX_BACKOFF_SECONDS = 60.0
@@ -49,7 +49,6 @@ MAX_ENTITIES = 10_000
 MAX_ENTITY_DEPTH = 5
 READ_CHUNK = 64 * 1024
 ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
-RETRY_AFTER_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 # Lone surrogates (JSON allows "\ud800") cannot be encoded as UTF-8, so no database stores them.
 SURROGATES = re.compile(r"[\ud800-\udfff]")
 
@@ -395,23 +394,10 @@ def _no_constant(name: str) -> Any:
 def _retry_after(exc: urllib.error.HTTPError, attempt: int) -> float:
     """Seconds to wait after a 429: Retry-After (seconds or an HTTP date), else 1, 2, 4 s..."""
     value = exc.headers.get("Retry-After", "") if exc.headers else ""
-    seconds = _retry_after_seconds(str(value or "").strip())
+    seconds = retry_after_seconds(str(value or ""))
     if seconds is None:
         seconds = 2.0**attempt
     return min(max(seconds, 0.0), MAX_BACKOFF_SECONDS)
-
-
-def _retry_after_seconds(value: str) -> float | None:
-    """None for a value we cannot use: then the normal backoff applies."""
-    if RETRY_AFTER_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:  # "-0000": the date is in UTC
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp() - time.time()
 
 
 def _transport_problem(timed_out: bool, detail: str) -> RdapError:

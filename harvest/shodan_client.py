@@ -30,11 +30,14 @@ import requests
 import shodan
 from django.conf import settings
 
-from medexpo.lib.http import Session, backoff_delays, protect_logs, scrub
+from medexpo.lib.http import Session, backoff_delays, protect_logs, retry_after_seconds, scrub
 
 PAGE_SIZE = 100  # Shodan returns search results in pages of 100
 MAX_BANNER_CHARS = 1024 * 1024  # a banner bigger than this is not kept (see records.MAX_RECORD_BYTES)
 NO_CREDITS_TEXT = "insufficient query credits"
+# The longest Retry-After a 429 or 5xx is waited for, as the longest backoff; asked to wait
+# longer, the call gives up at once.
+MAX_RETRY_AFTER = 60.0
 # Shodan's 401 for a plan without search filters or paging ("Please upgrade your API plan to use
 # filters or paging."): the key is good, its plan is not (https://github.com/achillean/shodan-python/issues/31).
 NO_FILTERS_TEXT = "upgrade your api plan to use filters"
@@ -273,7 +276,11 @@ def _call(
         delay = next(delays, None)
         if delay is None:
             raise _gave_up(error, f"gave up after {retries} retries", answers)
-        time.sleep(delay)
+        asked = _retry_after(api, error)
+        if asked is not None and asked > MAX_RETRY_AFTER:
+            # Retries within a minute would only be spent (and hold a worker): the run stops, resumably.
+            raise _gave_up(error, f"Shodan asks to wait {asked:.0f} s", answers)
+        time.sleep(max(delay, asked or 0.0))
 
 
 def _answer_error(api: shodan.Shodan, data: object, valid: Callable[[Any], bool], invalid: str) -> ShodanError | None:
@@ -286,6 +293,13 @@ def _answer_error(api: shodan.Shodan, data: object, valid: Callable[[Any], bool]
         # Usually a body cut short or garbled on the way: worth a retry.
         return ShodanError(invalid, kind=ShodanError.BAD_RESPONSE, permanent=False)
     return None
+
+
+def _retry_after(api: shodan.Shodan, error: ShodanError) -> float | None:
+    """The seconds a 429 or 5xx asked us to wait (Retry-After), if it said so usably."""
+    if error.kind not in (ShodanError.RATE_LIMITED, ShodanError.SERVER):
+        return None
+    return retry_after_seconds(api._session.last_headers.get("Retry-After", ""))
 
 
 def _gave_up(error: ShodanError, why: str, answers: int) -> ShodanError:

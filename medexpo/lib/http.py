@@ -7,19 +7,24 @@ only the client knows which answers are worth another try.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import re
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from typing import Any
 
 import requests
+from requests.structures import CaseInsensitiveDict
 
 USER_AGENT = "medexpo (responsible-disclosure service for healthcare)"
 
 # Credentials travel as query parameters in some APIs (Shodan's ?key=): they must not leak
 # through exception messages that quote the URL.
 _SECRET_PARAM = re.compile(r"((?:api_?)?key|token|password)=[^&\s'\"]*", re.IGNORECASE)
+RETRY_AFTER_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 class Session(requests.Session):
@@ -33,18 +38,18 @@ class Session(requests.Session):
         self.timeout = timeout
         self.headers["User-Agent"] = user_agent
         self.last_status: int | None = None
-        self.last_headers: dict[str, str] = {}
+        self.last_headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
         # Response hooks run before requests reads the body.
         self.hooks["response"].append(self._remember)
 
     def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self.last_status = response.status_code
-        self.last_headers = dict(response.headers)
+        self.last_headers = CaseInsensitiveDict(response.headers)  # names in any case, as HTTP has them
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
         self.last_status = None
-        self.last_headers = {}
+        self.last_headers = CaseInsensitiveDict()
         return super().request(method, url, **kwargs)
 
 
@@ -54,6 +59,21 @@ def backoff_delays(*, retries: int, base: float, cap: float = 60.0) -> Iterator[
     for attempt in range(retries):
         delay = min(cap, base * (2**attempt))
         yield delay * random.uniform(0.8, 1.2)
+
+
+def retry_after_seconds(value: str) -> float | None:
+    """The seconds a Retry-After header asks to wait (seconds, or an HTTP date), or None for a
+    value we cannot use: then the caller's normal backoff applies."""
+    value = value.strip()
+    if RETRY_AFTER_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": the date is in UTC
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp() - time.time()
 
 
 def scrub(text: str, *secrets: str) -> str:

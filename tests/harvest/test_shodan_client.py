@@ -81,6 +81,39 @@ def test_it_backs_off_on_429_then_succeeds(shodan_standin: ShodanStandIn, settin
     assert seen[2].at - seen[1].at >= 0.12
 
 
+@pytest.mark.parametrize("status,header", [(429, "Retry-After"), (503, "Retry-After"), (429, "retry-after")])
+def test_it_waits_as_long_as_retry_after_says(shodan_standin: ShodanStandIn, status: int, header: str) -> None:
+    """A 429 or 503 that says when to come back was retried after the usual backoff (here 20 ms),
+    asking again while Shodan had said to wait: with a busy key, every retry was spent that way and
+    the run stopped."""
+    shodan_standin.fail(status, times=1, headers={header: "1"})
+    assert len(shodan_client.search_page(DICOM_NL, 1).banners) == 100
+    seen = shodan_standin.requests_to("/shodan/host/search")
+    assert [r.status for r in seen] == [status, 200]
+    assert seen[1].at - seen[0].at >= 0.95
+
+
+@pytest.mark.parametrize("value", ["", "soon", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_retry_after_it_cannot_use_means_the_usual_backoff(shodan_standin: ShodanStandIn, value: str) -> None:
+    shodan_standin.fail(429, times=1, headers={"Retry-After": value})
+    started = time.monotonic()
+    assert len(shodan_client.search_page(DICOM_NL, 1).banners) == 100
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_retry_after_beyond_the_longest_wait_stops_at_once(shodan_standin: ShodanStandIn) -> None:
+    """Asked to come back in an hour, retrying within seconds only spends the retries (and holds a
+    worker): the call gives up at once, saying how long Shodan asked to wait."""
+    shodan_standin.fail(429, times=1, headers={"Retry-After": "3600"})
+    started = time.monotonic()
+    with pytest.raises(ShodanError) as caught:
+        shodan_client.search_page(DICOM_NL, 1)
+    assert time.monotonic() - started < 0.5
+    assert caught.value.kind == ShodanError.RETRIES_EXHAUSTED
+    assert "Shodan asks to wait 3600 s" in str(caught.value)
+    assert len(shodan_standin.requests_to("/shodan/host/search")) == 1
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_it_retries_a_server_error(shodan_standin: ShodanStandIn, status: int) -> None:
     shodan_standin.fail(status, times=3, path="/shodan/host/count")

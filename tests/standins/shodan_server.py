@@ -65,6 +65,7 @@ class Fault:
     status: int = 0
     seconds: float = 0.0
     body: object = None  # what "status" and "garble" send instead
+    headers: dict[str, str] = field(default_factory=dict)  # sent with a "status" answer (Retry-After)
 
 
 @dataclass
@@ -209,10 +210,18 @@ class ShodanStandIn:
             self._texts.append(_text_of(banner))
             self._found.clear()
 
-    def fail(self, status: int, *, times: int = 1, path: str = "/shodan/host/search", body: object = None) -> None:
-        """Answer `status` instead, with `body` (default: Shodan's {"error": ...})."""
+    def fail(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        path: str = "/shodan/host/search",
+        body: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer `status` instead, with `body` (default: Shodan's {"error": ...}) and `headers`."""
         with self.lock:
-            self.state.faults.append(Fault("status", path, times, status=status, body=body))
+            self.state.faults.append(Fault("status", path, times, status=status, body=body, headers=headers or {}))
 
     def garble(self, body: object, *, times: int = 1, path: str = "/shodan/host/search") -> None:
         """Answer as usual (a search page is charged), but send `body` with the 200."""
@@ -416,12 +425,15 @@ def _handler_for(standin: ShodanStandIn) -> type[BaseHTTPRequestHandler]:
                 if fault is not None and fault.kind == "garble" and status == 200:
                     body = fault.body
             seen.status = status
-            self._send(status, body, cut=fault is not None and fault.kind == "cut_body")
+            headers = fault.headers if fault is not None and fault.kind == "status" else {}
+            self._send(status, body, cut=fault is not None and fault.kind == "cut_body", headers=headers)
 
-        def _send(self, status: int, body: object, *, cut: bool = False) -> None:
+        def _send(self, status: int, body: object, *, cut: bool = False, headers: dict[str, str] | None = None) -> None:
             payload = json.dumps(body).encode()
             try:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
