@@ -269,17 +269,17 @@ class _SearchRun:
         # A bad answer is retried and paid again: no more often than the limit and the key allow.
         room = self.credits_left if self.limit is None else min(self.credits_left, self.limit - self.spent)
 
-        def in_flight(paid: int) -> None:
+        def charged(answers: int) -> None:
             # Shodan charges a request it answers even if this process is killed waiting for it, and
             # the resumed run buys the page again: counted before it is sent, the page in flight
-            # stays counted (and the run's limit holds) whatever happens next. The page's checkpoint
-            # then writes what was really paid.
-            spent = self.spent + cost * (paid + 1)
-            HarvestRun.objects.filter(pk=self.run.pk).update(credits_spent=spent)
+            # stays counted (and the run's limit holds) whatever happens next; one refused is
+            # uncounted again while the run waits to retry it. The page's checkpoint then writes
+            # what was really paid.
+            HarvestRun.objects.filter(pk=self.run.pk).update(credits_spent=self.spent + cost * answers)
 
         try:
             result = shodan_client.search_page(
-                query, self.page, max_answers=room // cost if cost else None, before_request=in_flight if cost else None
+                query, self.page, max_answers=room // cost if cost else None, charged=charged if cost else None
             )
         except ShodanError as exc:
             self._pay(cost * exc.answered)  # answers we could not use were charged all the same

@@ -166,16 +166,17 @@ def count(query: str, facets: list[str] | None = None) -> CountResult:
 
 
 def search_page(
-    query: str, page: int, *, max_answers: int | None = None, before_request: Callable[[int], None] | None = None
+    query: str, page: int, *, max_answers: int | None = None, charged: Callable[[int], None] | None = None
 ) -> SearchPage:
     """One page (up to 100 banners, full records) of a search.
 
     Costs 1 query credit when the query has a filter (ours always have `country:`) or the page is
     beyond the first, for each 2xx answer and each request that timed out (Shodan answers it
     after we stopped waiting): a bad or late one retried is paid again. `max_answers` bounds the
-    answers bought (None: as many as the retries allow). `before_request(paid)` is called just
-    before each request is sent, with the answers paid so far: Shodan charges the request even
-    if this process dies waiting for it, so a caller that keeps accounts records it then.
+    answers bought (None: as many as the retries allow). `charged(n)` tells a caller that keeps
+    accounts how many answers to count as paid should this process die now: just before each
+    request is sent, those paid so far and that one (Shodan charges it even if nobody is left to
+    read the answer); before a wait to try again, those paid so far.
     # Reference: https://developer.shodan.io/api (Shodan Search: GET /shodan/host/search)
     """
     if page < 1:
@@ -185,7 +186,7 @@ def search_page(
         valid=_is_page,
         invalid="search did not answer with a total and a list of matches",
         max_answers=max_answers,
-        before_request=before_request,
+        charged=charged,
     )
     banners = tuple(_raw_banner(item) for item in data["matches"])
     return SearchPage(query=query, page=page, total=_int(data.get("total")), banners=banners, answers=answers)
@@ -244,7 +245,7 @@ def _call(
     valid: Callable[[Any], bool],
     invalid: str,
     max_answers: int | None = None,
-    before_request: Callable[[int], None] | None = None,
+    charged: Callable[[int], None] | None = None,
 ) -> tuple[Any, int]:
     """fn's answer once it is `valid`, and the number of answers that took (2xx ones and
     timeouts, each charged for a paid search). Retryable errors, a 2xx answer that is not `valid`
@@ -255,8 +256,8 @@ def _call(
     answers = 0
     while True:
         _pace()
-        if before_request is not None:
-            before_request(answers)
+        if charged is not None:
+            charged(answers + 1)
         try:
             data = fn(api)
             error = _answer_error(api, data, valid, invalid)
@@ -280,6 +281,8 @@ def _call(
         if asked is not None and asked > MAX_RETRY_AFTER:
             # Retries within a minute would only be spent (and hold a worker): the run stops, resumably.
             raise _gave_up(error, f"Shodan asks to wait {asked:.0f} s", answers)
+        if charged is not None:
+            charged(answers)  # a refused request was not charged: not counted while we wait
         time.sleep(max(delay, asked or 0.0))
 
 

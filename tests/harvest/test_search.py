@@ -748,6 +748,38 @@ def test_a_page_in_flight_when_the_run_is_killed_counts_in_its_credits_and_its_c
     assert shodan_standin.pages == {(first, 1): 2, (first, 2): 1}
 
 
+def _credits_spent(db: Path) -> int:
+    with sqlite3.connect(db, timeout=10) as conn:
+        return conn.execute("SELECT credits_spent FROM harvest_harvestrun").fetchone()[0]
+
+
+def test_a_run_killed_while_it_waits_to_retry_a_page_counts_only_what_was_paid(
+    shodan_standin: ShodanStandIn, tmp_path
+) -> None:
+    """A page is counted before its request is sent; one refused with a 503 (not charged) stayed
+    counted while the run waited to ask again. Killed in that wait (seconds, or as long as
+    Retry-After asks), the run said it had spent a credit the key never paid, and its
+    --max-credits ended a page early."""
+    db = tmp_path / "killed.sqlite3"
+    env = _env(tmp_path, db, shodan_standin)
+    assert _manage(env, "migrate", "-v0").returncode == 0
+    shodan_standin.fail(503, times=1, headers={"Retry-After": "30"})
+
+    def waiting() -> bool:
+        refused = [r for r in shodan_standin.requests_to("/shodan/host/search") if r.status == 503]
+        return bool(refused) and time.monotonic() - refused[0].at > 1.0
+
+    _kill_when(env, ["--plan", "ports", "--max-credits", "3", "--json"], waiting, "the page was not refused")
+    assert shodan_standin.credits_spent == 0
+    assert _credits_spent(db) == 0
+
+    resumed = _manage(env, "harvest", "--resume", "1", "--json")
+    assert resumed.returncode == 3, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["credits_spent"] == shodan_standin.credits_spent == 3
+    assert len(shodan_standin.pages) == 3
+
+
 def test_a_run_that_stops_exits_with_status_3_for_scripts(shodan_standin: ShodanStandIn, tmp_path) -> None:
     env = _env(tmp_path, tmp_path / "exit.sqlite3", shodan_standin)
     assert _manage(env, "migrate", "-v0").returncode == 0
