@@ -30,6 +30,7 @@ from harvest.plans import plan_load
 from harvest.records import RecordError, record_from_object
 from harvest.search import credits_for_page
 from tests.conftest import ROOT
+from tests.factories import minimal_banner
 from tests.harvest.conftest import STANDIN_KEY
 from tests.harvest.processes import holding_the_lock
 from tests.harvest.processes import query as sql
@@ -916,3 +917,21 @@ def test_runs_stored_before_have_their_query_errors_moved_out_of_the_rejected_re
     migration.move_back(apps, None)
     old.refresh_from_db()
     assert old.rejected == {"invalid_address": 1, "query_failed": 2, "short_results": 1}
+
+
+def test_the_hospitals_plan_asks_shodan_each_name_as_written_and_always_with_the_country(
+    shodan_standin: ShodanStandIn,
+) -> None:
+    shodan_standin.add(
+        minimal_banner(
+            "198.51.100.77", 443, "HTTP/1.1 200 OK", timestamp="2026-01-05T00:00:00", org="Máxima Medisch Centrum"
+        )
+    )
+    summary, _ = harvest("--plan", "hospitals")
+    assert summary["status"] == "completed", summary["message"]
+    run = HarvestRun.objects.get(pk=summary["run"])
+    asked = [r.params["query"] for r in shodan_standin.requests_to("/shodan/host/count")]
+    assert asked == run.options["queries"] == plan_queries("hospitals")
+    assert all(q.endswith(" country:NL") and q.count("country:") == 1 for q in asked)
+    assert 'org:"Máxima Medisch Centrum" country:NL' in asked
+    assert Service.objects.filter(host__ip="198.51.100.77", port=443).exists()
