@@ -610,6 +610,7 @@ class HarvestRunAdmin(ReadOnlyAdmin):
         "updated",
         "unchanged",
         "rejected_count",
+        "query_errors_count",
         "credits_spent",
     )
     list_filter = ("source", "status", "country")
@@ -703,6 +704,10 @@ class HarvestRunAdmin(ReadOnlyAdmin):
     @admin.display(description="rejected")
     def rejected_count(self, obj: HarvestRun) -> int:
         return obj.rejected_total
+
+    @admin.display(description="query errors")
+    def query_errors_count(self, obj: HarvestRun) -> int:
+        return obj.query_errors_total
 
     @admin.display(description="rejected by reason")
     def rejected_table(self, obj: HarvestRun) -> SafeString | str:

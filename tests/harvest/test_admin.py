@@ -438,6 +438,8 @@ def test_it_shows_a_search_runs_query_errors_apart_from_its_rejected_records(
     assert "query_failed" not in rejected.group(0) and "invalid_address" in rejected.group(0)
     assert "query_failed" in errors.group(0) and "Shodan refused the query" in errors.group(0)
     assert re.search(r"<td colspan=\"2\">total</td><td[^>]*>1</td>", errors.group(0))
+    listing = admin_client.get(reverse("admin:harvest_harvestrun_changelist")).content.decode()
+    assert re.search(r'<td class="field-query_errors_count">1</td>', listing)
 
 
 @pytest.mark.django_db
