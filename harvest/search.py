@@ -213,6 +213,7 @@ class _SearchRun:
         # Runs started before the limit was stored kept their first --max-credits: the safe reading.
         self.limit: int | None = run.options.get("credit_limit", run.options.get("max_credits"))
         self.credits_left = 0
+        self.counted = 0  # the count's total for the query whose first page is next
 
     def events(self) -> Iterator:
         if not self.queries:
@@ -223,8 +224,8 @@ class _SearchRun:
             raise HarvestStopped(f"cannot read the credits left: {failed}") from None
         while self.query < len(self.queries):
             if self.page == 1:
-                total = yield from self._count()
-                if total == 0:
+                self.counted = yield from self._count()
+                if self.counted == 0:
                     yield from self._next_query()
                     continue
             yield from self._fetch_page()
@@ -250,14 +251,17 @@ class _SearchRun:
             yield from self._next_query()
             return
         yield from _page_events(result, self.query + 1, self.page)
-        if not result.banners and (self.page - 1) * shodan_client.PAGE_SIZE < result.total:
+        # The page's own total, the latest word; a first page whose total is 0 where the count
+        # just found results is served short too.
+        promised, by = (result.total, "total") if result.total else (self.counted if self.page == 1 else 0, "count")
+        if not result.banners and (self.page - 1) * shodan_client.PAGE_SIZE < promised:
             # Buying further pages would likely bring nothing either; the run goes on, on record.
             yield (
                 "error",
                 f"query {self.query + 1} page {self.page}",
                 SHORT_RESULTS,
-                f"page {self.page} came back empty, though Shodan's total promised {result.total} results "
-                f"({result.pages} pages); the rest of this query was not served",
+                f"page {self.page} came back empty, though Shodan's {by} promised {promised} results "
+                f"({shodan_client.pages_for(promised)} pages); the rest of this query was not served",
             )
         if self.page >= result.pages or not result.banners:
             yield from self._next_query()

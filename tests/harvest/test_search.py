@@ -508,6 +508,22 @@ def test_a_query_shodan_serves_short_of_its_total_is_reported(shodan_standin: Sh
     assert ("port:2575 country:NL", 1) in shodan_standin.pages  # the run went on with the next query
 
 
+def test_a_first_page_that_says_no_results_where_the_count_found_some_is_reported(
+    shodan_standin: ShodanStandIn, plan_file
+) -> None:
+    """The run counts a query (free) before buying its first page. A first page that came back
+    empty with a total of 0 where the count had just found results ended the query as done: the
+    run completed with nothing on record that the query's results never came."""
+    shodan_standin.garble({"total": 0, "matches": []}, times=1)
+    summary, _ = harvest("--plan", plan_file("port:104", "port:2575"))
+    assert summary["status"] == "completed", summary["message"]
+    total = len(shodan_standin.search("port:104 country:NL"))
+    short = summary["query_errors"]["short_results"]
+    assert short["count"] == 1 and short["examples"][0]["position"] == "query 1 page 1"
+    assert f"Shodan's count promised {total} results" in short["examples"][0]["detail"]
+    assert ("port:2575 country:NL", 1) in shodan_standin.pages
+
+
 def test_bad_answers_stop_the_run_within_its_cap_and_their_credits_count(
     shodan_standin: ShodanStandIn, plan_file
 ) -> None:
