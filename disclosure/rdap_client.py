@@ -49,6 +49,28 @@ MAX_ENTITIES = 10_000
 MAX_ENTITY_DEPTH = 5
 READ_CHUNK = 64 * 1024
 ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+# No registry gives an operator a network that does not fit in one block of this prefix: IANA
+# hands out IPv4 in /8s, and the widest IPv4 networks operators hold are legacy /8s (17/8,
+# the DoD's); the widest IPv6 allocation is a /19, while the RIRs' own blocks from IANA are
+# /12s. A wider answer (an "ASSIGNED" 0.0.0.0/0) would answer for every host inside it.
+WIDEST_PREFIX = {4: 8, 6: 16}
+# An IANA-level block: an RIR's IPv4 /8, or an IPv6 block as wide as IANA's narrowest to an RIR.
+IANA_LEVEL_PREFIX = {4: 8, 6: 23}
+# Who holds an IANA-level block that no operator holds: IANA or a registry (registrant handle or
+# whole name, compared case-insensitively), a registry's own status for it, or IANA's netname.
+REGISTRY_HANDLES = frozenset({"IANA", "ARIN", "APNIC", "LACNIC", "AFRINIC", "ORG-NCC1-RIPE", "ORG-IANA1-RIPE"})
+REGISTRY_NAMES = frozenset(
+    {
+        "internet assigned numbers authority", "iana",
+        "american registry for internet numbers", "arin",
+        "ripe network coordination centre", "ripe ncc",
+        "asia pacific network information centre", "asia pacific network information center", "apnic",
+        "latin american and caribbean ip address regional registry", "lacnic",
+        "african network information centre", "african network information center", "afrinic",
+    }
+)  # fmt: skip
+REGISTRY_BLOCK_TYPES = frozenset({"ALLOCATED UNSPECIFIED"})  # RIPE NCC, AFRINIC: IANA-BLK, EU-ZZ-nn
+IANA_BLOCK_NAME = re.compile(r"IANA-(?:BLK|BLOCK|NETBLOCK)(?:-[0-9]+)?", re.ASCII)
 # Lone surrogates (JSON allows "\ud800") cannot be encoded as UTF-8, so no database stores them.
 SURROGATES = re.compile(r"[\ud800-\udfff]")
 
@@ -586,10 +608,12 @@ def parse_network(
         raise RdapError("malformed_answer", f"bad or missing start/end address: {exc}"[:300], permanent=True)
     if start.version != end.version or start > end:  # type: ignore[operator]  # same version by then
         raise RdapError("malformed_answer", f"bad range {start} - {end}", permanent=True)
-    if query is not None and not (query.version == start.version and start <= query <= end):  # type: ignore[operator]
-        raise RdapError("malformed_answer", f"the answer's range {start} - {end} does not hold {query}")
+    queried = query if query is not None else _self_query(raw)
+    if queried is not None and not (queried.version == start.version and start <= queried <= end):  # type: ignore[operator]
+        raise RdapError("malformed_answer", f"the answer's range {start} - {end} does not hold {queried}")
+    _check_plausible(start, end)
     answer_asn = _asn(asn)
-    return RdapNetwork(
+    network = RdapNetwork(
         start=str(start),
         end=str(end),
         cidrs=_cidrs(raw, start, end),
@@ -602,8 +626,46 @@ def parse_network(
         entities=tuple(iter_entities(raw.get("entities"))),
         raw=stored,
         network_type=_text(raw.get("type"), 50),
-        queried=str(query) if query is not None else _self_query(raw, start, end),
+        queried=str(queried) if queried is not None else "",
     )
+    _check_not_registry_block(network, start, end)
+    return network
+
+
+def _check_plausible(start: Any, end: Any) -> None:
+    """Refuse a range that no registry gives an operator (see WIDEST_PREFIX)."""
+    block = ipaddress.ip_network((start, WIDEST_PREFIX[start.version]), strict=False)
+    if end not in block:
+        widest = f"/{WIDEST_PREFIX[start.version]}"
+        detail = f"the answer's range {start} - {end} does not fit in one {widest}: no registry gives an operator that"
+        raise RdapError("network_too_wide", detail)
+
+
+def _check_not_registry_block(network: RdapNetwork, start: Any, end: Any) -> None:
+    """Refuse a block that IANA or a registry holds itself (unallocated space): it has no operator,
+    and its contacts are the registry's. Registries' own networks of normal size still count."""
+    if " ".join(network.network_type.upper().split()) in REGISTRY_BLOCK_TYPES:
+        why = f"type {network.network_type}"
+    elif IANA_BLOCK_NAME.fullmatch(network.name.upper()):
+        why = f"name {network.name}"
+    else:
+        why = _registry_registrant(network, start, end)
+    if why:
+        detail = f"{start} - {end} is a registry's own block ({why}), not an operator's network"
+        raise RdapError("registry_block", detail, permanent=True)
+
+
+def _registry_registrant(network: RdapNetwork, start: Any, end: Any) -> str:
+    """The registrant that makes an IANA-level block a registry's own, or ""."""
+    iana_level = ipaddress.ip_network((start, IANA_LEVEL_PREFIX[start.version]), strict=False)
+    if iana_level[0] < start or end < iana_level[-1]:
+        return ""  # narrower than any block IANA gives a registry
+    for entity in network.entities:
+        if "registrant" not in entity.roles or entity.parent:
+            continue
+        if entity.handle.upper() in REGISTRY_HANDLES or " ".join(entity.name.casefold().split()) in REGISTRY_NAMES:
+            return f"registrant {entity.handle or entity.name}"
+    return ""
 
 
 def _country(value: Any) -> str:
@@ -613,23 +675,20 @@ def _country(value: Any) -> str:
     return country.upper() if country.isascii() else country
 
 
-def _self_query(raw: dict, start: Any, end: Any) -> str:
+def _self_query(raw: dict) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address a recorded answer was given for, from its `self` link, whose `value` is the
-    URL asked (`https://rdap.db.ripe.net/ip/62.239.237.1`); "" when it names a CIDR, no address
-    or one outside the range."""
+    URL asked (`https://rdap.db.ripe.net/ip/62.239.237.1`); None when it names a CIDR or no address."""
     for link in _list(raw.get("links")):
         if not isinstance(link, dict) or link.get("rel") != "self" or not isinstance(link.get("value"), str):
             continue
         path = urllib.parse.urlsplit(link["value"][:2000]).path
-        head, marker, tail = path.rpartition("/ip/")
+        _head, marker, tail = path.rpartition("/ip/")
         try:
             address = ipaddress.ip_address(urllib.parse.unquote(tail))  # a CIDR ("1.1.1.0/24") fails here
         except ValueError:
-            return ""
-        if marker and address.version == start.version and start <= address <= end:
-            return str(address)
-        return ""
-    return ""
+            return None
+        return address if marker else None
+    return None
 
 
 def parse_address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
