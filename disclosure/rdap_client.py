@@ -681,7 +681,10 @@ def _self_query(raw: dict) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     for link in _list(raw.get("links")):
         if not isinstance(link, dict) or link.get("rel") != "self" or not isinstance(link.get("value"), str):
             continue
-        path = urllib.parse.urlsplit(link["value"][:2000]).path
+        try:
+            path = urllib.parse.urlsplit(link["value"][:2000]).path
+        except ValueError:  # e.g. "http://[bad": a link that is no URL names no address
+            return None
         _head, marker, tail = path.rpartition("/ip/")
         try:
             address = ipaddress.ip_address(urllib.parse.unquote(tail))  # a CIDR ("1.1.1.0/24") fails here

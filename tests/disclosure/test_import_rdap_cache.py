@@ -56,6 +56,8 @@ def import_with(directory: Path, bad: str, capsys: pytest.CaptureFixture) -> dic
         ({"name": "NUL\x00NET", "remarks": [{"description": ["a\x00b"]}]}, {"name": "NUL\u2400NET"}),
         # More digits than int() reads from text (4,300): it raised ValueError and stopped the import.
         ({"cidr0_cidrs": [{"v4prefix": "82.0.0.0", "length": "9" * 5000}]}, {"cidrs": ["82.0.0.0/24"]}),
+        # A self link that is no URL (urlsplit raises on "[bad") stopped the whole import.
+        ({"links": [{"rel": "self", "value": "http://[bad/ip/82.0.0.1"}]}, {"registry": "ripencc"}),
     ],
 )
 def test_values_of_the_wrong_type_are_absent_and_the_file_loads(
