@@ -17,7 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from simple_history.utils import bulk_create_with_history, bulk_update_with_history
@@ -522,10 +522,11 @@ def _answered_addresses(path: Path, answer: rdap_client.RdapNetwork) -> list[str
 
 
 def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
-    """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network,
-    or whose recipient staff have since disabled, deleted or inhibited, or added or changed a
-    contact it was chosen from, or whose candidates had an inhibition end, change or go (no lookup
-    is made for these: their network is cached).
+    """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network
+    or one answered again since (another holder, other contacts), or whose recipient staff have
+    since disabled, deleted or inhibited, or added or changed a contact it was chosen from, or
+    whose candidates had an inhibition end, change or go (no lookup is made for these: their
+    network is cached).
 
     Inhibited owners come back every time: an inhibition ends, and their network is usually cached.
     """
@@ -560,6 +561,9 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
         Q(status=HostOwner.Status.SKIPPED)
         | (
             Q(status=HostOwner.Status.RESOLVED, network__expires_at__gt=now, recipient__enabled=True)
+            # A network answered again since (re-imported, or fetched for another address) may
+            # have another holder or other contacts: its hosts choose again, from the cache.
+            & Q(network__fetched_at__lte=F("updated_at"))
             & ~Exists(recipient_inhibited)
             & ~Exists(contact_changed)
             & ~Exists(inhibition_ended)

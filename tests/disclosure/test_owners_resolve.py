@@ -693,3 +693,33 @@ def test_a_run_killed_during_lookups_keeps_the_owners_of_the_addresses_it_resolv
     assert summary["hosts"] == 1 and summary["requests"] == 0
     assert HostOwner.objects.filter(status=HostOwner.Status.RESOLVED, attempts=1).count() == OWNER_CHUNK + 1
     assert list(hosts_needing_owner()) == []
+
+
+def test_hosts_on_a_network_whose_answer_changed_choose_their_recipient_again(tmp_path) -> None:
+    """A network imported again with another holder (a transfer) kept its hosts' recipient at the
+    old holder's abuse desk until the network expired, when the new holder already had its
+    contacts: nothing the hosts were chosen from had changed as far as the due-check saw."""
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir(), new_dir.mkdir()
+
+    def answer(start: str, handle: str, email: str) -> str:
+        entity = {
+            "handle": handle,
+            "roles": ["registrant", "abuse"],
+            "vcardArray": ["vcard", [["fn", {}, "text", handle], ["email", {}, "text", email]]],
+        }
+        network = {"objectClassName": "ip network", "type": "ASSIGNED PA", "port43": "whois.ripe.net"}
+        return json.dumps({**network, "startAddress": start, "endAddress": start[:-1] + "255", "entities": [entity]})
+
+    (old_dir / "a.json").write_text(answer("81.0.0.0", "ORG-A-RIPE", "abuse@a.example"))
+    (old_dir / "b.json").write_text(answer("82.0.0.0", "ORG-B-RIPE", "abuse@b.example"))
+    call_command("import_rdap_cache", str(old_dir), "--json")
+    host = make_host("81.0.0.9")
+    owners_resolve()
+    assert HostOwner.objects.get(host=host).recipient.email == "abuse@a.example"
+    (new_dir / "a.json").write_text(answer("81.0.0.0", "ORG-B-RIPE", "abuse@b.example"))  # transferred to B
+    call_command("import_rdap_cache", str(new_dir), "--json")
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.9"]
+    assert owners_resolve().as_dict()["requests"] == 0
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.network.holder.name, owner.recipient.email) == ("ORG-B-RIPE", "abuse@b.example")
