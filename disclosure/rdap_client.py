@@ -634,11 +634,19 @@ def parse_network(
 
 def _check_plausible(start: Any, end: Any) -> None:
     """Refuse a range that no registry gives an operator (see WIDEST_PREFIX)."""
+    refusal = range_refusal(start, end)
+    if refusal:
+        raise RdapError("network_too_wide", f"the answer's range {refusal}")
+
+
+def range_refusal(
+    start: ipaddress.IPv4Address | ipaddress.IPv6Address, end: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> str:
+    """Why start..end (same version) is no network a registry gives an operator, or ""."""
     block = ipaddress.ip_network((start, WIDEST_PREFIX[start.version]), strict=False)
-    if end not in block:
-        widest = f"/{WIDEST_PREFIX[start.version]}"
-        detail = f"the answer's range {start} - {end} does not fit in one {widest}: no registry gives an operator that"
-        raise RdapError("network_too_wide", detail)
+    if end in block:
+        return ""
+    return f"{start} - {end} does not fit in one /{WIDEST_PREFIX[start.version]}: no registry gives an operator that"
 
 
 def _check_not_registry_block(network: RdapNetwork, start: Any, end: Any) -> None:

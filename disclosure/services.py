@@ -181,6 +181,8 @@ def _network_answering(ip: str) -> Network | None:
     )
     if found is None or not (found.answers_whole_range or found.answered):  # type: ignore[attr-defined]
         return None
+    if rdap_client.range_refusal(ipaddress.ip_address(found.start_address), ipaddress.ip_address(found.end_address)):
+        return None  # cached before such answers were refused: it answers for nothing
     return found
 
 

@@ -3,17 +3,26 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.apps import apps as django_apps
 from django.core.management import call_command
 from django.utils import timezone
 
 from disclosure.models import Contact, HostOwner, Network
-from disclosure.services import network_find_cached, owners_resolve, rdap_cache_import
+from disclosure.rdap_client import RdapNetwork, iter_entities
+from disclosure.services import (
+    hosts_needing_owner,
+    network_find_cached,
+    network_save_answer,
+    owners_resolve,
+    rdap_cache_import,
+)
 from tests.disclosure.conftest import RDAP_DIR, Registries, make_host
 from tests.standins.rdap_server import Script
 
@@ -228,3 +237,41 @@ def test_every_real_recorded_answer_and_the_sample_still_import(tmp_path: Path, 
     report = json.loads(capsys.readouterr().out)
     assert report["errors"] == []
     assert report["loaded"] == len(list(tmp_path.glob("*.json")))
+
+
+# --- networks cached before such answers were refused ------------------------------------------
+
+
+def cached_before(start: str, end: str) -> Network:
+    """A too-wide assignment as an earlier version stored it (parse_network now refuses it)."""
+    raw = claimed(start, end)
+    answer = RdapNetwork(
+        start=start, end=end, cidrs=(), handle=raw["handle"], name="EVERYTHING", country="NL",
+        registry="ripencc", asn=None, asn_description="", entities=tuple(iter_entities(raw["entities"])),
+        raw=raw, network_type="ASSIGNED",
+    )  # fmt: skip
+    return network_save_answer(answer=answer, source=Network.Source.IMPORT)
+
+
+def test_a_too_wide_network_cached_before_answers_for_no_address(registries: Registries) -> None:
+    """Refusing new answers left one already cached answering: 62.0.0.0/7 for the hosts of 62/8
+    from the database, and from memory for those of 63/8 as well."""
+    cached_before("62.0.0.0", "63.255.255.255")
+    host = make_host("62.239.237.1")
+    assert network_find_cached(ip="62.239.237.1") is None
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.network.cidrs, owner.recipient.email) == (["62.239.237.0/24"], "zzdnsr@bt.com")
+
+
+def test_hosts_owned_by_a_too_wide_network_cached_before_are_resolved_again(registries: Registries) -> None:
+    wide = cached_before("62.0.0.0", "63.255.255.255")
+    host = make_host("62.239.237.1")
+    HostOwner.objects.create(host=host, status="resolved", network=wide, recipient=Contact.objects.get(email=HOSTILE))
+    migration = importlib.import_module("disclosure.migrations.0003_expire_too_wide_networks")
+    migration.expire_too_wide_networks(django_apps, None)
+    assert [h.ip for h in hosts_needing_owner()] == ["62.239.237.1"]
+    registries.standin.scripts["62.239.237.1"] = Script(status=503)  # the registry does not answer
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)  # the expired wide network is no fallback
+    assert (owner.status, owner.reason, owner.network, owner.recipient) == ("unknown", "server_error", None, None)
