@@ -49,6 +49,8 @@ LOOKUP_SPAN = {4: 8, 6: 12}
 # security, technical, administrative; entities on the network before nested ones): the rule
 # takes the first usable one, so an answer listing thousands of addresses costs 50 rows.
 MAX_CONTACTS_PER_NETWORK = 50
+# Why a host has no recipient while staff's override recipient is disabled (or cannot be mailed).
+OVERRIDE_DISABLED = "override_disabled"
 # Host owners are written per chunk of this many hosts.
 OWNER_CHUNK = 500
 
@@ -832,6 +834,8 @@ def _recipient_apply(
         owner.resolved_at = timezone.now()
     elif blocked:
         owner.status, owner.reason, owner.detail = HostOwner.Status.INHIBITED, "inhibited", reason[:500]
+    elif owner.override_recipient is not None:
+        owner.status, owner.reason, owner.detail = HostOwner.Status.UNKNOWN, OVERRIDE_DISABLED, reason[:500]
     elif owner.network is None:
         owner.status = HostOwner.Status.UNKNOWN
         owner.reason = outcome.reason if outcome else (owner.reason or "not_looked_up")
@@ -859,9 +863,13 @@ def recipient_choose(
 ) -> tuple[Contact | None, str, bool]:
     """(contact, why, blocked): staff override, else the operator's contact, else the network's.
 
-    `blocked` is True when candidates existed but every one of them is inhibited.
+    `blocked` is True when candidates existed but every one of them is inhibited. A staff override
+    is the only candidate: staff set it because the automatic choice is the wrong party, so while
+    it is disabled or inhibited nobody else is chosen.
     """
     inhibited_contacts, inhibited_organisations = inhibited or _active_inhibitions()
+    if override is not None and (not override.enabled or address_problem(override.email) is not None):
+        return None, f"{OVERRIDE_DISABLED}: {override.email}, set by staff for this host, is disabled", False
     skipped = []
     candidates = _recipient_candidates(override=override, operator=operator, network=network, contacts_of=contacts_of)
     for contact, why in candidates:
@@ -881,6 +889,7 @@ def _recipient_candidates(
 ) -> Iterable[tuple[Contact, str]]:
     if override is not None:
         yield override, f"set by staff for this host: {override.email}"
+        return
     if operator is not None:
         for contact in _ranked(contacts_of(operator.pk)):
             yield contact, f"operator {operator.name}: {contact.role} contact ({contact.get_source_display()})"

@@ -276,6 +276,33 @@ def test_a_staff_override_is_kept_across_runs(registries: Registries) -> None:
     assert "set by staff" in owner.recipient_reason
 
 
+@pytest.mark.parametrize("how", ["disabled", "inhibited", "organisation inhibited"])
+def test_an_override_that_cannot_be_used_sends_nothing_to_the_recipient_staff_steered_away_from(
+    registries: Registries, how: str
+) -> None:
+    """Staff send a host's cases to the hospital instead of its hoster. When the hospital's contact
+    was disabled or inhibited, the next choice went back to the hoster's abuse desk: the party
+    staff had steered the host's confidential advisories away from."""
+    host = make_host("62.239.237.1")
+    resolve(registries)
+    hospital = Organisation.objects.create(name="Hospital IT", kind="hospital")
+    chosen = Contact.objects.create(organisation=hospital, email="it@hospital.example", role="technical")
+    owner_override_set(owner=HostOwner.objects.get(host=host), contact=chosen, note="not the hoster")
+    if how == "disabled":
+        contact_set_enabled(contact=chosen, enabled=False)
+    else:
+        target = {"contact": chosen} if how == "inhibited" else {"organisation": hospital}
+        inhibition_create(until=timezone.localdate(), reason="on holiday", **target)
+    assert [h.ip for h in hosts_needing_owner()] == ["62.239.237.1"]
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert owner.recipient is None and owner.override_recipient == chosen
+    if how == "disabled":
+        assert (owner.status, owner.reason) == ("unknown", "override_disabled")
+    else:
+        assert owner.status == "inhibited" and "it@hospital.example" in owner.detail
+
+
 def test_resolve_owners_command_prints_one_json_object(registries: Registries, capsys) -> None:
     make_host("62.239.237.1")
     make_host("62.239.237.2")
