@@ -869,7 +869,8 @@ def recipient_choose(
     """
     inhibited_contacts, inhibited_organisations = inhibited or _active_inhibitions()
     if override is not None and (not override.enabled or address_problem(override.email) is not None):
-        return None, f"{OVERRIDE_DISABLED}: {override.email}, set by staff for this host, is disabled", False
+        why = f"{override.email}, set by staff as this host's recipient, is disabled: set another or clear it"
+        return None, why, False
     skipped = []
     candidates = _recipient_candidates(override=override, operator=operator, network=network, contacts_of=contacts_of)
     for contact, why in candidates:

@@ -299,6 +299,7 @@ def test_an_override_that_cannot_be_used_sends_nothing_to_the_recipient_staff_st
     assert owner.recipient is None and owner.override_recipient == chosen
     if how == "disabled":
         assert (owner.status, owner.reason) == ("unknown", "override_disabled")
+        assert owner.detail.startswith("it@hospital.example, set by staff")
     else:
         assert owner.status == "inhibited" and "it@hospital.example" in owner.detail
 
