@@ -204,6 +204,8 @@ class Network(models.Model):
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.LIVE)
     fetched_at = models.DateTimeField()
     expires_at = models.DateTimeField()
+    # When the registry answered an address inside it with a wider network: it no longer exists.
+    gone_at = models.DateTimeField(null=True, blank=True)
     history = HistoricalRecords(excluded_fields=["raw"])
 
     objects = NetworkQuerySet.as_manager()
@@ -220,6 +222,11 @@ class Network(models.Model):
     @property
     def cidr(self) -> str:
         return str(self)
+
+    @property
+    def is_gone(self) -> bool:
+        """The registry no longer has it: it answers for nothing, not even as an expired fallback."""
+        return self.gone_at is not None
 
     @property
     def answers_whole_range(self) -> bool:

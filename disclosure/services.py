@@ -181,7 +181,7 @@ def _network_answering(ip: str) -> Network | None:
         .order_by("-start_key", "end_key")
         .first()
     )
-    if found is None or not (found.answers_whole_range or found.answered):  # type: ignore[attr-defined]
+    if found is None or found.is_gone or not (found.answers_whole_range or found.answered):  # type: ignore[attr-defined]
         return None
     if rdap_client.range_refusal(ipaddress.ip_address(found.start_address), ipaddress.ip_address(found.end_address)):
         return None  # cached before such answers were refused: it answers for nothing
@@ -343,6 +343,7 @@ def network_save_answer(
             "source": source,
             "fetched_at": fetched_at,
             "expires_at": fetched_at + timedelta(days=settings.RDAP_CACHE_DAYS),
+            "gone_at": None,  # the registry answered with it: it exists (again)
         },
     )
     _rdap_contacts_save(organisation=holder, candidates=candidates, registry=answer.registry, at=fetched_at)
@@ -358,15 +359,17 @@ def network_save_answer(
 
 def _narrower_expire(*, network: Network, keys: list[str], at: datetime) -> None:
     """Cached networks strictly inside `network` that hold an address it was just the answer for
-    no longer exist at the registry: they stop answering (their hosts are resolved again)."""
-    inside = Network.objects.inside(network).filter(expires_at__gt=at)
+    no longer exist at the registry: they stop answering (their hosts are resolved again), and are
+    no fallback when a lookup fails (an expired one would give its former holder)."""
+    inside = Network.objects.inside(network).filter(gone_at__isnull=True)
     stale = [
         pk
         for pk, start, end in inside.values_list("pk", "start_key", "end_key")
         if bisect.bisect_right(keys, end) > bisect.bisect_left(keys, start)  # some key in start..end
     ]
     if stale:
-        Network.objects.filter(pk__in=stale).update(expires_at=at)
+        Network.objects.filter(pk__in=stale).update(gone_at=at)
+        Network.objects.filter(pk__in=stale, expires_at__gt=at).update(expires_at=at)
 
 
 def _holder_save(*, answer: rdap_client.RdapNetwork, fetched_at: datetime) -> Organisation:

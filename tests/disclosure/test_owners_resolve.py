@@ -751,3 +751,29 @@ def test_hosts_on_a_network_whose_answer_changed_choose_their_recipient_again(tm
     assert owners_resolve().as_dict()["requests"] == 0
     owner = HostOwner.objects.get(host=host)
     assert (owner.network.holder.name, owner.recipient.email) == ("ORG-B-RIPE", "abuse@b.example")
+
+
+def test_a_network_the_registry_replaced_is_no_fallback_when_a_lookup_fails(registries: Registries) -> None:
+    """A customer's /24 returned to its provider was expired when the registry answered an address
+    in it with the provider's allocation. A host in it whose own lookup then failed kept the /24 as
+    'the expired network', and so the former customer as the recipient of its advisories."""
+    from tests.standins.rdap_server import generated_answer
+
+    provider, customer = ("11.0.0.0", "11.0.255.255"), ("11.0.4.0", "11.0.4.255")
+    for i, ((start, end), kind) in enumerate(((provider, "ALLOCATED PA"), (customer, "ASSIGNED PA"))):
+        registries.standin.add(
+            generated_answer(i, ipaddress.IPv4Address(start), ipaddress.IPv4Address(end), network_type=kind),
+            registry="ripencc",
+            asn=64500,
+            country="NL",
+        )
+    first, second = make_host("11.0.4.9"), make_host("11.0.4.10")
+    resolve(registries)
+    assert HostOwner.objects.get(host=second).recipient.email == "abuse1@bench1.example"
+    registries.standin.remove(*customer)  # the customer gave the /24 back
+    Network.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    registries.standin.scripts["11.0.4.10"] = Script(status=503)
+    resolve(registries, concurrency=1)
+    assert HostOwner.objects.get(host=first).recipient.email == "abuse0@bench0.example"
+    owner = HostOwner.objects.get(host=second)
+    assert (owner.status, owner.reason, owner.network, owner.recipient) == ("unknown", "server_error", None, None)
