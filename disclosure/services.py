@@ -896,6 +896,10 @@ def _recipient_candidates(
         return
     if operator is not None:
         for contact in _ranked(contacts_of(operator.pk)):
+            if contact.source == Contact.Source.RDAP and not _in_domains(contact.email, operator.domains):
+                # A hospital's PA assignment names its provider's abuse desk: the hospital's
+                # contact for that network only, not for its systems elsewhere.
+                continue
             yield contact, f"operator {operator.name}: {contact.role} contact ({contact.get_source_display()})"
     if network is None or network.holder_id is None:
         return
@@ -910,6 +914,12 @@ def _recipient_candidates(
         found = by_address.get((candidate["email"], candidate["role"]))
         if found is not None:
             yield found, f"network {network.cidr} holder {holder.name}: {candidate['why']}"
+
+
+def _in_domains(email: str, domains: list[str]) -> bool:
+    """Whether the address is at one of the domains (or a subdomain of one)."""
+    domain = email.rpartition("@")[2].lower().rstrip(".")
+    return any(domain == d or domain.endswith(f".{d}") for d in domains if isinstance(d, str) and d)
 
 
 def _ranked(contacts: Iterable[Contact]) -> list[Contact]:

@@ -257,3 +257,36 @@ def test_registrants_without_a_handle_are_not_one_organisation(tmp_path: Path) -
     assert holders["198.51.4.0"].name == "Alpha Hosting" and holders["198.51.5.0"].name == "Beta Cloud"
     assert holders["198.51.6.0"].name == "198.51.6.0 - 198.51.6.255"  # no handle, no name: the range
     assert len({h.pk for h in holders.values()}) == 3
+
+
+@pytest.mark.django_db
+def test_an_isp_abuse_desk_in_a_hospitals_answer_is_not_the_hospitals_contact_elsewhere(tmp_path: Path) -> None:
+    """A hospital's PA assignment shows its provider's abuse desk (RIPE inherits the abuse-c of the
+    provider's allocation). As the hospital's network's contacts serve it as operator, every one
+    of its systems anywhere (at a cloud provider, too) went to that provider's abuse desk, which
+    has nothing to do with them, instead of to the hospital's own address in the same answer."""
+    own = make_host("81.0.0.7", hostnames=["pacs.erasmusmc.nl"])
+    cloud = make_host("198.51.3.7", hostnames=["viewer.erasmusmc.nl"])
+    hoster = ip_network("NET-CLOUD", "198.51.3.0", "198.51.3.255", "US", "Cloud Inc", "abuse@cloud.example")
+    hospital = ip_network("EMC-NET", "81.0.0.0", "81.0.0.255", "NL", "Erasmus MC", "abuse@provider.example")
+    noc = {
+        "handle": "EMC-NOC",
+        "roles": ["technical"],
+        "vcardArray": ["vcard", [["email", {}, "text", "noc@erasmusmc.nl"]]],
+    }
+    hospital["entities"].append(noc)
+    hospital["type"], hoster["type"] = "ASSIGNED PA", "REASSIGNMENT"  # they answer for their hosts
+    import_answers(tmp_path / "answers", hoster, hospital)
+    owners_resolve()
+    for host in (own, cloud):
+        owner = HostOwner.objects.get(host=host)
+        assert owner.operator.name == "Erasmus MC"
+        assert (owner.recipient.email, owner.recipient_reason) == (
+            "noc@erasmusmc.nl",
+            "operator Erasmus MC: technical contact (RDAP)",
+        )
+    # Without an address of its own in the answer, the hospital's systems go to each network's
+    # abuse desk: on its own network that is still the provider's.
+    Contact.objects.filter(email="noc@erasmusmc.nl").update(enabled=False)
+    assert owner_recompute(owner=HostOwner.objects.get(host=own)).recipient.email == "abuse@provider.example"
+    assert owner_recompute(owner=HostOwner.objects.get(host=cloud)).recipient.email == "abuse@cloud.example"
