@@ -155,6 +155,8 @@ def _decode_dicom(data: str, state: _State) -> None:
     state.cls, state.category = "medical", "dicom"
     state.confidence = 0.8 if pdu.kind == "abort" else 0.95
     state.evidence.append(Evidence(f"dicom.{pdu.kind}", "data", excerpt))
+    if pdu.repeated_sub_items:
+        state.evidence.append(Evidence("dicom.repeated_sub_item", "data", ", ".join(pdu.repeated_sub_items)))
 
 
 def _decode_dicom_summary(data: str, state: _State) -> None:

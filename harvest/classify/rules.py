@@ -198,10 +198,11 @@ def _read(path: Path) -> tuple[bytes, dict]:
 
 # Bump when the engine judges the same rules differently (not for speed-ups): it is part of the
 # rules version, so `classify` judges every stored service again after such a release.
-ENGINE_REVISION = "5"  # 2: a service without a Shodan module counts itself in the honeypot test
+ENGINE_REVISION = "6"  # 2: a service without a Shodan module counts itself in the honeypot test
 # 3: HL7 after blank lines or a byte order mark, inside or outside the MLLP frame
 # 4: titles and pages read with HTML entities decoded and no-break spaces as spaces
 # 5: patterns match with ASCII word boundaries, digits and spaces
+# 6: a repeated DICOM implementation UID or version name: the first counts, the repeat is evidence
 
 
 def _build(paths: list[Path]) -> RuleSet:

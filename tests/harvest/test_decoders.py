@@ -14,6 +14,8 @@ import hl7
 import pytest
 from hl7.mllp import start_hl7_server
 from pynetdicom import AE
+from pynetdicom.pdu import A_ASSOCIATE_AC
+from pynetdicom.pdu_items import ImplementationClassUIDSubItem, ImplementationVersionNameSubItem
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from harvest.classify import Banner, classify, load_rules
@@ -165,6 +167,31 @@ def test_it_decodes_a_real_pynetdicom_accept(scp: int, probe: bytes) -> None:
     assert pdu.presentation_contexts[0]["result"] == "acceptance"
     verdict = classify(Banner(port=11112, data=reply, module="dicom"), load_rules())
     assert (verdict.cls, verdict.category, verdict.product) == ("medical", "dicom", "pynetdicom 3.0.4")
+
+
+def test_a_repeated_implementation_sub_item_keeps_the_first_and_is_evidence(scp: int, probe: bytes) -> None:
+    # A peer may send the implementation class UID (0x52) and version name (0x55) more than once,
+    # which PS3.8 D.3.3.2 does not allow: read the first, as pynetdicom itself does.
+    reply = A_ASSOCIATE_AC()
+    reply.decode(_exchange(scp, probe))
+    extra_uid, extra_name = ImplementationClassUIDSubItem(), ImplementationVersionNameSubItem()
+    extra_uid.implementation_class_uid = "1.2.276.0.7230010.3.0.3.6.7"
+    extra_name.implementation_version_name = "OFFIS_DCMTK_367"
+    reply.user_information.user_data.extend([extra_uid, extra_name])
+    doubled = reply.encode()
+    theirs = A_ASSOCIATE_AC()
+    theirs.decode(doubled)
+
+    pdu = dicom.decode_pdu(latin1(doubled))
+    verdict = classify(Banner(port=11112, data=latin1(doubled), module="dicom"), load_rules())
+
+    assert pdu is not None and pdu.valid
+    assert pdu.implementation_version == theirs.user_information.implementation_version_name == "PYNETDICOM_304"
+    assert pdu.implementation_class_uid == theirs.user_information.implementation_class_uid
+    assert pdu.repeated_sub_items == ["implementation_class_uid", "implementation_version"]
+    assert verdict.product == "pynetdicom 3.0.4"
+    repeated = [e for e in verdict.evidence if e.rule == "dicom.repeated_sub_item"]
+    assert [e.excerpt for e in repeated] == ["implementation_class_uid, implementation_version"]
 
 
 def test_it_decodes_a_real_pynetdicom_rejection(rejecting_scp: int, probe: bytes) -> None:

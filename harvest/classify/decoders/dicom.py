@@ -56,6 +56,9 @@ class DicomPdu:
     source: str = ""
     reason: int | None = None
     trailing: int = 0
+    # User-information sub-items sent more than once (PS3.8 allows one of each): the first counts,
+    # as in pynetdicom; a real toolkit does not repeat them, a fake or broken peer may.
+    repeated_sub_items: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         out = {"pdu": self.kind, "valid": self.valid, "length": self.length}
@@ -75,6 +78,8 @@ class DicomPdu:
             out.update(result=self.result, source=self.source, reason=self.reason)
         if self.trailing:
             out["trailing_bytes"] = self.trailing
+        if self.repeated_sub_items:
+            out["repeated_sub_items"] = self.repeated_sub_items
         return out
 
 
@@ -255,14 +260,25 @@ def _rq_context(head: str, start: int, end: int, pdu: DicomPdu) -> None:
         )
 
 
+_USER_SUB_ITEMS = {0x51: "max_pdu_length", 0x52: "implementation_class_uid", 0x55: "implementation_version"}
+
+
 def _user_info(head: str, start: int, end: int, pdu: DicomPdu) -> None:
+    seen: set[int] = set()
     for sub_type, value in _sub_items(head, start, end, pdu):
+        if sub_type in seen:
+            name = _USER_SUB_ITEMS[sub_type]
+            if name not in pdu.repeated_sub_items:
+                pdu.repeated_sub_items.append(name)
+            continue
         if sub_type == 0x51 and len(value) == 4:
             pdu.max_pdu_length = _u32(value, 0)
         elif sub_type == 0x52:
             pdu.implementation_class_uid = _uid(value)
         elif sub_type == 0x55:
             pdu.implementation_version = _text(value)[:16]
+        if sub_type in _USER_SUB_ITEMS:
+            seen.add(sub_type)
 
 
 # Shodan also shows DICOM as a text summary. Its exact layout is not published, so read it as
