@@ -223,6 +223,25 @@ def test_blank_answers(rules: RuleSet) -> None:
     assert (tls_only.cls, tls_only.category) == ("non_medical", "known_service")
 
 
+def test_a_tls_only_answer_on_a_dicom_tls_port_stays_unknown(rules: RuleSet) -> None:
+    # 2761/2762 carry DICOM inside TLS: a scanner that stops after the handshake has seen nothing
+    # that says whether DICOM runs there, so it is a reason to look, not an ordinary TLS service.
+    answers = [
+        Banner(port=2762, data="", module="https", ssl_subject="pacs01.example.org"),
+        Banner(port=2761, data="", ssl_names=("dicom.example.org",)),
+        Banner(port=2762, data="", module="ssl"),
+    ]
+    verdicts = [classify(banner, rules) for banner in answers]
+    http_on_2762 = classify(Banner(port=2762, data=NGINX, module="https", ssl_subject="x.example.org"), rules)
+    tls_on_8443 = classify(Banner(port=8443, data="", module="https", ssl_subject="pacs01.example.org"), rules)
+
+    for banner, verdict in zip(answers, verdicts, strict=True):
+        assert (verdict.cls, verdict.category, verdict.segment) == ("unknown", "unparseable", "medical_port"), banner
+        assert rules_of(verdict)[0].startswith("dicom_tls."), banner
+    assert (http_on_2762.cls, http_on_2762.category) == ("non_medical", "known_service")
+    assert (tls_on_8443.cls, tls_on_8443.category) == ("non_medical", "known_service")
+
+
 def test_hl7_framed_or_bare(rules: RuleSet) -> None:
     msh = "MSH|^~\\&|HiX|ZIEKENHUIS|||20261103091244||ACK^A01^ACK|123|P|2.5\rMSA|AA|99\r"
 
