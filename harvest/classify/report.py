@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Case, CharField, Count, F, Q, Value, When
 from django.template.loader import render_to_string
 from django.utils import timezone
 from weasyprint import HTML
@@ -118,12 +118,33 @@ def _build(top: int) -> dict:
     }
 
 
+# Shodan names a protocol after the crawler module that saw it; the study counts the protocol
+# (Figure 14: "HTTP on ports 80, 443, 8080, 8443"), so the top services fold these names together.
+SERVICE_MODULES = {
+    "http": ("http", "https", "http-simple-new", "https-simple-new"),
+    "ldap": ("ldap", "ldaps", "ldap-tcp", "ldap-udp"),
+    "dns": ("dns", "dns-udp", "dns-tcp"),
+    "snmp": ("snmp", "snmp_v1", "snmp_v2", "snmp_v3"),
+    "ftp": ("ftp", "ftps"),
+    "smtp": ("smtp", "smtps"),
+    "imap": ("imap", "imaps"),
+    "pop3": ("pop3", "pop3s"),
+    "ike": ("ike", "ike-nat-t"),
+}
+
+
 def _top_services(current, top: int, non_blank: int) -> list[dict]:  # noqa: ANN001 - a QuerySet
+    service = Case(
+        *(When(service__module__in=modules, then=Value(name)) for name, modules in SERVICE_MODULES.items()),
+        default=F("service__module"),
+        output_field=CharField(),
+    )
     rows = (
         current.exclude(category="blank")
-        .values_list("service__module")
+        .annotate(protocol=service)
+        .values_list("protocol")
         .annotate(n=Count("id"))
-        .order_by("-n", "service__module")[:top]
+        .order_by("-n", "protocol")[:top]
     )
     return [
         {

@@ -133,13 +133,13 @@ def test_it_aggregates_the_studys_figures_from_the_database(corpus: dict) -> Non
     )
     assert report["blank"] == 2 and report["non_blank"] == 12
     assert report["class_share"]["medical"] == pytest.approx(4 / 14)
-    # Figure 10: modules of non-blank banners, most frequent first, cut at --top.
+    # Figure 10: protocols of non-blank banners (http and https as one), most frequent first, cut at --top.
     assert [(r["service"], r["count"]) for r in report["top_services"]] == [
-        ("http", 5),
+        ("http", 6),
         ("dicom", 3),
         ("(unidentified)", 1),
     ]
-    assert report["top_services"][0]["share"] == pytest.approx(5 / 12)
+    assert report["top_services"][0]["share"] == pytest.approx(6 / 12)
     # Figure 12: every non-hint Appendix B port, blank and non-blank.
     ports = {r["port"]: r for r in report["medical_ports"]}
     assert 80 not in ports and 443 not in ports
@@ -160,6 +160,20 @@ def test_it_aggregates_the_studys_figures_from_the_database(corpus: dict) -> Non
     assert report["honeypots"] == {"count": 1, "by_class": {"medical": 1, "non_medical": 0, "unknown": 0}}
     assert report["medical_products"][0] == {"product": "DCMTK 3.6.7", "category": "dicom", "count": 2}
     assert [s["ip"] for s in report["medical_services"]] == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+
+
+def test_top_services_count_a_protocol_once_whatever_shodan_module_answered(db: None) -> None:
+    # The study counts HTTP on 80, 443, 8080 and 8443 as one service (Figures 10 and 14); Shodan
+    # names the same protocol after the crawler that saw it (https, http-simple-new, ldap-tcp).
+    modules = ["http", "http", "https", "https", "http-simple-new", "https-simple-new"]
+    modules += ["ldaps", "ldap-tcp", "ssh", "ssh", "ssh", "snmp_v3", "dns-udp"]
+    for i, module in enumerate(modules):
+        judge(make_service(f"198.51.100.{i}", 10000 + i, module=module), "non_medical", "known_service")
+
+    report = reports.exposure_report_build(top=3)
+
+    assert [(r["service"], r["count"]) for r in report["top_services"]] == [("http", 6), ("ssh", 3), ("ldap", 2)]
+    assert report["top_services"][0]["share"] == pytest.approx(6 / len(modules))
 
 
 def test_it_counts_only_the_current_verdict_of_each_service(corpus: dict) -> None:
