@@ -184,6 +184,19 @@ def test_web_software_is_in_the_software_group_pumps_in_the_port_group(rules: Ru
     assert nginx_on_443.segment == ""  # ... and nothing without one
 
 
+def test_a_page_that_only_writes_about_infusion_pumps_is_not_a_pump_server(rules: RuleSet) -> None:
+    # Hospital sites, news and shops write "infusion pump" in their text; a pump server's console
+    # says what it is in its title.
+    article = "<h1>Nieuws</h1><p>Our wards switch to a new infusion pump and Infusion Safety software.</p>"
+    news = classify(Banner(port=443, data=NGINX, org="Erasmus MC", http_title="Nieuws", http_html=article), rules)
+    shop = classify(Banner(port=8443, data=NGINX, http_title="Medical supplies", http_html=article), rules)
+    console = classify(Banner(port=51243, data=NGINX, http_title="Infusion Management", http_html=article), rules)
+
+    assert (news.cls, news.category, news.segment) == ("non_medical", "hospital_infra", "hospital_organisation")
+    assert (shop.cls, shop.category, shop.segment) == ("non_medical", "known_service", "")
+    assert (console.cls, console.category, console.segment) == ("medical", "pump_server", "medical_port")
+
+
 def test_a_hospital_is_recognised_by_org_hostname_or_certificate(rules: RuleSet) -> None:
     by_org = classify(Banner(port=443, data=NGINX, org="Erasmus MC"), rules)
     by_host = classify(Banner(port=443, data=NGINX, hostnames=("vpn.erasmusmc.nl",)), rules)
