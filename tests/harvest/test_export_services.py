@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -269,12 +270,28 @@ def stopped_while_writing(url: str, out: Path) -> subprocess.Popen:
     before = set(part_files(out.parent))
     proc = manage(url, "export_services", "--output", str(out))
     deadline = time.monotonic() + 60
-    while not set(part_files(out.parent)) - before:
+    # Its file exists an instant before its writer locks it: caught in between, it is rightly
+    # taken for a dead writer's.
+    while not any(_locked(out.parent / name) for name in set(part_files(out.parent)) - before):
         assert proc.poll() is None, f"the export ended before it was caught: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "no temporary file within 60 s"
+        assert time.monotonic() < deadline, "no locked temporary file within 60 s"
         time.sleep(0.001)
     proc.send_signal(signal.SIGSTOP)
     return proc
+
+
+def _locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also gives up a shared lock this took
+    return False
 
 
 def test_a_killed_exports_temporary_file_is_removed_by_the_next_export_of_that_file(
