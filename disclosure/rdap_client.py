@@ -628,7 +628,9 @@ def parse_network(
         network_type=_text(raw.get("type"), 50),
         queried=str(queried) if queried is not None else "",
     )
-    _check_not_registry_block(network, start, end)
+    block = registry_block_refusal(network.network_type, network.name, network.entities, start, end)
+    if block:
+        raise RdapError("registry_block", block, permanent=True)
     return network
 
 
@@ -649,26 +651,46 @@ def range_refusal(
     return f"{start} - {end} does not fit in one /{WIDEST_PREFIX[start.version]}: no registry gives an operator that"
 
 
-def _check_not_registry_block(network: RdapNetwork, start: Any, end: Any) -> None:
-    """Refuse a block that IANA or a registry holds itself (unallocated space): it has no operator,
-    and its contacts are the registry's. Registries' own networks of normal size still count."""
-    if " ".join(network.network_type.upper().split()) in REGISTRY_BLOCK_TYPES:
-        why = f"type {network.network_type}"
-    elif IANA_BLOCK_NAME.fullmatch(network.name.upper()):
-        why = f"name {network.name}"
+def registry_block_refusal(
+    network_type: str, name: str, entities: tuple[RdapEntity, ...] | list[RdapEntity], start: Any, end: Any
+) -> str:
+    """Why start..end is a block that IANA or a registry holds itself (unallocated space), or "":
+    it has no operator, and its contacts are the registry's. Registries' own networks of normal
+    size still count."""
+    if " ".join(network_type.upper().split()) in REGISTRY_BLOCK_TYPES:
+        why = f"type {network_type}"
+    elif IANA_BLOCK_NAME.fullmatch(name.upper()):
+        why = f"name {name}"
     else:
-        why = _registry_registrant(network, start, end)
-    if why:
-        detail = f"{start} - {end} is a registry's own block ({why}), not an operator's network"
-        raise RdapError("registry_block", detail, permanent=True)
+        why = _registry_registrant(entities, start, end)
+    return f"{start} - {end} is a registry's own block ({why}), not an operator's network" if why else ""
 
 
-def _registry_registrant(network: RdapNetwork, start: Any, end: Any) -> str:
-    """The registrant that makes an IANA-level block a registry's own, or ""."""
+def stored_network_refusal(*, start: str, end: str, network_type: str, name: str, raw: Any) -> tuple[str, str] | None:
+    """(reason, detail) when a network stored before answers like it were refused must answer for
+    no address: too wide for any registration (`network_too_wide`), or a registry's own block
+    (`registry_block`, its entities read from the stored answer); else None."""
+    first, last = ipaddress.ip_address(start), ipaddress.ip_address(end)
+    refusal = range_refusal(first, last)
+    if refusal:
+        return "network_too_wide", f"the answer's range {refusal}"
+    # The registrant only counts for IANA-level blocks: read the stored answer only for those.
+    entities = iter_entities(raw.get("entities") if isinstance(raw, dict) else None) if _iana_level(first, last) else []
+    block = registry_block_refusal(network_type, name, entities, first, last)
+    return ("registry_block", block) if block else None
+
+
+def _iana_level(start: Any, end: Any) -> bool:
+    """Whether start..end is as wide as a block IANA gives a registry (or wider)."""
     iana_level = ipaddress.ip_network((start, IANA_LEVEL_PREFIX[start.version]), strict=False)
-    if iana_level[0] < start or end < iana_level[-1]:
+    return not (iana_level[0] < start or end < iana_level[-1])
+
+
+def _registry_registrant(entities: tuple[RdapEntity, ...] | list[RdapEntity], start: Any, end: Any) -> str:
+    """The registrant that makes an IANA-level block a registry's own, or ""."""
+    if not _iana_level(start, end):
         return ""  # narrower than any block IANA gives a registry
-    for entity in network.entities:
+    for entity in entities:
         if "registrant" not in entity.roles or entity.parent:
             continue
         if entity.handle.upper() in REGISTRY_HANDLES or " ".join(entity.name.casefold().split()) in REGISTRY_NAMES:

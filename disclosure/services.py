@@ -181,11 +181,24 @@ def _network_answering(ip: str) -> Network | None:
         .order_by("-start_key", "end_key")
         .first()
     )
-    if found is None or found.is_gone or not (found.answers_whole_range or found.answered):  # type: ignore[attr-defined]
+    if found is None or not (found.answers_whole_range or found.answered):  # type: ignore[attr-defined]
         return None
-    if rdap_client.range_refusal(ipaddress.ip_address(found.start_address), ipaddress.ip_address(found.end_address)):
-        return None  # cached before such answers were refused: it answers for nothing
-    return found
+    return None if network_unusable(found) else found
+
+
+def network_unusable(network: Network) -> tuple[str, str] | None:
+    """(reason, detail) when a cached network answers for no address, not even as an expired
+    fallback: the registry no longer has it (gone), or it was cached before answers like it were
+    refused (too wide, a registry's own block); else None."""
+    if network.is_gone:
+        return "network_gone", f"network {network.cidr} is no longer at the registry: look the owner up again"
+    return rdap_client.stored_network_refusal(
+        start=network.start_address,
+        end=network.end_address,
+        network_type=network.network_type,
+        name=network.name,
+        raw=network.raw,
+    )
 
 
 def network_resolve_addresses(

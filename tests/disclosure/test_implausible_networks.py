@@ -8,6 +8,7 @@ import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.apps import apps as django_apps
@@ -242,13 +243,14 @@ def test_every_real_recorded_answer_and_the_sample_still_import(tmp_path: Path, 
 # --- networks cached before such answers were refused ------------------------------------------
 
 
-def cached_before(start: str, end: str) -> Network:
-    """A too-wide assignment as an earlier version stored it (parse_network now refuses it)."""
-    raw = claimed(start, end)
+def cached_before(start: str, end: str, *, queried: str = "", **claim: Any) -> Network:
+    """A network as an earlier version stored it (parse_network now refuses it): a too-wide
+    assignment, or a registry's own block given for `queried`."""
+    raw = claimed(start, end, **claim)
     answer = RdapNetwork(
-        start=start, end=end, cidrs=(), handle=raw["handle"], name="EVERYTHING", country="NL",
+        start=start, end=end, cidrs=(), handle=raw["handle"], name=raw["name"], country="NL",
         registry="ripencc", asn=None, asn_description="", entities=tuple(iter_entities(raw["entities"])),
-        raw=raw, network_type="ASSIGNED",
+        raw=raw, network_type=raw["type"], queried=queried,
     )  # fmt: skip
     return network_save_answer(answer=answer, source=Network.Source.IMPORT)
 
@@ -275,3 +277,43 @@ def test_hosts_owned_by_a_too_wide_network_cached_before_are_resolved_again(regi
     resolve(registries)
     owner = HostOwner.objects.get(host=host)  # the expired wide network is no fallback
     assert (owner.status, owner.reason, owner.network, owner.recipient) == ("unknown", "server_error", None, None)
+
+
+REGISTRY_BLOCKS = [
+    {"network_type": "ALLOCATED UNSPECIFIED", "name": "EU-ZZ-62",
+     "registrant": ("ORG-NCC1-RIPE", "RIPE Network Coordination Centre")},
+    {"network_type": "ALLOCATED PA", "name": "IANA-BLK", "registrant": ("IANA", "Internet Assigned Numbers Authority")},
+    {"network_type": "ALLOCATION", "name": "NET62", "registrant": ("ARIN", "American Registry for Internet Numbers")},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("claim", REGISTRY_BLOCKS, ids=["allocated-unspecified", "iana-blk", "registrant-arin"])
+def test_hosts_owned_by_a_registry_block_cached_before_are_resolved_again(registries: Registries, claim: dict) -> None:
+    """Refusing registry blocks left those already cached answering: a host the RIPE NCC's EU-ZZ
+    /8 (or IANA's block) had been the answer for kept the registry's abuse desk as its recipient,
+    and the block was the fallback when the registry did not answer."""
+    block = cached_before("62.0.0.0", "62.255.255.255", queried="62.239.237.1", **claim)
+    host = make_host("62.239.237.1")
+    HostOwner.objects.create(host=host, status="resolved", network=block, recipient=Contact.objects.get(email=HOSTILE))
+    assert network_find_cached(ip="62.239.237.1") is None
+    migration = importlib.import_module("disclosure.migrations.0005_expire_registry_blocks")
+    migration.expire_registry_blocks(django_apps, None)
+    assert [h.ip for h in hosts_needing_owner()] == ["62.239.237.1"]
+    registries.standin.scripts["62.239.237.1"] = Script(status=503)  # the registry does not answer
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)  # the expired block is no fallback
+    assert (owner.status, owner.reason, owner.network, owner.recipient) == ("unknown", "server_error", None, None)
+    del registries.standin.scripts["62.239.237.1"]
+    resolve(registries)
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.network.cidrs, owner.recipient.email) == (["62.239.237.0/24"], "zzdnsr@bt.com")
+
+
+def test_a_network_of_normal_size_cached_from_an_operator_is_not_expired_as_a_registry_block(
+    registries: Registries,
+) -> None:
+    kept = cached_before("62.239.237.0", "62.239.237.255", network_type="ASSIGNED PA", name="BT-CORPORATE")
+    migration = importlib.import_module("disclosure.migrations.0005_expire_registry_blocks")
+    migration.expire_registry_blocks(django_apps, None)
+    assert Network.objects.get(pk=kept.pk).expires_at == kept.expires_at
+    assert network_find_cached(ip="62.239.237.1") == kept
