@@ -36,7 +36,7 @@ from disclosure.services import (
     OwnerError,
     contact_set_enabled,
     owner_override_set,
-    owner_recompute,
+    owners_recompute,
     owners_resolve,
 )
 from harvest.admin import HOST_SECTIONS, HostSection
@@ -505,12 +505,10 @@ class HostOwnerAdminBase(AddressSearchMixin, _VisibleAdmin, admin.ModelAdmin):
 
     @admin.action(description="Choose the recipient again (no lookup)", permissions=["change"])
     def choose_recipient_again(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = 0
-        for owner in queryset.select_related("network", "operator", "override_recipient"):
-            owner_recompute(owner=owner)
-            count += 1
-        # Not queryset.count(): on the queue, owners that got a recipient have left it by now.
-        self.message_user(request, f"{count} recipients chosen again.")
+        # Counted as they are chosen, not queryset.count(): on the queue, owners that got a
+        # recipient have left it by now.
+        summary = owners_recompute(owners=queryset.select_related("network", "operator", "override_recipient"))
+        self.message_user(request, summary.describe())
 
 
 @admin.register(HostOwner)

@@ -940,14 +940,66 @@ def _ranked(contacts: Iterable[Contact]) -> list[Contact]:
 
 
 def owner_recompute(*, owner: HostOwner) -> HostOwner:
-    """Choose the recipient again without any lookup (after staff changed contacts or inhibitions)."""
+    """Choose the recipient again without any lookup (after staff changed contacts or inhibitions).
+
+    A network that answers for nothing (gone from the registry, or refused since it was cached)
+    is dropped, as a run whose lookup failed drops it: no recipient comes from it, and the host
+    is looked up again on the next run. An expired one is kept, as such a run keeps it."""
     if owner.status == HostOwner.Status.SKIPPED:
         # A non-public address has no network or operator to choose from: only staff's override.
         _override_apply(owner=owner, inhibited=_active_inhibitions())
     else:
-        _recipient_apply(owner=owner, outcome=None, inhibited=_active_inhibitions())
+        unusable = network_unusable(owner.network) if owner.network is not None else None
+        outcome = None
+        if unusable is not None:
+            owner.network = None
+            outcome = AddressOutcome(None, reason=unusable[0], detail=unusable[1][:500])
+        _recipient_apply(owner=owner, outcome=outcome, inhibited=_active_inhibitions())
     owner.save()
     return owner
+
+
+@dataclass
+class RecomputeSummary:
+    chosen: int = 0
+    network_unusable: int = 0  # hosts whose network answers for nothing: no recipient from it
+    network_expired: int = 0  # hosts whose recipient came from an expired network
+
+    def describe(self) -> str:
+        lines = [f"{self.chosen} recipients chosen again."]
+        again = "looked up again on the next run, or now with “Look the owners up again (RDAP)”"
+        if self.network_unusable:
+            one = self.network_unusable == 1
+            lines.append(
+                f"{_hosts(self.network_unusable)} on a network the registry no longer has: "
+                f"{'it got' if one else 'they got'} no recipient from it and {'is' if one else 'are'} {again}."
+            )
+        if self.network_expired:
+            one = self.network_expired == 1
+            lines.append(
+                f"{_hosts(self.network_expired)} on an expired network: {'its' if one else 'their'} recipient "
+                f"is chosen from it until {'it is' if one else 'they are'} {again}."
+            )
+        return " ".join(lines)
+
+
+def _hosts(count: int) -> str:
+    return "1 host rests" if count == 1 else f"{count} hosts rest"
+
+
+def owners_recompute(*, owners: Iterable[HostOwner]) -> RecomputeSummary:
+    """Choose the recipients of these owners again (owner_recompute), and say which rest on stale networks."""
+    summary = RecomputeSummary()
+    now = timezone.now()
+    for owner in owners:
+        had_network = owner.network is not None
+        owner_recompute(owner=owner)
+        summary.chosen += 1
+        if had_network and owner.network is None:
+            summary.network_unusable += 1
+        elif owner.network is not None and owner.network.expires_at <= now:
+            summary.network_expired += 1
+    return summary
 
 
 @transaction.atomic

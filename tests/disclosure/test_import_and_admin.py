@@ -20,7 +20,13 @@ from django.utils import timezone
 
 from disclosure.admin import json_text
 from disclosure.models import Contact, HostOwner, Inhibition, Network, Organisation, ip_key
-from disclosure.services import contact_set_enabled, network_find_cached, owner_recompute, owners_resolve
+from disclosure.services import (
+    contact_set_enabled,
+    hosts_needing_owner,
+    network_find_cached,
+    owner_recompute,
+    owners_resolve,
+)
 from harvest.services import EXPORT_ENRICHERS, service_export_rows
 from tests.disclosure.conftest import RDAP_DIR, Registries, make_host
 
@@ -747,3 +753,32 @@ def test_host_and_service_pages_name_the_owner_and_recipient(tmp_path: Path, sta
     contact_url = reverse("admin:disclosure_contact_change", args=[owner.recipient_id])
     assert "abuse@evil.example" in page_text(body) and f'href="{owner_url}"' in body
     assert contact_url not in body and "<img src=x onerror" not in body
+
+
+def test_choosing_again_takes_no_recipient_from_a_network_the_registry_no_longer_has(
+    registries: Registries, staff_client: Client
+) -> None:
+    """Choosing again from the cache gave the host its recipient from a network the registry had
+    since answered past (gone: a customer that gave its /24 back), or that had expired, with
+    nothing to say the choice rested on stale data, until the next run looked it up."""
+    gone_host, expired_host = make_host("62.239.237.1"), make_host("74.125.225.229")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    now = timezone.now()
+    Network.objects.filter(owners__host=gone_host).update(gone_at=now, expires_at=now)
+    Network.objects.filter(owners__host=expired_host).update(expires_at=now)
+    response = staff_client.post(
+        reverse("admin:disclosure_hostowner_changelist"),
+        {"action": "choose_recipient_again", "_selected_action": list(HostOwner.objects.values_list("pk", flat=True))},
+        follow=True,
+    )
+    body = html.unescape(response.content.decode())
+    gone = HostOwner.objects.get(host=gone_host)
+    assert (gone.status, gone.reason, gone.network, gone.recipient) == ("unknown", "network_gone", None, None)
+    assert "62.239.237.0/24 is no longer at the registry" in gone.detail
+    expired = HostOwner.objects.get(host=expired_host)  # as a run whose lookup fails keeps it
+    assert (expired.status, expired.recipient.email) == ("resolved", "arin-contact@google.com")
+    assert "2 recipients chosen again." in body
+    assert "1 host rests on a network the registry no longer has: it got no recipient from it" in body
+    assert "1 host rests on an expired network" in body
+    assert "Look the owners up again (RDAP)" in body
+    assert sorted(h.ip for h in hosts_needing_owner()) == ["62.239.237.1", "74.125.225.229"]
