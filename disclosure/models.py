@@ -194,7 +194,8 @@ class Network(models.Model):
     handle = models.CharField(max_length=100, blank=True)
     name = models.CharField(max_length=255, blank=True)
     country = models.CharField(max_length=2, blank=True)
-    registry = models.CharField(max_length=20, blank=True)
+    # The registry that answered (arin, ripencc...), or the host name of the server that did.
+    registry = models.CharField(max_length=100, blank=True)
     asn = models.PositiveBigIntegerField(null=True, blank=True)
     asn_description = models.CharField(max_length=255, blank=True)
     holder = models.ForeignKey(Organisation, null=True, blank=True, on_delete=models.SET_NULL, related_name="networks")

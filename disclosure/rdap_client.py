@@ -283,6 +283,9 @@ class _Opener(urllib.request.OpenerDirector):
         self.limiter = limiter
         self.stats = stats
         self.problem: RdapError | None = None
+        # Who wrote the last answer read: the registry (or, after a redirect elsewhere, the host
+        # name) of the URL it came from, as asked, before any rewrite to RDAP_BASE_URL.
+        self.answered_by = ""
         self.deadline: _Deadline | None = None
         # Host name -> the addresses that were checked for it: connections to it go there.
         self.pins: dict[str, tuple[str, ...]] = {}
@@ -297,7 +300,8 @@ class _Opener(urllib.request.OpenerDirector):
             raise HTTPLookupError(refusal)
         self._check_name(url)
         request = urllib.request.Request(url, headers=getattr(fullurl, "headers", {}))  # noqa: S310 - checked above
-        registry = REGISTRY_HOSTS.get(urllib.parse.urlsplit(request.full_url).hostname or "", "other")
+        source = _url_host(url).lower()
+        registry = REGISTRY_HOSTS.get(source, "other")
         request.full_url = self._rewrite(request.full_url)
         for attempt in range(MAX_429_RETRIES + 1):
             self.limiter.wait(registry)
@@ -308,7 +312,7 @@ class _Opener(urllib.request.OpenerDirector):
             self.deadline = deadline
             try:
                 response = super().open(request, data, timeout)
-                return self._checked(response, deadline)
+                return self._checked(response, deadline, source=source)
             except urllib.error.HTTPError as exc:
                 if exc.code == 429 and attempt < MAX_429_RETRIES:
                     self.limiter.push_back(registry, _retry_after(exc, attempt))
@@ -356,7 +360,7 @@ class _Opener(urllib.request.OpenerDirector):
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         return f"{self.options.base_url.rstrip('/')}/{parts.hostname}{path}"
 
-    def _checked(self, response: Any, deadline: _Deadline) -> Any:
+    def _checked(self, response: Any, deadline: _Deadline, *, source: str) -> Any:
         """Read the answer here so that a slow, huge or malformed one has a reason of its own."""
         if isinstance(response, _Body):
             return response  # a redirect, already read by the request it led to
@@ -386,6 +390,7 @@ class _Opener(urllib.request.OpenerDirector):
         if _entity_count(answer) > MAX_ENTITIES:
             self.problem = RdapError("answer_too_large", f"more than {MAX_ENTITIES} entities", permanent=True)
             raise HTTPLookupError("too many entities")
+        self.answered_by = answering_registry(source)
         return _Body(body)
 
 
@@ -569,7 +574,13 @@ def lookup_ip(ip: str, *, options: LookupOptions, limiter: RateLimiter, stats: L
     except Exception as exc:  # noqa: BLE001 - ipwhois raises bare errors on answers it cannot parse
         raise opener.problem or RdapError("unparseable_answer", f"{type(exc).__name__}: {exc}"[:300]) from exc
     return parse_network(
-        result["raw"], asn=result.get("asn"), asn_description=result.get("asn_description"), query=address
+        result["raw"],
+        asn=result.get("asn"),
+        asn_description=result.get("asn_description"),
+        # Not what the answer claims (its port43 or links): any server a redirect led to could
+        # write "whois.ripe.net" and a RIPE organisation's handle, and add its contacts to it.
+        registry=opener.answered_by or "other",
+        query=address,
     )
 
 
@@ -779,6 +790,12 @@ def _registry_of(raw: dict) -> str:
         if host in REGISTRY_HOSTS:
             return REGISTRY_HOSTS[host]
     return ""
+
+
+def answering_registry(host: str) -> str:
+    """The registry whose RDAP server `host` is, else the host name itself: an organisation's
+    handle means something only at the server that answered."""
+    return REGISTRY_HOSTS.get(host, host)[:100]
 
 
 def _hostname(url: str) -> str:

@@ -777,3 +777,39 @@ def test_a_network_the_registry_replaced_is_no_fallback_when_a_lookup_fails(regi
     assert HostOwner.objects.get(host=first).recipient.email == "abuse0@bench0.example"
     owner = HostOwner.objects.get(host=second)
     assert (owner.status, owner.reason, owner.network, owner.recipient) == ("unknown", "server_error", None, None)
+
+
+def test_a_server_a_redirect_led_to_adds_nothing_to_a_registrys_organisation(registries: Registries) -> None:
+    """The registry of an answer was read from the answer itself (port43, links): a server that a
+    redirect led to (a compromised one, or any name with a public address) that wrote
+    "whois.arin.net" and ARIN's handle GOGL made its own abuse address an ARIN contact of Google
+    Inc., imported as "rdap:arin:...", and its network one held by Google."""
+    make_host("74.125.225.229")
+    resolve(registries)
+    google = Organisation.objects.get(source_key="rdap:arin:GOGL")
+    answer = {
+        "objectClassName": "ip network", "handle": "NET-81-2-3-0-1", "startAddress": "81.2.3.0",
+        "endAddress": "81.2.3.255", "ipVersion": "v4", "type": "ASSIGNMENT", "name": "GOOGLE",
+        "port43": "whois.arin.net",
+        "links": [{"rel": "self", "value": "https://rdap.arin.net/registry/ip/81.2.3.4",
+                   "href": "https://rdap.arin.net/registry/ip/81.2.3.0"}],
+        "entities": [
+            {"objectClassName": "entity", "handle": "GOGL", "roles": ["registrant"],
+             "vcardArray": ["vcard", [["version", {}, "text", "4.0"], ["fn", {}, "text", "Google Inc."],
+                                      ["kind", {}, "text", "org"]]]},
+            {"objectClassName": "entity", "handle": "ABUSE-HOSTILE", "roles": ["abuse"],
+             "vcardArray": ["vcard", [["version", {}, "text", "4.0"], ["email", {}, "text", "abuse@hostile.example"]]]},
+        ],
+    }  # fmt: skip
+    registries.dns.resolver.names["rdap.hostile.example"] = ["130.59.1.1"]
+    registries.standin.scripts["81.2.3.4"] = Script(redirect="https://rdap.hostile.example/ip/81.2.3.0")
+    registries.standin.scripts["81.2.3.0"] = Script(body=json.dumps(answer).encode())
+    host = make_host("81.2.3.4")
+    resolve(registries, hosts=[host])
+    owner = HostOwner.objects.get(host=host)
+    assert owner.recipient.email == "abuse@hostile.example"  # the answer it gave for its own range
+    assert owner.network.registry == "rdap.hostile.example"
+    assert owner.network.holder != google
+    assert owner.recipient.import_source == "rdap:rdap.hostile.example:ABUSE-HOSTILE"
+    assert not google.contacts.filter(email="abuse@hostile.example").exists()
+    assert not google.networks.filter(pk=owner.network.pk).exists()

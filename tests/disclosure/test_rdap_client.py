@@ -99,7 +99,8 @@ def test_it_resolves_recorded_answers_of_every_registry(
     best = contact_candidates(network)[0]
     assert (best["email"], best["role"]) == (email, role)
     assert network_holder(network)[1] == holder
-    assert stats.requests == 1
+    # Without an origin AS, ARIN's bootstrap finds the registry: its redirect is a request too.
+    assert stats.requests == (1 if asn is not None else 2)
     assert network.raw["startAddress"]  # the raw answer is kept as sent
 
 

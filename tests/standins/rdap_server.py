@@ -41,6 +41,15 @@ WHOISIT_ASN = {
     "whoisit-rdap-ip_v4_3.json": ("arin", 8075, "US", "2015-03-26"),
     "whoisit-rdap-ip_v6.json": ("arin", 15169, "US", "2005-03-14"),
 }
+# Where ARIN's bootstrap service sends a query for a network of each registry (IANA's bootstrap file).
+REGISTRY_RDAP = {
+    "arin": "https://rdap.arin.net/registry",
+    "ripencc": "https://rdap.db.ripe.net",
+    "apnic": "https://rdap.apnic.net",
+    "lacnic": "https://rdap.lacnic.net/rdap",
+    "afrinic": "https://rdap.afrinic.net/rdap",
+}
+BOOTSTRAP_HOST = "rdap-bootstrap.arin.net"
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -186,6 +195,8 @@ class RdapStandin:
             return 400, b'{"errorCode": 400, "title": "Bad Request"}', {}
         if network is None:
             return 404, b'{"errorCode": 404, "title": "Not Found"}', {}
+        if parts[0] == BOOTSTRAP_HOST:  # it answers no query itself: it redirects to the registry's server
+            return 302, b"", {"Location": f"{REGISTRY_RDAP[network.registry]}/ip/{query}"}
         return 200, json.dumps(network.response).encode(), {}
 
     def drip_of(self, path: str) -> tuple[float, bool]:
