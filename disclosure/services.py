@@ -545,8 +545,8 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
     """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network
     or one answered again since (another holder, other contacts), or whose recipient staff have
     since disabled, deleted or inhibited, or added or changed a contact it was chosen from, or
-    whose candidates had an inhibition end, change or go (no lookup is made for these: their
-    network is cached).
+    changed its operator (its domains), or whose candidates had an inhibition end, change or go
+    (no lookup is made for these: their network is cached).
 
     Inhibited owners come back every time: an inhibition ends, and their network is usually cached.
     """
@@ -576,6 +576,8 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
     inhibition_changed = Inhibition.history.model.objects.filter(inhibition_of_candidate).filter(
         history_date__gt=OuterRef("updated_at")
     )
+    # Staff changed the operator (its domains decide which of its RDAP contacts serve it).
+    operator_changed = Organisation.objects.filter(pk=OuterRef("operator"), updated_at__gt=OuterRef("updated_at"))
     owners = HostOwner.objects.annotate(chosen_on=TruncDate("updated_at"))  # the day, in TIME_ZONE
     settled = owners.filter(host=OuterRef("pk")).filter(
         Q(status=HostOwner.Status.SKIPPED)
@@ -588,6 +590,7 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
             & ~Exists(contact_changed)
             & ~Exists(inhibition_ended)
             & ~Exists(inhibition_changed)
+            & ~Exists(operator_changed)
         )
     )
     return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from disclosure.models import Contact, HostOwner, Network
 from disclosure.owners.attribution import BannerFacts, attribute_operator, facts_from_host, registry_match_name
 from disclosure.owners.registry import load_registry
-from disclosure.services import owner_recompute, owners_resolve
+from disclosure.services import hosts_needing_owner, owner_recompute, owners_resolve
 from tests.disclosure.conftest import make_host
 
 REGISTRY = load_registry()
@@ -290,3 +290,33 @@ def test_an_isp_abuse_desk_in_a_hospitals_answer_is_not_the_hospitals_contact_el
     Contact.objects.filter(email="noc@erasmusmc.nl").update(enabled=False)
     assert owner_recompute(owner=HostOwner.objects.get(host=own)).recipient.email == "abuse@provider.example"
     assert owner_recompute(owner=HostOwner.objects.get(host=cloud)).recipient.email == "abuse@cloud.example"
+
+
+@pytest.mark.django_db
+def test_a_domain_staff_give_a_hospital_chooses_its_hosts_recipients_again(tmp_path: Path) -> None:
+    """An RDAP contact serves a hospital as operator only at one of its domains, which staff edit on
+    the organisation. A domain they added (the hospital's IT runs on another one) changed nothing
+    that the next run looked at: its systems elsewhere kept the hoster's abuse desk until their
+    network expired, though the hospital's own address was a candidate again."""
+    cloud = make_host("198.51.3.7", hostnames=["viewer.erasmusmc.nl"])
+    hoster = ip_network("NET-CLOUD", "198.51.3.0", "198.51.3.255", "US", "Cloud Inc", "abuse@cloud.example")
+    hospital = ip_network("EMC-NET", "81.0.0.0", "81.0.0.255", "NL", "Erasmus MC", "abuse@emc-it.example")
+    hospital["type"], hoster["type"] = "ASSIGNED PI", "REASSIGNMENT"
+    import_answers(tmp_path / "answers", hoster, hospital)
+    owners_resolve()
+    owner = HostOwner.objects.get(host=cloud)
+    assert owner.recipient.email == "abuse@cloud.example"  # emc-it.example is none of its domains
+    erasmus = owner.operator
+    erasmus.domains = [*erasmus.domains, "emc-it.example"]
+    erasmus.save()
+    assert [h.ip for h in hosts_needing_owner()] == ["198.51.3.7"]
+    owners_resolve()
+    owner = HostOwner.objects.get(host=cloud)
+    assert (owner.recipient.email, owner.recipient_reason) == (
+        "abuse@emc-it.example",
+        "operator Erasmus MC: abuse contact (RDAP)",
+    )
+    erasmus.domains = erasmus.domains[:-1]  # taken away again: the hoster's desk once more
+    erasmus.save()
+    owners_resolve()
+    assert HostOwner.objects.get(host=cloud).recipient.email == "abuse@cloud.example"
