@@ -176,7 +176,9 @@ def _network_answering(ip: str) -> Network | None:
     floor = ipaddress.ip_network(f"{address}/{LOOKUP_SPAN[address.version]}", strict=False).network_address
     found = (
         Network.objects.holding(str(address))
-        .filter(start_key__gte=ip_key(floor))
+        # A gone network answers for nothing: it must not hide the wider network the registry
+        # answered an address in it with (that answer made it gone).
+        .filter(start_key__gte=ip_key(floor), gone_at__isnull=True)
         .annotate(answered=Exists(NetworkAnswer.objects.filter(network=OuterRef("pk"), address_key=ip_key(address))))
         .order_by("-start_key", "end_key")
         .first()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from disclosure.models import HostOwner, Network, is_assignment
+from disclosure.models import Contact, HostOwner, Network, is_assignment
 from disclosure.services import OwnersSummary, hosts_needing_owner, network_find_cached, owners_resolve
 from tests.disclosure.conftest import Registries, make_host
-from tests.standins.rdap_server import generated_answer
+from tests.standins.rdap_server import Script, generated_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -148,3 +148,32 @@ def test_a_cached_network_the_registry_answers_past_stops_answering(registries: 
 )
 def test_only_assignments_answer_for_their_whole_range(network_type: str, assignment: bool) -> None:
     assert is_assignment(network_type) is assignment
+
+
+def test_a_gone_network_does_not_hide_the_answer_cached_for_an_address_inside_it(registries: Registries) -> None:
+    """Once the registry answered an address of a sub-allocation with the wider allocation, the
+    sub-allocation (gone) was still the most specific network holding that address, so the
+    allocation's cached answer for it was never found: a run that took the host up again (staff
+    added a contact) asked the registry anew, and when it did not answer the host lost its network
+    and its recipient."""
+    add(registries, 0, PROVIDER, "ALLOCATED PA")
+    add(registries, 1, ("11.0.16.0", "11.0.31.255"), "SUB-ALLOCATED PA")
+    make_host("11.0.16.1")
+    resolve(registries)
+    registries.standin.remove("11.0.16.0", "11.0.31.255")
+    host = make_host("11.0.17.1")
+    resolve(registries)
+    assert network_find_cached(ip="11.0.17.1").cidrs == ["11.0.0.0/15"]
+    provider = HostOwner.objects.get(host=host).network.holder
+    Contact.objects.create(organisation=provider, email="cert@provider.example", role="security")
+    assert host in hosts_needing_owner()
+    registries.standin.scripts["11.0.17.1"] = Script(status=503)  # the registry does not answer now
+    before = registries.ip_requests
+    summary = owners_resolve(hosts=[host], options=registries.options, limiter=registries.limiter).as_dict()
+    assert registries.ip_requests == before and summary["from_cache"] == 1
+    owner = HostOwner.objects.get(host=host)
+    assert (owner.status, owner.network.cidrs, owner.recipient.email) == (
+        "resolved",
+        ["11.0.0.0/15"],
+        "cert@provider.example",
+    )
