@@ -496,7 +496,8 @@ class HostOwnerAdminBase(AddressSearchMixin, _VisibleAdmin, admin.ModelAdmin):
     def resolve_again(self, request: HttpRequest, queryset: QuerySet) -> None:
         hosts = [owner.host for owner in queryset.select_related("host")]
         try:
-            summary = owners_resolve(hosts=hosts)
+            # Staff ask because the registry changed: a network still cached is asked for again.
+            summary = owners_resolve(hosts=hosts, fresh=True)
         except OwnerError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return

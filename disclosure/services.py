@@ -161,13 +161,18 @@ def _strictly_inside(inner: Network, outer: Network) -> bool:
     )
 
 
-def network_find_cached(*, ip: str, now: datetime | None = None) -> Network | None:
+def network_find_cached(
+    *, ip: str, now: datetime | None = None, fetched_since: datetime | None = None
+) -> Network | None:
     """The most specific cached network that holds `ip`, with one indexed query, when it answers
     for `ip`: an assignment for every address in it, any other network (an allocation, which may
     hold assignments not cached yet) only for the addresses it was the registry's answer for.
-    None when it has expired, even if a wider one has not: the wider one must not answer for it."""
+    None when it has expired (or was fetched before `fetched_since`), even if a wider one has
+    not: the wider one must not answer for it."""
     found = _network_answering(ip)
-    return found if found is not None and found.expires_at > (now or timezone.now()) else None
+    if found is None or found.expires_at <= (now or timezone.now()):
+        return None
+    return None if fetched_since is not None and found.fetched_at < fetched_since else found
 
 
 def _network_answering(ip: str) -> Network | None:
@@ -211,6 +216,7 @@ def network_resolve_addresses(
     concurrency: int | None = None,
     progress: ProgressFn | None = None,
     memory: _Intervals | None = None,
+    fetched_since: datetime | None = None,
 ) -> tuple[dict[str, AddressOutcome], ResolveStats]:
     """Map each public address to its registry network: from the cache, else one RDAP lookup.
 
@@ -218,7 +224,8 @@ def network_resolve_addresses(
     A failure is recorded for its address and the rest go on. The outcomes are keyed by the
     addresses exactly as given (e.g. `Host.ip`); an IPv4-mapped address (::ffff:a.b.c.d) is
     looked up as the IPv4 address it holds, once for both spellings. `memory` keeps the networks
-    seen from one call to the next.
+    seen from one call to the next. With `fetched_since`, the cache answers only with networks
+    fetched since then (staff asked for a fresh lookup): the others are asked for again.
     """
     options = options or lookup_options_from_settings()
     limiter = limiter or rdap_client.RateLimiter(settings.RDAP_REQUESTS_PER_SECOND)
@@ -265,7 +272,7 @@ def network_resolve_addresses(
                 if hood in waiting:
                     waiting[hood].append(ip)
                     continue
-                cached = network_find_cached(ip=ip, now=now)
+                cached = network_find_cached(ip=ip, now=now, fetched_since=fetched_since)
                 if cached is not None:
                     memory.add(cached)
                     finish(ip, AddressOutcome(cached, from_cache=True))
@@ -640,8 +647,11 @@ def owners_resolve(
     limiter: rdap_client.RateLimiter | None = None,
     concurrency: int | None = None,
     progress: ProgressFn | None = None,
+    fresh: bool = False,
 ) -> OwnersSummary:
     """Resolve network, operator and recipient for every host that needs it (or the given hosts).
+
+    `fresh` asks the registry again even for networks still cached (once per network this run).
 
     Hosts go in chunks of OWNER_CHUNK, in address order: each chunk's owners are written as soon
     as its addresses are resolved, so a run stopped early (Ctrl-C, the task's timeout while a
@@ -652,6 +662,7 @@ def owners_resolve(
     options = options or lookup_options_from_settings()
     limiter = limiter or rdap_client.RateLimiter(settings.RDAP_REQUESTS_PER_SECOND)
     memory = _Intervals()
+    fetched_since = timezone.now() if fresh else None
     done = 0
 
     def moved(count: int) -> None:
@@ -669,7 +680,13 @@ def owners_resolve(
             else:
                 public.append(host.ip)
         outcomes, stats = network_resolve_addresses(
-            addresses=public, options=options, limiter=limiter, concurrency=concurrency, progress=moved, memory=memory
+            addresses=public,
+            options=options,
+            limiter=limiter,
+            concurrency=concurrency,
+            progress=moved,
+            memory=memory,
+            fetched_since=fetched_since,
         )
         summary.stats.add(stats)
         done += stats.addresses

@@ -709,7 +709,7 @@ def test_looking_owners_up_again_says_how_they_ended(registries: Registries, sta
     )
     body = html.unescape(response.content.decode())
     assert (
-        "2 hosts: 1 networks found (1 from cache, 1 RDAP requests), 0 operators recognised; "
+        "2 hosts: 1 networks found (0 from cache, 2 RDAP requests), 0 operators recognised; "
         "owner status unknown 2; failed: not_found 1" in body
     )
 
@@ -782,3 +782,27 @@ def test_choosing_again_takes_no_recipient_from_a_network_the_registry_no_longer
     assert "1 host rests on an expired network" in body
     assert "Look the owners up again (RDAP)" in body
     assert sorted(h.ip for h in hosts_needing_owner()) == ["62.239.237.1", "74.125.225.229"]
+
+
+def test_looking_owners_up_again_asks_the_registry_even_while_the_network_is_cached(
+    registries: Registries, staff_client: Client
+) -> None:
+    """ "Look the owners up again (RDAP)" answered from the cache while the network had not expired
+    (30 days): a hospital that had just corrected its abuse address at the registry still got its
+    advisories at the old one, and the message said '0 RDAP requests'."""
+    make_host("62.239.237.1")
+    make_host("62.239.237.2")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    network = registries.standin.find("62.239.237.1")
+    corrected = json.loads(json.dumps(network.response).replace("zzdnsr@bt.com", "abuse@bt.example"))
+    registries.standin.remove(corrected["startAddress"], corrected["endAddress"])
+    registries.standin.add(corrected, registry="ripencc", asn=2856, country="GB")
+    before = registries.ip_requests
+    response = staff_client.post(
+        reverse("admin:disclosure_hostowner_changelist"),
+        {"action": "resolve_again", "_selected_action": list(HostOwner.objects.values_list("pk", flat=True))},
+        follow=True,
+    )
+    assert registries.ip_requests == before + 1  # one request for the network of both addresses
+    assert {o.recipient.email for o in HostOwner.objects.all()} == {"abuse@bt.example"}
+    assert "1 RDAP requests" in html.unescape(response.content.decode())
