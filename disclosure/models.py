@@ -270,9 +270,10 @@ class HostOwner(models.Model):
         Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="recipient_for"
     )
     recipient_reason = models.CharField(max_length=500, blank=True)
-    # Set by staff; resolution never overwrites it.
+    # Set by staff; resolution never overwrites it. A contact that is one cannot be deleted: clearing
+    # it unseen would send the host's cases back to the party staff steered them away from.
     override_recipient = models.ForeignKey(
-        Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="overrides"
+        Contact, null=True, blank=True, on_delete=models.PROTECT, related_name="overrides"
     )
     override_note = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)

@@ -806,3 +806,31 @@ def test_looking_owners_up_again_asks_the_registry_even_while_the_network_is_cac
     assert registries.ip_requests == before + 1  # one request for the network of both addresses
     assert {o.recipient.email for o in HostOwner.objects.all()} == {"abuse@bt.example"}
     assert "1 RDAP requests" in html.unescape(response.content.decode())
+
+
+def test_a_contact_staff_set_as_a_hosts_override_cannot_be_deleted_from_under_it(
+    registries: Registries, staff_client: Client
+) -> None:
+    """Deleting a contact that was a host's override recipient cleared the override without a word
+    (the delete page lists only what a deletion takes with it), and the host's advisories went
+    back to its hoster's abuse desk: the very party staff had steered them away from."""
+    host = make_host("62.239.237.1")
+    owners_resolve(options=registries.options, limiter=registries.limiter)
+    hospital = Organisation.objects.create(name="Hospital IT", kind="hospital")
+    chosen = Contact.objects.create(organisation=hospital, email="it@hospital.example", role="technical")
+    staff_client.post(
+        reverse("admin:disclosure_hostowner_change", args=[HostOwner.objects.get().pk]),
+        {"override_recipient": chosen.pk, "override_note": "not the hoster"},
+    )
+    assert HostOwner.objects.get().recipient == chosen
+    for url in (
+        reverse("admin:disclosure_contact_delete", args=[chosen.pk]),
+        reverse("admin:disclosure_organisation_delete", args=[hospital.pk]),
+    ):
+        response = staff_client.post(url, {"post": "yes"})
+        assert "would require deleting the following protected related objects" in html.unescape(
+            response.content.decode()
+        )
+    owners_resolve(hosts=[host], options=registries.options, limiter=registries.limiter)
+    owner = HostOwner.objects.get()
+    assert (owner.override_recipient, owner.recipient) == (chosen, chosen)
