@@ -554,8 +554,9 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
     """Hosts with services whose owner is unknown, never resolved, or resolved from an expired network
     or one answered again since (another holder, other contacts), or whose recipient staff have
     since disabled, deleted or inhibited, or added or changed a contact it was chosen from, or
-    changed its operator (its domains), or whose candidates had an inhibition end, change or go
-    (no lookup is made for these: their network is cached).
+    changed its operator (its domains), or whose candidates had an inhibition end, change or go,
+    or whose harvested data changed (Host.changed_at: no lookup is made for these: their network
+    is cached).
 
     Inhibited owners come back every time: an inhibition ends, and their network is usually cached.
     """
@@ -600,6 +601,9 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
             & ~Exists(inhibition_ended)
             & ~Exists(inhibition_changed)
             & ~Exists(operator_changed)
+            # Harvest stored something new about the host since (another org or hostname, a
+            # service added, a banner replaced): its operator rests on what harvest stores.
+            & (Q(host__changed_at__isnull=True) | Q(host__changed_at__lte=F("updated_at")))
         )
     )
     return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))

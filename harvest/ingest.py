@@ -53,6 +53,7 @@ class _HostState:
     country: str = ""
     hostnames: list = field(default_factory=list)
     os: str = ""
+    changed_at: datetime | None = None
     dirty: bool = False
 
 
@@ -218,10 +219,16 @@ class BatchWriter:
         if self._records:
             hosts, services = self._load({r.key for _, r in self._records})
             self._batch_services = services
+            now = timezone.now()
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
-                _apply_host(hosts, record, ts)
+                _apply_host(hosts, record, ts, now)
+                service = services.get(record.key)
+                banner_before = service.banner_hash if service is not None else None
                 outcome = self._apply_service(services, record, ts)
+                if services[record.key].banner_hash != banner_before:  # a service added, or its banner replaced
+                    host = hosts[record.ip]
+                    host.changed_at, host.dirty = now, True
                 if outcome == Reason.DUPLICATE and self.run.source == HarvestRun.Source.SEARCH:
                     # Two queries of a plan returning the same banner is normal overlap, not bad input.
                     counts["unchanged"] += 1
@@ -264,13 +271,13 @@ class BatchWriter:
         rows: Iterable[tuple]
         if bulk.is_postgres():
             rows = bulk.pg_select_any(
-                "SELECT id, host(ip), first_seen, last_seen, org, isp, asn, country, hostnames, os "
+                "SELECT id, host(ip), first_seen, last_seen, org, isp, asn, country, hostnames, os, changed_at "
                 "FROM harvest_host WHERE ip = ANY(%s::inet[])",
                 ips,
             )
         else:
             rows = Host.objects.filter(ip__in=ips).values_list(
-                "id", "ip", "first_seen", "last_seen", "org", "isp", "asn", "country", "hostnames", "os"
+                "id", "ip", "first_seen", "last_seen", "org", "isp", "asn", "country", "hostnames", "os", "changed_at"
             )
         hosts = {}
         for row in rows:
@@ -659,23 +666,25 @@ def _position(position: int | str) -> str:
     return f"line {position}" if isinstance(position, int) else position
 
 
-def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime) -> None:
+def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime, now: datetime) -> None:
+    """`now`: the host's changed_at when a field of the record changes it."""
     state = hosts.get(record.ip)
     if state is None:
         names = sorted(set(record.hostnames))[:MAX_HOSTNAMES] if record.hostnames else []
         hosts[record.ip] = _HostState(
-            None, record.ip, ts, ts, record.org, record.isp, record.asn, record.country, names, record.os, True
+            None, record.ip, ts, ts, record.org, record.isp, record.asn, record.country, names, record.os, now, True
         )
         return
     if ts < state.first_seen:
         state.first_seen = ts
         state.dirty = True
-    if ts >= state.last_seen:
-        newer = ts > state.last_seen
+    newest, newer = ts >= state.last_seen, ts > state.last_seen
+    if newest:
         state.last_seen = ts
-        state.dirty = _take_host_fields(state, record, newest=True) or newer or state.dirty
-    else:
-        state.dirty = _take_host_fields(state, record, newest=False) or state.dirty
+    if _take_host_fields(state, record, newest=newest):
+        state.changed_at, state.dirty = now, True
+    elif newer:
+        state.dirty = True
 
 
 def _take_host_fields(state: _HostState, record: BannerRecord, *, newest: bool) -> bool:
@@ -700,10 +709,10 @@ def _take_host_fields(state: _HostState, record: BannerRecord, *, newest: bool) 
     return changed
 
 
-_HOST_COLUMNS = ("ip", "org", "isp", "asn", "country", "hostnames", "os", "first_seen", "last_seen")
+_HOST_COLUMNS = ("ip", "org", "isp", "asn", "country", "hostnames", "os", "first_seen", "last_seen", "changed_at")
 # Their PostgreSQL types with the id first, for binary COPY: the address and the hostnames go as
 # the text _host_row makes (bulk's text-to-binary dumpers for inet and jsonb).
-_HOST_TYPES = ("int8", "inet", "text", "text", "int8", "text", "jsonb", "text", "timestamptz", "timestamptz")
+_HOST_TYPES = ("int8", "inet", "text", "text", "int8", "text", "jsonb", "text", *["timestamptz"] * 3)
 _SERVICE_REWRITE = (
     "product",
     "version",
@@ -732,6 +741,7 @@ def _host_row(h: _HostState, dt: Callable) -> tuple:
         h.os,
         dt(h.first_seen),
         dt(h.last_seen),
+        None if h.changed_at is None else dt(h.changed_at),
     )
 
 

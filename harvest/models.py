@@ -93,6 +93,10 @@ class Host(models.Model):
     os = models.CharField("OS", max_length=255, blank=True)
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
+    # When ingest last stored something new about the host: a field (org, hostnames...) that
+    # changed, a service added, or a service's banner replaced by another. Not a sighting: a banner
+    # seen again, or a file read again, leaves it. Owner resolution attributes the host again after it.
+    changed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["ip"]

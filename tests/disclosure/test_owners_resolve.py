@@ -813,3 +813,66 @@ def test_a_server_a_redirect_led_to_adds_nothing_to_a_registrys_organisation(reg
     assert owner.recipient.import_source == "rdap:rdap.hostile.example:ABUSE-HOSTILE"
     assert not google.contacts.filter(email="abuse@hostile.example").exists()
     assert not google.networks.filter(pk=owner.network.pk).exists()
+
+
+def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(tmp_path) -> None:
+    """A later harvest that named another hospital (Shodan's org, a hostname) or took the hospital's
+    name out of a banner left the host with its old operator and recipient until its network
+    expired (30 days): a host resolved from a cached network was settled, whatever harvest stored."""
+    from tests.factories import banner, line, write_lines
+
+    cache = tmp_path / "rdap"
+    cache.mkdir()
+    entity = {
+        "handle": "ORG-NET-RIPE",
+        "roles": ["registrant", "abuse"],
+        "vcardArray": ["vcard", [["fn", {}, "text", "Hoster"], ["email", {}, "text", "abuse@hoster.example"]]],
+    }
+    network = {"objectClassName": "ip network", "type": "ASSIGNED PA", "port43": "whois.ripe.net"}
+    (cache / "net.json").write_text(
+        json.dumps({**network, "startAddress": "81.0.0.0", "endAddress": "81.0.0.255", "entities": [entity]})
+    )
+    call_command("import_rdap_cache", str(cache), "--json")
+    for name, email in (("UMC Utrecht", "cert@umcutrecht.nl"), ("Erasmus MC", "cert@erasmusmc.nl")):
+        key = f"registry:nl_healthcare:{name}"  # as resolution finds the hospital of the registry
+        hospital = Organisation.objects.create(name=name, source_key=key, source="registry")
+        Contact.objects.create(organisation=hospital, email=email, role="security")
+
+    def harvest(name: str, day: int, records: list[dict]) -> None:
+        stamp = f"2026-01-0{day}T00:00:00.000000"
+        path = write_lines(tmp_path / name, [line({**r, "timestamp": stamp}) for r in records])
+        assert harvest_execute(run=harvest_file_start(path=path)).rejected_total == 0
+
+    dicom = {"port": 104, "data": "DICOM"}
+    http = {"port": 443, "_shodan": {"module": "https"}}
+    first = [
+        banner("81.0.0.1", **dicom, org="UMC Utrecht"),  # Shodan's org names the hospital
+        banner("81.0.0.2", **dicom, hostnames=["pacs.umcutrecht.nl"]),
+        banner("81.0.0.3", **http, data="HTTP/1.1 200 OK\r\nETag: 1\r\n", http={"title": "UMC Utrecht PACS"}),
+        banner("81.0.0.4", **dicom, org="UMC Utrecht"),  # seen again, unchanged
+    ]
+    harvest("first.json", 2, first)
+    assert owners_resolve().as_dict()["requests"] == 0
+    assert {o.host.ip: o.recipient.email for o in HostOwner.objects.select_related("host", "recipient")} == {
+        "81.0.0.1": "cert@umcutrecht.nl",
+        "81.0.0.2": "cert@umcutrecht.nl",
+        "81.0.0.3": "cert@umcutrecht.nl",
+        "81.0.0.4": "cert@umcutrecht.nl",
+    }
+    unchanged = HostOwner.objects.get(host__ip="81.0.0.4")
+    second = [
+        banner("81.0.0.1", **dicom, org="Erasmus MC"),
+        banner("81.0.0.2", **dicom, hostnames=["pacs.erasmusmc.nl"]),
+        banner("81.0.0.3", **http, data="HTTP/1.1 200 OK\r\nETag: 2\r\n", http={"title": "Login"}),
+        banner("81.0.0.4", **dicom, org="UMC Utrecht"),
+    ]
+    harvest("second.json", 3, second)
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.1", "81.0.0.2", "81.0.0.3"]
+    assert owners_resolve().as_dict()["requests"] == 0  # chosen again from the cache
+    owners = {o.host.ip: o for o in HostOwner.objects.select_related("host", "operator", "recipient")}
+    assert (owners["81.0.0.1"].operator.name, owners["81.0.0.1"].recipient.email) == ("Erasmus MC", "cert@erasmusmc.nl")
+    assert (owners["81.0.0.2"].operator.name, owners["81.0.0.2"].recipient.email) == ("Erasmus MC", "cert@erasmusmc.nl")
+    assert (owners["81.0.0.3"].operator, owners["81.0.0.3"].recipient.email) == (None, "abuse@hoster.example")
+    assert (owners["81.0.0.4"].attempts, owners["81.0.0.4"].updated_at) == (1, unchanged.updated_at)
+    harvest("second-again.json", 3, second)  # the same banners read again change nothing
+    assert list(hosts_needing_owner()) == []

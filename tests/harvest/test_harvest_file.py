@@ -132,6 +132,44 @@ def test_an_unchanged_banner_writes_no_history(tmp_path) -> None:
     assert Service.objects.get().last_seen.month == 2
 
 
+def test_a_host_is_marked_changed_only_when_what_is_stored_about_it_changes(tmp_path) -> None:
+    """Owner resolution attributes a host again after Host.changed_at: a sighting of the same banner,
+    a record older than what is known, or a file read again must not set it; another org or
+    hostname, a service added, or a banner replaced must."""
+    at = [f"2026-01-0{day}T00:00:00" for day in range(1, 10)]
+    first = write_lines(tmp_path / "a.json", [line(banner(port=104, data="DICOM", timestamp=at[1]))])
+    harvest(first)
+    stored = Host.objects.get().changed_at
+    assert stored is not None
+
+    def changed(records: list[dict]) -> bool:
+        nonlocal stored
+        harvest(write_lines(tmp_path / f"{len(list(tmp_path.iterdir()))}.json", [line(r) for r in records]))
+        before, stored = stored, Host.objects.get().changed_at
+        return stored != before
+
+    org = "Example Org"  # what banner() writes
+
+    def dicom(day: int, data: str = "DICOM", port: int = 104, **extra: object) -> dict:
+        return banner(port=port, data=data, timestamp=at[day], **{"org": org, **extra})
+
+    assert not changed([dicom(2)])  # seen again
+    assert not changed([dicom(0)])  # seen earlier
+    harvest(first)  # read again
+    assert Host.objects.get().changed_at == stored
+    org = "Erasmus MC"
+    assert changed([dicom(3)])
+    assert changed([dicom(4, hostnames=["pacs.erasmusmc.nl"])])
+    assert changed([dicom(0, hostnames=["old.erasmusmc.nl"])])  # an older record adds its name
+    assert not changed([dicom(0, org="Other")])  # but not its org: the newer one stands
+    assert changed([dicom(5, data="DICOM 2")])  # banner replaced
+    assert not changed([dicom(1)])  # an older banner: history only
+    assert not changed([dicom(6, data="DICOM 2")])  # the new banner seen again
+    assert changed([dicom(6, data="TLS", port=443)])  # a service added
+    host = Host.objects.get()
+    assert (host.org, host.hostnames) == ("Erasmus MC", ["old.erasmusmc.nl", "pacs.erasmusmc.nl"])
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 1000])
 def test_the_result_does_not_depend_on_batch_boundaries(tmp_path, batch_size: int) -> None:
     records = [
