@@ -750,6 +750,9 @@ def _owners_write(
         o.host_id: o for o in HostOwner.objects.filter(host__in=chunk).select_related("override_recipient", "operator")
     }
     raws = _service_raws([h.pk for h in chunk])
+    # The run read its hosts when it started, maybe minutes ago: attribute from what harvest has
+    # stored now, as the owner's updated_at will say, or a change made meanwhile would look seen.
+    stored = {h.pk: h for h in Host.objects.filter(pk__in=[h.pk for h in chunk]).only("ip", "org", "hostnames")}
     new, changed = [], []
     for host in chunk:
         owner = existing.get(host.pk)
@@ -760,7 +763,7 @@ def _owners_write(
             changed.append(owner)
         _owner_compute(
             owner=owner,
-            host=host,
+            host=stored.get(host.pk, host),
             refusal=refused.get(host.pk),
             outcome=outcomes.get(host.ip),
             raws=raws.get(host.pk, []),

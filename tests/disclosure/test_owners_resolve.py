@@ -815,12 +815,8 @@ def test_a_server_a_redirect_led_to_adds_nothing_to_a_registrys_organisation(reg
     assert not google.networks.filter(pk=owner.network.pk).exists()
 
 
-def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(tmp_path) -> None:
-    """A later harvest that named another hospital (Shodan's org, a hostname) or took the hospital's
-    name out of a banner left the host with its old operator and recipient until its network
-    expired (30 days): a host resolved from a cached network was settled, whatever harvest stored."""
-    from tests.factories import banner, line, write_lines
-
+def import_hosters_network(tmp_path) -> None:
+    """81.0.0.0/24, an assignment whose abuse desk is abuse@hoster.example, into the cache."""
     cache = tmp_path / "rdap"
     cache.mkdir()
     entity = {
@@ -833,6 +829,15 @@ def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(
         json.dumps({**network, "startAddress": "81.0.0.0", "endAddress": "81.0.0.255", "entities": [entity]})
     )
     call_command("import_rdap_cache", str(cache), "--json")
+
+
+def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(tmp_path) -> None:
+    """A later harvest that named another hospital (Shodan's org, a hostname) or took the hospital's
+    name out of a banner left the host with its old operator and recipient until its network
+    expired (30 days): a host resolved from a cached network was settled, whatever harvest stored."""
+    from tests.factories import banner, line, write_lines
+
+    import_hosters_network(tmp_path)
     for name, email in (("UMC Utrecht", "cert@umcutrecht.nl"), ("Erasmus MC", "cert@erasmusmc.nl")):
         key = f"registry:nl_healthcare:{name}"  # as resolution finds the hospital of the registry
         hospital = Organisation.objects.create(name=name, source_key=key, source="registry")
@@ -876,3 +881,25 @@ def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(
     assert (owners["81.0.0.4"].attempts, owners["81.0.0.4"].updated_at) == (1, unchanged.updated_at)
     harvest("second-again.json", 3, second)  # the same banners read again change nothing
     assert list(hosts_needing_owner()) == []
+
+
+def test_a_run_attributes_a_host_from_what_harvest_stored_when_it_writes_the_owner(tmp_path) -> None:
+    """A run reads its hosts when it starts and may spend minutes on lookups before it writes their
+    owners. A harvest that named another hospital meanwhile was passed over: the owner was chosen
+    from the host as it was when the run started, and was written after the host changed, so the
+    change looked seen and the host kept the old hospital until its network expired."""
+    from tests.factories import banner, line, write_lines
+
+    import_hosters_network(tmp_path)
+    for name in ("UMC Utrecht", "Erasmus MC"):
+        Organisation.objects.create(name=name, source_key=f"registry:nl_healthcare:{name}", source="registry")
+
+    def harvest(day: int, org: str) -> None:
+        record = banner("81.0.0.9", 104, data="DICOM", org=org, timestamp=f"2026-01-0{day}T00:00:00")
+        assert harvest_execute(run=harvest_file_start(path=write_lines(tmp_path / f"{day}.json", [line(record)])))
+
+    harvest(2, "UMC Utrecht")
+    started = list(hosts_needing_owner())  # as a run reads them when it starts
+    harvest(3, "Erasmus MC")  # while its lookups go on
+    assert owners_resolve(hosts=started).as_dict()["requests"] == 0
+    assert HostOwner.objects.get().operator.name == "Erasmus MC"
