@@ -68,6 +68,7 @@ class _ServiceState:
     last_seen: datetime
     banner_since: datetime
     last_run_id: int | None
+    identity_hash: str | None  # of the current record; None: not known (stored before it was kept)
     record: BannerRecord | None = None  # set when the stored content must be rewritten
     dirty: bool = False  # first/last seen or content changed
     touched: bool = False  # only last_run changed
@@ -224,9 +225,9 @@ class BatchWriter:
                 ts = record.timestamp or self.fallback_ts
                 _apply_host(hosts, record, ts, now)
                 service = services.get(record.key)
-                banner_before = service.banner_hash if service is not None else None
+                before = (service.banner_hash, service.identity_hash) if service is not None else None
                 outcome = self._apply_service(services, record, ts)
-                if services[record.key].banner_hash != banner_before:  # a service added, or its banner replaced
+                if _replaced(before, services[record.key]):
                     host = hosts[record.ip]
                     host.changed_at, host.dirty = now, True
                 if outcome == Reason.DUPLICATE and self.run.source == HarvestRun.Source.SEARCH:
@@ -296,7 +297,9 @@ class BatchWriter:
         if not wanted:
             return {}
         rows: Iterable[tuple]
-        columns = "id, host_id, port, transport, banner_hash, first_seen, last_seen, banner_since, last_run_id"
+        columns = (
+            "id, host_id, port, transport, banner_hash, first_seen, last_seen, banner_since, last_run_id, identity_hash"
+        )
         if bulk.is_postgres():
             rows = bulk.pg_select_any(
                 f"SELECT {columns} FROM harvest_service JOIN unnest(%s::bigint[], %s::int[], %s::text[]) "  # noqa: S608
@@ -309,10 +312,10 @@ class BatchWriter:
             rows = Service.objects.filter(host_id__in={w[0] for w in wanted}).values_list(*columns.split(", "))
         by_id = {w[0]: w[1][0] for w in wanted}
         services = {}
-        for sid, host_id, port, transport, bhash, first, last, since, last_run in rows:
+        for sid, host_id, port, transport, bhash, first, last, since, last_run, identity in rows:
             ip = by_id[host_id]
             services[(ip, port, transport)] = _ServiceState(
-                sid, ip, port, transport, bhash, first, last, since, last_run
+                sid, ip, port, transport, bhash, first, last, since, last_run, identity
             )
         return services
 
@@ -321,8 +324,9 @@ class BatchWriter:
         state = services.get(record.key)
         if state is None:
             services[record.key] = _ServiceState(
-                None, record.ip, record.port, record.transport, record.banner_hash, ts, ts, ts, run_id, record, True
-            )
+                None, record.ip, record.port, record.transport, record.banner_hash, ts, ts, ts, run_id,
+                record.identity_hash, record, True,
+            )  # fmt: skip
             return "new"
         same_banner = state.banner_hash == record.banner_hash
         if ts == state.last_seen and not same_banner:
@@ -341,6 +345,7 @@ class BatchWriter:
                 )
                 state.banner_since = ts
             state.banner_hash = record.banner_hash
+            state.identity_hash = record.identity_hash
             state.last_seen = ts
             state.record = record
             state.last_run_id = run_id
@@ -662,6 +667,14 @@ def _widen_spell(
     return False
 
 
+def _replaced(before: tuple[str, str | None] | None, service: _ServiceState) -> bool:
+    """Whether a record added the service, or replaced its banner, certificate or HTTP title."""
+    if before is None or before[0] != service.banner_hash:
+        return True
+    # An identity not known before (stored before it was kept) is no change.
+    return before[1] is not None and before[1] != service.identity_hash
+
+
 def _position(position: int | str) -> str:
     return f"line {position}" if isinstance(position, int) else position
 
@@ -720,6 +733,7 @@ _SERVICE_REWRITE = (
     "banner",
     "raw",
     "banner_hash",
+    "identity_hash",
     "first_seen",
     "last_seen",
     "banner_since",
@@ -727,7 +741,7 @@ _SERVICE_REWRITE = (
 )
 _SERVICE_INSERT = ("host_id", "port", "transport", *_SERVICE_REWRITE)
 # Their PostgreSQL types with the id first, for binary COPY (which applies no cast).
-_SERVICE_TYPES = ("int8", "int8", "int4", *["text"] * 7, *["timestamptz"] * 3, "int8")
+_SERVICE_TYPES = ("int8", "int8", "int4", *["text"] * 8, *["timestamptz"] * 3, "int8")
 
 
 def _host_row(h: _HostState, dt: Callable) -> tuple:
@@ -756,6 +770,7 @@ def _content(s: _ServiceState, dt: Callable) -> tuple:
         r.banner,
         r.raw,
         s.banner_hash,
+        s.identity_hash,
         dt(s.first_seen),
         dt(s.last_seen),
         dt(s.banner_since),

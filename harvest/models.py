@@ -128,6 +128,9 @@ class Service(models.Model):
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
     banner_since = models.DateTimeField(help_text="When the current banner was first seen.")
+    # A hash of the current record's TLS certificate and HTTP title (harvest.records.record_identity),
+    # which can change while the banner stays the same. NULL: stored before it was kept.
+    identity_hash = models.CharField(max_length=32, null=True, blank=True)
     # The run that saw the current banner at last_seen, to tell a duplicate line within a run from a
     # re-sighting.
     # Written for every banner seen, so it has no index and no constraint: that keeps the update narrow.

@@ -94,6 +94,7 @@ class BannerRecord:
     country: str
     hostnames: tuple[str, ...]
     os: str
+    identity_hash: str  # see record_identity
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -304,7 +305,29 @@ def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> Ba
         _country(obj),
         _hostnames(obj.get("hostnames")),
         clean_text(obj.get("os")),
+        record_identity(obj),
     )
+
+
+def record_identity(obj: dict) -> str:
+    """A hash of what tells a service's record apart besides its banner (`data`): its TLS
+    certificate and its HTTP title, which name its operator. Empty when it has neither: most
+    banners, which then pay two look-ups."""
+    ssl, http = obj.get("ssl"), obj.get("http")
+    if ssl is None and http is None:
+        return ""
+    cert = ssl.get("cert") if type(ssl) is dict else None
+    title = http.get("title") if type(http) is dict else None
+    if cert is None and title is None:
+        return ""
+    fingerprint = cert.get("fingerprint") if type(cert) is dict else None
+    sha256 = fingerprint.get("sha256") if type(fingerprint) is dict else None
+    try:
+        # Shodan's fingerprint stands for the whole certificate; without one, the certificate.
+        key = orjson.dumps([sha256 if type(sha256) is str else cert, title])
+    except (TypeError, orjson.JSONEncodeError):  # nested deeper than orjson writes, or a huge int
+        key = repr([sha256, title]).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 _NO_VALUE: tuple = (None, "", [], {})

@@ -850,11 +850,17 @@ def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(
 
     dicom = {"port": 104, "data": "DICOM"}
     http = {"port": 443, "_shodan": {"module": "https"}}
+
+    def tls(name: str) -> dict:  # a DICOM TLS service whose banner stays the same
+        cert = {"subject": {"CN": name}, "fingerprint": {"sha256": name}}
+        return {"port": 2762, "data": "", "ssl": {"cert": cert}}
+
     first = [
         banner("81.0.0.1", **dicom, org="UMC Utrecht"),  # Shodan's org names the hospital
         banner("81.0.0.2", **dicom, hostnames=["pacs.umcutrecht.nl"]),
         banner("81.0.0.3", **http, data="HTTP/1.1 200 OK\r\nETag: 1\r\n", http={"title": "UMC Utrecht PACS"}),
         banner("81.0.0.4", **dicom, org="UMC Utrecht"),  # seen again, unchanged
+        banner("81.0.0.5", **tls("pacs.umcutrecht.nl")),
     ]
     harvest("first.json", 2, first)
     assert owners_resolve().as_dict()["requests"] == 0
@@ -863,6 +869,7 @@ def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(
         "81.0.0.2": "cert@umcutrecht.nl",
         "81.0.0.3": "cert@umcutrecht.nl",
         "81.0.0.4": "cert@umcutrecht.nl",
+        "81.0.0.5": "cert@umcutrecht.nl",
     }
     unchanged = HostOwner.objects.get(host__ip="81.0.0.4")
     second = [
@@ -870,14 +877,16 @@ def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(
         banner("81.0.0.2", **dicom, hostnames=["pacs.erasmusmc.nl"]),
         banner("81.0.0.3", **http, data="HTTP/1.1 200 OK\r\nETag: 2\r\n", http={"title": "Login"}),
         banner("81.0.0.4", **dicom, org="UMC Utrecht"),
+        banner("81.0.0.5", **tls("pacs.erasmusmc.nl")),  # another hospital's certificate
     ]
     harvest("second.json", 3, second)
-    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.1", "81.0.0.2", "81.0.0.3"]
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.1", "81.0.0.2", "81.0.0.3", "81.0.0.5"]
     assert owners_resolve().as_dict()["requests"] == 0  # chosen again from the cache
     owners = {o.host.ip: o for o in HostOwner.objects.select_related("host", "operator", "recipient")}
     assert (owners["81.0.0.1"].operator.name, owners["81.0.0.1"].recipient.email) == ("Erasmus MC", "cert@erasmusmc.nl")
     assert (owners["81.0.0.2"].operator.name, owners["81.0.0.2"].recipient.email) == ("Erasmus MC", "cert@erasmusmc.nl")
     assert (owners["81.0.0.3"].operator, owners["81.0.0.3"].recipient.email) == (None, "abuse@hoster.example")
+    assert (owners["81.0.0.5"].operator.name, owners["81.0.0.5"].recipient.email) == ("Erasmus MC", "cert@erasmusmc.nl")
     assert (owners["81.0.0.4"].attempts, owners["81.0.0.4"].updated_at) == (1, unchanged.updated_at)
     harvest("second-again.json", 3, second)  # the same banners read again change nothing
     assert list(hosts_needing_owner()) == []

@@ -136,7 +136,7 @@ def test_a_host_is_marked_changed_only_when_what_is_stored_about_it_changes(tmp_
     """Owner resolution attributes a host again after Host.changed_at: a sighting of the same banner,
     a record older than what is known, or a file read again must not set it; another org or
     hostname, a service added, or a banner replaced must."""
-    at = [f"2026-01-0{day}T00:00:00" for day in range(1, 10)]
+    at = [f"2026-01-{day:02}T00:00:00" for day in range(1, 12)]
     first = write_lines(tmp_path / "a.json", [line(banner(port=104, data="DICOM", timestamp=at[1]))])
     harvest(first)
     stored = Host.objects.get().changed_at
@@ -165,6 +165,17 @@ def test_a_host_is_marked_changed_only_when_what_is_stored_about_it_changes(tmp_
     assert changed([dicom(5, data="DICOM 2")])  # banner replaced
     assert not changed([dicom(1)])  # an older banner: history only
     assert not changed([dicom(6, data="DICOM 2")])  # the new banner seen again
+    cert = {"subject": {"CN": "pacs.erasmusmc.nl"}, "fingerprint": {"sha256": "1"}}
+    assert changed([dicom(7, data="DICOM 2", ssl={"cert": cert})])  # a certificate under the same banner
+    assert not changed([dicom(8, data="DICOM 2", ssl={"cert": cert})])
+    assert changed([dicom(9, data="DICOM 2", ssl={"cert": {**cert, "fingerprint": {"sha256": "2"}}})])
+    assert changed(
+        [
+            dicom(
+                10, data="DICOM 2", http={"title": "Erasmus MC"}, ssl={"cert": {**cert, "fingerprint": {"sha256": "2"}}}
+            )
+        ]
+    )
     assert changed([dicom(6, data="TLS", port=443)])  # a service added
     host = Host.objects.get()
     assert (host.org, host.hostnames) == ("Erasmus MC", ["old.erasmusmc.nl", "pacs.erasmusmc.nl"])
