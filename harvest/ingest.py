@@ -39,6 +39,9 @@ REJECTION_ROWS_PER_REASON = 1000  # beyond this a reason is only counted
 # service's current banner until then and file every real sighting as an older one. A day's
 # margin allows for clocks that drift (what it is measured from: BatchWriter.__init__).
 FUTURE_MARGIN = timedelta(days=1)
+# _apply_service's outcome for an update that replaced the banner, certificate or HTTP title (counted
+# as "updated"): with a new service, it marks the host changed (Host.changed_at).
+REPLACED = "replaced"
 
 
 @dataclass(slots=True)
@@ -224,12 +227,11 @@ class BatchWriter:
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
                 _apply_host(hosts, record, ts, now)
-                service = services.get(record.key)
-                before = (service.banner_hash, service.identity_hash) if service is not None else None
                 outcome = self._apply_service(services, record, ts)
-                if _replaced(before, services[record.key]):
+                if outcome == "new" or outcome == REPLACED:
                     host = hosts[record.ip]
                     host.changed_at, host.dirty = now, True
+                    outcome = "new" if outcome == "new" else "updated"
                 if outcome == Reason.DUPLICATE and self.run.source == HarvestRun.Source.SEARCH:
                     # Two queries of a plan returning the same banner is normal overlap, not bad input.
                     counts["unchanged"] += 1
@@ -344,13 +346,17 @@ class BatchWriter:
                     )
                 )
                 state.banner_since = ts
+            # Another certificate or title counts; one not known before (stored before it was kept) does not.
+            replaced = not same_banner or (
+                state.identity_hash is not None and state.identity_hash != record.identity_hash
+            )
             state.banner_hash = record.banner_hash
             state.identity_hash = record.identity_hash
             state.last_seen = ts
             state.record = record
             state.last_run_id = run_id
             state.dirty = state.touched = True
-            return "updated"
+            return REPLACED if replaced else "updated"
         if ts == state.last_seen:
             # The latest sighting again. `last_run_id` is the run that made it: only a line this
             # run has already read can find its own run there.
@@ -665,14 +671,6 @@ def _widen_spell(
         item.touched = item.id is not None
         return True
     return False
-
-
-def _replaced(before: tuple[str, str | None] | None, service: _ServiceState) -> bool:
-    """Whether a record added the service, or replaced its banner, certificate or HTTP title."""
-    if before is None or before[0] != service.banner_hash:
-        return True
-    # An identity not known before (stored before it was kept) is no change.
-    return before[1] is not None and before[1] != service.identity_hash
 
 
 def _position(position: int | str) -> str:
