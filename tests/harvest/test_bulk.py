@@ -53,7 +53,7 @@ def test_hostile_text_and_timestamps_survive_the_binary_copy_of_services() -> No
     with transaction.atomic():
         ids = bulk.allocate_ids(Service._meta.db_table, len(HOSTILE))
         rows = [
-            (pk, host.pk, port, "udp", text[:255], "v", "m", text, text, "0" * 32, dt(w), dt(w), dt(w), run.pk)
+            (pk, host.pk, port, "udp", text[:255], "v", "m", text, text, "0" * 32, "1" * 32, *[dt(w)] * 3, run.pk)
             for port, (pk, text, w) in enumerate(zip(ids, HOSTILE, when, strict=True))
         ]
         payload = None
@@ -66,8 +66,8 @@ def test_hostile_text_and_timestamps_survive_the_binary_copy_of_services() -> No
         (t, t, t[:255], port) for port, t in enumerate(HOSTILE)
     ]
     assert [stored[pk].first_seen for pk in ids] == when
-    assert {(s.transport, s.module, s.last_run_id, s.host_id) for s in stored.values()} == {
-        ("udp", "m", run.pk, host.pk)
+    assert {(s.transport, s.module, s.identity_hash, s.last_run_id, s.host_id) for s in stored.values()} == {
+        ("udp", "m", "1" * 32, run.pk, host.pk)
     }
 
 
@@ -93,6 +93,7 @@ def test_hostile_text_addresses_and_hostnames_survive_the_binary_copy_of_hosts()
                 text[:255],
                 dt(w),
                 dt(w),
+                dt(w),
             )
             for pk, ip, text, w, asn in zip(
                 ids, addresses, HOSTILE, when, itertools.cycle([None, 0, 2**32 - 1]), strict=False
@@ -107,7 +108,7 @@ def test_hostile_text_addresses_and_hostnames_survive_the_binary_copy_of_hosts()
     assert [(stored[pk].org, stored[pk].isp, stored[pk].os) for pk in ids] == [(t[:255],) * 3 for t in HOSTILE]
     assert [stored[pk].hostnames for pk in ids] == [[t, "a.example"] for t in HOSTILE]
     assert [stored[pk].asn for pk in ids] == [r[4] for r in rows]
-    assert [stored[pk].last_seen for pk in ids] == when
+    assert [stored[pk].last_seen for pk in ids] == [stored[pk].changed_at for pk in ids] == when
     # The database reads the address as an address, not as text that looks like one.
     assert Host.objects.filter(pk__in=ids, ip="2001:0db8:0:0::1").count() == 1
 
