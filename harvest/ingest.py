@@ -226,8 +226,10 @@ class BatchWriter:
             now = timezone.now()
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
-                _apply_host(hosts, record, ts, now)
                 outcome = self._apply_service(services, record, ts)
+                if outcome != Reason.DUPLICATE:
+                    # A sighting this run already has: its org and hostnames are not taken either.
+                    _apply_host(hosts, record, ts, now)
                 if outcome == "new" or outcome == REPLACED:
                     host = hosts[record.ip]
                     host.changed_at, host.dirty = now, True

@@ -375,6 +375,25 @@ def test_duplicate_lines_are_counted_once(tmp_path) -> None:
     assert [r.position for r in Rejection.objects.order_by("id")] == ["line 2", "line 3"]
 
 
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_a_line_rejected_as_a_duplicate_changes_nothing_about_its_host(tmp_path, batch_size: int) -> None:
+    """The same sighting again (service, time and banner) with another org and hostname was
+    rejected as a duplicate, yet its org and hostname were taken for the host: a rejected record
+    must leave nothing behind, and reading the file again must leave the host as it is."""
+    first = banner(org="Ziekenhuis Oost", hostnames=["pacs.zhoost.nl"])
+    again = banner(org="Hoster BV", hostnames=["vps1.hoster.example"])
+    path = write_lines(tmp_path / "f.json", [line(first), line(again)])
+    run = harvest(path, batch_size=batch_size)
+    assert run.rejected == {Reason.DUPLICATE: 1}
+    host = Host.objects.get()
+    assert (host.org, host.hostnames) == ("Ziekenhuis Oost", ["pacs.zhoost.nl"])
+    changed_at = host.changed_at
+    run = harvest(path, batch_size=batch_size)
+    assert (run.unchanged, run.rejected) == (1, {Reason.DUPLICATE: 1})
+    host.refresh_from_db()
+    assert (host.org, host.hostnames, host.changed_at) == ("Ziekenhuis Oost", ["pacs.zhoost.nl"], changed_at)
+
+
 def test_a_truncated_gzip_keeps_what_came_before(tmp_path) -> None:
     full = tmp_path / "full.json.gz"
     write_lines(full, [line(r) for r in many(2000)], gz=True)

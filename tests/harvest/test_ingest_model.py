@@ -6,7 +6,8 @@ The model is the issue's rules, written plainly: a service is its address, port 
 (an address however it is written: IPv4-mapped IPv6 is IPv4, IPv6 in any case); seeing it again
 moves last-seen and never adds a service; history keeps a banner only when the banner changes (a
 later line at the same moment wins); a line this run has already read is a duplicate, one another
-run read is unchanged; a host's fields are the newest non-empty ones, its hostnames accumulate.
+run read is unchanged; a duplicate changes nothing; a host's fields are the newest non-empty ones,
+its hostnames accumulate.
 """
 
 from __future__ import annotations
@@ -62,18 +63,21 @@ class Model:
         address, port, transport, data, day, org, names = item
         ip, key = _canonical(address), (_canonical(address), port, transport.lower())
         counts = self.counts.setdefault(run, {"new": 0, "updated": 0, "unchanged": 0, "duplicate": 0})
+        sighting = (key, data, day)
+        before, self.read_by[sighting] = self.read_by.get(sighting), run
+        if before == run:  # a line this run has read: rejected, it changes nothing
+            counts["duplicate"] += 1
+            return
         host = self.hosts.setdefault(ip, _Host(day, day, org, set(names)))
         host.last = max(host.last, day)
         host.org = org or host.org
         host.names |= set(names)
-        sighting = (key, data, day)
-        before, self.read_by[sighting] = self.read_by.get(sighting), run
         service = self.services.get(key)
         if service is None:
             self.services[key] = _Service(data, day, day, day)
             counts["new"] += 1
-        elif before is not None:  # a line read before: by this run a duplicate, by another unchanged
-            counts["duplicate" if before == run else "unchanged"] += 1
+        elif before is not None:  # a line another run read: unchanged
+            counts["unchanged"] += 1
         elif data == service.banner:
             service.last = day
             counts["updated"] += 1
