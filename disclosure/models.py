@@ -279,6 +279,10 @@ class HostOwner(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     resolved_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The host's changed_at as read with the host data the operator was attributed from. Ingest
+    # dates a change when it prepares a batch, which commits later: a run reading the host in
+    # between dates its owner after the change, so only equality tells that the change was seen.
+    host_changed_at = models.DateTimeField(null=True, blank=True)
     history = HistoricalRecords()
 
     class Meta:

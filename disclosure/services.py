@@ -603,7 +603,8 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
             & ~Exists(operator_changed)
             # Harvest stored something new about the host since (another org or hostname, a
             # service added, a banner replaced): its operator rests on what harvest stores.
-            & (Q(host__changed_at__isnull=True) | Q(host__changed_at__lte=F("updated_at")))
+            # Equality, not order: ingest dates a change before its batch commits (HostOwner).
+            & (Q(host__changed_at__isnull=True) | Q(host__changed_at=F("host_changed_at")))
         )
     )
     return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))
@@ -737,7 +738,7 @@ class _Context:
 
 OWNER_FIELDS = [
     "status", "reason", "detail", "network", "operator", "operator_evidence", "recipient", "recipient_reason",
-    "attempts", "resolved_at", "updated_at",
+    "attempts", "resolved_at", "updated_at", "host_changed_at",
 ]  # fmt: skip
 
 
@@ -749,10 +750,13 @@ def _owners_write(
     existing = {
         o.host_id: o for o in HostOwner.objects.filter(host__in=chunk).select_related("override_recipient", "operator")
     }
-    raws = _service_raws([h.pk for h in chunk])
     # The run read its hosts when it started, maybe minutes ago: attribute from what harvest has
-    # stored now, as the owner's updated_at will say, or a change made meanwhile would look seen.
-    stored = {h.pk: h for h in Host.objects.filter(pk__in=[h.pk for h in chunk]).only("ip", "org", "hostnames")}
+    # stored now, and keep the changed_at read with it. The host first, then its services: a
+    # batch committed between the two reads dates the host anew, so the owner's snapshot differs
+    # and the host is taken up again, never settled on half of a change.
+    hosts = Host.objects.filter(pk__in=[h.pk for h in chunk]).only("ip", "org", "hostnames", "changed_at")
+    stored = {h.pk: h for h in hosts}
+    raws = _service_raws([h.pk for h in chunk])
     new, changed = [], []
     for host in chunk:
         owner = existing.get(host.pk)
@@ -794,6 +798,7 @@ def _owner_compute(
 ) -> None:
     owner.attempts += 1
     owner.updated_at = timezone.now()  # bulk updates skip auto_now
+    owner.host_changed_at = host.changed_at
     if refusal:
         owner.status, owner.reason, owner.detail = HostOwner.Status.SKIPPED, refusal, f"{host.ip} is not public"
         owner.network = None
@@ -973,7 +978,10 @@ def owner_recompute(*, owner: HostOwner) -> HostOwner:
 
     A network that answers for nothing (gone from the registry, or refused since it was cached)
     is dropped, as a run whose lookup failed drops it: no recipient comes from it, and the host
-    is looked up again on the next run. An expired one is kept, as such a run keeps it."""
+    is looked up again on the next run. An expired one is kept, as such a run keeps it.
+
+    The operator stays the one attributed from the host data of `host_changed_at`, which stays
+    too: a change harvest stored since is still to be attributed, and the next run takes it up."""
     if owner.status == HostOwner.Status.SKIPPED:
         # A non-public address has no network or operator to choose from: only staff's override.
         _override_apply(owner=owner, inhibited=_active_inhibitions())

@@ -837,11 +837,7 @@ def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(
     expired (30 days): a host resolved from a cached network was settled, whatever harvest stored."""
     from tests.factories import banner, line, write_lines
 
-    import_hosters_network(tmp_path)
-    for name, email in (("UMC Utrecht", "cert@umcutrecht.nl"), ("Erasmus MC", "cert@erasmusmc.nl")):
-        key = f"registry:nl_healthcare:{name}"  # as resolution finds the hospital of the registry
-        hospital = Organisation.objects.create(name=name, source_key=key, source="registry")
-        Contact.objects.create(organisation=hospital, email=email, role="security")
+    hospitals(tmp_path)
 
     def harvest(name: str, day: int, records: list[dict]) -> None:
         stamp = f"2026-01-0{day}T00:00:00.000000"
@@ -892,23 +888,159 @@ def test_a_host_whose_harvested_data_changed_is_attributed_again_from_the_cache(
     assert list(hosts_needing_owner()) == []
 
 
+def hospitals(tmp_path) -> None:
+    """The hosters' network cached (no lookup), and two hospitals of the registry, one contact each."""
+    import_hosters_network(tmp_path)
+    for name, email in (("UMC Utrecht", "cert@umcutrecht.nl"), ("Erasmus MC", "cert@erasmusmc.nl")):
+        key = f"registry:nl_healthcare:{name}"  # as resolution finds the hospital of the registry
+        hospital = Organisation.objects.create(name=name, source_key=key, source="registry")
+        Contact.objects.create(organisation=hospital, email=email, role="security")
+
+
+def harvest_org(tmp_path, day: int, org: str) -> None:
+    from tests.factories import banner, line, write_lines
+
+    record = banner("81.0.0.9", 104, data="DICOM", org=org, timestamp=f"2026-01-0{day}T00:00:00")
+    path = write_lines(tmp_path / f"{day}-{org}.json", [line(record)])
+    assert harvest_execute(run=harvest_file_start(path=path)).rejected_total == 0
+
+
 def test_a_run_attributes_a_host_from_what_harvest_stored_when_it_writes_the_owner(tmp_path) -> None:
     """A run reads its hosts when it starts and may spend minutes on lookups before it writes their
     owners. A harvest that named another hospital meanwhile was passed over: the owner was chosen
     from the host as it was when the run started, and was written after the host changed, so the
     change looked seen and the host kept the old hospital until its network expired."""
-    from tests.factories import banner, line, write_lines
-
-    import_hosters_network(tmp_path)
-    for name in ("UMC Utrecht", "Erasmus MC"):
-        Organisation.objects.create(name=name, source_key=f"registry:nl_healthcare:{name}", source="registry")
-
-    def harvest(day: int, org: str) -> None:
-        record = banner("81.0.0.9", 104, data="DICOM", org=org, timestamp=f"2026-01-0{day}T00:00:00")
-        assert harvest_execute(run=harvest_file_start(path=write_lines(tmp_path / f"{day}.json", [line(record)])))
-
-    harvest(2, "UMC Utrecht")
+    hospitals(tmp_path)
+    harvest_org(tmp_path, 2, "UMC Utrecht")
     started = list(hosts_needing_owner())  # as a run reads them when it starts
-    harvest(3, "Erasmus MC")  # while its lookups go on
+    harvest_org(tmp_path, 3, "Erasmus MC")  # while its lookups go on
     assert owners_resolve(hosts=started).as_dict()["requests"] == 0
     assert HostOwner.objects.get().operator.name == "Erasmus MC"
+
+
+def test_a_change_committed_after_a_run_read_the_host_is_attributed_again(tmp_path) -> None:
+    """Ingest dates a host's change when it prepares the batch, which commits later. A run that read
+    the host in between attributed it from the old data and dated its owner after the change, so
+    the change looked seen (changed_at <= updated_at) and the host kept the old hospital."""
+    hospitals(tmp_path)
+    harvest_org(tmp_path, 2, "UMC Utrecht")
+    prepared = timezone.now()  # a batch naming another hospital is prepared, not yet committed
+    owners_resolve()  # reads the host as it was committed
+    assert HostOwner.objects.get().updated_at > prepared
+    Host.objects.filter(ip="81.0.0.9").update(org="Erasmus MC", changed_at=prepared)  # the batch commits
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.9"]
+    owners_resolve()
+    owner = HostOwner.objects.select_related("operator", "recipient").get()
+    assert (owner.operator.name, owner.recipient.email) == ("Erasmus MC", "cert@erasmusmc.nl")
+    assert list(hosts_needing_owner()) == []  # attributed from what is stored: settled
+
+
+@pytest.mark.django_db(transaction=True)  # the ingest batch and the run on connections of their own
+def test_an_ingest_batch_that_commits_after_a_run_read_the_host_is_attributed_again(tmp_path) -> None:
+    """The race itself on PostgreSQL, where a writer thread commits a batch after it was prepared:
+    the batch is held before its writes while a run attributes the host."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no writer thread: a batch is prepared and written on one connection")
+    import threading
+    import time
+
+    from django.db import connections
+
+    from harvest.locking import PG_BATCH_KEY
+
+    hospitals(tmp_path)
+    harvest_org(tmp_path, 2, "UMC Utrecht")
+    in_batch = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s "
+        "AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    blocker = connection.get_new_connection(connection.get_connection_params())
+    failures: list[BaseException] = []
+
+    def harvest() -> None:
+        try:
+            harvest_org(tmp_path, 3, "Erasmus MC")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    try:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE harvest_host IN SHARE MODE")  # the batch's writes wait here
+        thread = threading.Thread(target=harvest)
+        thread.start()
+        deadline = time.monotonic() + 60
+        # The writer's transaction holds the batch key: the batch was prepared (changed_at dated).
+        while blocker.execute(in_batch, list(PG_BATCH_KEY)).fetchone()[0] == 0:
+            assert time.monotonic() < deadline and thread.is_alive(), f"no batch in flight: {failures}"
+            time.sleep(0.02)
+        owners_resolve()  # reads the host as committed: UMC Utrecht
+        assert HostOwner.objects.select_related("operator").get().operator.name == "UMC Utrecht"
+        blocker.execute("ROLLBACK")  # the batch writes and commits
+        thread.join(60)
+    finally:
+        blocker.close()
+    assert not thread.is_alive() and failures == []
+    assert Host.objects.get().org == "Erasmus MC"
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.9"]
+    owners_resolve()
+    assert HostOwner.objects.select_related("operator").get().operator.name == "Erasmus MC"
+    assert list(hosts_needing_owner()) == []
+
+
+def test_choosing_the_recipient_again_does_not_hide_a_change_harvest_stored_since(tmp_path) -> None:
+    """Staff choosing a host's recipient again (no lookup, no attribution) dated the owner after a
+    change harvest had stored, so the next run passed the host over and it kept the old hospital."""
+    hospitals(tmp_path)
+    harvest_org(tmp_path, 2, "UMC Utrecht")
+    owners_resolve()
+    harvest_org(tmp_path, 3, "Erasmus MC")
+    owner_recompute(owner=HostOwner.objects.get())
+    assert HostOwner.objects.select_related("operator").get().operator.name == "UMC Utrecht"
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.9"]
+    owners_resolve()
+    assert HostOwner.objects.select_related("operator").get().operator.name == "Erasmus MC"
+    owner_recompute(owner=HostOwner.objects.get())
+    assert list(hosts_needing_owner()) == []  # nothing changed since the attribution: no churn
+
+
+def test_the_upgrade_keeps_settled_what_the_ordering_rule_held_settled_and_nothing_else(tmp_path) -> None:
+    """0008 gives owners the changed_at they were attributed from where the old rule (the host's
+    changed_at no later than the owner's updated_at) held them settled: no host is taken up again
+    for the upgrade alone, and none the old rule took up is dropped."""
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    hospitals(tmp_path)
+    for ip in ("81.0.0.1", "81.0.0.2", "81.0.0.3", "81.0.0.4"):
+        make_host(ip)
+    owners_resolve()
+    minute = timedelta(minutes=1)
+    changed = {"81.0.0.1": -minute, "81.0.0.2": minute, "81.0.0.3": None, "81.0.0.4": timedelta(0)}
+    for owner in HostOwner.objects.select_related("host"):
+        offset = changed[owner.host.ip]
+        Host.objects.filter(pk=owner.host_id).update(changed_at=None if offset is None else owner.updated_at + offset)
+    HostOwner.objects.update(host_changed_at=None)  # as the field is added
+    migration = importlib.import_module("disclosure.migrations.0008_hostowner_host_changed_at")
+    migration.snapshot_settled_hosts(django_apps, None)
+    snapshots = {o.host.ip: (o.host_changed_at, o.host.changed_at) for o in HostOwner.objects.select_related("host")}
+    assert snapshots["81.0.0.1"][0] == snapshots["81.0.0.1"][1] is not None  # changed before it was attributed
+    assert snapshots["81.0.0.2"][0] is None  # changed after: still to be attributed
+    assert snapshots["81.0.0.3"] == (None, None)  # never changed: settled as it is
+    assert snapshots["81.0.0.4"][0] == snapshots["81.0.0.4"][1] is not None  # at the same instant: settled
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.2"]
+
+
+@pytest.mark.parametrize("micro", [0, 123456], ids=["whole-second", "microseconds"])
+def test_a_host_unchanged_since_its_attribution_is_not_taken_up_again(tmp_path, micro: int) -> None:
+    """Settled by equality of stored times: SQLite keeps them as text, a whole second without its
+    fraction; the copy the owner keeps must read the same, or the host would be attributed every run."""
+    hospitals(tmp_path)
+    host = make_host("81.0.0.1", org="UMC Utrecht")
+    Host.objects.filter(pk=host.pk).update(changed_at=SEEN.replace(microsecond=micro))
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.1"]
+    owners_resolve()
+    assert list(hosts_needing_owner()) == []
+    assert HostOwner.objects.get().host_changed_at == SEEN.replace(microsecond=micro)
