@@ -940,7 +940,16 @@ def test_an_ingest_batch_that_commits_after_a_run_read_the_host_is_attributed_ag
     """The race itself on PostgreSQL, where a writer thread commits a batch after it was prepared:
     the batch is held before its writes while a run attributes the host."""
     if connection.vendor != "postgresql":
-        pytest.skip("SQLite has no writer thread: a batch is prepared and written on one connection")
+        # No writer thread on SQLite: a batch is prepared and written in one transaction on the
+        # caller's connection, so a run reads it whole or not at all.
+        hospitals(tmp_path)
+        harvest_org(tmp_path, 2, "UMC Utrecht")
+        owners_resolve()
+        harvest_org(tmp_path, 3, "Erasmus MC")
+        assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.9"]
+        owners_resolve()
+        assert HostOwner.objects.select_related("operator").get().operator.name == "Erasmus MC"
+        return
     import threading
     import time
 
