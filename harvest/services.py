@@ -286,24 +286,50 @@ def _execute(run: HarvestRun, progress: ProgressFn | None, batch_size: int | Non
         # Ctrl-C, or django-q2 ending the task at Q_CLUSTER["timeout"] (its TimeoutException is a
         # SystemExit). It may arrive anywhere, even inside a flush: write nothing more. A batch already
         # handed to the writer commits whole with its checkpoint; resuming reads everything after it again.
-        _close_after_failure(writer)
-        if outside_transactions:
-            _leave_half_made_transaction()
-        message = f"{_interrupted(stop)}; resume with --resume"
-        try:
-            _mark(run, HarvestRun.Status.STOPPED, message)
-        except DatabaseError:
-            # It landed while the connection waited for a query's answer: that connection is
-            # unusable ("another command is already in progress"). Closing it also gives up its
-            # lock at once, instead of when the worker's process next uses it; a new one says why.
-            close_connection()
-            _mark(run, HarvestRun.Status.STOPPED, message)
+        _stopped_by_interrupt(run, writer, stop, outside_transactions)
         raise
     except Exception as exc:
+        behind = _interrupt_behind(exc)
+        if behind is not None:
+            # The interrupt landed inside a commit, between the COMMIT's sending and its answer:
+            # Django's clean-up of the block then failed on the busy connection, and its error
+            # took the interrupt's place. The run stopped, as for any interrupt.
+            _stopped_by_interrupt(run, writer, behind, outside_transactions)
+            raise behind from None
         _close_after_failure(writer)
-        _mark(run, HarvestRun.Status.FAILED, f"{type(exc).__name__}: {exc}")
+        _mark_on_usable_connection(run, HarvestRun.Status.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     return _mark(run, HarvestRun.Status.COMPLETED, "")
+
+
+def _stopped_by_interrupt(run: HarvestRun, writer: BatchWriter, stop: BaseException, outside: bool) -> None:
+    _close_after_failure(writer)
+    if outside:
+        _leave_half_made_transaction()
+    _mark_on_usable_connection(run, HarvestRun.Status.STOPPED, f"{_interrupted(stop)}; resume with --resume")
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | SystemExit | None:
+    """The Ctrl-C or timeout during whose handling `exc` was raised, if any."""
+    seen: set[int] = set()
+    cause = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt | SystemExit):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
+
+
+def _mark_on_usable_connection(run: HarvestRun, status: str, message: str) -> None:
+    try:
+        _mark(run, status, message)
+    except DatabaseError:
+        # The error or interrupt landed while the connection waited for a query's answer: that
+        # connection is unusable ("another command is already in progress"). Closing it also gives
+        # up its lock at once, instead of when the worker's process next uses it; a new one says why.
+        close_connection()
+        _mark(run, status, message)
 
 
 def _checkpoint(last: Checkpoint | tuple) -> Checkpoint:

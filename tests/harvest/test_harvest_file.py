@@ -1057,6 +1057,47 @@ def test_ctrl_c_while_a_batch_transaction_opens_or_closes_still_marks_the_run_st
     assert (done.status, done.seen, done.new) == ("completed", 30, 30)
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_while_a_batch_commits_still_marks_the_run_stopped(tmp_path, monkeypatch, stop: type) -> None:
+    """An interrupt (Ctrl-C, or django-q2's timeout, a SystemExit) that lands inside the commit of a
+    batch, between the COMMIT's sending and its answer, left the connection busy: Django's clean-up
+    of the block then failed ("can't change 'autocommit' now"), that error replaced the interrupt,
+    and marking the run failed failed too ("another command is already in progress"): the run stayed
+    'running' and a worker's timeout was reported as a database error (seen in CI, under load)."""
+    from django.db import connection, connections
+
+    path = write_lines(tmp_path / "f.json", [line(r) for r in many(30)])
+    run = services.harvest_file_start(path=path)
+    main = connections["default"]  # this thread's; the writer thread has its own
+    commit, calls = type(main)._commit, []
+
+    def interrupted_commit(self: object) -> None:
+        if self is main:
+            calls.append(self)
+            if len(calls) == 2:
+                if connection.vendor == "postgresql":
+                    connection.connection.pgconn.send_query(b"COMMIT")  # sent, its answer unread
+                else:
+                    commit(self)  # SQLite commits in one call: the signal lands right after it
+                raise stop("Task exceeded maximum timeout value (1 seconds)")
+        commit(self)
+
+    monkeypatch.setattr(type(main), "_commit", interrupted_commit)
+    with pytest.raises(stop):
+        services.harvest_execute(run=run, batch_size=10)
+    monkeypatch.undo()
+
+    run.refresh_from_db()
+    assert (run.status, run.message) == (
+        "stopped",
+        "interrupted (Task exceeded maximum timeout value (1 seconds)); resume with --resume",
+    )
+    assert Service.objects.count() == run.accepted == run.checkpoint.get("line", 0)
+    done = services.harvest_execute(run=services.harvest_run_get_resumable(run_id=run.pk), batch_size=10)
+    assert (done.status, done.seen, done.new) == ("completed", 30, 30)
+
+
 def test_hostile_fields_are_stored_exactly(tmp_path) -> None:
     record = banner(
         "192.0.2.77",
