@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from django.db import DatabaseError, connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg.pq import TransactionStatus
 
 # pg_advisory_lock(key1, key2): a namespace of our own, and the harvest lock within it. The run
@@ -177,19 +178,19 @@ def _pg_release(sql: str, params: list[int]) -> None:
         close_connection()
 
 
-def close_connection() -> None:
-    """Close this thread's connection, ending its session and every advisory key it holds, also
-    when an interrupt left a query in flight (the connection is then unusable). That query is
-    cancelled first: the server notices a closed connection only once the query is done, and a
-    wait for the harvest lock could last the length of another run."""
-    raw = connection.connection
-    busy = connection.vendor == "postgresql" and raw is not None and not raw.closed
+def close_connection(db: BaseDatabaseWrapper = connection) -> None:
+    """Close this thread's connection (or `db`), ending its session and every advisory key it
+    holds, also when an interrupt left a query in flight (the connection is then unusable). That
+    query is cancelled first: the server notices a closed connection only once the query is done,
+    and a wait for the harvest lock could last the length of another run."""
+    raw = db.connection
+    busy = db.vendor == "postgresql" and raw is not None and not raw.closed
     if busy and raw.info.transaction_status == TransactionStatus.ACTIVE:
         try:
             raw.cancel_safe(timeout=5)
         except Exception:  # noqa: BLE001, S110 - closing ends the session all the same, only later
             pass
-    connection.close()
+    db.close()
 
 
 @contextmanager
@@ -231,11 +232,9 @@ def unowned(run_id: int) -> Iterator[bool]:
 def _owners_file() -> int | None:
     """This process's descriptor of `<database>.harvest-runs`. Never closed: closing any descriptor
     of a file gives up every POSIX lock the process holds on it."""
-    name = str(connection.settings_dict["NAME"] or "")
-    path = sqlite_lock_path(name)
+    path = beside_sqlite_database(".harvest-runs")
     if path is None:
         return None
-    path = path.with_name(Path(name).name + ".harvest-runs")
     key = str(path)
     if key not in _owners_files:
         _owners_files[key] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -285,3 +284,11 @@ def sqlite_lock_path(name: str) -> Path | None:
     if not name or connection.creation.is_in_memory_db(name):  # type: ignore[attr-defined]
         return None
     return Path(name).with_name(Path(name).name + ".harvest-lock")
+
+
+def beside_sqlite_database(suffix: str) -> Path | None:
+    """The file `<database><suffix>` beside this connection's SQLite database, or None for an
+    in-memory one (only this process's: nothing to share)."""
+    name = str(connection.settings_dict["NAME"] or "")
+    path = sqlite_lock_path(name)
+    return None if path is None else path.with_name(Path(name).name + suffix)

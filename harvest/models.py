@@ -83,6 +83,19 @@ class Rejection(models.Model):
         return f"{self.position}: {self.reason}"
 
 
+class ShodanPace(models.Model):
+    """When the next request with one Shodan API key may be sent, shared by every process that uses
+    this PostgreSQL database (harvest/pacing.py; SQLite keeps it in a file beside the database).
+    Shodan allows each key one request per second, whichever process or machine sends it."""
+
+    # A hash of the key and the API's URL: the key itself is a secret and is never stored.
+    key_id = models.CharField(max_length=64, primary_key=True)
+    next_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.key_id[:12]}: {self.next_at}"
+
+
 class Host(models.Model):
     ip = models.GenericIPAddressField("IP address", unique=True, unpack_ipv4=False)
     org = models.CharField(max_length=255, blank=True)

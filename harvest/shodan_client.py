@@ -5,12 +5,13 @@ wrong becomes a `ShodanError` that says whether trying again can help (`permanen
 kind of problem it is (`kind`), so callers never see the library's exceptions.
 
 Pacing and retries are ours: the library's own rate limiter is switched off (it sleeps in a busy
-loop and knows nothing of retries), requests are spaced by `SHODAN_REQUEST_INTERVAL` seconds
-(Shodan allows 1 request per second), and rate limits (429), server errors (5xx), timeouts, cut
-connections and 2xx answers we cannot read are retried `SHODAN_MAX_RETRIES` times with
-exponential backoff. Shodan charges a paid search for every 2xx answer, and for a request it
-answers after we stopped waiting (a timeout), so a search page reports how many it took, and a
-caller can bound them.
+loop and knows nothing of retries), requests with one key are spaced by `SHODAN_REQUEST_INTERVAL`
+seconds (Shodan allows 1 request per second per key) through a `Pacer` (the harvest app installs
+one that every process using the database shares, harvest/pacing.py), and rate limits (429),
+server errors (5xx), timeouts, cut connections and 2xx answers we cannot read are retried
+`SHODAN_MAX_RETRIES` times with exponential backoff. Shodan charges a paid search for every 2xx
+answer, and for a request it answers after we stopped waiting (a timeout), so a search page
+reports how many it took, and a caller can bound them.
 
 The API key is a secret: it is sent as Shodan requires (`?key=`), and scrubbed from every
 message this module produces.
@@ -18,13 +19,14 @@ message this module produces.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 import shodan
@@ -41,6 +43,9 @@ MAX_RETRY_AFTER = 60.0
 # Shodan's 401 for a plan without search filters or paging ("Please upgrade your API plan to use
 # filters or paging."): the key is good, its plan is not (https://github.com/achillean/shodan-python/issues/31).
 NO_FILTERS_TEXT = "upgrade your api plan to use filters"
+# A pacer never puts a request more than this many intervals ahead: a slot further off was left by
+# a clock that has since been set back, and would hold every request for as long.
+MAX_SLOTS_AHEAD = 100
 
 # urllib3 logs request URLs, ?key= included: each request at DEBUG, a malformed answer at WARNING.
 protect_logs("urllib3", "requests")
@@ -204,9 +209,60 @@ def host(ip: str) -> HostLookup:
 
 # --- plumbing ---------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_last_request = 0.0
+
+class Pacer(Protocol):
+    """Spaces the requests of each API key, however many threads or processes send them."""
+
+    def reserve(self, key_id: str, interval: float) -> float:
+        """Take the next free slot of the key `key_id` (a hash of the key and the API's URL, see
+        key_id) for a request, the one after it `interval` seconds later; return the seconds to
+        wait before sending it. Called right before each request; holds nothing while one waits."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what is held (settings changed, tests)."""
+        ...
+
+
+def next_slot(taken_until: float | None, now: float, interval: float) -> tuple[float, float]:
+    """A key's slot for a request at `now`, when earlier requests took the slots until `taken_until`:
+    (the time the following request may be sent, the seconds this one waits)."""
+    slot = now if taken_until is None else min(max(taken_until, now), now + interval * MAX_SLOTS_AHEAD)
+    return slot + interval, slot - now
+
+
+class ProcessPacer:
+    """Paces the requests of this process only: what a process shares with no other (the default,
+    and the pacer's choice for an in-memory database)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken_until: dict[str, float] = {}
+
+    def reserve(self, key_id: str, interval: float) -> float:
+        with self._lock:
+            self._taken_until[key_id], wait = next_slot(self._taken_until.get(key_id), time.monotonic(), interval)
+        return wait
+
+    def reset(self) -> None:
+        with self._lock:
+            self._taken_until.clear()
+
+
+_pacer: Pacer = ProcessPacer()
 _cached: tuple[tuple, shodan.Shodan] | None = None
+
+
+def use_pacer(pacer: Pacer) -> None:
+    """Pace every request of this process through `pacer` from now on."""
+    global _pacer
+    _pacer = pacer
+
+
+def key_id(api: shodan.Shodan) -> str:
+    """Names the key and the API it is used with (a stand-in's key paces apart from Shodan's) without
+    giving the key away: it is stored and compared, never the key."""
+    return hashlib.sha256(f"{api.base_url}\n{api.api_key}".encode()).hexdigest()
 
 
 def _api() -> shodan.Shodan:
@@ -228,15 +284,14 @@ def _api() -> shodan.Shodan:
     return _cached[1]
 
 
-def _pace() -> None:
-    """Wait so that requests are at least SHODAN_REQUEST_INTERVAL seconds apart (per process)."""
-    global _last_request
+def _pace(key: str) -> None:
+    """Wait so that the key's requests are at least SHODAN_REQUEST_INTERVAL seconds apart."""
     interval = settings.SHODAN_REQUEST_INTERVAL
-    with _lock:
-        wait = _last_request + interval - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        _last_request = time.monotonic()
+    if interval <= 0:
+        return  # nothing to space: no pacer is asked (it may query the database)
+    wait = _pacer.reserve(key, interval)
+    if wait > 0:
+        time.sleep(wait)
 
 
 def _call(
@@ -251,11 +306,12 @@ def _call(
     timeouts, each charged for a paid search). Retryable errors, a 2xx answer that is not `valid`
     among them, are retried until the retries run out or `max_answers` answers were bought."""
     api = _api()
+    key = key_id(api)
     retries = settings.SHODAN_MAX_RETRIES
     delays = backoff_delays(retries=retries, base=_backoff_base())
     answers = 0
     while True:
-        _pace()
+        _pace(key)
         if charged is not None:
             charged(answers + 1)
         try:
@@ -428,7 +484,7 @@ def _raw_banner(item: object) -> RawBanner:
 
 
 def reset() -> None:
-    """Forget the cached client and the pacing clock (settings changed, tests)."""
-    global _cached, _last_request
+    """Forget the cached client and what the pacer holds (settings changed, tests)."""
+    global _cached
     _cached = None
-    _last_request = 0.0
+    _pacer.reset()

@@ -284,6 +284,7 @@ def test_it_reports_a_refused_query_as_permanent(shodan_standin: ShodanStandIn) 
     assert "unknown filter" in str(caught.value)
 
 
+@pytest.mark.django_db  # on PostgreSQL the pace is kept in the database (harvest/pacing.py)
 def test_it_paces_requests(shodan_standin: ShodanStandIn, settings) -> None:
     settings.SHODAN_REQUEST_INTERVAL = 0.15
     for _ in range(3):

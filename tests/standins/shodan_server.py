@@ -74,6 +74,7 @@ class Seen:
     params: dict
     status: int  # -1 while being answered, 0 for a cut connection
     at: float
+    key: int = 0  # which of the keys it came with (0: the stand-in's key, 1...: `other_keys`), -1 none of them
 
 
 @dataclass
@@ -81,6 +82,7 @@ class StandInState:
     key: str
     credits: int
     initial_credits: int
+    other_keys: tuple[str, ...] = ()  # also accepted, sharing the credits: as if two accounts
     page_delay: float = 0.0
     pages_left: int | None = None  # credits run out after this many paid pages, whatever /api-info says
     filters: bool = True  # False: the key's plan may not use filters or paging
@@ -169,11 +171,13 @@ def matches(banner: dict, terms: list[tuple[bool, str, str]], text: str | None =
 class ShodanStandIn:
     """A threaded HTTP server on 127.0.0.1 with a random free port. Use as a context manager."""
 
-    def __init__(self, banners: list[dict], *, key: str = "standin-key", credits: int = 1000) -> None:
+    def __init__(
+        self, banners: list[dict], *, key: str = "standin-key", credits: int = 1000, other_keys: tuple[str, ...] = ()
+    ) -> None:
         self.banners = list(banners)
         self._texts = [_text_of(b) for b in self.banners]
         self._found: dict[str, list[dict]] = {}  # the corpus never changes: each query is filtered once
-        self.state = StandInState(key=key, credits=credits, initial_credits=credits)
+        self.state = StandInState(key=key, credits=credits, initial_credits=credits, other_keys=other_keys)
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -284,7 +288,7 @@ class ShodanStandIn:
     # --- answers ---------------------------------------------------------------------------------
 
     def answer(self, path: str, params: dict) -> tuple[int, object]:
-        if params.get("key") != self.state.key:
+        if self.key_number(params.get("key")) < 0:
             return 401, {"error": "Invalid API key"}
         try:
             if path == "/api-info":
@@ -382,6 +386,10 @@ class ShodanStandIn:
             "data": found,
         }
 
+    def key_number(self, key: str | None) -> int:
+        keys = (self.state.key, *self.state.other_keys)
+        return keys.index(key) if key in keys else -1
+
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:
             for fault in self.state.faults:
@@ -405,7 +413,13 @@ def _handler_for(standin: ShodanStandIn) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
             # Recorded on arrival (status filled in on answering), so timings are arrival times.
-            seen = Seen(parts.path, {k: v for k, v in params.items() if k != "key"}, -1, time.monotonic())
+            seen = Seen(
+                parts.path,
+                {k: v for k, v in params.items() if k != "key"},
+                -1,
+                time.monotonic(),
+                standin.key_number(params.get("key")),
+            )
             with standin.lock:
                 standin.state.raw_urls.append(self.path)
                 standin.state.requests.append(seen)
