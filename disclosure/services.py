@@ -754,7 +754,7 @@ def _owners_write(
     # stored now, and keep the changed_at read with it. The host first, then its services: a
     # batch committed between the two reads dates the host anew, so the owner's snapshot differs
     # and the host is taken up again, never settled on half of a change.
-    hosts = Host.objects.filter(pk__in=[h.pk for h in chunk]).only("ip", "org", "hostnames", "changed_at")
+    hosts = Host.objects.filter(pk__in=[h.pk for h in chunk]).only("ip", "org", "changed_at")
     stored = {h.pk: h for h in hosts}
     raws = _service_raws([h.pk for h in chunk])
     new, changed = [], []
@@ -805,7 +805,8 @@ def _owner_compute(
         _override_apply(owner=owner, inhibited=context.inhibited)
         return
     owner.network = outcome.network if outcome else None
-    facts = facts_from_host(hostnames=host.hostnames, org=host.org, raws=raws)
+    # The services' current records name the host, not Host.hostnames (every name ever seen).
+    facts = facts_from_host(org=host.org, raws=raws)
     attribution = attribute_operator(facts, context.registry)
     # The operator rests on this run's evidence only: when it is gone (a hostname changed), so is
     # the operator. Staff steer the recipient with override_recipient, never through the operator.

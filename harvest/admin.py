@@ -355,7 +355,8 @@ class HostAdmin(AddressSearchMixin, _HostSectionsAdmin):
     def host_of(self, obj: Host) -> Host:
         return obj
 
-    @admin.display(description="hostnames")
+    # Every name seen, including lost ones: owners are attributed from the services' current records.
+    @admin.display(description="hostnames ever seen")
     def hostnames_list(self, obj: Host) -> str:
         names = obj.hostnames if isinstance(obj.hostnames, list) else []
         return visible_text(", ".join(str(n) for n in names))

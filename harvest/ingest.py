@@ -226,7 +226,8 @@ class BatchWriter:
             now = timezone.now()
             for position, record in self._records:
                 ts = record.timestamp or self.fallback_ts
-                outcome = self._apply_service(services, record, ts)
+                # The host as known before this record (None: a new one, and then so is the service).
+                outcome = self._apply_service(services, record, ts, hosts.get(record.ip))
                 if outcome != Reason.DUPLICATE:
                     # A sighting this run already has: its org and hostnames are not taken either.
                     _apply_host(hosts, record, ts, now)
@@ -323,7 +324,7 @@ class BatchWriter:
             )
         return services
 
-    def _apply_service(self, services: dict, record: BannerRecord, ts: datetime) -> str:
+    def _apply_service(self, services: dict, record: BannerRecord, ts: datetime, host: _HostState | None) -> str:
         run_id = self.run.pk
         state = services.get(record.key)
         if state is None:
@@ -348,10 +349,12 @@ class BatchWriter:
                     )
                 )
                 state.banner_since = ts
-            # Another certificate or title counts; one not known before (stored before it was kept) does not.
-            replaced = not same_banner or (
-                state.identity_hash is not None and state.identity_hash != record.identity_hash
-            )
+            # Another certificate, title, hostnames or domains count; where the stored record's are
+            # not known, see _names_lost.
+            if state.identity_hash is not None:
+                replaced = not same_banner or state.identity_hash != record.identity_hash
+            else:
+                replaced = not same_banner or (host is not None and _names_lost(host, record))
             state.banner_hash = record.banner_hash
             state.identity_hash = record.identity_hash
             state.last_seen = ts
@@ -366,6 +369,12 @@ class BatchWriter:
                 return Reason.DUPLICATE
             state.last_run_id = run_id
             state.touched = True
+            if state.identity_hash is None:
+                # Stored before its identity was kept: the same record read again gives it, and is
+                # stored as ingest stores it now (a host lookup's banner with the names it inherits),
+                # so that reading the files again after an upgrade brings both up to date.
+                state.identity_hash, state.record = record.identity_hash, record
+                return REPLACED if host is not None and _names_lost(host, record) else "unchanged"
             return "unchanged"
         if same_banner and ts >= state.banner_since:
             return "unchanged"  # within what is known of the current banner
@@ -675,6 +684,15 @@ def _widen_spell(
     return False
 
 
+def _names_lost(host: _HostState, record: BannerRecord) -> bool:
+    """Whether a service's record lacks a name its host was seen with, where the stored record's
+    identity is not known (NULL: stored before identity_hash was kept, or before it covered
+    hostnames). Owners were attributed from every name the host was seen with until then, so only
+    such a record changes what attribution finds; comparing the names instead of counting every
+    unknown identity as changed keeps an upgrade from taking every host up again."""
+    return not set(host.hostnames).issubset(record.hostnames)
+
+
 def _position(position: int | str) -> str:
     return f"line {position}" if isinstance(position, int) else position
 
@@ -703,7 +721,9 @@ def _apply_host(hosts: dict[str, _HostState], record: BannerRecord, ts: datetime
 def _take_host_fields(state: _HostState, record: BannerRecord, *, newest: bool) -> bool:
     """The newest record wins, but an empty field never blanks a known value. An older record
     (files need not be in time order) fills only what is empty, and adds its hostnames: the same
-    lines in time order would have left its values there too."""
+    lines in time order would have left its values there too. The host's hostnames are every name
+    it was seen with, for display and export; owner attribution reads the names of its services'
+    current records (Service.raw), whose change the service's identity_hash tells."""
     changed = False
     if record.org and record.org != state.org and (newest or not state.org):
         state.org, changed = record.org, True

@@ -102,7 +102,13 @@ class Host(models.Model):
     isp = models.CharField("ISP", max_length=255, blank=True)
     asn = models.PositiveBigIntegerField("ASN", null=True, blank=True)
     country = models.CharField(max_length=2, blank=True)
-    hostnames = models.JSONField(default=list, blank=True)
+    # Every name the host was seen with (at most 64): for display and export. A name the address
+    # has lost stays here; owner attribution reads the names of the services' current records.
+    hostnames = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Every hostname the host was seen with, including names it no longer has.",
+    )
     os = models.CharField("OS", max_length=255, blank=True)
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
@@ -141,8 +147,9 @@ class Service(models.Model):
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
     banner_since = models.DateTimeField(help_text="When the current banner was first seen.")
-    # A hash of the current record's TLS certificate and HTTP title (harvest.records.record_identity),
-    # which can change while the banner stays the same. NULL: stored before it was kept.
+    # A hash of the current record's TLS certificate, HTTP title, hostnames and domains
+    # (harvest.records.record_identity), which can change while the banner stays the same. NULL:
+    # not known (stored before it was kept, or before it covered hostnames and domains).
     identity_hash = models.CharField(max_length=32, null=True, blank=True)
     # The run that saw the current banner at last_seen, to tell a duplicate line within a run from a
     # re-sighting.

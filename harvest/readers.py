@@ -393,7 +393,9 @@ def _host_outline(scanner: _Scanner) -> tuple[dict, int | None]:
         raise scanner.error("the end of the line")
     if data_at is None:
         raise RecordError(Reason.NO_BANNERS, *([BANNER_NOT_HOST] if text_data and has_port else []))
-    return fields, data_at
+    # In host_from_line's order: a banner's stored record holds what it inherits, and must not
+    # depend on whether its line was read whole or banner by banner.
+    return {k: fields[k] for k in HOST_FIELDS if k in fields}, data_at
 
 
 def _key(scanner: _Scanner) -> object:

@@ -276,10 +276,8 @@ def _country(obj: dict) -> str:
     return ""
 
 
-def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> BannerRecord:
-    """Validate a banner object. `inherited` holds host-level fields of a host lookup."""
-    if inherited:
-        obj = _inherit(obj, inherited)
+def record_from_object(obj: dict, raw: str) -> BannerRecord:
+    """Validate a banner object (one of a host lookup with what it inherits from the host)."""
     ip = parse_address(obj)
     port = parse_port(obj)
     transport = parse_transport(obj)
@@ -310,23 +308,27 @@ def record_from_object(obj: dict, raw: str, inherited: dict | None = None) -> Ba
 
 
 def record_identity(obj: dict) -> str:
-    """A hash of what tells a service's record apart besides its banner (`data`): its TLS
-    certificate and its HTTP title, which name its operator. Empty when it has neither: most
-    banners, which then pay two look-ups."""
-    ssl, http = obj.get("ssl"), obj.get("http")
-    if ssl is None and http is None:
+    """A hash of what tells a service's record apart besides its banner (`data`) and names its
+    operator: its TLS certificate, its HTTP title, its hostnames and domains (owner attribution
+    reads them from the current record). Empty when it has none of them: banners without a name,
+    which then pay four look-ups."""
+    ssl, http, names, domains = obj.get("ssl"), obj.get("http"), obj.get("hostnames"), obj.get("domains")
+    if ssl is None and http is None and not names and not domains:
         return ""
     cert = ssl.get("cert") if type(ssl) is dict else None
     title = http.get("title") if type(http) is dict else None
-    if cert is None and title is None:
+    if cert is None and title is None and not names and not domains:
         return ""
     fingerprint = cert.get("fingerprint") if type(cert) is dict else None
     sha256 = fingerprint.get("sha256") if type(fingerprint) is dict else None
+    # Lists as written: another order of the same names counts too (attribution takes the first
+    # name that matches a hospital). [] and null are one: no name.
+    names, domains = names or None, domains or None
     try:
         # Shodan's fingerprint stands for the whole certificate; without one, the certificate.
-        key = orjson.dumps([sha256 if type(sha256) is str else cert, title])
+        key = orjson.dumps([sha256 if type(sha256) is str else cert, title, names, domains])
     except (TypeError, orjson.JSONEncodeError):  # nested deeper than orjson writes, or a huge int
-        key = repr([sha256, title]).encode("utf-8", "surrogatepass")
+        key = repr([sha256, title, names, domains]).encode("utf-8", "surrogatepass")
     return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
@@ -395,10 +397,14 @@ def host_from_line(line: bytes) -> tuple[dict, list]:
 
 
 def record_from_host_item(item: object, index: int, inherited: dict) -> BannerRecord:
-    """Banner `index` of a host lookup's data[], with the host's fields where it has none."""
+    """Banner `index` of a host lookup's data[], with the host's fields where it has none. Its raw
+    record holds what it inherited: owner attribution and classification read a service's names
+    and organisation from the stored record, and a banner Shodan wrote with `"hostnames": []`
+    under a host with names has those names."""
     if not isinstance(item, dict):
         raise RecordError(Reason.NOT_OBJECT, f"data[{index}] is {type(item).__name__}")
-    return record_from_object(item, _json_text(item), inherited)
+    obj = _inherit(item, inherited) if inherited else item
+    return record_from_object(obj, _json_text(obj))
 
 
 def records_from_host_line(line: bytes) -> tuple[list[BannerRecord], list[tuple[int, RecordError]]]:

@@ -42,9 +42,15 @@ class Attribution:
     evidence: str
 
 
-def facts_from_host(*, hostnames: Iterable[str], org: str, raws: Iterable[str]) -> BannerFacts:
-    """Collect the facts from a host's hostnames, Shodan org and its services' raw records."""
-    names, cert_names, cert_orgs, titles = [str(h)[:253] for h in list(hostnames or [])[:50]], [], [], []
+def facts_from_host(*, org: str, raws: Iterable[str]) -> BannerFacts:
+    """Collect the facts from a host's Shodan org and its services' current raw records. Names
+    come from those records alone, not from every name the host was ever seen with
+    (Host.hostnames): a name the address lost (reassigned, its reverse name moved to another
+    hospital) must not attribute it to its old operator."""
+    names: list[str] = []
+    cert_names: list[str] = []
+    cert_orgs: list[str] = []
+    titles: list[str] = []
     for raw in raws:
         try:
             record = json.loads(raw[:MAX_RAW]) if raw else {}

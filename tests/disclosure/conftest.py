@@ -67,7 +67,10 @@ def make_host(
         ip=ip,
         defaults={"org": org, "hostnames": hostnames or [], "first_seen": SEEN, "last_seen": SEEN},
     )
-    raw = json.dumps({"ip_str": ip, "port": port, "transport": "tcp", "data": "", **(record or {})})
+    # The names are the record's too, as ingest stores them: attribution reads the current records.
+    raw = json.dumps(
+        {"ip_str": ip, "port": port, "transport": "tcp", "data": "", "hostnames": hostnames or [], **(record or {})}
+    )
     Service.objects.create(
         host=host, port=port, raw=raw, banner_hash="0" * 32, first_seen=SEEN, last_seen=SEEN, banner_since=SEEN
     )

@@ -14,6 +14,7 @@ from disclosure.models import Contact, HostOwner, Network
 from disclosure.owners.attribution import BannerFacts, attribute_operator, facts_from_host, registry_match_name
 from disclosure.owners.registry import load_registry
 from disclosure.services import hosts_needing_owner, owner_recompute, owners_resolve
+from harvest.services import harvest_execute, harvest_file_start
 from tests.disclosure.conftest import make_host
 
 REGISTRY = load_registry()
@@ -88,8 +89,9 @@ def test_facts_come_from_shodan_records() -> None:
         ),
         "not json at all",
         json.dumps(["a list"]),
+        json.dumps({"hostnames": ["host.example"], "domains": ["example"]}),
     ]
-    facts = facts_from_host(hostnames=["host.example"], org="KPN B.V.", raws=raws)
+    facts = facts_from_host(org="KPN B.V.", raws=raws)
     assert "web.example.nl" in facts.hostnames and "host.example" in facts.hostnames
     assert "mumc.nl" in facts.cert_names and "pacs.azm.nl" in facts.cert_names
     assert facts.titles == ("Login",) and facts.cert_orgs == ("azM",)
@@ -105,7 +107,7 @@ def test_certificate_names_in_shodan_s_escaped_form_are_read_without_their_lengt
     escaped = repr(b"0" + bytes([len(der)]) + der)[2:-1]
     assert "\\x82\\x0cpacs" in escaped and "\\x82mris." in escaped
     cert = {"extensions": [{"name": "subjectAltName", "data": escaped}]}
-    facts = facts_from_host(hostnames=[], org="", raws=[json.dumps({"ssl": {"cert": cert}})])
+    facts = facts_from_host(org="", raws=[json.dumps({"ssl": {"cert": cert}})])
     assert facts.cert_names == tuple(n.decode() for n in names)
     assert attribute_operator(facts, REGISTRY).organisation.name == "OLVG"
 
@@ -116,12 +118,13 @@ def test_hostile_input_is_bounded_and_fast() -> None:
         json.dumps(
             {
                 "http": {"title": long},
+                "hostnames": [long],
                 "ssl": {"cert": {"extensions": [{"name": "subjectAltName", "data": "a." * 100_000}]}},
             }
         )
     ]
     started = time.monotonic()
-    facts = facts_from_host(hostnames=[long], org=long, raws=raws)
+    facts = facts_from_host(org=long, raws=raws)
     attribute_operator(facts, REGISTRY)
     assert time.monotonic() - started < 2.0
     assert all(len(t) <= 500 for t in facts.titles) and len(facts.org) <= 500
@@ -212,10 +215,10 @@ def test_a_foreign_network_under_a_hospitals_full_name_is_not_the_hospitals(tmp_
 def test_a_look_alike_name_with_the_kelvin_sign_is_not_the_hospitals(name: str) -> None:
     """str.lower() turns the Kelvin sign U+212A, which looks like K, into an ASCII k: a name in
     another (IDN) domain was taken for the hospital's. DNS names compare without case in ASCII only."""
-    record = {"ssl": {"cert": {"subject": {"CN": name}}}}
-    facts = facts_from_host(hostnames=[name], org="", raws=[json.dumps(record)])
+    record = {"ssl": {"cert": {"subject": {"CN": name}}}, "hostnames": [name]}
+    facts = facts_from_host(org="", raws=[json.dumps(record)])
     assert attribute_operator(facts, REGISTRY) is None
-    upper = facts_from_host(hostnames=["PACS.MaasstadZiekenhuis.NL"], org="", raws=[])
+    upper = facts_from_host(org="", raws=[json.dumps({"hostnames": ["PACS.MaasstadZiekenhuis.NL"]})])
     assert attribute_operator(upper, REGISTRY).organisation.name == "Maasstad Ziekenhuis"
 
 
@@ -320,3 +323,86 @@ def test_a_domain_staff_give_a_hospital_chooses_its_hosts_recipients_again(tmp_p
     erasmus.save()
     owners_resolve()
     assert HostOwner.objects.get(host=cloud).recipient.email == "abuse@cloud.example"
+
+
+def _ingest(path: Path, *records: dict, hosts: bool = False) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    harvest_execute(run=harvest_file_start(path=path, hosts=hosts))
+
+
+def _hoster_answers(tmp_path: Path) -> None:
+    """A cached network whose answer has a recipient: the owner resolves, and is settled."""
+    answer = ip_network("NET-81", "81.0.0.0", "81.0.0.255", "NL", "Zorghost", "abuse@zorghost.example")
+    answer["type"] = "ASSIGNED PA"
+    import_answers(tmp_path / "answers", answer)
+
+
+def _dicom(day: int, hostnames: list[str], **extra: object) -> dict:
+    return {
+        "ip_str": "81.0.0.7",
+        "port": 104,
+        "transport": "tcp",
+        "data": "DICOM association accepted",
+        "timestamp": f"2026-01-0{day}T00:00:00",
+        "hostnames": hostnames,
+        "domains": sorted({".".join(h.split(".")[-2:]) for h in hostnames}),
+        **extra,
+    }
+
+
+@pytest.mark.django_db
+def test_a_name_the_address_lost_no_longer_makes_its_old_hospital_the_operator(tmp_path: Path) -> None:
+    """Ingest keeps a host's hostnames as every name ever seen, and attribution read them: once the
+    address's reverse name moved to another hospital, the host kept going to the old one, and its
+    advisory (TLP:AMBER) to the wrong organisation. The services' current records decide."""
+    _hoster_answers(tmp_path)
+    _ingest(tmp_path / "first.json", _dicom(1, ["pacs.erasmusmc.nl"]))
+    owners_resolve()
+    assert HostOwner.objects.get().operator.name == "Erasmus MC"
+
+    _ingest(tmp_path / "moved.json", _dicom(2, ["pacs.lumc.nl"]))
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.7"]
+    owners_resolve()
+    owner = HostOwner.objects.get()
+    assert owner.operator.name == "Leids Universitair Medisch Centrum"
+    assert owner.operator_evidence == "hostname pacs.lumc.nl is in lumc.nl"
+    # The host still shows every name it was seen with.
+    assert HostOwner.objects.get().host.hostnames == ["pacs.erasmusmc.nl", "pacs.lumc.nl"]
+
+
+@pytest.mark.django_db
+def test_a_newer_record_with_fewer_hostnames_takes_the_host_up_again(tmp_path: Path) -> None:
+    """A shrinking list left the union of names as it was, so nothing marked the host changed and
+    the next run did not attribute it again: its old operator stayed."""
+    _hoster_answers(tmp_path)
+    _ingest(tmp_path / "first.json", _dicom(1, ["pacs.erasmusmc.nl", "node7.zorghost.nl"]))
+    owners_resolve()
+    assert HostOwner.objects.get().operator.name == "Erasmus MC"
+    assert list(hosts_needing_owner()) == []
+
+    _ingest(tmp_path / "fewer.json", _dicom(2, ["node7.zorghost.nl"]))
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.7"]
+    owners_resolve()
+    assert HostOwner.objects.get().operator is None
+    assert list(hosts_needing_owner()) == []
+
+    _ingest(tmp_path / "same.json", _dicom(3, ["node7.zorghost.nl"]))  # seen again, the same names
+    assert list(hosts_needing_owner()) == []
+
+
+@pytest.mark.django_db
+def test_a_host_lookup_s_names_attribute_its_banners_until_a_newer_lookup_drops_them(tmp_path: Path) -> None:
+    """A banner of a host lookup often has no hostnames of its own ("hostnames": []): the host's
+    top-level ones are its names, and attribution must see them in what is stored for it."""
+    _hoster_answers(tmp_path)
+    banner = {k: v for k, v in _dicom(1, []).items() if k not in ("ip_str", "domains")}
+    lookup = {"ip_str": "81.0.0.7", "hostnames": ["pacs.erasmusmc.nl"], "domains": ["erasmusmc.nl"], "data": [banner]}
+    _ingest(tmp_path / "first.jsonl", lookup, hosts=True)
+    owners_resolve()
+    assert HostOwner.objects.get().operator.name == "Erasmus MC"
+
+    newer = {**lookup, "hostnames": [], "domains": [], "data": [{**banner, "timestamp": "2026-01-02T00:00:00"}]}
+    _ingest(tmp_path / "newer.jsonl", newer, hosts=True)
+    assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.7"]
+    owners_resolve()
+    assert HostOwner.objects.get().operator is None

@@ -496,8 +496,9 @@ def test_the_operator_goes_when_its_evidence_goes(registries: Registries) -> Non
     host = make_host("74.125.225.229", hostnames=["pacs.erasmusmc.nl"])
     resolve(registries)
     assert HostOwner.objects.get(host=host).operator.name == "Erasmus MC"
-    host.hostnames = ["mail.example.com"]
-    host.save()
+    service = host.services.get()  # its current record names another host
+    service.raw = json.dumps({**json.loads(service.raw), "hostnames": ["mail.example.com"]})
+    service.save()
     resolve(registries, hosts=[host])
     owner = HostOwner.objects.get(host=host)
     assert (owner.operator, owner.operator_evidence) == (None, "")

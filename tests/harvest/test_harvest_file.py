@@ -181,6 +181,87 @@ def test_a_host_is_marked_changed_only_when_what_is_stored_about_it_changes(tmp_
     assert (host.org, host.hostnames) == ("Erasmus MC", ["old.erasmusmc.nl", "pacs.erasmusmc.nl"])
 
 
+def test_a_newer_record_naming_the_host_otherwise_marks_it_changed(tmp_path) -> None:
+    """Host.hostnames keeps every name the host was seen with, so a newer record with fewer names
+    left it as it was and nothing marked the host: owners, attributed from the current records'
+    names, were not attributed again. A service's identity covers its hostnames and domains."""
+    at = [f"2026-01-{day:02}T00:00:00" for day in range(1, 12)]
+
+    def dicom(day: int, names: list[str], **extra: object) -> dict:
+        return banner(port=104, data="DICOM", timestamp=at[day], hostnames=names, **extra)
+
+    harvest(write_lines(tmp_path / "first.json", [line(dicom(1, ["a.example", "pacs.erasmusmc.nl"]))]))
+    stored = Host.objects.get().changed_at
+
+    def changed(record: dict) -> bool:
+        nonlocal stored
+        harvest(write_lines(tmp_path / f"{len(list(tmp_path.iterdir()))}.json", [line(record)]))
+        before, stored = stored, Host.objects.get().changed_at
+        return stored != before
+
+    assert changed(dicom(2, ["a.example"]))  # a name lost
+    assert not changed(dicom(3, ["a.example"]))
+    assert changed(dicom(4, ["a.example"], domains=["example"]))  # a domain added
+    assert not changed(dicom(0, []))  # an older record: the newer one stands
+    assert changed(dicom(5, []))
+    assert json.loads(Service.objects.get().raw)["hostnames"] == []
+    assert Host.objects.get().hostnames == ["a.example", "pacs.erasmusmc.nl"]  # every name seen
+
+    # A service stored before its identity covered names: owners were attributed from every name
+    # the host was seen with, so a record with all of them changes nothing, one without some does.
+    Service.objects.update(identity_hash=None)
+    assert not changed(dicom(6, ["pacs.erasmusmc.nl", "a.example"]))
+    Service.objects.update(identity_hash=None)
+    assert changed(dicom(7, ["a.example"]))
+    assert not changed(dicom(8, ["a.example"]))  # known again from then on
+
+
+def test_a_banner_of_a_host_lookup_stores_the_names_it_inherits(tmp_path) -> None:
+    """Shodan writes "hostnames": [] in banners whose host has names: the stored record must hold
+    the host's, since owner attribution reads a service's names from it."""
+    item = banner("192.0.2.1", 104, data="DICOM", hostnames=[], org=None)
+    del item["ip_str"], item["ip"]
+    lookup = {"ip_str": "192.0.2.1", "hostnames": ["pacs.erasmusmc.nl"], "domains": ["erasmusmc.nl"], "org": "EMC"}
+    own = {**item, "port": 80, "hostnames": ["www.example"]}
+    path = write_lines(tmp_path / "hosts.jsonl", [line({**lookup, "data": [item, own]})])
+    assert harvest(path, hosts=True).new == 2
+    raws = {s.port: json.loads(s.raw) for s in Service.objects.all()}
+    inherited = (raws[104]["hostnames"], raws[104]["org"], raws[104]["ip_str"])
+    assert inherited == (["pacs.erasmusmc.nl"], "EMC", "192.0.2.1")
+    # A banner's own names are its own; the host's domains stand for all its names, not its.
+    assert raws[80]["hostnames"] == ["www.example"] and "domains" not in raws[80]
+    assert Host.objects.get().hostnames == ["pacs.erasmusmc.nl", "www.example"]
+
+
+def test_a_host_lookup_read_again_after_the_upgrade_stores_the_names_its_banners_inherit(tmp_path) -> None:
+    """Services stored from host lookups before their records held what they inherit have no
+    names of their own: once owners read the current records, their host's names stopped counting
+    for them, and reading the same lookups again left them as they were (the same sighting)."""
+    item = banner("192.0.2.1", 104, data="DICOM", hostnames=[])
+    del item["ip_str"], item["ip"]
+    lookup = {"ip_str": "192.0.2.1", "hostnames": ["pacs.erasmusmc.nl"], "data": [item]}
+    path = write_lines(tmp_path / "hosts.jsonl", [line(lookup)])
+    harvest(path, hosts=True)
+    Service.objects.update(raw=json.dumps(item), identity_hash=None)  # as stored before
+    marked = Host.objects.get().changed_at
+
+    again = harvest(path, hosts=True)
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 1)
+    service = Service.objects.get()
+    assert json.loads(service.raw)["hostnames"] == ["pacs.erasmusmc.nl"] and service.identity_hash
+    assert Host.objects.get().changed_at == marked  # the names owners were attributed from
+    harvest(path, hosts=True)
+    assert Service.objects.get().identity_hash == service.identity_hash
+
+    # A banner of a file stored before, whose record lacks a name of its host: owners saw it.
+    other = banner("192.0.2.1", 80, hostnames=["www.example"])
+    harvest(write_lines(tmp_path / "other.json", [line(other)]))
+    Service.objects.update(identity_hash=None)
+    marked = Host.objects.get().changed_at
+    assert harvest(write_lines(tmp_path / "again.json", [line(other)])).updated == 1
+    assert Host.objects.get().changed_at != marked
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 1000])
 def test_the_result_does_not_depend_on_batch_boundaries(tmp_path, batch_size: int) -> None:
     records = [

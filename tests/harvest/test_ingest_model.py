@@ -7,12 +7,16 @@ The model is the issue's rules, written plainly: a service is its address, port 
 moves last-seen and never adds a service; history keeps a banner only when the banner changes (a
 later line at the same moment wins); a line this run has already read is a duplicate, one another
 run read is unchanged; a duplicate changes nothing; a host's fields are the newest non-empty ones,
-its hostnames accumulate.
+its hostnames accumulate; a service's stored record is its newest line's (hostnames and all); and a
+run marks a host changed (Host.changed_at) when it adds the host or a service, changes its
+organisation, adds a name to it, or gives a service another banner or a newer record with other
+hostnames.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +45,7 @@ class _Service:
     first: int
     last: int
     since: int
+    names: list[str]  # of the current record
     history: list[tuple[str, int, int]] = field(default_factory=list)
 
 
@@ -58,33 +63,42 @@ class Model:
     services: dict[tuple, _Service] = field(default_factory=dict)
     read_by: dict[tuple, int] = field(default_factory=dict)  # (service, banner, day) -> last run that read it
     counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    changed: dict[int, set[str]] = field(default_factory=dict)  # run -> hosts it marked changed
 
     def replay(self, run: int, item: tuple) -> None:
         address, port, transport, data, day, org, names = item
         ip, key = _canonical(address), (_canonical(address), port, transport.lower())
         counts = self.counts.setdefault(run, {"new": 0, "updated": 0, "unchanged": 0, "duplicate": 0})
+        changed = self.changed.setdefault(run, set())
         sighting = (key, data, day)
         before, self.read_by[sighting] = self.read_by.get(sighting), run
         if before == run:  # a line this run has read: rejected, it changes nothing
             counts["duplicate"] += 1
             return
+        host = self.hosts.get(ip)
+        if host is None or (org and org != host.org) or not set(names) <= host.names:
+            changed.add(ip)
         host = self.hosts.setdefault(ip, _Host(day, day, org, set(names)))
         host.last = max(host.last, day)
         host.org = org or host.org
         host.names |= set(names)
         service = self.services.get(key)
         if service is None:
-            self.services[key] = _Service(data, day, day, day)
+            self.services[key] = _Service(data, day, day, day, names)
             counts["new"] += 1
+            changed.add(ip)
         elif before is not None:  # a line another run read: unchanged
             counts["unchanged"] += 1
-        elif data == service.banner:
-            service.last = day
+        elif data == service.banner:  # a newer sighting (the same moment would be a line read before)
+            if names != service.names:
+                changed.add(ip)
+            service.last, service.names = day, names
             counts["updated"] += 1
         else:  # a new banner, later or at the same moment: the later line wins, the old one is history
             service.history.append((service.banner, service.since, service.last))
-            service.banner, service.since, service.last = data, day, day
+            service.banner, service.since, service.last, service.names = data, day, day, names
             counts["updated"] += 1
+            changed.add(ip)
 
     def expected(self) -> tuple:
         hosts = sorted((ip, h.org, sorted(h.names), _at(h.first), _at(h.last)) for ip, h in self.hosts.items())
@@ -97,7 +111,8 @@ class Model:
             for b, first, last in s.history
         )
         last_run = sorted((*k, self.read_by[(k, s.banner, s.last)]) for k, s in self.services.items())
-        return hosts, current, history, last_run
+        names = sorted((*k, s.names) for k, s in self.services.items())
+        return hosts, current, history, last_run, names
 
 
 def _canonical(address: str) -> str:
@@ -128,7 +143,15 @@ def stored(runs: list[int]) -> tuple:
         )
     )
     last_run = sorted((_canonical(r[0]), r[1], r[2], number[r[7]]) for r in rows)
-    return hosts, current, history, last_run
+    names = sorted(
+        (_canonical(ip), port, transport, json.loads(raw)["hostnames"])
+        for ip, port, transport, raw in Service.objects.values_list("host__ip", "port", "transport", "raw")
+    )
+    return hosts, current, history, last_run, names
+
+
+def changed_at() -> dict[str, datetime | None]:
+    return {_canonical(ip): at for ip, at in Host.objects.values_list("ip", "changed_at")}
 
 
 def _items(rng: random.Random) -> list[list[tuple]]:
@@ -171,6 +194,7 @@ def _check(tmp_path: Path, rng: random.Random) -> None:
             for ip, port, transport, data, day, org, names in items
         ]
         path = write_lines(tmp_path / f"run{number}.json", lines)
+        marked = changed_at()
         run = services.harvest_file_start(path=path)
         if rng.random() < 0.5:  # stopped (Ctrl-C) at any line, in or between batches, and resumed
             interrupt(
@@ -188,6 +212,8 @@ def _check(tmp_path: Path, rng: random.Random) -> None:
             counts["duplicate"],
         ), runs
         assert run.seen == len(items) == run.accepted + sum(run.rejected.values()), runs
+        after = changed_at()
+        assert {ip for ip, at in after.items() if at != marked.get(ip)} == model.changed[number], runs
     assert stored(pks) == model.expected(), runs
 
 

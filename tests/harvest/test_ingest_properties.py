@@ -4,6 +4,7 @@ result does not depend on the batch size, and reading the same file again change
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,10 @@ def harvest(path: Path, batch_size: int) -> HarvestRun:
 def stored() -> tuple[list, list, list]:
     hosts = sorted(Host.objects.values_list("ip", "org", "hostnames", "first_seen", "last_seen"))
     current = sorted(
-        Service.objects.values_list("host__ip", "port", "banner", "first_seen", "last_seen", "banner_since")
+        (*row[:-1], json.loads(row[-1])["hostnames"])  # the current record's names: attribution reads them
+        for row in Service.objects.values_list(
+            "host__ip", "port", "banner", "first_seen", "last_seen", "banner_since", "raw"
+        )
     )
     history = sorted(
         ServiceBanner.objects.values_list("service__host__ip", "service__port", "banner", "first_seen", "last_seen")
