@@ -533,7 +533,8 @@ def host_owner_section(request: HttpRequest, host: Host) -> HostSection | None:
     if not request.user.has_perm("disclosure.view_hostowner"):
         return None
     related = ("network", "operator", "recipient__organisation", "override_recipient__organisation")
-    owner = HostOwner.objects.select_related(*related).filter(host=host).first()
+    # One at most (one per host): unsorted, not by the model's address order.
+    owner = HostOwner.objects.select_related(*related).filter(host=host).order_by().first()
     if owner is None:
         return HostSection("Owner", [("status", "not looked up yet (resolve_owners does it, or its schedule)")])
 

@@ -286,7 +286,7 @@ class HostOwner(models.Model):
     history = HistoricalRecords()
 
     class Meta:
-        ordering = ["host__ip"]
+        ordering = ["host__ip__numeric"]
         indexes = [models.Index(fields=["status", "reason"])]
         constraints = [
             models.CheckConstraint(

@@ -607,7 +607,8 @@ def hosts_needing_owner(*, now: datetime | None = None) -> Iterable[Host]:
             & (Q(host__changed_at__isnull=True) | Q(host__changed_at=F("host_changed_at")))
         )
     )
-    return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled))
+    # Unsorted: owners_resolve puts them in address order itself.
+    return Host.objects.filter(Exists(Service.objects.filter(host=OuterRef("pk")))).exclude(Exists(settled)).order_by()
 
 
 @dataclass
@@ -747,14 +748,16 @@ def _owners_write(
     *, chunk: list[Host], refused: dict[int, str], outcomes: dict[str, AddressOutcome], context: _Context
 ) -> list[HostOwner]:
     """Compute and store the owners of a chunk of hosts: a few queries for the chunk, not per host."""
+    # Lookups by host, unsorted: the models' address order costs a function call per row on SQLite.
     existing = {
-        o.host_id: o for o in HostOwner.objects.filter(host__in=chunk).select_related("override_recipient", "operator")
+        o.host_id: o
+        for o in HostOwner.objects.filter(host__in=chunk).order_by().select_related("override_recipient", "operator")
     }
     # The run read its hosts when it started, maybe minutes ago: attribute from what harvest has
     # stored now, and keep the changed_at read with it. The host first, then its services: a
     # batch committed between the two reads dates the host anew, so the owner's snapshot differs
     # and the host is taken up again, never settled on half of a change.
-    hosts = Host.objects.filter(pk__in=[h.pk for h in chunk]).only("ip", "org", "changed_at")
+    hosts = Host.objects.filter(pk__in=[h.pk for h in chunk]).order_by().only("ip", "org", "changed_at")
     stored = {h.pk: h for h in hosts}
     raws = _service_raws([h.pk for h in chunk])
     new, changed = [], []
@@ -782,7 +785,9 @@ def _owners_write(
 
 def _service_raws(host_ids: list[int]) -> dict[int, list[str]]:
     raws: dict[int, list[str]] = {}
-    for host_id, raw in Service.objects.filter(host_id__in=host_ids).values_list("host_id", "raw"):
+    # By port: attribution takes the first name that matches, so a host's records go in a fixed order.
+    services = Service.objects.filter(host_id__in=host_ids).order_by("port", "transport")
+    for host_id, raw in services.values_list("host_id", "raw"):
         raws.setdefault(host_id, []).append(raw)
     return raws
 
@@ -1100,9 +1105,9 @@ def owners_export_enrich(services: list[ExportedService], rows: list[dict]) -> N
     """Add owner columns to a batch of export rows, with one query for the whole batch."""
     owners = {
         values[0]: values
-        for values in HostOwner.objects.filter(host_id__in={s.host_id for s in services}).values_list(
-            *_EXPORT_OWNER_FIELDS
-        )
+        for values in HostOwner.objects.filter(host_id__in={s.host_id for s in services})
+        .order_by()  # a lookup by host: no join of the host to sort by its address
+        .values_list(*_EXPORT_OWNER_FIELDS)
     }
     for service, row in zip(services, rows, strict=True):
         owner = owners.get(service.host_id)

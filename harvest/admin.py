@@ -291,6 +291,9 @@ class _FirstServicesFormSet(BaseInlineFormSet):
 class ServiceInline(ReadOnlyTabularInline):
     model = Service
     formset = _FirstServicesFormSet
+    # One host's services: by port, from the (host, port, transport) index. The model's order
+    # would sort them by their host's address first, a function call per service on SQLite.
+    ordering = ("port", "transport")
     fields = (
         "port",
         "transport",
@@ -321,7 +324,7 @@ class ServiceInline(ReadOnlyTabularInline):
 @admin.register(Host)
 class HostAdmin(AddressSearchMixin, _HostSectionsAdmin):
     list_display = (
-        "ip",
+        "address",
         "org_text",
         "isp_text",
         "asn",
@@ -339,7 +342,7 @@ class HostAdmin(AddressSearchMixin, _HostSectionsAdmin):
         (None, {"fields": ("ip", "org_text", "isp_text", "asn", "country", "hostnames_list", "os_text")}),
         ("Seen", {"fields": ("first_seen", "last_seen", "service_summary")}),
     )
-    readonly_fields = (*list_display, "service_summary")
+    readonly_fields = (*list_display, "ip", "service_summary")
     inlines = (ServiceInline,)
     org_text = text_column("org")
     isp_text = text_column("isp", "ISP")
@@ -354,6 +357,11 @@ class HostAdmin(AddressSearchMixin, _HostSectionsAdmin):
 
     def host_of(self, obj: Host) -> Host:
         return obj
+
+    # Not the field itself: sorting by it would sort its text on SQLite (10.0.0.10 before 10.0.0.2).
+    @admin.display(description="IP address", ordering="ip__numeric")
+    def address(self, obj: Host) -> str:
+        return obj.ip
 
     # Every name seen, including lost ones: owners are attributed from the services' current records.
     @admin.display(description="hostnames ever seen")
@@ -389,6 +397,8 @@ class ServiceBannerInline(ReadOnlyTabularInline):
     verbose_name = "earlier banner"
     verbose_name_plural = "banner history"
     fields = ("first_seen", "last_seen", "run_link", "banner_text")
+    # One service's banners: the model's order would join the service and its host to sort by address.
+    ordering = ("-last_seen",)
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ServiceBanner]:
@@ -501,7 +511,7 @@ class ServiceAdmin(AddressSearchMixin, _HostSectionsAdmin):
     def verdict(self, obj: Service) -> str:
         return _verdict_text(obj)
 
-    @admin.display(description="host", ordering="host__ip")
+    @admin.display(description="host", ordering="host__ip__numeric")
     def host_ip(self, obj: Service) -> str:
         return obj.host.ip
 
@@ -865,7 +875,8 @@ class ClassificationAdmin(AddressSearchMixin, ReadOnlyAdmin):
         "classified_at",
     )
 
-    @admin.display(description="service", ordering="service__host__ip")
+    # The service's own order: its host's address, then its port.
+    @admin.display(description="service", ordering="service")
     def service_link(self, obj: Classification) -> SafeString | str:
         service = obj.service
         return _link(

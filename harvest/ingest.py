@@ -282,9 +282,9 @@ class BatchWriter:
                 ips,
             )
         else:
-            rows = Host.objects.filter(ip__in=ips).values_list(
-                "id", "ip", "first_seen", "last_seen", "org", "isp", "asn", "country", "hostnames", "os", "changed_at"
-            )
+            columns = "id, ip, first_seen, last_seen, org, isp, asn, country, hostnames, os, changed_at"
+            # Unsorted: the model's address order costs a function call per row on SQLite.
+            rows = Host.objects.filter(ip__in=ips).order_by().values_list(*columns.split(", "))
         hosts = {}
         for row in rows:
             state = _HostState(*row)
@@ -314,7 +314,9 @@ class BatchWriter:
                 [w[1][2] for w in wanted],
             )
         else:
-            rows = Service.objects.filter(host_id__in={w[0] for w in wanted}).values_list(*columns.split(", "))
+            # Unsorted: the model's order would join each service's host to sort by its address.
+            wanted_hosts = {w[0] for w in wanted}
+            rows = Service.objects.filter(host_id__in=wanted_hosts).order_by().values_list(*columns.split(", "))
         by_id = {w[0]: w[1][0] for w in wanted}
         services = {}
         for sid, host_id, port, transport, bhash, first, last, since, last_run, identity in rows:
@@ -596,7 +598,7 @@ def _write_history(history: list[ServiceBanner]) -> None:
         if item.raw == "":
             from_db.setdefault(item.service_id, []).append(item)
     if from_db:
-        for sid, banner, raw in Service.objects.filter(id__in=from_db).values_list("id", "banner", "raw"):
+        for sid, banner, raw in Service.objects.filter(id__in=from_db).order_by().values_list("id", "banner", "raw"):
             for item in from_db[sid]:
                 item.banner, item.raw = banner, raw
     dt = bulk.datetime_adapter()

@@ -2,6 +2,9 @@
 
 from django.db import models
 
+# Registers `__numeric`, the address sort that is numeric on SQLite too (see the module).
+from medexpo.lib import address_order  # noqa: F401
+
 
 class HarvestRun(models.Model):
     class Source(models.TextChoices):
@@ -118,7 +121,9 @@ class Host(models.Model):
     changed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["ip"]
+        # Numeric address order on both databases. The bare ip after it is the same column on
+        # PostgreSQL (written once); to the admin it is a unique field, so it adds no id to the sort.
+        ordering = ["ip__numeric", "ip"]
         indexes = [models.Index(fields=["asn"]), models.Index(fields=["last_seen"])]
 
     def __str__(self) -> str:
@@ -165,7 +170,7 @@ class Service(models.Model):
     )
 
     class Meta:
-        ordering = ["host__ip", "port"]
+        ordering = ["host__ip__numeric", "port"]
         constraints = [
             models.UniqueConstraint(fields=["host", "port", "transport"], name="service_unique_endpoint"),
             models.CheckConstraint(condition=models.Q(port__gte=0, port__lte=65535), name="service_port_range"),

@@ -206,7 +206,7 @@ def _medical_services(current) -> list[dict]:  # noqa: ANN001
     rows = (
         current.filter(cls="medical")
         .select_related("service__host")
-        .order_by("category", "service__host__ip", "service__port")[:MEDICAL_LIST_LIMIT]
+        .order_by("category", "service__host__ip__numeric", "service__port")[:MEDICAL_LIST_LIMIT]
     )
     return [
         {

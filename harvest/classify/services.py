@@ -248,7 +248,9 @@ def _add_reasons(rows: list[_Row], rules_version: str) -> None:
         sid: (version, banner_hash, seen)
         for sid, version, banner_hash, seen in Classification.objects.filter(
             service_id__in=[r.id for r in rows], current=True
-        ).values_list("service_id", "rules_version", "banner_hash", "record_seen")
+        )
+        .order_by()  # the model's order would join service and host to sort by address
+        .values_list("service_id", "rules_version", "banner_hash", "record_seen")
     }
     for row in rows:
         if row.id not in current:
@@ -445,7 +447,9 @@ def classification_export_enrich(services: list[ExportedService], rows: list[dic
     rules_version and honeypot, an empty category and segment, and no evidence."""
     found = {
         values[0]: values[1:]
-        for values in Classification.objects.filter(service_id__in=[s.pk for s in services], current=True).values_list(
+        for values in Classification.objects.filter(service_id__in=[s.pk for s in services], current=True)
+        .order_by()  # a lookup by service: no join of service and host to sort by address
+        .values_list(
             "service_id", "cls", "category", "segment", "product", "confidence", "rules_version", "evidence", "honeypot"
         )
     }
@@ -600,15 +604,17 @@ def _match_labels(batch: list[_Label], tally: EvaluationTally, problems: _Proble
         return
     services = {
         (ip, port, transport): sid
-        for sid, ip, port, transport in Service.objects.filter(host__ip__in={b.key[0] for b in batch}).values_list(
-            "id", "host__ip", "port", "transport"
-        )
+        for sid, ip, port, transport in Service.objects.filter(host__ip__in={b.key[0] for b in batch})
+        .order_by()
+        .values_list("id", "host__ip", "port", "transport")
     }
     verdicts = {
         sid: {"class": cls, "category": category, "segment": segment, "honeypot": honeypot}
         for sid, cls, category, segment, honeypot in Classification.objects.filter(
             service_id__in=services.values(), current=True
-        ).values_list("service_id", "cls", "category", "segment", "honeypot")
+        )
+        .order_by()
+        .values_list("service_id", "cls", "category", "segment", "honeypot")
     }
     for label in batch:
         sid = services.get(label.key)

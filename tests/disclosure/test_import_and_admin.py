@@ -29,6 +29,7 @@ from disclosure.services import (
 )
 from harvest.services import EXPORT_ENRICHERS, service_export_rows
 from tests.disclosure.conftest import RDAP_DIR, Registries, make_host
+from tests.harvest.test_address_order import Statements
 
 pytestmark = pytest.mark.django_db
 
@@ -834,3 +835,32 @@ def test_a_contact_staff_set_as_a_hosts_override_cannot_be_deleted_from_under_it
     owners_resolve(hosts=[host], options=registries.options, limiter=registries.limiter)
     owner = HostOwner.objects.get()
     assert (owner.override_recipient, owner.recipient) == (chosen, chosen)
+
+
+def test_host_owners_are_listed_in_address_order(staff_client: Client) -> None:
+    # Numeric order, IPv4 before IPv6; as text (SQLite's column) 10.0.0.10 came before 10.0.0.2.
+    in_order = ["9.1.1.1", "10.0.0.2", "10.0.0.10", "2001:db8::2", "2001:db8::10"]
+    for ip in sorted(in_order, reverse=True):
+        HostOwner.objects.create(host=make_host(ip), status=HostOwner.Status.UNKNOWN)
+
+    def listed(name: str, **query: str) -> list[str]:
+        html = staff_client.get(reverse(f"admin:disclosure_{name}_changelist"), query).content.decode()
+        return re.findall(r'class="field-host[" ][^>]*><a [^>]*>([^<]*)<', html)
+
+    assert [owner.host.ip for owner in HostOwner.objects.select_related("host")] == in_order
+    for name in ("hostowner", "ownerunknown"):
+        assert listed(name) == in_order, name
+        assert listed(name, o="1") == in_order, name  # sorted by the host column: the host's order
+        assert listed(name, o="-1") == in_order[::-1], name
+
+
+def test_owner_resolution_and_the_owner_export_columns_never_sort_by_address() -> None:
+    for ip in ("192.0.2.10", "192.0.2.9", "2001:db8::1"):  # not public: owners written without lookups
+        make_host(ip)
+    statements = Statements()
+    with connection.execute_wrapper(statements):
+        owners_resolve()
+        rows = list(service_export_rows())
+    assert HostOwner.objects.count() == len(rows) == 3
+    # They build lookups by host: sorting by address would call a function per row on SQLite.
+    assert statements.sorting_by_address() == []
