@@ -406,3 +406,15 @@ def test_a_host_lookup_s_names_attribute_its_banners_until_a_newer_lookup_drops_
     assert [h.ip for h in hosts_needing_owner()] == ["81.0.0.7"]
     owners_resolve()
     assert HostOwner.objects.get().operator is None
+
+
+@pytest.mark.django_db
+def test_a_host_whose_records_name_two_hospitals_is_attributed_by_its_lowest_port(tmp_path: Path) -> None:
+    """Attribution takes the first name that matches, so the order of a host's records decides
+    between two hospitals: by port, not by the order the database returns the rows in."""
+    _hoster_answers(tmp_path)
+    # The higher port is stored first: a scan of the table returns its row first.
+    _ingest(tmp_path / "a.json", {**_dicom(1, ["pacs.lumc.nl"]), "port": 11112})
+    _ingest(tmp_path / "b.json", _dicom(1, ["pacs.erasmusmc.nl"]))
+    owners_resolve()
+    assert HostOwner.objects.get().operator.name == "Erasmus MC"
