@@ -70,7 +70,7 @@ banners = st.builds(
 )
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(banners)
 def test_any_banner_gets_a_valid_verdict(banner: Banner) -> None:
     assert_valid(classify(banner, RULES))

@@ -75,7 +75,7 @@ def outcome(path: Path, batch_size: int, *, again: bool = False) -> tuple:
     return result
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=records, batch_size=st.integers(min_value=1, max_value=4))
 def test_the_result_depends_on_the_banners_alone(tmp_path, items, batch_size) -> None:
     lines = [_line(*item) for item in items]

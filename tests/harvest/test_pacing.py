@@ -23,13 +23,13 @@ from tests.harvest.processes import manage
 from tests.standins.shodan_server import Seen, ShodanStandIn
 
 OTHER_KEY = "sk-standin-other-fedcba9876543210"
-INTERVAL = 0.4
+INTERVAL = 0.25
 # Arrival times lag the sends by a few ms, more on a busy machine: a request sent on time may
 # arrive late, and the next one on time, closer than the interval by that lag.
 TOLERANCE = 0.1
-# Each process sends 13 requests (the credits, then a count per query: 5 s at INTERVAL), and the
+# Each process sends 9 requests (the credits, then a count per query: 2 s at INTERVAL), and the
 # search run a page more for each that costs a credit.
-QUERIES = 12
+QUERIES = 8
 
 
 @pytest.fixture
