@@ -276,19 +276,21 @@ def _file_lock(path: Path, run_id: int, on_wait: Callable[[], None] | None) -> I
 
 
 def _sqlite_lock_file() -> Path | None:
-    return sqlite_lock_path(str(connection.settings_dict["NAME"] or ""))
+    return beside_sqlite_database(".harvest-lock")
 
 
 def sqlite_lock_path(name: str) -> Path | None:
     """The lock file beside the SQLite database `name`, or None for an in-memory one."""
-    if not name or connection.creation.is_in_memory_db(name):  # type: ignore[attr-defined]
-        return None
-    return Path(name).with_name(Path(name).name + ".harvest-lock")
+    return _beside(name, ".harvest-lock")
 
 
 def beside_sqlite_database(suffix: str) -> Path | None:
     """The file `<database><suffix>` beside this connection's SQLite database, or None for an
     in-memory one (only this process's: nothing to share)."""
-    name = str(connection.settings_dict["NAME"] or "")
-    path = sqlite_lock_path(name)
-    return None if path is None else path.with_name(Path(name).name + suffix)
+    return _beside(str(connection.settings_dict["NAME"] or ""), suffix)
+
+
+def _beside(name: str, suffix: str) -> Path | None:
+    if not name or connection.creation.is_in_memory_db(name):  # type: ignore[attr-defined]
+        return None
+    return Path(name).with_name(Path(name).name + suffix)
